@@ -1,0 +1,42 @@
+//! Command-line interface: clap arguments → [`RequestPatch`] → one resolve → the pipeline.
+
+mod generate;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+pub use generate::GenerateArgs;
+
+/// Helios text-to-video in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "omni", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate one video from a prompt and write it as an H.264 MP4.
+    Generate(GenerateArgs),
+}
+
+/// Run the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_tracing();
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+    }
+}
+
+/// Log to stderr when `RUST_LOG` is set (progress bars are then hidden); warnings otherwise.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,12 @@
+//! omni: Helios text-to-video in Rust on Burn.
+//!
+//! Layers (see `shared/reference/style.md` §7):
+//! - [`pipeline`]: checkpoints, models, schedulers and the denoising loop (generic over a Burn backend).
+//! - [`media`]: MP4/H.264 writing (openh264 + mp4).
+//! - [`serve`]: the HTTP server (to come).
+//!
+//! The command line lives in the binary (`src/main.rs`, `src/cli`).
+
+pub mod media;
+pub mod pipeline;
+pub mod serve;

@@ -1,0 +1,929 @@
+//! Mirrors diffusers 0.42.1 `models/autoencoders/autoencoder_kl_wan.py` `AutoencoderKLWan`
+//! (the Wan2.1 causal video VAE that Helios decodes with), decoder side only.
+//!
+//! Module tree = checkpoint tree: [`AutoencoderKLWan`] holds `post_quant_conv` and `decoder`
+//! ([`WanDecoder3d`]: `conv_in`, `mid_block` ([`WanMidBlock`]: `resnets`, `attentions`),
+//! `up_blocks.{i}` ([`WanUpBlock`]: `resnets.{j}`, `upsamplers.0` ([`WanResample`])), `norm_out`,
+//! `conv_out`). The only renamed keys are listed in [`KEY_REMAP`].
+//!
+//! # The causal frame cache
+//!
+//! diffusers decodes one latent frame at a time and threads a flat list `feat_cache` (one slot
+//! per `WanCausalConv3d` that pads in time, in call order) with a cursor `feat_idx`. Here the
+//! same state is an explicit tree, [`WanDecoderCache`], passed by `&mut` through the forward:
+//!
+//! | diffusers `feat_cache[idx]`, in `feat_idx` order | here |
+//! |---|---|
+//! | `decoder.conv_in` | [`WanDecoderCache`]`.conv_in` |
+//! | `mid_block.resnets.{j}.conv1`, `.conv2` | `.mid_block[j].conv1`, `.conv2` |
+//! | `up_blocks.{i}.resnets.{j}.conv1`, `.conv2` | `.up_blocks[i].resnets[j].conv1`, `.conv2` |
+//! | `up_blocks.{i}.upsamplers.0` (`"Rep"` / tensor; `upsample3d` only) | `.up_blocks[i].time_conv` |
+//! | `decoder.conv_out` | `.conv_out` |
+//!
+//! Each slot ([`CausalConvCache`]) keeps the last `2·pad_t` (= `CACHE_T` = 2) input frames the
+//! conv has seen; a conv prepends them (zero-padding whatever is missing), so decoding frame by
+//! frame equals a causal conv over the whole sequence. The `upsample3d` slot is `None` until the
+//! first latent frame has passed (diffusers' `"Rep"` marker): the first latent frame skips the
+//! temporal upsampling and yields **1** video frame, every later one yields 2 per `upsample3d`
+//! (4 with Wan2.1's two), so `T` latents give `1 + 4(T-1)` frames. The `time_conv` history starts
+//! at the second latent frame (diffusers zero-pads instead of reusing the first frame).
+//! `first_chunk` is only read by Wan2.2's `WanResidualUpBlock`, which is not supported.
+//!
+//! # Deliberate divergences
+//!
+//! * **Decoder only.** `encoder.*` and `quant_conv.*` are skipped at load time (see
+//!   [`IGNORED_KEYS`]); `encode` is a later issue.
+//! * Unsupported configs are rejected at load instead of half-working: `is_residual = true` or a
+//!   `patch_size` other than 1 (the Wan2.2 VAE).
+//! * `attn_scales` is accepted but has no effect, exactly as in diffusers' decoder (only the
+//!   encoder reads it). Dropout is an inference no-op and is not modelled.
+//! * No spatial tiling (`enable_tiling`) and no batch slicing (`use_slicing`): they only trade
+//!   memory for time and are off by default in diffusers.
+//! * [`AutoencoderKLWan::decode_streaming`] hands out each latent frame's video frames (clamped)
+//!   as soon as they are decoded, instead of concatenating; `decode` equals the concatenation
+//!   (test `vae_streaming_decode_equals_decode`).
+//! * The 2× `nearest-exact` upsampling is written as a broadcast (each pixel repeated 2×2), which
+//!   is what `nearest-exact` does at an integer factor 2; Burn's `interpolate(Nearest)` defaults
+//!   to `align_corners = true` and is not used.
+//!
+//! Parity: `tests/autoencoder_kl_wan.rs` against diffusers on the tiny fixture VAE (fp32).
+
+use std::path::Path;
+
+use burn::module::{Initializer, Module, Param};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, conv3d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PadMode};
+use burn::tensor::{DType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
+
+/// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
+pub const CACHE_T: usize = 2;
+
+/// Checkpoint key renames, `(regex, replacement)`, applied before matching the module tree.
+pub const KEY_REMAP: &[(&str, &str)] = &[
+    // `WanResample.resample` is `nn.Sequential(WanUpsample, nn.Conv2d)`: index 0 (the upsample)
+    // has no weights, index 1 is the conv, held here directly as `resample`.
+    (
+        r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.resample\.1\.",
+        "decoder.up_blocks.$1.upsamplers.0.resample.",
+    ),
+];
+
+/// Checkpoint keys deliberately not loaded: the encoder side (`encode` is not implemented yet).
+pub const IGNORED_KEYS: &[&str] = &[
+    // `WanEncoder3d`: only needed for image/video conditioning.
+    r"^encoder\.",
+    // `quant_conv` runs after the encoder only.
+    r"^quant_conv\.",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Config
+// ---------------------------------------------------------------------------------------------
+
+/// `vae/config.json` as diffusers writes it (JSON key names; defaults = diffusers `__init__`
+/// defaults, i.e. the Wan2.1 VAE that Helios ships).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AutoencoderKLWanConfig {
+    /// `_class_name`; must be `AutoencoderKLWan` when present.
+    #[serde(rename = "_class_name", skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Encoder base channel count.
+    pub base_dim: usize,
+    /// Decoder base channel count (`base_dim` when `None`).
+    pub decoder_base_dim: Option<usize>,
+    /// Latent channels.
+    pub z_dim: usize,
+    /// Channel multipliers per resolution level (encoder order).
+    pub dim_mult: Vec<usize>,
+    /// Residual blocks per encoder level (the decoder has one more per level).
+    pub num_res_blocks: usize,
+    /// Encoder attention scales (unused by the decoder, as in diffusers).
+    pub attn_scales: Vec<f64>,
+    /// Per level, whether the encoder halves time (the decoder doubles it in reverse order).
+    pub temperal_downsample: Vec<bool>,
+    /// Dropout rate (inference: unused).
+    pub dropout: f64,
+    /// Per-channel latent mean used to (de)normalise latents, `z_dim` values.
+    pub latents_mean: Vec<f64>,
+    /// Per-channel latent standard deviation, `z_dim` values.
+    pub latents_std: Vec<f64>,
+    /// Wan2.2 residual up/down blocks (unsupported).
+    pub is_residual: bool,
+    /// Video channels into the encoder.
+    pub in_channels: usize,
+    /// Video channels out of the decoder.
+    pub out_channels: usize,
+    /// Wan2.2 pixel patchify size (unsupported unless `None` or 1).
+    pub patch_size: Option<usize>,
+    /// Frames per latent frame (informational; the architecture decides).
+    pub scale_factor_temporal: Option<usize>,
+    /// Pixels per latent pixel (informational; the architecture decides).
+    pub scale_factor_spatial: Option<usize>,
+}
+
+impl Default for AutoencoderKLWanConfig {
+    /// diffusers 0.42.1 `AutoencoderKLWan.__init__` defaults.
+    fn default() -> Self {
+        Self {
+            class_name: None,
+            base_dim: 96,
+            decoder_base_dim: None,
+            z_dim: 16,
+            dim_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            attn_scales: vec![],
+            temperal_downsample: vec![false, true, true],
+            dropout: 0.0,
+            latents_mean: vec![
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+            ],
+            latents_std: vec![
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+            ],
+            is_residual: false,
+            in_channels: 3,
+            out_channels: 3,
+            patch_size: None,
+            scale_factor_temporal: Some(4),
+            scale_factor_spatial: Some(8),
+        }
+    }
+}
+
+impl AutoencoderKLWanConfig {
+    /// Checks that this port supports the config.
+    ///
+    /// # Errors
+    /// A message naming the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(name) = &self.class_name
+            && name != "AutoencoderKLWan"
+        {
+            return Err(format!(
+                "_class_name is `{name}`, expected `AutoencoderKLWan`"
+            ));
+        }
+        if self.is_residual {
+            return Err(
+                "is_residual = true (the Wan2.2 VAE) is not supported; only the Wan2.1 VAE is".into(),
+            );
+        }
+        if let Some(p) = self.patch_size
+            && p != 1
+        {
+            return Err(format!(
+                "patch_size = {p} (the Wan2.2 VAE) is not supported; only the Wan2.1 VAE is"
+            ));
+        }
+        if self.dim_mult.is_empty() {
+            return Err("dim_mult is empty".into());
+        }
+        if self.temperal_downsample.len() + 1 < self.dim_mult.len() {
+            return Err(format!(
+                "temperal_downsample has {} entries, dim_mult needs at least {}",
+                self.temperal_downsample.len(),
+                self.dim_mult.len() - 1
+            ));
+        }
+        if self.z_dim == 0 || self.decoder_dim() == 0 || self.out_channels == 0 {
+            return Err("z_dim, base_dim/decoder_base_dim and out_channels must be > 0".into());
+        }
+        for (name, v) in [
+            ("latents_mean", &self.latents_mean),
+            ("latents_std", &self.latents_std),
+        ] {
+            if v.len() != self.z_dim {
+                return Err(format!(
+                    "{name} has {} values, z_dim is {}",
+                    v.len(),
+                    self.z_dim
+                ));
+            }
+        }
+        if let Some(c) = self.latents_std.iter().position(|s| *s == 0.0) {
+            return Err(format!("latents_std[{c}] is 0"));
+        }
+        Ok(())
+    }
+
+    /// Decoder base channels: `decoder_base_dim`, else `base_dim`.
+    pub fn decoder_dim(&self) -> usize {
+        self.decoder_base_dim.unwrap_or(self.base_dim)
+    }
+
+    /// `temperal_downsample[::-1]`: per decoder up block, whether it doubles time.
+    pub fn temperal_upsample(&self) -> Vec<bool> {
+        self.temperal_downsample.iter().rev().copied().collect()
+    }
+
+    /// Video frames per latent frame after the first (2^number of `upsample3d` blocks; 4 for Wan2.1).
+    pub fn temporal_scale(&self) -> usize {
+        let up = self.temperal_upsample();
+        let n = self.dim_mult.len().saturating_sub(1);
+        1 << up.iter().take(n).filter(|t| **t).count()
+    }
+
+    /// Video pixels per latent pixel (2^(number of levels − 1); 8 for Wan2.1).
+    pub fn spatial_scale(&self) -> usize {
+        1 << self.dim_mult.len().saturating_sub(1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal conv and its cache
+// ---------------------------------------------------------------------------------------------
+
+/// The input frames one [`WanCausalConv3d`] keeps between calls: diffusers' `feat_cache[idx]`
+/// (the last ≤ [`CACHE_T`] frames of everything the conv has seen; empty at the start).
+#[derive(Debug, Clone)]
+pub struct CausalConvCache<B: Backend> {
+    frames: Option<Tensor<B, 5>>,
+}
+
+impl<B: Backend> Default for CausalConvCache<B> {
+    fn default() -> Self {
+        Self { frames: None }
+    }
+}
+
+impl<B: Backend> CausalConvCache<B> {
+    /// Number of cached frames.
+    pub fn len(&self) -> usize {
+        self.frames.as_ref().map_or(0, |f| f.dims()[2])
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_none()
+    }
+}
+
+/// `WanCausalConv3d`: a Conv3d whose time padding is all in front (`2·p_t` frames, zeros or the
+/// cached previous frames), spatial padding symmetric.
+#[derive(Module, Debug)]
+pub struct WanCausalConv3d<B: Backend> {
+    /// `[out, in, kt, kh, kw]` (PyTorch layout).
+    pub weight: Param<Tensor<B, 5>>,
+    /// `[out]`.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Symmetric padding `(p_t, p_h, p_w)` of the PyTorch module; time becomes causal `2·p_t`.
+    #[module(skip)]
+    padding: [usize; 3],
+}
+
+impl<B: Backend> WanCausalConv3d<B> {
+    /// Uninitialised (lazy) parameters, to be filled by the loader.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        kernel: [usize; 3],
+        padding: [usize; 3],
+        device: &B::Device,
+    ) -> Self {
+        let fan_in = in_dim * kernel.iter().product::<usize>();
+        let init = Initializer::Zeros;
+        Self {
+            weight: init.init_with(
+                [out_dim, in_dim, kernel[0], kernel[1], kernel[2]],
+                Some(fan_in),
+                None,
+                device,
+            ),
+            bias: init.init_with([out_dim], Some(fan_in), None, device),
+            padding,
+        }
+    }
+
+    /// Frames of causal history the conv needs (`2·p_t`; 0 for 1×1×1 and (k,·,·) with p_t = 0).
+    fn history(&self) -> usize {
+        2 * self.padding[0]
+    }
+
+    fn conv(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let opts = ConvOptions::new([1, 1, 1], [0, self.padding[1], self.padding[2]], [1, 1, 1], 1);
+        conv3d(x, self.weight.val(), Some(self.bias.val()), opts)
+    }
+
+    /// Without history: zero frames in front (diffusers `forward(x)` / `forward(x, None)`).
+    ///
+    /// # Shapes
+    /// `x: [B, C_in, T, H, W]` → `[B, C_out, T, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let pt = self.history();
+        let x = if pt > 0 {
+            x.pad([(pt, 0), (0, 0), (0, 0)], PadMode::Constant(0.0))
+        } else {
+            x
+        };
+        self.conv(x)
+    }
+
+    /// With history: the cached frames go in front (zeros for what is missing), and the cache is
+    /// updated to the last `2·p_t` frames seen. Calling this chunk by chunk equals one
+    /// [`forward`](Self::forward) over the concatenated chunks.
+    ///
+    /// Mirrors the `cache_x = x[:, :, -CACHE_T:]` / `self.conv(x, feat_cache[idx])` /
+    /// `feat_cache[idx] = cache_x` pattern repeated in diffusers' blocks.
+    ///
+    /// # Shapes
+    /// `x: [B, C_in, T, H, W]` → `[B, C_out, T, H, W]`.
+    pub fn forward_cached(&self, x: Tensor<B, 5>, cache: &mut CausalConvCache<B>) -> Tensor<B, 5> {
+        let pt = self.history();
+        if pt == 0 {
+            // diffusers: `if cache_x is not None and self._padding[4] > 0` — no history used.
+            return self.conv(x);
+        }
+        let prev = cache.frames.take();
+        let history = prev.as_ref().map_or(0, |p| p.dims()[2]);
+        let x = match prev {
+            Some(prev) => Tensor::cat(vec![prev, x], 2),
+            None => x,
+        };
+        let t = x.dims()[2];
+        let keep = t.min(pt);
+        cache.frames = Some(x.clone().narrow(2, t - keep, keep));
+        // diffusers: `padding[4] -= cache_x.shape[2]` — zeros for the history not yet seen.
+        let x = if history < pt {
+            x.pad([(pt - history, 0), (0, 0), (0, 0)], PadMode::Constant(0.0))
+        } else {
+            x
+        };
+        self.conv(x)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Norm, residual block, attention
+// ---------------------------------------------------------------------------------------------
+
+/// `WanRMS_norm`: `F.normalize(x, dim=1) · √C · gamma` (bias is off everywhere in the VAE).
+///
+/// `D` is the rank of `gamma`: 4 (`[C, 1, 1, 1]`, video, `images=False`) or 3 (`[C, 1, 1]`,
+/// per-frame images, `images=True`).
+#[derive(Module, Debug)]
+pub struct WanRmsNorm<B: Backend, const D: usize> {
+    /// `[C, 1, …]`.
+    pub gamma: Param<Tensor<B, D>>,
+}
+
+impl<B: Backend, const D: usize> WanRmsNorm<B, D> {
+    /// Uninitialised (lazy) gamma of `dim` channels.
+    pub fn new(dim: usize, device: &B::Device) -> Self {
+        let mut shape = [1usize; D];
+        shape[0] = dim;
+        Self {
+            gamma: Initializer::Ones.init(shape, device),
+        }
+    }
+
+    /// # Shapes
+    /// `x: [N, C, …]` (rank `D + 1`) → same.
+    pub fn forward<const X: usize>(&self, x: Tensor<B, X>) -> Tensor<B, X> {
+        let channels = x.dims()[1];
+        let dtype = x.dtype();
+        // `F.normalize(x.float() if needs_fp32_normalize else x, dim=1).to(x.dtype)`
+        let xf = if matches!(dtype, DType::F16 | DType::BF16) {
+            x.cast(DType::F32)
+        } else {
+            x
+        };
+        // F.normalize: x / max(‖x‖₂, eps), eps = 1e-12.
+        let norm = xf.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
+        let normalized = (xf / norm).cast(dtype);
+        // `normalized * self.scale * self.gamma + self.bias` (bias = 0.0)
+        normalized.mul_scalar((channels as f64).sqrt()) * self.gamma.val().unsqueeze::<X>()
+    }
+}
+
+/// `WanResidualBlock`: `norm1 → SiLU → conv1 → norm2 → SiLU → (dropout) → conv2`, plus
+/// `conv_shortcut` (1×1×1) when the channel count changes.
+#[derive(Module, Debug)]
+pub struct WanResidualBlock<B: Backend> {
+    pub norm1: WanRmsNorm<B, 4>,
+    pub conv1: WanCausalConv3d<B>,
+    pub norm2: WanRmsNorm<B, 4>,
+    pub conv2: WanCausalConv3d<B>,
+    pub conv_shortcut: Option<WanCausalConv3d<B>>,
+}
+
+/// The two cached convs of one [`WanResidualBlock`].
+#[derive(Debug, Clone)]
+pub struct ResidualBlockCache<B: Backend> {
+    pub conv1: CausalConvCache<B>,
+    pub conv2: CausalConvCache<B>,
+}
+
+impl<B: Backend> Default for ResidualBlockCache<B> {
+    fn default() -> Self {
+        Self {
+            conv1: CausalConvCache::default(),
+            conv2: CausalConvCache::default(),
+        }
+    }
+}
+
+impl<B: Backend> WanResidualBlock<B> {
+    pub fn new(in_dim: usize, out_dim: usize, device: &B::Device) -> Self {
+        Self {
+            norm1: WanRmsNorm::new(in_dim, device),
+            conv1: WanCausalConv3d::new(in_dim, out_dim, [3, 3, 3], [1, 1, 1], device),
+            norm2: WanRmsNorm::new(out_dim, device),
+            conv2: WanCausalConv3d::new(out_dim, out_dim, [3, 3, 3], [1, 1, 1], device),
+            conv_shortcut: (in_dim != out_dim)
+                .then(|| WanCausalConv3d::new(in_dim, out_dim, [1, 1, 1], [0, 0, 0], device)),
+        }
+    }
+
+    /// # Shapes
+    /// `x: [B, C_in, T, H, W]` → `[B, C_out, T, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut ResidualBlockCache<B>) -> Tensor<B, 5> {
+        let h = match &self.conv_shortcut {
+            Some(c) => c.forward(x.clone()),
+            None => x.clone(),
+        };
+        let x = silu(self.norm1.forward(x));
+        let x = self.conv1.forward_cached(x, &mut cache.conv1);
+        let x = silu(self.norm2.forward(x));
+        let x = self.conv2.forward_cached(x, &mut cache.conv2);
+        x + h
+    }
+}
+
+/// `WanAttentionBlock`: single-head self-attention over the pixels of each frame separately,
+/// with 1×1 Conv2d `to_qkv` / `proj`, plus the residual.
+#[derive(Module, Debug)]
+pub struct WanAttentionBlock<B: Backend> {
+    pub norm: WanRmsNorm<B, 3>,
+    pub to_qkv: Conv2d<B>,
+    pub proj: Conv2d<B>,
+}
+
+impl<B: Backend> WanAttentionBlock<B> {
+    pub fn new(dim: usize, device: &B::Device) -> Self {
+        Self {
+            norm: WanRmsNorm::new(dim, device),
+            to_qkv: Conv2dConfig::new([dim, dim * 3], [1, 1]).init(device),
+            proj: Conv2dConfig::new([dim, dim], [1, 1]).init(device),
+        }
+    }
+
+    /// # Shapes
+    /// `x: [B, C, T, H, W]` → same.
+    pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let identity = x.clone();
+        let [b, c, t, h, w] = x.dims();
+        // [B, C, T, H, W] → [B·T, C, H, W]
+        let x = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let x = self.norm.forward(x);
+        let qkv = self.to_qkv.forward(x); // [B·T, 3C, H, W]
+        // [B·T, 1, 3C, H·W] → [B·T, 1, H·W, 3C]
+        let qkv = qkv.reshape([b * t, 1, 3 * c, h * w]).swap_dims(2, 3);
+        let q = qkv.clone().narrow(3, 0, c);
+        let k = qkv.clone().narrow(3, c, c);
+        let v = qkv.narrow(3, 2 * c, c);
+        // F.scaled_dot_product_attention(q, k, v): scale 1/√C.
+        let x = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [B·T, 1, H·W, C]
+        // [B·T, H·W, C] → [B·T, C, H, W]
+        let x = x.reshape([b * t, h * w, c]).swap_dims(1, 2).reshape([b * t, c, h, w]);
+        let x = self.proj.forward(x);
+        // [B·T, C, H, W] → [B, C, T, H, W]
+        let x = x.reshape([b, t, c, h, w]).permute([0, 2, 1, 3, 4]);
+        x + identity
+    }
+}
+
+/// `WanMidBlock` (`num_layers = 1`): `resnets.0 → attentions.0 → resnets.1`.
+#[derive(Module, Debug)]
+pub struct WanMidBlock<B: Backend> {
+    pub resnets: Vec<WanResidualBlock<B>>,
+    pub attentions: Vec<WanAttentionBlock<B>>,
+}
+
+impl<B: Backend> WanMidBlock<B> {
+    pub fn new(dim: usize, device: &B::Device) -> Self {
+        Self {
+            resnets: (0..2).map(|_| WanResidualBlock::new(dim, dim, device)).collect(),
+            attentions: vec![WanAttentionBlock::new(dim, device)],
+        }
+    }
+
+    /// # Shapes
+    /// `x: [B, C, T, H, W]` → same.
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut Vec<ResidualBlockCache<B>>) -> Tensor<B, 5> {
+        cache.resize_with(self.resnets.len(), Default::default);
+        let mut x = self.resnets[0].forward(x, &mut cache[0]);
+        for (j, (attn, resnet)) in self.attentions.iter().zip(&self.resnets[1..]).enumerate() {
+            x = attn.forward(x);
+            x = resnet.forward(x, &mut cache[j + 1]);
+        }
+        x
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upsampling
+// ---------------------------------------------------------------------------------------------
+
+/// `WanResample` in `upsample2d` / `upsample3d` mode: (`upsample3d` only) `time_conv` doubling
+/// the frames, then per frame nearest-exact 2× and a 3×3 conv to `dim / 2` channels.
+#[derive(Module, Debug)]
+pub struct WanResample<B: Backend> {
+    /// `resample.1` in the checkpoint (see [`KEY_REMAP`]).
+    pub resample: Conv2d<B>,
+    /// `upsample3d` only: `(3,1,1)` causal conv `dim → 2·dim` (two output phases per frame).
+    pub time_conv: Option<WanCausalConv3d<B>>,
+}
+
+impl<B: Backend> WanResample<B> {
+    pub fn new(dim: usize, temporal: bool, device: &B::Device) -> Self {
+        Self {
+            resample: Conv2dConfig::new([dim, dim / 2], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device),
+            time_conv: temporal
+                .then(|| WanCausalConv3d::new(dim, dim * 2, [3, 1, 1], [1, 0, 0], device)),
+        }
+    }
+
+    /// `cache` is the `time_conv` slot: `None` before the first chunk (diffusers `None`), then
+    /// `Some` (diffusers `"Rep"`, later the cached frames).
+    ///
+    /// # Shapes
+    /// `x: [B, C, T, H, W]` → `[B, C/2, T', 2H, 2W]` with `T' = 2T`, or `T' = T` for
+    /// `upsample2d` and for the first chunk of `upsample3d`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 5>,
+        cache: &mut Option<CausalConvCache<B>>,
+    ) -> Tensor<B, 5> {
+        let [b, c, t, h, w] = x.dims();
+        let x = match (&self.time_conv, cache.as_mut()) {
+            (None, _) => x,
+            // First chunk: diffusers stores "Rep" and leaves x untouched (1 frame stays 1 frame).
+            (Some(_), None) => {
+                *cache = Some(CausalConvCache::default());
+                x
+            }
+            (Some(time_conv), Some(state)) => {
+                let x = time_conv.forward_cached(x, state); // [B, 2C, T, H, W]
+                // x.reshape(b, 2, c, t, h, w); stack((x[:, 0], x[:, 1]), 3); reshape(b, c, 2t, h, w)
+                let x: Tensor<B, 6> = x.reshape([b, 2, c, t, h, w]);
+                x.permute([0, 2, 3, 1, 4, 5]).reshape([b, c, 2 * t, h, w])
+            }
+        };
+        let t = x.dims()[2];
+        // [B, C, T, H, W] → [B·T, C, H, W]
+        let x = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        let x = self.resample.forward(upsample_nearest_2x(x)); // [B·T, C/2, 2H, 2W]
+        let c2 = x.dims()[1];
+        x.reshape([b, t, c2, 2 * h, 2 * w]).permute([0, 2, 1, 3, 4])
+    }
+}
+
+/// `nn.Upsample(scale_factor=2, mode="nearest-exact")`: at factor 2 every output pixel
+/// `(y, x)` reads input `(y / 2, x / 2)`, i.e. each pixel repeated 2×2.
+///
+/// # Shapes
+/// `x: [N, C, H, W]` → `[N, C, 2H, 2W]`.
+fn upsample_nearest_2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let x: Tensor<B, 6> = x.reshape([n, c, h, 1, w, 1]);
+    x.expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
+}
+
+/// `WanUpBlock`: `num_res_blocks + 1` residual blocks, then an optional upsampler.
+#[derive(Module, Debug)]
+pub struct WanUpBlock<B: Backend> {
+    pub resnets: Vec<WanResidualBlock<B>>,
+    /// `nn.ModuleList([WanResample])`, empty for the last block.
+    pub upsamplers: Vec<WanResample<B>>,
+}
+
+/// The cache of one [`WanUpBlock`].
+#[derive(Debug, Clone)]
+pub struct UpBlockCache<B: Backend> {
+    pub resnets: Vec<ResidualBlockCache<B>>,
+    /// The `upsample3d` `time_conv` slot (see [`WanResample::forward`]).
+    pub time_conv: Option<CausalConvCache<B>>,
+}
+
+impl<B: Backend> Default for UpBlockCache<B> {
+    fn default() -> Self {
+        Self {
+            resnets: Vec::new(),
+            time_conv: None,
+        }
+    }
+}
+
+impl<B: Backend> WanUpBlock<B> {
+    /// `upsample`: `None`, `Some(false)` (`upsample2d`) or `Some(true)` (`upsample3d`).
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        num_res_blocks: usize,
+        upsample: Option<bool>,
+        device: &B::Device,
+    ) -> Self {
+        let resnets = (0..=num_res_blocks)
+            .map(|j| WanResidualBlock::new(if j == 0 { in_dim } else { out_dim }, out_dim, device))
+            .collect();
+        Self {
+            resnets,
+            upsamplers: upsample
+                .map(|temporal| WanResample::new(out_dim, temporal, device))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// # Shapes
+    /// `x: [B, C_in, T, H, W]` → `[B, C_out, T', H', W']` (see [`WanResample::forward`]).
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut UpBlockCache<B>) -> Tensor<B, 5> {
+        cache.resnets.resize_with(self.resnets.len(), Default::default);
+        let mut x = x;
+        for (resnet, c) in self.resnets.iter().zip(cache.resnets.iter_mut()) {
+            x = resnet.forward(x, c);
+        }
+        for up in &self.upsamplers {
+            x = up.forward(x, &mut cache.time_conv);
+        }
+        x
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder
+// ---------------------------------------------------------------------------------------------
+
+/// `WanDecoder3d` (Wan2.1, `is_residual = False`).
+#[derive(Module, Debug)]
+pub struct WanDecoder3d<B: Backend> {
+    pub conv_in: WanCausalConv3d<B>,
+    pub mid_block: WanMidBlock<B>,
+    pub up_blocks: Vec<WanUpBlock<B>>,
+    pub norm_out: WanRmsNorm<B, 4>,
+    pub conv_out: WanCausalConv3d<B>,
+}
+
+/// All causal state of one decode (diffusers `_feat_map` + `_conv_idx`); see the module docs for
+/// the slot mapping. Start each independent decode from [`WanDecoderCache::default`] (diffusers'
+/// `clear_cache`).
+#[derive(Debug, Clone)]
+pub struct WanDecoderCache<B: Backend> {
+    pub conv_in: CausalConvCache<B>,
+    pub mid_block: Vec<ResidualBlockCache<B>>,
+    pub up_blocks: Vec<UpBlockCache<B>>,
+    pub conv_out: CausalConvCache<B>,
+}
+
+impl<B: Backend> Default for WanDecoderCache<B> {
+    fn default() -> Self {
+        Self {
+            conv_in: CausalConvCache::default(),
+            mid_block: Vec::new(),
+            up_blocks: Vec::new(),
+            conv_out: CausalConvCache::default(),
+        }
+    }
+}
+
+impl<B: Backend> WanDecoder3d<B> {
+    pub fn new(config: &AutoencoderKLWanConfig, device: &B::Device) -> Self {
+        let dim = config.decoder_dim();
+        let mult = &config.dim_mult;
+        // dims = [dim * u for u in [dim_mult[-1]] + dim_mult[::-1]]
+        let dims: Vec<usize> = std::iter::once(mult[mult.len() - 1])
+            .chain(mult.iter().rev().copied())
+            .map(|u| dim * u)
+            .collect();
+        let temperal_upsample = config.temperal_upsample();
+        let n = mult.len();
+        let up_blocks = (0..n)
+            .map(|i| {
+                // Wan2.1: blocks after the first get the halved channels of the upsampler.
+                let in_dim = if i > 0 { dims[i] / 2 } else { dims[i] };
+                let upsample = (i != n - 1).then(|| temperal_upsample[i]);
+                WanUpBlock::new(in_dim, dims[i + 1], config.num_res_blocks, upsample, device)
+            })
+            .collect();
+        let out_dim = dims[n];
+        Self {
+            conv_in: WanCausalConv3d::new(config.z_dim, dims[0], [3, 3, 3], [1, 1, 1], device),
+            mid_block: WanMidBlock::new(dims[0], device),
+            up_blocks,
+            norm_out: WanRmsNorm::new(out_dim, device),
+            conv_out: WanCausalConv3d::new(
+                out_dim,
+                config.out_channels,
+                [3, 3, 3],
+                [1, 1, 1],
+                device,
+            ),
+        }
+    }
+
+    /// One chunk of latent frames through the decoder, continuing from `cache`. diffusers calls
+    /// it with one latent frame at a time.
+    ///
+    /// # Shapes
+    /// `x: [B, z_dim, T, H, W]` → `[B, out_channels, T', 8H, 8W]` (Wan2.1), `T' = 1 + 4(T-1)`
+    /// for the first chunk of a decode and `4T` after it.
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut WanDecoderCache<B>) -> Tensor<B, 5> {
+        let x = self.conv_in.forward_cached(x, &mut cache.conv_in);
+        let mut x = self.mid_block.forward(x, &mut cache.mid_block);
+        cache.up_blocks.resize_with(self.up_blocks.len(), Default::default);
+        for (block, c) in self.up_blocks.iter().zip(cache.up_blocks.iter_mut()) {
+            x = block.forward(x, c);
+        }
+        let x = silu(self.norm_out.forward(x));
+        self.conv_out.forward_cached(x, &mut cache.conv_out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AutoencoderKLWan
+// ---------------------------------------------------------------------------------------------
+
+/// The Wan2.1 video VAE, decoder side (see the module docs).
+#[derive(Module, Debug)]
+pub struct AutoencoderKLWan<B: Backend> {
+    /// 1×1×1 `z_dim → z_dim`.
+    pub post_quant_conv: WanCausalConv3d<B>,
+    pub decoder: WanDecoder3d<B>,
+    #[module(skip)]
+    config: AutoencoderKLWanConfig,
+}
+
+impl<B: Backend> AutoencoderKLWan<B> {
+    /// The module with uninitialised (lazy) parameters for `config`; [`load`](Self::load) fills
+    /// them.
+    ///
+    /// # Errors
+    /// The [`AutoencoderKLWanConfig::validate`] message for unsupported configs.
+    pub fn new(config: AutoencoderKLWanConfig, device: &B::Device) -> Result<Self, String> {
+        config.validate()?;
+        Ok(Self {
+            post_quant_conv: WanCausalConv3d::new(
+                config.z_dim,
+                config.z_dim,
+                [1, 1, 1],
+                [0, 0, 0],
+                device,
+            ),
+            decoder: WanDecoder3d::new(&config, device),
+            config,
+        })
+    }
+
+    /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards),
+    /// skipping the encoder tensors ([`IGNORED_KEYS`]).
+    ///
+    /// # Errors
+    /// [`LoadError::Config`] for an unreadable or unsupported config, [`LoadError::Weights`] for
+    /// missing, unexpected or wrongly shaped tensors.
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        let config_path = dir.join("config.json");
+        let (config, _unknown) = read_config::<AutoencoderKLWanConfig>(&config_path)?;
+        let mut model = Self::new(config, device).map_err(|message| LoadError::Config {
+            path: config_path.clone(),
+            message,
+        })?;
+        let files = resolve_safetensors(dir, "diffusion_pytorch_model")?;
+        load_module(
+            &mut model,
+            &files,
+            KeyMap {
+                remap: KEY_REMAP,
+                ignore: IGNORED_KEYS,
+            },
+        )?;
+        Ok(model)
+    }
+
+    /// The parsed `config.json`.
+    pub fn config(&self) -> &AutoencoderKLWanConfig {
+        &self.config
+    }
+
+    fn check_latents(&self, z: &Tensor<B, 5>, name: &str) {
+        let dims = z.dims();
+        assert_eq!(
+            dims[1], self.config.z_dim,
+            "`{name}` must be [B, z_dim={}, T, H, W], got {dims:?}",
+            self.config.z_dim
+        );
+        assert!(dims[2] >= 1, "`{name}` has no frames: {dims:?}");
+    }
+
+    /// Decodes de-normalised latents to video, as diffusers' `AutoencoderKLWan.decode`:
+    /// `post_quant_conv`, then the decoder one latent frame at a time with a fresh causal cache,
+    /// concatenated in time and clamped to [-1, 1].
+    ///
+    /// # Shapes
+    /// `z: [B, z_dim, T, H, W]` → `[B, out_channels, 1 + 4(T-1), 8H, 8W]` (Wan2.1 scales; in
+    /// general [`temporal_scale`](AutoencoderKLWanConfig::temporal_scale) and
+    /// [`spatial_scale`](AutoencoderKLWanConfig::spatial_scale)).
+    ///
+    /// # Panics
+    /// If `z` does not have `z_dim` channels or has no frames.
+    pub fn decode(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.check_latents(&z, "z");
+        let num_frames = z.dims()[2];
+        let x = self.post_quant_conv.forward(z);
+        let mut cache = WanDecoderCache::default();
+        let mut outs = Vec::with_capacity(num_frames);
+        for i in 0..num_frames {
+            outs.push(self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache));
+        }
+        Tensor::cat(outs, 2).clamp(-1.0, 1.0)
+    }
+
+    /// Like [`decode`](Self::decode), but hands each latent frame's video frames to `sink` as
+    /// soon as they exist (already clamped), so a long video is never held whole. The sink gets
+    /// `(first_video_frame_index, frames)`; returning `Err` stops decoding.
+    ///
+    /// # Shapes
+    /// `z: [B, z_dim, T, H, W]`; `frames: [B, out_channels, n, 8H, 8W]` with `n = 1` for latent
+    /// frame 0 and `n = 4` after it (Wan2.1).
+    ///
+    /// # Errors
+    /// The sink's first error.
+    ///
+    /// # Panics
+    /// As [`decode`](Self::decode).
+    pub fn decode_streaming<E>(
+        &self,
+        z: Tensor<B, 5>,
+        mut sink: impl FnMut(usize, Tensor<B, 5>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.check_latents(&z, "z");
+        let num_frames = z.dims()[2];
+        let x = self.post_quant_conv.forward(z);
+        let mut cache = WanDecoderCache::default();
+        let mut next = 0;
+        for i in 0..num_frames {
+            let frames = self
+                .decoder
+                .forward(x.clone().narrow(2, i, 1), &mut cache)
+                .clamp(-1.0, 1.0);
+            let n = frames.dims()[2];
+            sink(next, frames)?;
+            next += n;
+        }
+        Ok(())
+    }
+
+    /// Per-channel `(latents_mean, 1 / latents_std)` as the pipeline builds them
+    /// (`torch.tensor(config.latents_std)` is float32, so `1 / std` is rounded in f32).
+    pub fn latents_mean_inv_std(&self) -> (Vec<f32>, Vec<f32>) {
+        let mean = self.config.latents_mean.iter().map(|m| *m as f32).collect();
+        let inv_std = self
+            .config
+            .latents_std
+            .iter()
+            .map(|s| 1.0f32 / (*s as f32))
+            .collect();
+        (mean, inv_std)
+    }
+
+    fn channel_tensor(&self, v: Vec<f32>, device: &B::Device) -> Tensor<B, 5> {
+        let c = v.len();
+        Tensor::from_data(TensorData::new(v, [1, c, 1, 1, 1]), device)
+    }
+
+    /// The pipeline's de-normalisation before decoding:
+    /// `latents / latents_std + latents_mean` where `latents_std = 1 / config.latents_std`
+    /// (diffusers `pipeline_helios_pyramid.py`).
+    ///
+    /// # Shapes
+    /// `latents: [B, z_dim, T, H, W]` → same.
+    pub fn denormalize(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.check_latents(&latents, "latents");
+        let device = latents.device();
+        let (mean, inv_std) = self.latents_mean_inv_std();
+        latents / self.channel_tensor(inv_std, &device) + self.channel_tensor(mean, &device)
+    }
+
+    /// The inverse, as the pipeline normalises encoded latents: `(latents - mean) * (1 / std)`.
+    ///
+    /// # Shapes
+    /// `latents: [B, z_dim, T, H, W]` → same.
+    pub fn normalize(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
+        self.check_latents(&latents, "latents");
+        let device = latents.device();
+        let (mean, inv_std) = self.latents_mean_inv_std();
+        (latents - self.channel_tensor(mean, &device)) * self.channel_tensor(inv_std, &device)
+    }
+}

@@ -1,0 +1,5 @@
+//! Neural network modules, one file per reference class.
+
+pub mod autoencoder_kl_wan;
+pub mod transformer_helios;
+pub mod umt5;

@@ -1,0 +1,1 @@
+//! transformer_helios (being written).

@@ -1,0 +1,487 @@
+//! Mirrors diffusers 0.42.1 `pipelines/helios/pipeline_helios_pyramid.py` `HeliosPyramidPipeline`
+//! for the Distilled variant (`is_distilled`, `HeliosDMDScheduler`), text-to-video.
+//!
+//! Steps, numbered as in `__call__`:
+//! 1. check inputs ([`crate::pipeline::request::resolve`] already did);
+//! 3. encode the prompt (UMT5, padded to `max_sequence_length`, rows past the prompt zeroed), and
+//!    project it once through the transformer's text embedder for every step of every chunk;
+//! 5. history buffer of `sum(history_sizes)` latent frames (zeros), RoPE frame indices;
+//! 6. per chunk: fresh noise, pyramid downsampling, per stage dynamic shift μ, nearest upsampling
+//!    and block-noise re-noising between stages, DMD steps; the first latent frame of the first
+//!    chunk becomes the anchor; the chunk is decoded by the VAE as soon as it is done and its
+//!    frames go to the [`FrameSink`].
+//!
+//! Deliberate divergences (each pinned by `tests/pipeline_distilled.rs`):
+//! - the history buffer keeps only the last `sum(history_sizes)` latent frames (diffusers keeps
+//!   every generated latent), so memory does not grow with the video length;
+//! - decoded frames are handed out chunk by chunk instead of concatenated, and the trimming to
+//!   `4k+1` frames is applied to the last chunk;
+//! - all random draws come from a [`NoiseSource`] by name.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
+use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
+use crate::pipeline::models::transformer_helios::{HeliosTransformer3DModel, HistoryInputs};
+use crate::pipeline::models::umt5::UMT5EncoderModel;
+use crate::pipeline::noise::{NoiseError, NoiseSource};
+use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
+use crate::pipeline::request::{GenerationRequest, ModelDefaults};
+use crate::pipeline::schedulers::scheduling_helios_dmd::{
+    HeliosDMDScheduler, HeliosDMDSchedulerConfig, block_noise_factor, calculate_shift,
+};
+use crate::pipeline::text_encoding::encode_prompt;
+use crate::pipeline::tokenizer::PromptTokenizer;
+
+/// Latent channels ↔ pixels: the Wan VAE compresses 4× in time and 8× in space.
+const VAE_SCALE_FACTOR_TEMPORAL: usize = 4;
+const VAE_SCALE_FACTOR_SPATIAL: usize = 8;
+
+/// A generation failure.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The checkpoint could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A random draw could not be served.
+    #[error(transparent)]
+    Noise(#[from] NoiseError),
+    /// The request does not fit this checkpoint.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The frame consumer failed (e.g. the MP4 writer).
+    #[error("writing frames: {0}")]
+    Sink(String),
+    /// The run was cancelled through its [`CancelToken`].
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Decoded frames of one chunk: `data` is `[frames, height, width, 3]` row-major RGB in `[0, 1]`
+/// (diffusers' `output_type="np"` values).
+#[derive(Debug, Clone)]
+pub struct VideoFrames {
+    pub data: Vec<f32>,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Receives the video chunk by chunk, in order.
+pub trait FrameSink {
+    /// Take the next frames.
+    ///
+    /// # Errors
+    /// A message that ends the run as [`PipelineError::Sink`].
+    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String>;
+}
+
+/// What a run needs besides the request: random draws, progress, cancellation.
+pub struct RunContext<'a> {
+    pub noise: &'a mut dyn NoiseSource,
+    pub progress: &'a mut dyn ProgressSink,
+    pub cancel: CancelToken,
+}
+
+/// `model_index.json` of a Helios checkpoint.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ModelIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    #[serde(default)]
+    pub is_distilled: bool,
+    #[serde(default)]
+    pub is_cfg_zero_star: bool,
+    /// Component entries (`"transformer": ["diffusers", "HeliosTransformer3DModel"]`, ...).
+    #[serde(flatten)]
+    pub components: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// The loaded Helios-Distilled pipeline.
+pub struct HeliosPyramidPipeline<B: Backend> {
+    pub model_index: ModelIndex,
+    pub tokenizer: PromptTokenizer,
+    pub text_encoder: UMT5EncoderModel<B>,
+    pub transformer: HeliosTransformer3DModel<B>,
+    pub vae: AutoencoderKLWan<B>,
+    pub scheduler: HeliosDMDScheduler,
+    device: B::Device,
+}
+
+impl<B: Backend> HeliosPyramidPipeline<B> {
+    /// Load every component of the checkpoint folder `dir` onto `device`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Load`] naming the missing or broken file;
+    /// [`PipelineError::Unsupported`] for a checkpoint that is not a distilled
+    /// `HeliosPyramidPipeline` (Base and Mid come with their own samplers).
+    pub fn load(
+        dir: &Path,
+        device: &B::Device,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        let model_index = read_model_index(dir)?;
+        progress.event(Progress::Loading { component: "scheduler", done: false });
+        let scheduler = read_scheduler(dir)?;
+        progress.event(Progress::Loading { component: "scheduler", done: true });
+
+        progress.event(Progress::Loading { component: "tokenizer", done: false });
+        let tokenizer = PromptTokenizer::from_dir(&component_dir(dir, "tokenizer")?)?;
+        progress.event(Progress::Loading { component: "tokenizer", done: true });
+
+        progress.event(Progress::Loading { component: "text_encoder", done: false });
+        let text_encoder = UMT5EncoderModel::load(&component_dir(dir, "text_encoder")?, device)?;
+        progress.event(Progress::Loading { component: "text_encoder", done: true });
+
+        progress.event(Progress::Loading { component: "transformer", done: false });
+        let transformer = HeliosTransformer3DModel::load(&component_dir(dir, "transformer")?, device)?;
+        progress.event(Progress::Loading { component: "transformer", done: true });
+
+        progress.event(Progress::Loading { component: "vae", done: false });
+        let vae = AutoencoderKLWan::load(&component_dir(dir, "vae")?, device)?;
+        progress.event(Progress::Loading { component: "vae", done: true });
+
+        Ok(Self {
+            model_index,
+            tokenizer,
+            text_encoder,
+            transformer,
+            vae,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// The request defaults this checkpoint implies.
+    pub fn defaults(&self) -> ModelDefaults {
+        ModelDefaults {
+            pyramid_num_stages: self.scheduler.config().stages,
+            ..ModelDefaults::helios_distilled()
+        }
+    }
+
+    /// Prompt embeddings `[1, max_sequence_length, d_model]` as diffusers' `encode_prompt`.
+    pub fn encode_prompt(&self, prompt: &str, max_sequence_length: usize) -> Tensor<B, 3> {
+        encode_prompt(
+            &self.tokenizer,
+            &self.text_encoder,
+            prompt,
+            max_sequence_length,
+            &self.device,
+        )
+    }
+
+    /// Generate the video of `req`, handing decoded frames to `sink` chunk by chunk.
+    ///
+    /// Returns the number of frames delivered (`req.output_frames()`).
+    ///
+    /// # Errors
+    /// [`PipelineError`]: unsupported settings, a missing noise draw, a sink failure, cancellation.
+    pub fn call(
+        &self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        let stages = req.pyramid_num_inference_steps_list.len();
+        if stages != self.scheduler.config().stages {
+            return Err(PipelineError::Unsupported(format!(
+                "pyramid_num_inference_steps_list has {stages} stages, the scheduler has {}",
+                self.scheduler.config().stages
+            )));
+        }
+        let device = &self.device;
+        let (height, width) = (req.height as usize, req.width as usize);
+        let (lh, lw) = (height / VAE_SCALE_FACTOR_SPATIAL, width / VAE_SCALE_FACTOR_SPATIAL);
+        let channels = self.transformer.config().in_channels;
+        let t_chunk = req.num_latent_frames_per_chunk;
+        let window = (t_chunk - 1) * VAE_SCALE_FACTOR_TEMPORAL + 1;
+        let num_chunks = req.num_chunks();
+        let total_out = req.output_frames();
+
+        // 3. Encode the prompt (and the negative prompt when CFG is on), projected once.
+        ctx.progress.event(Progress::EncodingPrompt { done: false });
+        let do_cfg = req.guidance_scale > 1.0;
+        let text = self
+            .transformer
+            .project_text(self.encode_prompt(&req.prompt, req.max_sequence_length));
+        let neg_text = do_cfg.then(|| {
+            self.transformer
+                .project_text(self.encode_prompt(&req.negative_prompt, req.max_sequence_length))
+        });
+        ctx.progress.event(Progress::EncodingPrompt { done: true });
+
+        // 5. History buffer and RoPE frame indices (keep_first_frame = true).
+        let mut history_sizes = req.history_sizes.clone();
+        history_sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let num_history: usize = history_sizes.iter().sum();
+        let mut history = Tensor::<B, 5>::zeros([1, channels, num_history, lh, lw], device);
+        let [n_long, n_mid, n_1x] = [history_sizes[0], history_sizes[1], history_sizes[2]];
+        let idx = |start: usize, len: usize| (start as i64..(start + len) as i64).collect::<Vec<_>>();
+        let indices_long = idx(1, n_long);
+        let indices_mid = idx(1 + n_long, n_mid);
+        let indices_1x = idx(1 + n_long + n_mid, n_1x);
+        let indices_hidden = idx(1 + num_history, t_chunk);
+        let mut indices_short = vec![0i64];
+        indices_short.extend(&indices_1x);
+
+        let l_factor = block_noise_factor(self.scheduler.config().gamma);
+        let mut image_latents: Option<Tensor<B, 5>> = None;
+        let mut delivered = 0usize;
+
+        // 6. Denoising loop.
+        for k in 0..num_chunks {
+            let amplify = req.is_amplify_first_chunk && k == 0;
+            let schedules: Vec<_> = (0..stages)
+                .map(|s| {
+                    let (sh, sw) = (lh >> (stages - 1 - s), lw >> (stages - 1 - s));
+                    let image_seq_len = t_chunk * sh * sw / 4;
+                    let cfg = self.scheduler.config();
+                    let mu = calculate_shift(
+                        image_seq_len,
+                        cfg.base_image_seq_len,
+                        cfg.max_image_seq_len,
+                        cfg.base_shift,
+                        cfg.max_shift,
+                    );
+                    self.scheduler.set_timesteps(
+                        req.pyramid_num_inference_steps_list[s],
+                        s,
+                        Some(mu),
+                        amplify,
+                    )
+                })
+                .collect();
+            let total_steps: usize = schedules.iter().map(|s| s.timesteps.len()).sum();
+            ctx.progress.event(Progress::ChunkStarted {
+                chunk: k,
+                chunks: num_chunks,
+                steps: total_steps,
+                frames: window,
+            });
+
+            // History views: long, mid, 1x from the last `num_history` frames; short = prefix ++ 1x.
+            let h_long = history.clone().narrow(2, 0, n_long);
+            let h_mid = history.clone().narrow(2, n_long, n_mid);
+            let h_1x = history.clone().narrow(2, n_long + n_mid, n_1x);
+            let prefix = image_latents
+                .clone()
+                .unwrap_or_else(|| Tensor::zeros([1, channels, 1, lh, lw], device));
+            let hist = HistoryInputs {
+                latents_history_short: Tensor::cat(vec![prefix, h_1x], 2),
+                latents_history_mid: h_mid,
+                latents_history_long: h_long,
+                indices_latents_history_short: indices_short.clone(),
+                indices_latents_history_mid: indices_mid.clone(),
+                indices_latents_history_long: indices_long.clone(),
+            };
+
+            // Initial noise at full latent size, then bilinear ×½ (= 2×2 mean) ·2 per extra stage.
+            let shape = [1, channels, t_chunk, lh, lw];
+            let draw = ctx.noise.standard_normal(&format!("chunk{k}.latents"), &shape)?;
+            let mut latents = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), device);
+            for _ in 1..stages {
+                latents = downsample_half(latents).mul_scalar(2.0);
+            }
+            let mut start_points: Vec<Tensor<B, 5>> = vec![latents.clone()];
+
+            let mut step_done = 0usize;
+            for (s, sched) in schedules.iter().enumerate() {
+                if s > 0 {
+                    latents = upsample_nearest_2x(latents);
+                    let (alpha, beta) = self.scheduler.stage_renoise_coeffs(s);
+                    let [b, c, t, h, w] = latents.dims();
+                    let name = format!("chunk{k}.stage{s}.block_noise");
+                    let blocks = b * c * t * (h / 2) * (w / 2);
+                    let z = ctx.noise.standard_normal(&name, &[blocks, 4])?;
+                    let noise = block_noise::<B>(&z, &l_factor, [b, c, t, h, w], device);
+                    latents = latents.mul_scalar(alpha) + noise.mul_scalar(beta);
+                    start_points.push(latents.clone());
+                }
+                for i in 0..sched.timesteps.len() {
+                    if ctx.cancel.is_cancelled() {
+                        return Err(PipelineError::Cancelled);
+                    }
+                    let t = sched.timesteps[i];
+                    // diffusers: `timestep = t.expand(B).to(torch.int64)` (truncation).
+                    let t_model = self.scheduler.model_timestep(t) as f32;
+                    let mut v = self.transformer.forward(
+                        latents.clone(),
+                        &[t_model],
+                        text.clone(),
+                        &indices_hidden,
+                        Some(&hist),
+                    );
+                    if let Some(neg) = &neg_text {
+                        let v_u = self.transformer.forward(
+                            latents.clone(),
+                            &[t_model],
+                            neg.clone(),
+                            &indices_hidden,
+                            Some(&hist),
+                        );
+                        // v = v_u + g·(v_c − v_u)
+                        v = v_u.clone() + (v - v_u).mul_scalar(req.guidance_scale);
+                    }
+                    let step = self.scheduler.step_coeffs(sched, i);
+                    // DMD: x0 = x − σ_t·v; re-noise toward the stage start point unless last.
+                    let x0 = latents - v.mul_scalar(step.sigma_t);
+                    latents = match step.next {
+                        Some(sn) => x0.mul_scalar(1.0 - sn) + start_points[s].clone().mul_scalar(sn),
+                        None => x0,
+                    };
+                    step_done += 1;
+                    ctx.progress.event(Progress::Step {
+                        chunk: k,
+                        stage: s,
+                        step: step_done,
+                        steps: total_steps,
+                    });
+                }
+            }
+
+            if k == 0 && image_latents.is_none() {
+                image_latents = Some(latents.clone().narrow(2, 0, 1));
+            }
+            // Keep only the frames the model can still see.
+            let grown = Tensor::cat(vec![history, latents.clone()], 2);
+            let len = grown.dims()[2];
+            history = grown.narrow(2, len - num_history, num_history);
+
+            ctx.progress.event(Progress::Decoding { chunk: k, done: false });
+            let video = self.vae.decode(self.vae.denormalize(latents));
+            ctx.progress.event(Progress::Decoding { chunk: k, done: true });
+            let keep = window.min(total_out - delivered);
+            let frames = postprocess(video, keep);
+            delivered += frames.frames;
+            sink.push_frames(frames).map_err(PipelineError::Sink)?;
+            ctx.progress.event(Progress::FramesReady {
+                chunk: k,
+                frames: delivered,
+            });
+        }
+        Ok(delivered)
+    }
+}
+
+/// `F.interpolate(x, size=(h/2, w/2), mode="bilinear")` per frame, which for an exact halving
+/// (align_corners=False, no antialias) is the mean of each 2×2 block.
+///
+/// # Shapes
+/// `[B, C, T, H, W]` → `[B, C, T, H/2, W/2]`
+fn downsample_half<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [b, c, t, h, w] = x.dims();
+    x.reshape([b * c * t, h / 2, 2, w / 2, 2])
+        .mean_dim(4)
+        .mean_dim(2)
+        .reshape([b, c, t, h / 2, w / 2])
+}
+
+/// `F.interpolate(x, size=(2h, 2w), mode="nearest")` per frame.
+///
+/// # Shapes
+/// `[B, C, T, H, W]` → `[B, C, T, 2H, 2W]`
+fn upsample_nearest_2x<B: Backend>(x: Tensor<B, 5>) -> Tensor<B, 5> {
+    let [b, c, t, h, w] = x.dims();
+    x.reshape([b * c * t, h, 1, w, 1])
+        .repeat_dim(2, 2)
+        .repeat_dim(4, 2)
+        .reshape([b, c, t, 2 * h, 2 * w])
+}
+
+/// diffusers `sample_block_noise`: `noise = z @ Lᵀ` (2×2 blocks with covariance `L·Lᵀ`), laid out
+/// by `view(B,C,T,h/2,w/2,2,2).permute(0,1,2,3,5,4,6)`.
+///
+/// # Shapes
+/// `z`: `[B·C·T·(h/2)·(w/2), 4]` row-major → `[B, C, T, h, w]`
+fn block_noise<B: Backend>(
+    z: &[f32],
+    l: &[[f64; 4]; 4],
+    [b, c, t, h, w]: [usize; 5],
+    device: &B::Device,
+) -> Tensor<B, 5> {
+    let mut out = vec![0f32; z.len()];
+    for (zi, oi) in z.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+        for r in 0..4 {
+            // (z @ Lᵀ)[r] = Σ_j z[j]·L[r][j]
+            oi[r] = (0..4).map(|j| zi[j] as f64 * l[r][j]).sum::<f64>() as f32;
+        }
+    }
+    Tensor::<B, 1>::from_data(TensorData::new(out, [b * c * t * h * w]), device)
+        .reshape([b * c * t, h / 2, w / 2, 2, 2])
+        .swap_dims(2, 3)
+        .reshape([b, c, t, h, w])
+}
+
+/// `(video / 2 + 0.5).clamp(0, 1)` and `[1, 3, F, H, W]` → `[F, H, W, 3]`, keeping `keep` frames.
+fn postprocess<B: Backend>(video: Tensor<B, 5>, keep: usize) -> VideoFrames {
+    let [_, _, f, h, w] = video.dims();
+    let keep = keep.min(f);
+    let data: Vec<f32> = video
+        .narrow(2, 0, keep)
+        .div_scalar(2.0)
+        .add_scalar(0.5)
+        .clamp(0.0, 1.0)
+        .reshape([3, keep, h, w])
+        .permute([1, 2, 3, 0])
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    VideoFrames {
+        data,
+        frames: keep,
+        height: h,
+        width: w,
+    }
+}
+
+/// Read `model_index.json` and check that the folder holds a pipeline this build runs.
+fn read_model_index(dir: &Path) -> Result<ModelIndex, PipelineError> {
+    if !dir.is_dir() {
+        return Err(LoadError::Missing {
+            path: dir.to_path_buf(),
+            what: "the checkpoint folder".into(),
+        }
+        .into());
+    }
+    let path = dir.join("model_index.json");
+    let (model_index, _) = read_config::<ModelIndex>(&path)?;
+    if model_index.class_name != "HeliosPyramidPipeline" || !model_index.is_distilled {
+        return Err(PipelineError::Unsupported(format!(
+            "{}: `{}` with is_distilled={} is not supported yet; this build runs Helios-Distilled \
+             (HeliosPyramidPipeline with is_distilled=true)",
+            path.display(),
+            model_index.class_name,
+            model_index.is_distilled
+        )));
+    }
+    Ok(model_index)
+}
+
+/// Read and build the scheduler of the checkpoint folder `dir`.
+fn read_scheduler(dir: &Path) -> Result<HeliosDMDScheduler, PipelineError> {
+    let path = component_dir(dir, "scheduler")?.join("scheduler_config.json");
+    let (cfg, _) = read_config::<HeliosDMDSchedulerConfig>(&path)?;
+    Ok(HeliosDMDScheduler::new(cfg).map_err(|e| LoadError::Config {
+        path,
+        message: e.to_string(),
+    })?)
+}
+
+/// The request defaults of the checkpoint folder `dir`, read from its small JSON files only
+/// (cheap: lets a caller validate a request before loading any weights).
+///
+/// # Errors
+/// As [`HeliosPyramidPipeline::load`] for `model_index.json` and the scheduler config.
+pub fn checkpoint_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
+    read_model_index(dir)?;
+    let scheduler = read_scheduler(dir)?;
+    Ok(ModelDefaults {
+        pyramid_num_stages: scheduler.config().stages,
+        ..ModelDefaults::helios_distilled()
+    })
+}

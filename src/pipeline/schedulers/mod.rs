@@ -1,0 +1,13 @@
+//! Schedulers: host-side f64 tables and step coefficients, one file per diffusers class
+//! (style rule 7). Only the final per-step combination in the pipeline touches tensors.
+//!
+//! * [`scheduling_helios_dmd`]: diffusers `HeliosDMDScheduler` (Helios-Distilled), plus the
+//!   pipeline-side `calculate_shift`, stage re-noise coefficients and block-noise factor.
+
+pub mod scheduling_helios_dmd;
+
+pub use scheduling_helios_dmd::{
+    DmdStep, HeliosDMDScheduler, HeliosDMDSchedulerConfig, PredictionType, SchedulerError,
+    StageSchedule, StageTables, TimeShiftType, block_noise_factor, calculate_shift, linspace,
+    model_timestep,
+};

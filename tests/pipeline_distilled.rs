@@ -1,0 +1,152 @@
+//! Whole-pipeline parity: a 2-chunk Helios-Distilled text-to-video run of the tiny checkpoint,
+//! driven with diffusers' own random draws (`tests/fixtures/reference/pipeline_distilled.safetensors`,
+//! made by `tests/fixtures/make_fixtures.py`), must decode to the frames diffusers 0.42.1 decodes.
+
+mod common;
+
+use common::{Reference, TestBackend, psnr, tiny_distilled};
+use omni::pipeline::noise::FileNoise;
+use omni::pipeline::pipelines::pipeline_helios_pyramid::{
+    FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames,
+};
+use omni::pipeline::progress::{CancelToken, NoProgress, Progress, ProgressSink};
+use omni::pipeline::request::{RequestPatch, resolve};
+
+/// The bar for decoded frames against diffusers (fp32 on both sides; the remaining error
+/// is float summation order through 12 transformer calls and the VAE).
+const MIN_PSNR_DB: f64 = 40.0;
+
+#[derive(Default)]
+struct Collect(Vec<VideoFrames>);
+
+impl FrameSink for Collect {
+    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
+        self.0.push(frames);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Record(Vec<Progress>);
+
+impl ProgressSink for Record {
+    fn event(&mut self, event: Progress) {
+        self.0.push(event);
+    }
+}
+
+fn request() -> omni::pipeline::request::GenerationRequest {
+    let patch = RequestPatch {
+        prompt: Some("A serene lakeside sunrise with mist over the water.".into()),
+        width: Some(128),
+        height: Some(64),
+        num_frames: Some(66),
+        guidance_scale: Some(1.0),
+        pyramid_num_inference_steps_list: Some(vec![2, 2, 2]),
+        is_amplify_first_chunk: Some(true),
+        ..Default::default()
+    };
+    let defaults =
+        omni::pipeline::pipelines::pipeline_helios_pyramid::checkpoint_defaults(&tiny_distilled())
+            .unwrap();
+    resolve(&[patch], &defaults).unwrap()
+}
+
+#[test]
+fn two_chunk_distilled_run_matches_diffusers_frames() {
+    let device = Default::default();
+    let pipe =
+        HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
+            .unwrap();
+    let req = request();
+    let mut noise = FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors"))
+        .unwrap();
+    let mut progress = Record::default();
+    let mut sink = Collect::default();
+    let mut ctx = RunContext {
+        noise: &mut noise,
+        progress: &mut progress,
+        cancel: CancelToken::new(),
+    };
+    let n = pipe.call(&req, &mut ctx, &mut sink).unwrap();
+
+    let reference = Reference::open("pipeline_distilled.safetensors");
+    let (shape, want) = reference.f64s("frames");
+    assert_eq!(shape, vec![1, 65, 64, 128, 3]);
+    assert_eq!(n, 65);
+    assert_eq!(sink.0.len(), 2, "one delivery per chunk");
+    assert_eq!(sink.0[0].frames, 33);
+    assert_eq!(sink.0[1].frames, 32, "the last chunk is trimmed to 4k+1 frames in all");
+    let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
+    let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
+    let db = psnr(&got, &want);
+    eprintln!("decoded frames PSNR vs diffusers: {db:.2} dB");
+    assert!(db >= MIN_PSNR_DB, "PSNR {db:.2} dB < {MIN_PSNR_DB} dB");
+
+    // Progress: 12 steps in the amplified first chunk, 6 in the second.
+    let steps: Vec<(usize, usize)> = progress
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            Progress::ChunkStarted { chunk, steps, .. } => Some((*chunk, *steps)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![(0, 12), (1, 6)]);
+}
+
+#[test]
+fn prompt_embeddings_match_diffusers() {
+    let device = Default::default();
+    let pipe =
+        HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
+            .unwrap();
+    let reference = Reference::open("pipeline_distilled.safetensors");
+    let want = reference.tensor::<TestBackend, 3>("prompt_embeds", &device);
+    let got = pipe.encode_prompt("A serene lakeside sunrise with mist over the water.", 512);
+    let err = common::max_abs_diff(got, want);
+    eprintln!("prompt_embeds max abs error: {err:.3e}");
+    assert!(err <= 1e-4, "max abs error {err}");
+}
+
+#[test]
+fn a_missing_noise_draw_is_an_error_naming_it() {
+    let device = Default::default();
+    let pipe =
+        HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
+            .unwrap();
+    let mut req = request();
+    req.num_frames = 99; // needs chunk2.* draws, which the file does not have
+    let mut noise = FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors"))
+        .unwrap();
+    let mut ctx = RunContext {
+        noise: &mut noise,
+        progress: &mut NoProgress,
+        cancel: CancelToken::new(),
+    };
+    let err = pipe.call(&req, &mut ctx, &mut Collect::default()).unwrap_err();
+    assert!(err.to_string().contains("chunk2.latents"), "{err}");
+}
+
+#[test]
+fn a_cancelled_run_stops_before_the_first_step() {
+    let device = Default::default();
+    let pipe =
+        HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
+            .unwrap();
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let mut noise = omni::pipeline::noise::SeededNoise::new(0);
+    let mut ctx = RunContext {
+        noise: &mut noise,
+        progress: &mut NoProgress,
+        cancel,
+    };
+    let mut sink = Collect::default();
+    let err = pipe.call(&request(), &mut ctx, &mut sink).unwrap_err();
+    assert!(matches!(
+        err,
+        omni::pipeline::pipelines::pipeline_helios_pyramid::PipelineError::Cancelled
+    ));
+    assert!(sink.0.is_empty());
+}
