@@ -11,6 +11,7 @@ use common::{Reference, fixture, max_abs_diff_slice};
 use omni::pipeline::schedulers::{
     DmdStep, HeliosDMDScheduler, HeliosDMDSchedulerConfig, SchedulerError, StageSchedule,
     TimeShiftType, block_noise_factor, calculate_shift, linspace, model_timestep,
+    pyramid_image_seq_len,
 };
 
 /// Scheduler tables are float64 on both sides and computed with the same operation order, so
@@ -22,10 +23,17 @@ const HAND_T_TOL: f64 = 5e-3;
 const HAND_SIGMA_TOL: f64 = 5e-6;
 /// `L·Lᵀ` against the covariance, in f64.
 const FACTOR_TOL: f64 = 1e-12;
+/// Correlated block noise against diffusers': diffusers factors a float32 covariance in float32,
+/// this crate the exact covariance in f64 (documented on `block_noise_factor`); at the tiny
+/// checkpoint's γ = 0.3333 that moves unit-variance noise by up to 5.5e-6.
+const BLOCK_NOISE_TOL: f64 = 1e-5;
 
-/// Token counts of the three pyramid stages for 9 latent frames at 384×640 (latent 48×80,
-/// patch 1×2×2): 9·12·20/4, 9·24·40/4, 9·48·80/4.
-const STAGE_SEQ_LENS: [usize; 3] = [540, 2160, 8640];
+/// Token counts behind the `mu` of `scheduler_distilled.safetensors` and of helios.md §5.2: each
+/// stage's own latent size for 9 latent frames at 384×640 (9·12·20/4, 9·24·40/4, 9·48·80/4).
+/// They exercise `set_timesteps` over three different `mu`; the pipeline itself measures the
+/// latents before each stage's upsample (540, 540, 2160, see
+/// `pyramid_image_seq_len_measures_latents_before_the_stage_upsample`).
+const FIXTURE_MU_SEQ_LENS: [usize; 3] = [540, 2160, 8640];
 
 /// Defaults plus what the Distilled checkpoint turns on (dynamic, linear shift).
 fn distilled_like() -> HeliosDMDScheduler {
@@ -62,7 +70,12 @@ fn config_defaults_match_diffusers_init() {
     assert!(!c.use_dynamic_shifting);
     assert_eq!(c.time_shift_type, TimeShiftType::Linear);
     assert_eq!(
-        (c.base_image_seq_len, c.max_image_seq_len, c.base_shift, c.max_shift),
+        (
+            c.base_image_seq_len,
+            c.max_image_seq_len,
+            c.base_shift,
+            c.max_shift
+        ),
         (256.0, 4096.0, 0.5, 1.15)
     );
     assert!(c.unknown_keys().is_empty());
@@ -96,7 +109,8 @@ fn config_collects_unknown_keys_for_warnings() {
 
 #[test]
 fn config_with_other_class_name_is_rejected() {
-    let c = HeliosDMDSchedulerConfig::from_json_str(r#"{"_class_name": "HeliosScheduler"}"#).unwrap();
+    let c =
+        HeliosDMDSchedulerConfig::from_json_str(r#"{"_class_name": "HeliosScheduler"}"#).unwrap();
     assert!(matches!(
         HeliosDMDScheduler::new(c),
         Err(SchedulerError::WrongClass { .. })
@@ -160,7 +174,10 @@ fn set_timesteps_needs_mu_with_dynamic_shifting() {
     ));
     assert!(matches!(
         s.set_timesteps(2, 3, Some(1.0), false),
-        Err(SchedulerError::StageOutOfRange { stage: 3, stages: 3 })
+        Err(SchedulerError::StageOutOfRange {
+            stage: 3,
+            stages: 3
+        })
     ));
 }
 
@@ -179,7 +196,7 @@ fn linspace_matches_numpy_endpoints() {
 #[test]
 fn calculate_shift_matches_pipeline_values() {
     // helios.md §4.1: L = 8640 → μ = 1.91917; §5.2: 540 → 0.5481, 2160 → 0.8223.
-    let mu: Vec<f64> = STAGE_SEQ_LENS
+    let mu: Vec<f64> = FIXTURE_MU_SEQ_LENS
         .iter()
         .map(|&l| calculate_shift(l, 256.0, 4096.0, 0.5, 1.15))
         .collect();
@@ -198,7 +215,18 @@ fn time_shift_maps_zero_to_zero_and_one_to_one() {
     let (mu, s) = (1.9, 0.4);
     assert!((TimeShiftType::Linear.apply(mu, s) - mu * s / (1.0 + (mu - 1.0) * s)).abs() < 1e-15);
     let e = mu.exp();
-    assert!((TimeShiftType::Exponential.apply(mu, s) - e * s / (1.0 + (e - 1.0) * s)).abs() < 1e-15);
+    assert!(
+        (TimeShiftType::Exponential.apply(mu, s) - e * s / (1.0 + (e - 1.0) * s)).abs() < 1e-15
+    );
+}
+
+#[test]
+fn pyramid_image_seq_len_measures_latents_before_the_stage_upsample() {
+    // 384×640: stage-0 latent 12×20; stages 0 and 1 share the stage-0 size.
+    let lens: Vec<usize> = (0..3)
+        .map(|s| pyramid_image_seq_len(s, [9, 12, 20], PATCH_SIZE))
+        .collect();
+    assert_eq!(lens, vec![540, 540, 2160]);
 }
 
 #[test]
@@ -214,8 +242,11 @@ fn renoise_coeffs_match_pipeline_for_gamma_one_third() {
     let want = [(0.600120, 0.692612), (0.749813, 0.433337)];
     for (stage, (a, b)) in [1, 2].into_iter().zip(want) {
         let (alpha, beta) = s.stage_renoise_coeffs(stage);
-        assert!((alpha - a).abs() < 5e-7 && (beta - b).abs() < 5e-7, "stage {stage}: ({alpha}, {beta})");
-        // Variance-preserving: α² (signal part) + β²·γ... the corrected start sigma equals α·ρ.
+        assert!(
+            (alpha - a).abs() < 5e-7 && (beta - b).abs() < 5e-7,
+            "stage {stage}: ({alpha}, {beta})"
+        );
+        // The scheduler's corrected stage start sigma is 1 − α·ρ with the same α.
         let rho = 1.0 - s.ori_start_sigmas()[stage];
         assert!((1.0 - s.tables().start_sigmas[stage] - alpha * rho).abs() < 1e-15);
     }
@@ -253,7 +284,10 @@ fn block_noise_factor_is_cholesky_for_gamma_0_3() {
     assert!(err <= FACTOR_TOL, "L·Lᵀ − cov = {err:e}");
     for (i, row) in l.iter().enumerate() {
         assert!(row[i] > 0.0);
-        assert!(row[i + 1..].iter().all(|&v| v == 0.0), "not lower triangular: {l:?}");
+        assert!(
+            row[i + 1..].iter().all(|&v| v == 0.0),
+            "not lower triangular: {l:?}"
+        );
     }
 }
 
@@ -262,9 +296,9 @@ fn block_noise_factor_is_symmetric_sqrt_for_singular_gamma_one_third() {
     let l = block_noise_factor(1.0 / 3.0);
     let err = max_llt_error(&l, &block_cov(1.0 / 3.0));
     assert!(err <= FACTOR_TOL, "L·Lᵀ − cov = {err:e}");
-    for i in 0..4 {
-        for j in 0..4 {
-            assert_eq!(l[i][j], l[j][i]);
+    for (i, row) in l.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            assert_eq!(*v, l[j][i], "not symmetric at ({i}, {j})");
         }
     }
     assert!(l.iter().flatten().all(|v| v.is_finite()));
@@ -283,8 +317,13 @@ fn ori_start_sigmas_are_stage_boundaries_of_global_table() {
         1e-12,
     );
     let t = s.tables();
-    assert_eq!((t.sigmas.len(), t.sigmas[0], t.sigmas[999]), (1000, 0.999, 0.000999 * 1.0));
-    let ratios: Vec<f64> = t.timestep_ratios.iter().flat_map(|&(a, b)| [a, b]).collect();
+    assert_eq!((t.sigmas.len(), t.sigmas[0]), (1000, 0.999));
+    assert!((t.sigmas[999] - 0.000999).abs() < 1e-15);
+    let ratios: Vec<f64> = t
+        .timestep_ratios
+        .iter()
+        .flat_map(|&(a, b)| [a, b])
+        .collect();
     assert_close(
         "timestep_ratios",
         &ratios,
@@ -315,13 +354,23 @@ fn hand_schedules(amplify: bool) -> [(Vec<f64>, Option<Vec<f64>>); 3] {
 fn check_hand_schedules(amplify: bool) {
     let s = distilled_like();
     for (stage, (t_want, sigma_want)) in hand_schedules(amplify).into_iter().enumerate() {
-        let mu = s.calculate_shift(STAGE_SEQ_LENS[stage]);
+        let mu = s.calculate_shift(FIXTURE_MU_SEQ_LENS[stage]);
         let sched = s.set_timesteps(2, stage, Some(mu), amplify).unwrap();
         assert_eq!(sched.sigmas.len(), sched.timesteps.len() + 1);
         assert_eq!(*sched.sigmas.last().unwrap(), 0.0);
-        assert_close(&format!("stage {stage} timesteps"), &sched.timesteps, &t_want, HAND_T_TOL);
+        assert_close(
+            &format!("stage {stage} timesteps"),
+            &sched.timesteps,
+            &t_want,
+            HAND_T_TOL,
+        );
         if let Some(sigma_want) = sigma_want {
-            assert_close(&format!("stage {stage} sigmas"), &sched.sigmas, &sigma_want, HAND_SIGMA_TOL);
+            assert_close(
+                &format!("stage {stage} sigmas"),
+                &sched.sigmas,
+                &sigma_want,
+                HAND_SIGMA_TOL,
+            );
         }
     }
 }
@@ -341,7 +390,7 @@ fn transformer_sees_truncated_timesteps() {
     let s = distilled_like();
     let want = [[998.0, 833.0], [742.0, 547.0], [385.0, 253.0]];
     for (stage, want) in want.iter().enumerate() {
-        let mu = s.calculate_shift(STAGE_SEQ_LENS[stage]);
+        let mu = s.calculate_shift(FIXTURE_MU_SEQ_LENS[stage]);
         let sched = s.set_timesteps(2, stage, Some(mu), false).unwrap();
         let got: Vec<f64> = sched.timesteps.iter().map(|&t| model_timestep(t)).collect();
         assert_eq!(&got, want);
@@ -351,7 +400,9 @@ fn transformer_sees_truncated_timesteps() {
 #[test]
 fn step_coeffs_renoise_to_next_sigma_and_stop_at_last_step() {
     let s = distilled_like();
-    let sched = s.set_timesteps(2, 1, Some(s.calculate_shift(2160)), true).unwrap();
+    let sched = s
+        .set_timesteps(2, 1, Some(s.calculate_shift(2160)), true)
+        .unwrap();
     for i in 0..sched.len() {
         let step = s.step_coeffs(&sched, i);
         let want = DmdStep {
@@ -429,7 +480,11 @@ fn shipped_distilled_config_parses_and_validates() {
     let c = s.config();
     assert!(c.use_dynamic_shifting);
     assert_eq!(c.stages, 3);
-    assert!(c.unknown_keys().is_empty(), "unknown keys {:?}", c.unknown_keys());
+    assert!(
+        c.unknown_keys().is_empty(),
+        "unknown keys {:?}",
+        c.unknown_keys()
+    );
 }
 
 #[test]
@@ -437,7 +492,12 @@ fn ori_start_sigmas_match_diffusers() {
     let r = Reference::open("scheduler_distilled.safetensors");
     let (shape, want) = r.f64s("ori_start_sigmas");
     assert_eq!(shape, vec![3]);
-    let err = assert_close("ori_start_sigmas", shipped_scheduler().ori_start_sigmas(), &want, TABLE_TOL);
+    let err = assert_close(
+        "ori_start_sigmas",
+        shipped_scheduler().ori_start_sigmas(),
+        &want,
+        TABLE_TOL,
+    );
     eprintln!("ori_start_sigmas max abs error {err:e}");
 }
 
@@ -445,14 +505,118 @@ fn ori_start_sigmas_match_diffusers() {
 fn mu_matches_diffusers_for_each_stage() {
     let r = Reference::open("scheduler_distilled.safetensors");
     let s = shipped_scheduler();
-    for (stage, &len) in STAGE_SEQ_LENS.iter().enumerate() {
+    for (stage, &len) in FIXTURE_MU_SEQ_LENS.iter().enumerate() {
         let (_, want) = r.f64s(&format!("stage{stage}.mu"));
-        let err = assert_close(&format!("stage{stage}.mu"), &[s.calculate_shift(len)], &want, TABLE_TOL);
+        let err = assert_close(
+            &format!("stage{stage}.mu"),
+            &[s.calculate_shift(len)],
+            &want,
+            TABLE_TOL,
+        );
         eprintln!("stage{stage}.mu max abs error {err:e}");
     }
 }
 
-/// Checks the timesteps and sigmas of `stage` for both chunk kinds; returns the max errors.
+#[test]
+fn global_table_matches_diffusers_init_sigmas() {
+    let r = Reference::open("scheduler_distilled.safetensors");
+    let s = shipped_scheduler();
+    let t = s.tables();
+    for (key, got) in [("init.sigmas", &t.sigmas), ("init.timesteps", &t.timesteps)] {
+        let err = assert_close(key, got, &r.f64s(key).1, TABLE_TOL);
+        eprintln!("{key} max abs error {err:e}");
+    }
+    let ends = [t.sigmas[t.sigmas.len() - 1], t.sigmas[0]];
+    assert_close(
+        "sigma_min, sigma_max",
+        &ends,
+        &[r.f64s("sigma_min").1[0], r.f64s("sigma_max").1[0]],
+        TABLE_TOL,
+    );
+}
+
+#[test]
+fn stage_tables_match_diffusers_init_sigmas_for_each_stage() {
+    let r = Reference::open("scheduler_distilled.safetensors");
+    let s = shipped_scheduler();
+    let t = s.tables();
+    let ratios: Vec<f64> = t
+        .timestep_ratios
+        .iter()
+        .flat_map(|&(a, b)| [a, b])
+        .collect();
+    let mut worst = 0.0f64;
+    worst = worst.max(assert_close(
+        "start_sigmas",
+        &t.start_sigmas,
+        &r.f64s("start_sigmas").1,
+        TABLE_TOL,
+    ));
+    worst = worst.max(assert_close(
+        "end_sigmas",
+        &t.end_sigmas,
+        &r.f64s("end_sigmas").1,
+        TABLE_TOL,
+    ));
+    worst = worst.max(assert_close(
+        "timestep_ratios",
+        &ratios,
+        &r.f64s("timestep_ratios").1,
+        TABLE_TOL,
+    ));
+    for stage in 0..3 {
+        for (key, got) in [
+            (
+                format!("timesteps_per_stage.{stage}"),
+                &t.timesteps_per_stage[stage],
+            ),
+            (
+                format!("sigmas_per_stage.{stage}"),
+                &t.sigmas_per_stage[stage],
+            ),
+        ] {
+            worst = worst.max(assert_close(&key, got, &r.f64s(&key).1, TABLE_TOL));
+        }
+    }
+    eprintln!("stage tables max abs error {worst:e}");
+}
+
+#[test]
+fn renoise_coeffs_match_diffusers_pipeline() {
+    let r = Reference::open("scheduler_distilled.safetensors");
+    let s = shipped_scheduler();
+    for stage in 1..3 {
+        let (alpha, beta) = s.stage_renoise_coeffs(stage);
+        let want = [
+            r.f64s(&format!("stage{stage}.renoise_alpha")).1[0],
+            r.f64s(&format!("stage{stage}.renoise_beta")).1[0],
+        ];
+        let err = assert_close(
+            &format!("stage{stage} renoise"),
+            &[alpha, beta],
+            &want,
+            TABLE_TOL,
+        );
+        eprintln!("stage{stage} renoise (alpha, beta) max abs error {err:e}");
+    }
+}
+
+#[test]
+fn model_timesteps_match_diffusers_int64_cast() {
+    let r = Reference::open("scheduler_distilled.safetensors");
+    let s = shipped_scheduler();
+    for stage in 0..3 {
+        let mu = r.f64s(&format!("stage{stage}.mu")).1[0];
+        for amp in [false, true] {
+            let sched = s.set_timesteps(2, stage, Some(mu), amp).unwrap();
+            let got: Vec<f64> = sched.timesteps.iter().map(|&t| model_timestep(t)).collect();
+            let key = format!("amp{}.stage{stage}.model_timesteps", amp as u8);
+            assert_eq!(got, r.f64s(&key).1, "{key}");
+        }
+    }
+}
+
+/// Checks the timesteps or sigmas of `stage` for both chunk kinds against diffusers.
 fn check_stage_against_diffusers(stage: usize, which: &str) {
     let r = Reference::open("scheduler_distilled.safetensors");
     let s = shipped_scheduler();
@@ -499,4 +663,91 @@ fn sigmas_match_diffusers_distilled_stage_1() {
 #[test]
 fn sigmas_match_diffusers_distilled_stage_2() {
     check_stage_against_diffusers(2, "sigmas");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tiny pipeline run (gamma = 0.3333, 64×128, pyramid [2,2,2], amplified first chunk)
+
+/// Stage-0 latent of the tiny run: 9 frames at 64×128 → latent 8×16, downsampled twice to 2×4.
+const TINY_STAGE0_LATENT: [usize; 3] = [9, 2, 4];
+const PATCH_SIZE: [usize; 3] = [1, 2, 2];
+
+fn tiny_scheduler() -> HeliosDMDScheduler {
+    let path = fixture("tiny-helios-distilled/scheduler/scheduler_config.json");
+    HeliosDMDScheduler::new(HeliosDMDSchedulerConfig::from_file(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn tiny_pipeline_schedules_match_diffusers() {
+    let r = Reference::open("pipeline_distilled.safetensors");
+    let s = tiny_scheduler();
+    let mut worst = 0.0f64;
+    for chunk in 0..2 {
+        for stage in 0..3 {
+            let len = pyramid_image_seq_len(stage, TINY_STAGE0_LATENT, PATCH_SIZE);
+            let sched = s
+                .set_timesteps(2, stage, Some(s.calculate_shift(len)), chunk == 0)
+                .unwrap();
+            let key = format!("chunk{chunk}.stage{stage}");
+            let (_, t) = r.f64s(&format!("{key}.timesteps"));
+            let (_, sigma) = r.f64s(&format!("{key}.sigmas"));
+            worst = worst.max(assert_close(
+                &format!("{key}.timesteps"),
+                &sched.timesteps,
+                &t,
+                TABLE_TOL,
+            ));
+            worst = worst.max(assert_close(
+                &format!("{key}.sigmas"),
+                &sched.sigmas,
+                &sigma,
+                TABLE_TOL,
+            ));
+        }
+    }
+    eprintln!("tiny pipeline schedules max abs error {worst:e}");
+}
+
+/// `noise = z @ Lᵀ` laid out as diffusers' `view(B,C,T,h/2,w/2,2,2).permute(0,1,2,3,5,4,6)`.
+fn correlate_blocks(l: &[[f64; 4]; 4], z: &[f64], c_t: usize, h: usize, w: usize) -> Vec<f64> {
+    let (hb, wb) = (h / 2, w / 2);
+    let mut out = vec![0.0; c_t * h * w];
+    for ct in 0..c_t {
+        for a in 0..hb {
+            for b in 0..wb {
+                let block = (ct * hb + a) * wb + b;
+                let zb = &z[block * 4..block * 4 + 4];
+                for p in 0..2 {
+                    for q in 0..2 {
+                        let k = 2 * p + q;
+                        let v: f64 = (0..4).map(|j| l[k][j] * zb[j]).sum();
+                        out[(ct * h + 2 * a + p) * w + 2 * b + q] = v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn block_noise_matches_diffusers_tiny_pipeline() {
+    let r = Reference::open("pipeline_distilled.safetensors");
+    let l = block_noise_factor(tiny_scheduler().config().gamma);
+    let mut worst = 0.0f64;
+    for chunk in 0..2 {
+        for stage in 1..3 {
+            let key = format!("chunk{chunk}.stage{stage}");
+            let (_, z) = r.f64s(&format!("{key}.block_noise"));
+            let (shape, want) = r.f64s(&format!("{key}.block_noise_correlated"));
+            let (h, w) = (shape[3], shape[4]);
+            let got = correlate_blocks(&l, &z, shape[1] * shape[2], h, w);
+            worst = worst.max(max_abs_diff_slice(&got, &want));
+        }
+    }
+    eprintln!("block noise max abs error {worst:e}");
+    assert!(
+        worst <= BLOCK_NOISE_TOL,
+        "block noise max abs error {worst:e}"
+    );
 }

@@ -118,7 +118,9 @@ pub enum Mp4Error {
         message: String,
     },
     /// The encoder produced no picture for a frame (it must never skip, see module docs).
-    #[error("H.264 encoder skipped frame {frame} (frame type {frame_type}); the video would lose frames")]
+    #[error(
+        "H.264 encoder skipped frame {frame} (frame type {frame_type}); the video would lose frames"
+    )]
     SkippedFrame {
         /// Index of the skipped frame (0-based).
         frame: usize,
@@ -230,7 +232,11 @@ pub fn default_bitrate_bps(width: u32, height: u32, fps: u32) -> u32 {
 /// # Panics
 /// If `src.len() != dst.len()`.
 pub fn frame_f32_to_rgb8(src: &[f32], dst: &mut [u8]) {
-    assert_eq!(src.len(), dst.len(), "frame_f32_to_rgb8: source and destination lengths differ");
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "frame_f32_to_rgb8: source and destination lengths differ"
+    );
     for (d, &s) in dst.iter_mut().zip(src) {
         // `as u8` truncates toward zero and saturates (NaN -> 0), like astype(uint8) in range.
         *d = (s.clamp(0.0, 1.0) * 255.0f32) as u8;
@@ -320,16 +326,18 @@ impl Mp4Writer {
             .num_threads(1)
             .vui(VuiConfig::bt601())
             .debug(false);
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
-            Mp4Error::Encode {
-                frame: 0,
-                message: format!("creating the encoder: {e}"),
-            }
-        })?;
+        let mut encoder =
+            Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
+                Mp4Error::Encode {
+                    frame: 0,
+                    message: format!("creating the encoder: {e}"),
+                }
+            })?;
+        silence_encoder_log(&mut encoder);
 
         // Movie timescale == track timescale (mp4 0.14 duration bug), and a whole number of
         // ticks per frame so that durations are exact.
-        let timescale = if PREFERRED_TIMESCALE % fps == 0 {
+        let timescale = if PREFERRED_TIMESCALE.is_multiple_of(fps) {
             PREFERRED_TIMESCALE
         } else {
             fps * 1000
@@ -375,7 +383,7 @@ impl Mp4Writer {
     /// `frames.len()` must be a multiple of `width * height * 3`.
     pub fn push_frames_f32(&mut self, frames: &[f32]) -> Result<(), Mp4Error> {
         let frame_len = self.frame_len();
-        if frames.len() % frame_len != 0 {
+        if !frames.len().is_multiple_of(frame_len) {
             return Err(self.length_error(frames.len(), true));
         }
         let mut scratch = std::mem::take(&mut self.rgb_scratch);
@@ -444,25 +452,30 @@ impl Mp4Writer {
             }
         };
         let temp_path = self.temp.path.clone();
-        let file = self.temp.file.take().expect("temporary file is open until finish");
+        let file = self
+            .temp
+            .file
+            .take()
+            .expect("temporary file is open until finish");
         let mut out = BufWriter::new(file);
         let write = (|| -> io::Result<u64> {
             out.write_all(&muxed[..layout.mdat_start])?;
-            let moov_len = layout
-                .moov
-                .write_box(&mut out)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            out.write_all(&layout.moov)?;
             out.write_all(&muxed[layout.mdat_start..layout.moov_start])?;
             out.write_all(&muxed[layout.moov_end..])?;
             out.flush()?;
-            Ok(muxed.len() as u64 - (layout.moov_end - layout.moov_start) as u64 + moov_len)
+            Ok((muxed.len() - (layout.moov_end - layout.moov_start) + layout.moov.len()) as u64)
         })();
         let bytes = write.map_err(io_err("writing temporary file", &temp_path))?;
-        let file = out.into_inner().map_err(|e| io_err("writing temporary file", &temp_path)(e.into_error()))?;
-        file.sync_all().map_err(io_err("syncing temporary file", &temp_path))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| io_err("writing temporary file", &temp_path)(e.into_error()))?;
+        file.sync_all()
+            .map_err(io_err("syncing temporary file", &temp_path))?;
         drop(file);
 
-        fs::rename(&temp_path, &self.path).map_err(io_err("renaming temporary file", &temp_path))?;
+        fs::rename(&temp_path, &self.path)
+            .map_err(io_err("renaming temporary file", &temp_path))?;
         self.temp.persisted = true;
         if let Some(dir) = self.temp.dir() {
             // Durability of the rename itself; not fatal where directories cannot be opened.
@@ -605,16 +618,36 @@ impl Mp4Writer {
     }
 }
 
+/// Sets OpenH264's trace level to quiet *before* its lazy initialisation at the first frame.
+///
+/// The `openh264` crate applies `.debug(false)` only after `InitializeExt`, which itself logs
+/// "bEnableFrameSkip = 0, bitrate can't be controlled ..." to stderr at warning level (harmless:
+/// the measured bitrate stays on target). A library must not print, and OpenH264 accepts this
+/// one option before initialisation (`CWelsH264SVCEncoder::SetOption`).
+fn silence_encoder_log(encoder: &mut Encoder) {
+    let mut level: std::ffi::c_int = openh264_sys2::WELS_LOG_QUIET as std::ffi::c_int;
+    // SAFETY: TRACE_LEVEL reads one int through the pointer, which outlives the call; it changes
+    // only logging, none of the parameters the crate relies on. A failure only leaves logging on.
+    unsafe {
+        let _ = encoder.raw_api().set_option(
+            openh264_sys2::ENCODER_OPTION_TRACE_LEVEL,
+            (&raw mut level).cast::<std::ffi::c_void>(),
+        );
+    }
+}
+
 fn check_size(width: u32, height: u32) -> Result<(), Mp4Error> {
-    let err = |reason| Err(Mp4Error::InvalidSize {
-        width,
-        height,
-        reason,
-    });
+    let err = |reason| {
+        Err(Mp4Error::InvalidSize {
+            width,
+            height,
+            reason,
+        })
+    };
     if width == 0 || height == 0 {
         return err("zero size");
     }
-    if width % 2 != 0 || height % 2 != 0 {
+    if !width.is_multiple_of(2) || !height.is_multiple_of(2) {
         return err("odd width or height");
     }
     if width.max(height) > MAX_LONG_SIDE || width.min(height) > MAX_SHORT_SIDE {
@@ -641,8 +674,8 @@ struct FastStart {
     /// Byte range of the original `moov` box (it must follow all media data).
     moov_start: usize,
     moov_end: usize,
-    /// `moov` with chunk offsets shifted by its own size and `vmhd` flags = 1.
-    moov: mp4::MoovBox,
+    /// Serialized `moov` with chunk offsets shifted by its own size and `vmhd` flags = 1.
+    moov: Vec<u8>,
 }
 
 /// Walks the top-level boxes with `mp4::BoxHeader`, re-reads `moov` with the crate's own
@@ -654,7 +687,9 @@ fn fast_start_layout(file: &[u8]) -> Result<FastStart, Mp4Error> {
     let mut moov = None;
     let mut pos = 0u64;
     while pos < file.len() as u64 {
-        cursor.seek(SeekFrom::Start(pos)).map_err(|e| mux_err("walking boxes")(e.into()))?;
+        cursor
+            .seek(SeekFrom::Start(pos))
+            .map_err(|e| mux_err("walking boxes")(e.into()))?;
         let header = BoxHeader::read(&mut cursor).map_err(mux_err("reading a box header"))?;
         let header_len = cursor.position() - pos;
         // `BoxHeader::read` reports a 64-bit `largesize` minus 8 (callers subtract 8 for the
@@ -665,7 +700,9 @@ fn fast_start_layout(file: &[u8]) -> Result<FastStart, Mp4Error> {
             (s, _) => s,
         };
         if len < header_len || pos + len > file.len() as u64 {
-            return Err(Mp4Error::Layout("top-level box runs past the end of the file"));
+            return Err(Mp4Error::Layout(
+                "top-level box runs past the end of the file",
+            ));
         }
         match header.name {
             BoxType::MdatBox if mdat_start.is_none() => mdat_start = Some(pos),
@@ -686,7 +723,8 @@ fn fast_start_layout(file: &[u8]) -> Result<FastStart, Mp4Error> {
     cursor
         .seek(SeekFrom::Start(moov_start + moov_header_len))
         .map_err(|e| mux_err("seeking to moov")(e.into()))?;
-    let mut moov = mp4::MoovBox::read_box(&mut cursor, moov_size).map_err(mux_err("re-reading moov"))?;
+    let mut moov =
+        mp4::MoovBox::read_box(&mut cursor, moov_size).map_err(mux_err("re-reading moov"))?;
     let shift = moov.box_size();
     for trak in &mut moov.traks {
         if let Some(vmhd) = trak.mdia.minf.vmhd.as_mut() {
@@ -699,16 +737,25 @@ fn fast_start_layout(file: &[u8]) -> Result<FastStart, Mp4Error> {
         }
         if let Some(stco) = trak.mdia.minf.stbl.stco.as_mut() {
             for offset in &mut stco.entries {
-                *offset = u32::try_from(*offset as u64 + shift)
-                    .map_err(|_| Mp4Error::Layout("32-bit chunk offset overflows after fast start"))?;
+                *offset = u32::try_from(*offset as u64 + shift).map_err(|_| {
+                    Mp4Error::Layout("32-bit chunk offset overflows after fast start")
+                })?;
             }
         }
+    }
+    let mut moov_bytes = Vec::with_capacity(shift as usize);
+    moov.write_box(&mut moov_bytes)
+        .map_err(mux_err("writing the fast-start moov"))?;
+    if moov_bytes.len() as u64 != shift {
+        return Err(Mp4Error::Layout(
+            "moov size differs from its computed box_size",
+        ));
     }
     Ok(FastStart {
         mdat_start: mdat_start as usize,
         moov_start: moov_start as usize,
         moov_end: moov_end as usize,
-        moov,
+        moov: moov_bytes,
     })
 }
 
@@ -725,7 +772,9 @@ impl TempFile {
             path: target.to_path_buf(),
             reason,
         };
-        let name = target.file_name().ok_or_else(|| invalid("it names no file"))?;
+        let name = target
+            .file_name()
+            .ok_or_else(|| invalid("it names no file"))?;
         if target.is_dir() {
             return Err(invalid("it is a directory"));
         }

@@ -8,6 +8,8 @@ pub mod backend;
 pub mod checkpoint;
 pub mod models;
 pub mod schedulers;
+pub mod text_encoding;
+pub mod tokenizer;
 pub mod weights;
 pub mod noise;
 pub mod progress;

@@ -177,7 +177,7 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
                     path.clone(),
                     format!(
                         "wrong shape: the model expects {:?}, the file has {:?}",
-                        expected.dims, found.dims
+                        expected, found
                     ),
                 ),
                 burn_store::ApplyError::DTypeMismatch {

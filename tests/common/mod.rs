@@ -34,8 +34,8 @@ pub struct Reference {
 impl Reference {
     pub fn open(name: &str) -> Self {
         let path = fixture("reference").join(name);
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         Self { path, bytes }
     }
 
@@ -53,7 +53,7 @@ impl Reference {
         st.names().iter().any(|n| *n == name)
     }
 
-    /// A tensor as f64 values plus its shape (F32, F64, I64 and I32 files are accepted).
+    /// A tensor as f64 values plus its shape (F32, F64, F16, I64 and I32 files are accepted).
     pub fn f64s(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
         let (shape, dtype, raw) = self.view(name);
         let vals = match dtype {
@@ -69,6 +69,10 @@ impl Reference {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
                 .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
             Dtype::I32 => raw
                 .chunks_exact(4)
                 .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f64)
@@ -79,7 +83,11 @@ impl Reference {
     }
 
     /// A float tensor on `device` (converted to f32).
-    pub fn tensor<B: Backend, const D: usize>(&self, name: &str, device: &B::Device) -> Tensor<B, D> {
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        device: &B::Device,
+    ) -> Tensor<B, D> {
         let (shape, vals) = self.f64s(name);
         assert_eq!(shape.len(), D, "rank of `{name}`");
         let vals: Vec<f32> = vals.into_iter().map(|v| v as f32).collect();
@@ -114,7 +122,9 @@ pub fn max_abs_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>
 /// Largest absolute difference between two slices.
 pub fn max_abs_diff_slice(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
 }
 
 /// PSNR in dB of `a` against `b`, both with values in [0, 1].
@@ -126,5 +136,9 @@ pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
         .map(|(x, y)| ((*x - *y) as f64).powi(2))
         .sum::<f64>()
         / a.len() as f64;
-    if mse == 0.0 { f64::INFINITY } else { 10.0 * (1.0 / mse).log10() }
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (1.0 / mse).log10()
+    }
 }

@@ -176,7 +176,8 @@ impl AutoencoderKLWanConfig {
         }
         if self.is_residual {
             return Err(
-                "is_residual = true (the Wan2.2 VAE) is not supported; only the Wan2.1 VAE is".into(),
+                "is_residual = true (the Wan2.2 VAE) is not supported; only the Wan2.1 VAE is"
+                    .into(),
             );
         }
         if let Some(p) = self.patch_size
@@ -311,7 +312,12 @@ impl<B: Backend> WanCausalConv3d<B> {
     }
 
     fn conv(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
-        let opts = ConvOptions::new([1, 1, 1], [0, self.padding[1], self.padding[2]], [1, 1, 1], 1);
+        let opts = ConvOptions::new(
+            [1, 1, 1],
+            [0, self.padding[1], self.padding[2]],
+            [1, 1, 1],
+            1,
+        );
         conv3d(x, self.weight.val(), Some(self.bias.val()), opts)
     }
 
@@ -495,7 +501,10 @@ impl<B: Backend> WanAttentionBlock<B> {
         // F.scaled_dot_product_attention(q, k, v): scale 1/√C.
         let x = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [B·T, 1, H·W, C]
         // [B·T, H·W, C] → [B·T, C, H, W]
-        let x = x.reshape([b * t, h * w, c]).swap_dims(1, 2).reshape([b * t, c, h, w]);
+        let x = x
+            .reshape([b * t, h * w, c])
+            .swap_dims(1, 2)
+            .reshape([b * t, c, h, w]);
         let x = self.proj.forward(x);
         // [B·T, C, H, W] → [B, C, T, H, W]
         let x = x.reshape([b, t, c, h, w]).permute([0, 2, 1, 3, 4]);
@@ -513,7 +522,9 @@ pub struct WanMidBlock<B: Backend> {
 impl<B: Backend> WanMidBlock<B> {
     pub fn new(dim: usize, device: &B::Device) -> Self {
         Self {
-            resnets: (0..2).map(|_| WanResidualBlock::new(dim, dim, device)).collect(),
+            resnets: (0..2)
+                .map(|_| WanResidualBlock::new(dim, dim, device))
+                .collect(),
             attentions: vec![WanAttentionBlock::new(dim, device)],
         }
     }
@@ -562,11 +573,7 @@ impl<B: Backend> WanResample<B> {
     /// # Shapes
     /// `x: [B, C, T, H, W]` → `[B, C/2, T', 2H, 2W]` with `T' = 2T`, or `T' = T` for
     /// `upsample2d` and for the first chunk of `upsample3d`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 5>,
-        cache: &mut Option<CausalConvCache<B>>,
-    ) -> Tensor<B, 5> {
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut Option<CausalConvCache<B>>) -> Tensor<B, 5> {
         let [b, c, t, h, w] = x.dims();
         let x = match (&self.time_conv, cache.as_mut()) {
             (None, _) => x,
@@ -651,7 +658,9 @@ impl<B: Backend> WanUpBlock<B> {
     /// # Shapes
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T', H', W']` (see [`WanResample::forward`]).
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut UpBlockCache<B>) -> Tensor<B, 5> {
-        cache.resnets.resize_with(self.resnets.len(), Default::default);
+        cache
+            .resnets
+            .resize_with(self.resnets.len(), Default::default);
         let mut x = x;
         for (resnet, c) in self.resnets.iter().zip(cache.resnets.iter_mut()) {
             x = resnet.forward(x, c);
@@ -743,7 +752,9 @@ impl<B: Backend> WanDecoder3d<B> {
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut WanDecoderCache<B>) -> Tensor<B, 5> {
         let x = self.conv_in.forward_cached(x, &mut cache.conv_in);
         let mut x = self.mid_block.forward(x, &mut cache.mid_block);
-        cache.up_blocks.resize_with(self.up_blocks.len(), Default::default);
+        cache
+            .up_blocks
+            .resize_with(self.up_blocks.len(), Default::default);
         for (block, c) in self.up_blocks.iter().zip(cache.up_blocks.iter_mut()) {
             x = block.forward(x, c);
         }

@@ -2,12 +2,13 @@
 //! (style rule 7). Only the final per-step combination in the pipeline touches tensors.
 //!
 //! * [`scheduling_helios_dmd`]: diffusers `HeliosDMDScheduler` (Helios-Distilled), plus the
-//!   pipeline-side `calculate_shift`, stage re-noise coefficients and block-noise factor.
+//!   pipeline-side `calculate_shift` (with the stage token count `pyramid_image_seq_len`), stage
+//!   re-noise coefficients and block-noise factor.
 
 pub mod scheduling_helios_dmd;
 
 pub use scheduling_helios_dmd::{
     DmdStep, HeliosDMDScheduler, HeliosDMDSchedulerConfig, PredictionType, SchedulerError,
     StageSchedule, StageTables, TimeShiftType, block_noise_factor, calculate_shift, linspace,
-    model_timestep,
+    model_timestep, pyramid_image_seq_len,
 };

@@ -332,13 +332,16 @@ fn lenient_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
             usize::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<usize, E> {
-            usize::try_from(v).map_err(|_| E::custom(format!("expected a non-negative integer, got {v}")))
+            usize::try_from(v)
+                .map_err(|_| E::custom(format!("expected a non-negative integer, got {v}")))
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<usize, E> {
             if v.fract() == 0.0 && v >= 0.0 && v <= u32::MAX as f64 {
                 Ok(v as usize)
             } else {
-                Err(E::custom(format!("expected a non-negative integer, got {v}")))
+                Err(E::custom(format!(
+                    "expected a non-negative integer, got {v}"
+                )))
             }
         }
     }
@@ -458,7 +461,11 @@ impl StageTables {
             // diffusers indexes `self.sigmas[start_indice]` unguarded; start_indice == N only
             // for stage_range[s] == 1 (an empty stage), where torch would raise. Clamp instead.
             let mut start_sigma = sigmas[start_indice.min(n - 1)];
-            let end_sigma = if end_indice < n { sigmas[end_indice] } else { 0.0 };
+            let end_sigma = if end_indice < n {
+                sigmas[end_indice]
+            } else {
+                0.0
+            };
             ori_start_sigmas.push(start_sigma);
             if i_s != 0 {
                 let ori_sigma = 1.0 - start_sigma;
@@ -576,9 +583,9 @@ pub fn model_timestep(t: f64) -> f64 {
 /// `pipelines/helios/pipeline_helios_pyramid.py` (copied from Flux): a line through
 /// `(base_seq_len, base_shift)` and `(max_seq_len, max_shift)`, not clamped.
 ///
-/// `image_seq_len` is the token count of the current stage's latents,
-/// `T·h·w / (p_t·p_h·p_w)` with integer division (540 / 2160 / 8640 for 9 latent frames at
-/// 384×640 over the three stages). Same operation order as the Python.
+/// `image_seq_len` is a token count, `T·h·w / (p_t·p_h·p_w)` with integer division; for a pyramid
+/// stage use [`pyramid_image_seq_len`] (the pipeline measures the latents *before* the stage's
+/// upsample). Same operation order as the Python.
 pub fn calculate_shift(
     image_seq_len: usize,
     base_seq_len: f64,
@@ -589,6 +596,28 @@ pub fn calculate_shift(
     let m = (max_shift - base_shift) / (max_seq_len - base_seq_len);
     let b = base_shift - m * base_seq_len;
     image_seq_len as f64 * m + b
+}
+
+/// The `image_seq_len` `HeliosPyramidPipeline.__call__` passes to [`calculate_shift`] at pyramid
+/// stage `stage`.
+///
+/// diffusers takes it from `latents.shape` at the top of the stage loop, **before** the stage's
+/// 2× nearest upsample, so stage `s ≥ 1` is measured at stage `s − 1`'s size and stages 0 and 1
+/// share one `mu`: for 9 latent frames at 384×640 (stage-0 latent 12×20) the three stages get
+/// 540, 540 and 2160 tokens, not 540 / 2160 / 8640. Pinned by
+/// `tiny_pipeline_schedules_match_diffusers` in `tests/scheduler_dmd.rs`.
+///
+/// `stage0_latent = [frames, height, width]` of the stage-0 latents (after the pyramid
+/// downsample); `patch_size` is the transformer's `[p_t, p_h, p_w]` (`[1, 2, 2]`). Returns
+/// `(w·h·T) // (p_t·p_h·p_w)` at the stage-entry size `stage0 · 2^(max(stage, 1) − 1)`.
+pub fn pyramid_image_seq_len(
+    stage: usize,
+    stage0_latent: [usize; 3],
+    patch_size: [usize; 3],
+) -> usize {
+    let scale = 1usize << stage.saturating_sub(1);
+    let [frames, height, width] = stage0_latent;
+    (width * scale * height * scale * frames) / (patch_size[0] * patch_size[1] * patch_size[2])
 }
 
 /// The 2×2 block-noise mixing matrix `L` of `HeliosPyramidPipeline.sample_block_noise`, with
@@ -602,8 +631,11 @@ pub fn calculate_shift(
 /// * Positive definite (`1 − 3γ + 1e-8 > NEAR_SINGULAR_EIGENVALUE`, e.g. γ = 0.3): the lower
 ///   Cholesky factor, like `torch.linalg.cholesky`, but in `f64` from the exact `f64` covariance.
 ///   diffusers builds `cov` in float32 (`(1+γ)` and `γ` rounded to f32, the `1e-8` jitter lost to
-///   rounding on the diagonal) and factors in float32, so its `L` differs from this one by ~1e-7
-///   relative.
+///   rounding on the diagonal) and factors in float32. The difference grows as γ nears 1/3: for
+///   the tiny test checkpoint's γ = 0.3333 (smallest eigenvalue 1e-4) the correlated noise
+///   `z @ Lᵀ` differs from diffusers' by at most 5.5e-6 (mean 3e-7) for unit-variance `z`
+///   (`block_noise_matches_diffusers_tiny_pipeline`); a float32 Cholesky of the float32 `cov`
+///   would come within 3e-7.
 /// * Singular or nearly (γ ≈ 1/3, the default: the all-ones direction has eigenvalue
 ///   `1 − 3γ + 1e-8 ≈ 1e-8`, and in float32 it is about −2e-8, where `torch.linalg.cholesky`
 ///   raises "not positive-definite"): the **symmetric square root**
@@ -790,7 +822,10 @@ impl HeliosDMDScheduler {
             for s in sigmas.iter_mut() {
                 *s = self.time_shift(mu, *s);
             }
-            let t_min = stage_timesteps.iter().copied().fold(f64::INFINITY, f64::min);
+            let t_min = stage_timesteps
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
             let t_max = stage_timesteps
                 .iter()
                 .copied()

@@ -1,0 +1,324 @@
+//! The prompt tokenizer (UMT5 SentencePiece, read from the checkpoint's `tokenizer/tokenizer.json`)
+//! and diffusers' prompt cleaning.
+//!
+//! [`PromptTokenizer::encode`] mirrors
+//! `tokenizer(prompt, padding="max_length", max_length=..., truncation=True,
+//! add_special_tokens=True, return_attention_mask=True)` as diffusers 0.42.1
+//! `pipelines/helios/pipeline_helios_pyramid.py` `_get_t5_prompt_embeds` calls it: the prompt is
+//! tokenized by the `tokenizer.json` pipeline (normalizer, pre-tokenizer, Unigram model, then the
+//! post-processor that appends `</s>`), truncated so that the result, special tokens included, is
+//! at most `max_length` long, then right-padded with the pad token to exactly `max_length`.
+//!
+//! Only `tokenizer.json` is supported (not a bare SentencePiece `spiece.model`); the Helios,
+//! Wan2.1-Diffusers and `save_pretrained` tokenizer folders all have one.
+//!
+//! Known divergence: transformers ≥ 5 does not run `tokenizer.json` as is for `T5Tokenizer`; it
+//! rebuilds the pipeline from the file's vocabulary with the `Precompiled` normalizer only and a
+//! `WhitespaceSplit` + `Metaspace` pre-tokenizer. For prompts that went through
+//! [`prompt_clean`] (single spaces, no leading or trailing whitespace) both give the same ids;
+//! they can differ on characters whose compatibility decomposition contains a space (e.g. `´`).
+//! `tests/tokenizer.rs` pins the ids against the Python tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use unicode_normalization::UnicodeNormalization;
+
+use super::checkpoint::LoadError;
+
+/// A failure while tokenizing a prompt.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizeError {
+    /// `max_length` cannot even hold the special tokens the tokenizer appends.
+    #[error(
+        "max_sequence_length {max_length} is too small: the tokenizer adds {special} special token(s)"
+    )]
+    MaxLengthTooSmall { max_length: usize, special: usize },
+    /// The `tokenizers` pipeline failed on this text.
+    #[error("tokenizing the prompt: {0}")]
+    Tokenizer(String),
+}
+
+/// One tokenized prompt, padded to `max_length`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids, `</s>` included, right-padded with the pad id to `max_length`.
+    pub ids: Vec<u32>,
+    /// 1 for the first `seq_len` positions, 0 for the padding.
+    pub attention_mask: Vec<u32>,
+    /// Number of real tokens (`attention_mask.sum()`), at most `max_length`.
+    pub seq_len: usize,
+}
+
+/// The checkpoint's tokenizer (`tokenizer/tokenizer.json`).
+#[derive(Clone)]
+pub struct PromptTokenizer {
+    /// Without truncation or padding: both are applied per call in [`Self::encode`].
+    inner: Tokenizer,
+    pad_id: u32,
+    /// Number of special tokens the post-processor adds to one sequence (1 for T5: `</s>`).
+    num_special: usize,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for PromptTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptTokenizer")
+            .field("path", &self.path)
+            .field("pad_id", &self.pad_id)
+            .field("num_special", &self.num_special)
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+/// The `pad_token` of `tokenizer_config.json` or `special_tokens_map.json` (a string or an
+/// `AddedToken` object), if either file names one.
+fn configured_pad_token(dir: &Path) -> Result<Option<String>, LoadError> {
+    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+        let path = dir.join(name);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LoadError::Config {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        match value.get("pad_token") {
+            Some(serde_json::Value::String(s)) => return Ok(Some(s.clone())),
+            Some(serde_json::Value::Object(o)) => {
+                if let Some(serde_json::Value::String(s)) = o.get("content") {
+                    return Ok(Some(s.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
+impl PromptTokenizer {
+    /// Load `tokenizer_dir/tokenizer.json`. The pad token is the `pad_token` of
+    /// `tokenizer_config.json` (or `special_tokens_map.json`), else `<pad>` (T5's default).
+    ///
+    /// # Errors
+    /// [`LoadError::Missing`] when there is no `tokenizer.json`; [`LoadError::Tokenizer`] when it
+    /// cannot be parsed, only a `spiece.model` is present, or the pad token is not in the
+    /// vocabulary; [`LoadError::Config`] for an unparsable `tokenizer_config.json`.
+    pub fn from_dir(tokenizer_dir: &Path) -> Result<Self, LoadError> {
+        let path = tokenizer_dir.join("tokenizer.json");
+        if !path.is_file() {
+            let spiece = tokenizer_dir.join("spiece.model");
+            if spiece.is_file() {
+                return Err(LoadError::Tokenizer {
+                    path,
+                    message: format!(
+                        "only tokenizer.json is supported, but {} has only {}; convert it once \
+                         with transformers: AutoTokenizer.from_pretrained(dir).save_pretrained(dir)",
+                        tokenizer_dir.display(),
+                        spiece.display()
+                    ),
+                });
+            }
+            return Err(LoadError::Missing {
+                path,
+                what: "the tokenizer (only tokenizer.json is supported)".into(),
+            });
+        }
+        let tok_err = |message: String| LoadError::Tokenizer {
+            path: path.clone(),
+            message,
+        };
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| tok_err(e.to_string()))?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| tok_err(e.to_string()))?;
+        inner.with_padding(None);
+        let pad_token = configured_pad_token(tokenizer_dir)?.unwrap_or_else(|| "<pad>".into());
+        let pad_id = inner.token_to_id(&pad_token).ok_or_else(|| {
+            tok_err(format!(
+                "the pad token `{pad_token}` is not in the vocabulary"
+            ))
+        })?;
+        let num_special = inner
+            .get_post_processor()
+            .map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false));
+        Ok(Self {
+            inner,
+            pad_id,
+            num_special,
+            path,
+        })
+    }
+
+    /// The pad token id.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Vocabulary size, added tokens included (every id is below it).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Tokenize `text` (not cleaned here: see [`prompt_clean`]) with special tokens, truncate to
+    /// `max_length` tokens (special tokens kept) and right-pad to exactly `max_length`.
+    ///
+    /// # Errors
+    /// [`TokenizeError::MaxLengthTooSmall`] if `max_length` is below the number of special
+    /// tokens; [`TokenizeError::Tokenizer`] if the tokenizer pipeline fails.
+    pub fn encode(&self, text: &str, max_length: usize) -> Result<Encoded, TokenizeError> {
+        if max_length < self.num_special {
+            return Err(TokenizeError::MaxLengthTooSmall {
+                max_length,
+                special: self.num_special,
+            });
+        }
+        let err = |e: tokenizers::Error| TokenizeError::Tokenizer(e.to_string());
+        let mut ids = self
+            .inner
+            .encode(text, true)
+            .map_err(err)?
+            .get_ids()
+            .to_vec();
+        if ids.len() > max_length {
+            // Rare (over-long prompt): re-encode with the tokenizer's own truncation, which cuts
+            // the text tokens so that the appended special tokens still fit, exactly as the
+            // Python tokenizer does with `truncation=True`.
+            let mut truncating = self.inner.clone();
+            truncating
+                .with_truncation(Some(TruncationParams {
+                    max_length,
+                    strategy: TruncationStrategy::LongestFirst,
+                    stride: 0,
+                    direction: TruncationDirection::Right,
+                }))
+                .map_err(err)?;
+            ids = truncating
+                .encode(text, true)
+                .map_err(err)?
+                .get_ids()
+                .to_vec();
+        }
+        let seq_len = ids.len();
+        let mut attention_mask = vec![1u32; seq_len];
+        ids.resize(max_length, self.pad_id);
+        attention_mask.resize(max_length, 0);
+        Ok(Encoded {
+            ids,
+            attention_mask,
+            seq_len,
+        })
+    }
+}
+
+/// Python's `str.isspace` (what `re`'s `\s` and `str.strip()` use): Unicode `White_Space` plus the
+/// four ASCII information separators U+001C..U+001F.
+fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// ftfy's `fix_c1_controls`: a C1 control character U+0080..U+009F is read as the
+/// (sloppy) Windows-1252 byte it most likely was; the five bytes Windows-1252 leaves undefined
+/// stay as they are.
+fn fix_c1_control(c: char) -> char {
+    const CP1252: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
+        '\u{8f}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}', '\u{201d}', '•', '–', '—', '˜',
+        '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
+    ];
+    match c {
+        '\u{80}'..='\u{9f}' => CP1252[c as usize - 0x80],
+        _ => c,
+    }
+}
+
+/// The deterministic, character-level subset of `ftfy.fix_text` (ftfy 6.3, default config), in
+/// ftfy's order: `fix_c1_controls`, `fix_latin_ligatures`, `fix_character_width`,
+/// `uncurl_quotes`, `remove_control_chars`, then NFC.
+///
+/// Not ported (no Rust ftfy exists): `fix_encoding` (mojibake repair such as `sÃ³` → `só`),
+/// `remove_terminal_escapes`, and ftfy's own HTML unescaping (which, with the
+/// two `html.unescape` calls of [`basic_clean`], only matters for text escaped three times or
+/// more). `fix_line_breaks` is covered by the whitespace collapse of [`whitespace_clean`]. Text
+/// without mojibake or ANSI escapes is cleaned exactly as diffusers does (pinned by
+/// `tests/tokenizer.rs` `prompt_clean_matches_diffusers`).
+pub fn fix_text_subset(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars().map(fix_c1_control) {
+        match c {
+            // fix_latin_ligatures (ftfy.chardata.LIGATURES)
+            'Ĳ' => out.push_str("IJ"),
+            'ĳ' => out.push_str("ij"),
+            'ŉ' => out.push_str("ʼn"),
+            'Ǳ' => out.push_str("DZ"),
+            'ǲ' => out.push_str("Dz"),
+            'ǳ' => out.push_str("dz"),
+            'Ǆ' => out.push_str("DŽ"),
+            'ǅ' => out.push_str("Dž"),
+            'ǆ' => out.push_str("dž"),
+            'Ǉ' => out.push_str("LJ"),
+            'ǈ' => out.push_str("Lj"),
+            'ǉ' => out.push_str("lj"),
+            'Ǌ' => out.push_str("NJ"),
+            'ǋ' => out.push_str("Nj"),
+            'ǌ' => out.push_str("nj"),
+            'ﬀ' => out.push_str("ff"),
+            'ﬁ' => out.push_str("fi"),
+            'ﬂ' => out.push_str("fl"),
+            'ﬃ' => out.push_str("ffi"),
+            'ﬄ' => out.push_str("ffl"),
+            'ﬅ' => out.push_str("ſt"),
+            'ﬆ' => out.push_str("st"),
+            // fix_character_width: U+3000 → ' ', U+FF01..U+FFEF → their NFKC form.
+            '\u{3000}' => out.push(' '),
+            '\u{ff01}'..='\u{ffef}' => out.extend(c.to_string().nfkc()),
+            // uncurl_quotes: [\u02bc\u2018-\u201b] → ', [\u201c-\u201f] → "
+            '\u{02bc}' | '\u{2018}'..='\u{201b}' => out.push('\''),
+            '\u{201c}'..='\u{201f}' => out.push('"'),
+            // remove_control_chars (ftfy.chardata.CONTROL_CHARS)
+            '\u{00}'..='\u{08}'
+            | '\u{0b}'
+            | '\u{0e}'..='\u{1f}'
+            | '\u{7f}'
+            | '\u{206a}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffc}' => {}
+            _ => out.push(c),
+        }
+    }
+    out.nfc().collect()
+}
+
+/// diffusers `basic_clean`: `ftfy.fix_text` (approximated by [`fix_text_subset`]), then
+/// `html.unescape(html.unescape(text))`, then `strip()`.
+pub fn basic_clean(text: &str) -> String {
+    let text = fix_text_subset(text);
+    let once = htmlize::unescape(text.as_str()).into_owned();
+    let twice = htmlize::unescape(once.as_str());
+    twice.trim_matches(is_py_space).to_string()
+}
+
+/// diffusers `whitespace_clean`: `re.sub(r"\s+", " ", text).strip()`.
+pub fn whitespace_clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_space = false;
+    for c in text.chars() {
+        if is_py_space(c) {
+            if !in_space {
+                out.push(' ');
+            }
+            in_space = true;
+        } else {
+            out.push(c);
+            in_space = false;
+        }
+    }
+    out.trim_matches(is_py_space).to_string()
+}
+
+/// diffusers `prompt_clean`: `whitespace_clean(basic_clean(text))`.
+pub fn prompt_clean(text: &str) -> String {
+    whitespace_clean(&basic_clean(text))
+}

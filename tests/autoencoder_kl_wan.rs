@@ -1,0 +1,208 @@
+//! `AutoencoderKLWan` (decoder side) against diffusers 0.42.1 on the tiny fixture VAE
+//! (`tests/fixtures/tiny-helios-distilled/vae`: base_dim 8, dim_mult [1,1,1,1], num_res_blocks 1,
+//! temperal_downsample [F,T,T]), fp32 on Flex.
+//!
+//! References come from `tests/fixtures/make_fixtures.py` (`make_vae_reference`: seed 0,
+//! `z = randn(1,16,3,4,6)·std + mean`, `vae.decode(z).sample`; `pipeline_distilled.safetensors`
+//! holds the pipeline's de-normalisation `final_latents / (1/std) + mean`).
+//!
+//! Run: `cargo test --test autoencoder_kl_wan`.
+
+mod common;
+
+use burn::tensor::{Distribution, Tensor, TensorData};
+use common::{Reference, TestBackend, max_abs_diff, tiny_distilled};
+use omni::pipeline::models::autoencoder_kl_wan::{
+    AutoencoderKLWan, AutoencoderKLWanConfig, CausalConvCache,
+};
+
+type B = TestBackend;
+
+/// Decode parity bound. Both sides are fp32; the Rust convs (im2col + GEMM on Flex) sum in a
+/// different order than PyTorch's CPU kernels, over ~20 stacked convs, RMS norms and one
+/// attention, with outputs of order 1. Observed error is ~1e-6; 1e-4 leaves room for other
+/// CPUs' SIMD widths while still catching any layout or cache-logic bug (those give ≥ 1e-2).
+const DECODE_TOL: f64 = 1e-4;
+
+/// Same ops in the same order on both sides of these comparisons, so they should be bit-equal;
+/// a tiny slack only guards against backend-internal scheduling differences.
+const SAME_OPS_TOL: f64 = 1e-6;
+
+fn load_vae() -> AutoencoderKLWan<B> {
+    let device = Default::default();
+    AutoencoderKLWan::<B>::load(&tiny_distilled().join("vae"), &device).expect("tiny VAE loads")
+}
+
+#[test]
+fn vae_decode_matches_diffusers() {
+    let device = Default::default();
+    let vae = load_vae();
+    let reference = Reference::open("vae.safetensors");
+    let z = reference.tensor::<B, 5>("decode.z", &device);
+    let expected = reference.tensor::<B, 5>("decode.output", &device);
+
+    let out = vae.decode(z);
+    assert_eq!(out.dims(), [1, 3, 9, 32, 48]);
+    let err = max_abs_diff(out, expected);
+    println!("vae decode max abs error vs diffusers: {err:.3e}");
+    assert!(err <= DECODE_TOL, "max abs error {err:e} > {DECODE_TOL:e}");
+}
+
+#[test]
+fn vae_streaming_decode_equals_decode() {
+    let device = Default::default();
+    let vae = load_vae();
+    let z = Reference::open("vae.safetensors").tensor::<B, 5>("decode.z", &device);
+
+    let full = vae.decode(z.clone());
+    let mut starts = Vec::new();
+    let mut parts = Vec::new();
+    vae.decode_streaming(z, |start, frames| {
+        starts.push((start, frames.dims()[2]));
+        parts.push(frames);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    // Latent frame 0 → 1 video frame, every later latent frame → 4.
+    assert_eq!(starts, vec![(0, 1), (1, 4), (5, 4)]);
+    let err = max_abs_diff(Tensor::cat(parts, 2), full);
+    assert!(
+        err <= SAME_OPS_TOL,
+        "streaming differs from decode by {err:e}"
+    );
+}
+
+#[test]
+fn vae_streaming_decode_stops_on_sink_error() {
+    let device = Default::default();
+    let vae = load_vae();
+    let z = Reference::open("vae.safetensors").tensor::<B, 5>("decode.z", &device);
+    let mut calls = 0;
+    let result = vae.decode_streaming(z, |_, _| {
+        calls += 1;
+        Err("disk full")
+    });
+    assert_eq!(result, Err("disk full"));
+    assert_eq!(calls, 1);
+}
+
+#[test]
+fn vae_decode_is_causal_in_time() {
+    // The decoder only looks back: decoding the first 2 latent frames gives exactly the first
+    // 1 + 4 video frames of decoding all 3.
+    let device = Default::default();
+    let vae = load_vae();
+    let z = Reference::open("vae.safetensors").tensor::<B, 5>("decode.z", &device);
+    let full = vae.decode(z.clone());
+    let prefix = vae.decode(z.narrow(2, 0, 2));
+    assert_eq!(prefix.dims(), [1, 3, 5, 32, 48]);
+    let err = max_abs_diff(prefix, full.narrow(2, 0, 5));
+    assert!(err <= SAME_OPS_TOL, "prefix decode differs by {err:e}");
+}
+
+#[test]
+fn causal_conv_chunked_equals_full() {
+    // The frame cache (diffusers' feat_cache) makes chunk-by-chunk equal to one causal conv
+    // over the whole sequence, for any chunking.
+    let device = Default::default();
+    let vae = load_vae();
+    let conv = &vae.decoder.conv_in; // 3×3×3, 16 → 8 channels, loaded weights
+    let x = Tensor::<B, 5>::random([1, 16, 6, 4, 5], Distribution::Normal(0.0, 1.0), &device);
+    let full = conv.forward(x.clone());
+    for chunks in [
+        vec![1, 1, 1, 1, 1, 1],
+        vec![1, 2, 3],
+        vec![3, 1, 2],
+        vec![6],
+    ] {
+        let mut cache = CausalConvCache::default();
+        let mut start = 0;
+        let mut outs = Vec::new();
+        for len in &chunks {
+            outs.push(conv.forward_cached(x.clone().narrow(2, start, *len), &mut cache));
+            start += len;
+            assert_eq!(cache.len(), start.min(2));
+        }
+        let err = max_abs_diff(Tensor::cat(outs, 2), full.clone());
+        assert!(err <= SAME_OPS_TOL, "chunks {chunks:?}: {err:e}");
+    }
+}
+
+#[test]
+fn vae_denormalize_uses_config_mean_and_inverse_std() {
+    let device = Default::default();
+    let vae = load_vae();
+    let cfg = vae.config();
+    let shape = [2, 16, 2, 3, 4];
+    let x = Tensor::<B, 5>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let xs: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+    // Host formula, in f32 as torch does: x / (1 / std) + mean.
+    let per_channel = shape[2] * shape[3] * shape[4];
+    let expected: Vec<f32> = xs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = (i / per_channel) % 16;
+            v / (1.0f32 / cfg.latents_std[c] as f32) + cfg.latents_mean[c] as f32
+        })
+        .collect();
+    let expected = Tensor::<B, 5>::from_data(TensorData::new(expected, shape), &device);
+    let out = vae.denormalize(x.clone());
+    assert!(max_abs_diff(out.clone(), expected) <= SAME_OPS_TOL);
+    // normalize is its inverse (up to f32 rounding).
+    assert!(max_abs_diff(vae.normalize(out), x) <= 1e-5);
+}
+
+#[test]
+fn vae_denormalize_matches_pipeline_reference() {
+    // The pipeline fixture captured diffusers' own `final_latents / latents_std + latents_mean`.
+    let device = Default::default();
+    let vae = load_vae();
+    let reference = Reference::open("pipeline_distilled.safetensors");
+    for k in 0..2 {
+        let latents = reference.tensor::<B, 5>(&format!("chunk{k}.final_latents"), &device);
+        let expected = reference.tensor::<B, 5>(&format!("chunk{k}.vae_input"), &device);
+        let err = max_abs_diff(vae.denormalize(latents), expected);
+        assert!(err <= SAME_OPS_TOL, "chunk {k}: {err:e}");
+    }
+}
+
+#[test]
+fn vae_config_parses_real_and_tiny_configs() {
+    let read = |p: std::path::PathBuf| {
+        omni::pipeline::checkpoint::read_config::<AutoencoderKLWanConfig>(&p)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let (real, unknown) = read(common::fixture("configs/helios-distilled/vae_config.json"));
+    assert!(unknown.is_empty(), "unknown keys {unknown:?}");
+    // The shipped Helios VAE config is exactly diffusers' defaults.
+    let mut expected = AutoencoderKLWanConfig::default();
+    expected.class_name = Some("AutoencoderKLWan".into());
+    assert_eq!(real, expected);
+    assert!(real.validate().is_ok());
+    assert_eq!((real.temporal_scale(), real.spatial_scale()), (4, 8));
+
+    let (tiny, unknown) = read(tiny_distilled().join("vae/config.json"));
+    assert!(unknown.is_empty(), "unknown keys {unknown:?}");
+    assert_eq!((tiny.base_dim, tiny.num_res_blocks), (8, 1));
+    assert_eq!((tiny.temporal_scale(), tiny.spatial_scale()), (4, 8));
+}
+
+#[test]
+fn vae_config_rejects_wan22() {
+    let residual = AutoencoderKLWanConfig {
+        is_residual: true,
+        ..Default::default()
+    };
+    assert!(residual.validate().unwrap_err().contains("is_residual"));
+    let patched = AutoencoderKLWanConfig {
+        patch_size: Some(2),
+        ..Default::default()
+    };
+    assert!(patched.validate().unwrap_err().contains("patch_size"));
+    let ok = AutoencoderKLWanConfig {
+        patch_size: Some(1),
+        ..Default::default()
+    };
+    assert!(ok.validate().is_ok());
+}
