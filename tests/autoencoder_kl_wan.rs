@@ -20,13 +20,18 @@ type B = TestBackend;
 
 /// Decode parity bound. Both sides are fp32; the Rust convs (im2col + GEMM on Flex) sum in a
 /// different order than PyTorch's CPU kernels, over ~20 stacked convs, RMS norms and one
-/// attention, with outputs of order 1. Observed error is ~1e-6; 1e-4 leaves room for other
+/// attention, with outputs of order 1. Observed max error is 8e-6; 1e-4 leaves room for other
 /// CPUs' SIMD widths while still catching any layout or cache-logic bug (those give ≥ 1e-2).
 const DECODE_TOL: f64 = 1e-4;
 
-/// Same ops in the same order on both sides of these comparisons, so they should be bit-equal;
-/// a tiny slack only guards against backend-internal scheduling differences.
+/// Same ops on the same shapes on both sides of these comparisons, so they should be
+/// bit-equal; a tiny slack only guards against backend-internal scheduling differences.
 const SAME_OPS_TOL: f64 = 1e-6;
+
+/// A conv run over chunks of different lengths uses different GEMM tilings than one run over the
+/// whole sequence, so sums of 432 products of N(0,1) inputs (outputs of order 10) round
+/// differently: ~2e-6 observed; a wrong cache gives errors of order 1.
+const CHUNKED_CONV_TOL: f64 = 1e-5;
 
 fn load_vae() -> AutoencoderKLWan<B> {
     let device = Default::default();
@@ -124,7 +129,7 @@ fn causal_conv_chunked_equals_full() {
             assert_eq!(cache.len(), start.min(2));
         }
         let err = max_abs_diff(Tensor::cat(outs, 2), full.clone());
-        assert!(err <= SAME_OPS_TOL, "chunks {chunks:?}: {err:e}");
+        assert!(err <= CHUNKED_CONV_TOL, "chunks {chunks:?}: {err:e}");
     }
 }
 
@@ -176,8 +181,10 @@ fn vae_config_parses_real_and_tiny_configs() {
     let (real, unknown) = read(common::fixture("configs/helios-distilled/vae_config.json"));
     assert!(unknown.is_empty(), "unknown keys {unknown:?}");
     // The shipped Helios VAE config is exactly diffusers' defaults.
-    let mut expected = AutoencoderKLWanConfig::default();
-    expected.class_name = Some("AutoencoderKLWan".into());
+    let expected = AutoencoderKLWanConfig {
+        class_name: Some("AutoencoderKLWan".into()),
+        ..Default::default()
+    };
     assert_eq!(real, expected);
     assert!(real.validate().is_ok());
     assert_eq!((real.temporal_scale(), real.spatial_scale()), (4, 8));

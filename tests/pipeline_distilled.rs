@@ -103,7 +103,9 @@ fn prompt_embeddings_match_diffusers() {
             .unwrap();
     let reference = Reference::open("pipeline_distilled.safetensors");
     let want = reference.tensor::<TestBackend, 3>("prompt_embeds", &device);
-    let got = pipe.encode_prompt("A serene lakeside sunrise with mist over the water.", 512);
+    let got = pipe
+        .encode_prompt("A serene lakeside sunrise with mist over the water.", 512)
+        .unwrap();
     let err = common::max_abs_diff(got, want);
     eprintln!("prompt_embeds max abs error: {err:.3e}");
     assert!(err <= 1e-4, "max abs error {err}");

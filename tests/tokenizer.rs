@@ -97,6 +97,56 @@ fn truncation_keeps_eos_like_transformers() {
     ));
 }
 
+/// A copy of the tiny tokenizer folder whose `tokenizer.json` has the pipeline of an older
+/// converter (normalizer `Sequence[Lowercase, Replace(" {2,}", " ")]`, bare `Metaspace`
+/// pre-tokenizer, no post-processor) and the given `tokenizer_class`.
+fn altered_tokenizer_dir(tokenizer_class: &str) -> tempfile::TempDir {
+    let src = tiny_distilled().join("tokenizer");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
+            .unwrap();
+    json["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+        {"type": "Lowercase"},
+        {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}
+    ]});
+    json["pre_tokenizer"] = serde_json::json!(
+        {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "always", "split": true}
+    );
+    json["post_processor"] = serde_json::Value::Null;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    config["tokenizer_class"] = tokenizer_class.into();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn t5_tokenizer_pipeline_is_rebuilt_like_transformers_5() {
+    // transformers 5.23 `AutoTokenizer` on this altered folder still gives the ids of
+    // tokenizer_cases.json (checked in Python): T5Tokenizer keeps only the vocabulary (and a
+    // Precompiled charsmap) of tokenizer.json.
+    let dir = altered_tokenizer_dir("T5Tokenizer");
+    let tok = PromptTokenizer::from_dir(dir.path()).unwrap();
+    for case in cases() {
+        let enc = tok.encode(&case.text, 512).unwrap();
+        assert_eq!(
+            &enc.ids[..enc.seq_len],
+            &case.input_ids[..],
+            "{:?}",
+            case.text
+        );
+    }
+    // Any other class runs tokenizer.json as is (here: lowercased, no `</s>`).
+    let dir = altered_tokenizer_dir("PreTrainedTokenizerFast");
+    let tok = PromptTokenizer::from_dir(dir.path()).unwrap();
+    let enc = tok.encode("A GIANT WAVE", 16).unwrap();
+    let lower = tokenizer().encode("a giant wave", 16).unwrap();
+    assert_eq!(&enc.ids[..enc.seq_len], &lower.ids[..lower.seq_len - 1]);
+}
+
 #[test]
 fn missing_tokenizer_json_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();

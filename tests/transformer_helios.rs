@@ -96,10 +96,11 @@ fn matches_diffusers_with_replicate_padded_mid_history() {
 
 #[test]
 fn tiny_config_parses_and_validates() {
-    let (config, unknown) = omni::pipeline::checkpoint::read_config::<
-        HeliosTransformer3DModelConfig,
-    >(&transformer_dir().join("config.json"))
-    .expect("config parses");
+    let (config, unknown) =
+        omni::pipeline::checkpoint::read_config::<HeliosTransformer3DModelConfig>(
+            &transformer_dir().join("config.json"),
+        )
+        .expect("config parses");
     assert!(unknown.is_empty(), "unknown keys {unknown:?}");
     assert_eq!(config.validate(), Ok(()));
     assert_eq!(config.inner_dim(), 24);
@@ -156,7 +157,8 @@ fn edited_checkpoint(
 #[test]
 fn missing_tensor_is_named_in_the_load_error() {
     let tmp = edited_checkpoint(|t| {
-        t.remove("blocks.1.attn2.to_out.0.bias").expect("key exists");
+        t.remove("blocks.1.attn2.to_out.0.bias")
+            .expect("key exists");
     });
     let err = HeliosTransformer3DModel::<B>::load(tmp.path(), &Default::default())
         .expect_err("load must fail");

@@ -86,23 +86,16 @@ impl GenerateArgs {
     }
 }
 
-/// Feeds decoded chunks to the MP4 writer.
+/// Feeds decoded chunks to the MP4 writer (float → u8 as diffusers' `export_to_video`).
 struct Mp4Sink {
     writer: Mp4Writer,
-    rgb: Vec<u8>,
 }
 
 impl FrameSink for Mp4Sink {
     fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
-        let per = frames.height * frames.width * 3;
-        for f in frames.data.chunks_exact(per) {
-            self.rgb.clear();
-            // [0, 1] → u8 with rounding, as diffusers' `numpy_to_pil` (`(x * 255).round()`).
-            self.rgb
-                .extend(f.iter().map(|x| (x * 255.0).round().clamp(0.0, 255.0) as u8));
-            self.writer.push_rgb(&self.rgb).map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        self.writer
+            .push_frames_f32(&frames.data)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -133,10 +126,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device = Default::default();
     let pipe = HeliosPyramidPipeline::<DefaultBackend>::load(&args.model, &device, &mut bars)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let mut sink = Mp4Sink {
-        writer,
-        rgb: Vec::new(),
-    };
+    let mut sink = Mp4Sink { writer };
     let mut ctx = RunContext {
         noise: noise.as_mut(),
         progress: &mut bars,

@@ -14,3 +14,4 @@ pub mod weights;
 pub mod noise;
 pub mod progress;
 pub mod request;
+pub mod pipelines;

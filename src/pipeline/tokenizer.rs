@@ -12,12 +12,16 @@
 //! Only `tokenizer.json` is supported (not a bare SentencePiece `spiece.model`); the Helios,
 //! Wan2.1-Diffusers and `save_pretrained` tokenizer folders all have one.
 //!
-//! Known divergence: transformers ≥ 5 does not run `tokenizer.json` as is for `T5Tokenizer`; it
-//! rebuilds the pipeline from the file's vocabulary with the `Precompiled` normalizer only and a
-//! `WhitespaceSplit` + `Metaspace` pre-tokenizer. For prompts that went through
-//! [`prompt_clean`] (single spaces, no leading or trailing whitespace) both give the same ids;
-//! they can differ on characters whose compatibility decomposition contains a space (e.g. `´`).
+//! transformers ≥ 5 does not run `tokenizer.json` as is when `tokenizer_config.json` names
+//! `T5Tokenizer` (the Helios/Wan/UMT5 case): it keeps the file's vocabulary and `Precompiled`
+//! charsmap and rebuilds the rest of the pipeline. [`PromptTokenizer::from_dir`] does the same
+//! (see `rebuild_like_transformers_t5`), so the ids match transformers 5.23 even for a
+//! `tokenizer.json` written by an older converter (e.g. with an extra `Replace(" {2,}")`
+//! normalizer or a bare `Metaspace` pre-tokenizer). Other tokenizer classes run the file as is.
 //! `tests/tokenizer.rs` pins the ids against the Python tokenizer.
+//!
+//! Prompt cleaning ([`prompt_clean`]) mirrors diffusers' `prompt_clean`, with a character-level
+//! subset of `ftfy.fix_text` (see [`fix_text_subset`] for what is not ported).
 
 use std::path::{Path, PathBuf};
 
@@ -72,40 +76,116 @@ impl std::fmt::Debug for PromptTokenizer {
     }
 }
 
-/// The `pad_token` of `tokenizer_config.json` or `special_tokens_map.json` (a string or an
-/// `AddedToken` object), if either file names one.
-fn configured_pad_token(dir: &Path) -> Result<Option<String>, LoadError> {
-    for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let path = dir.join(name);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| LoadError::Config {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        match value.get("pad_token") {
-            Some(serde_json::Value::String(s)) => return Ok(Some(s.clone())),
-            Some(serde_json::Value::Object(o)) => {
-                if let Some(serde_json::Value::String(s)) = o.get("content") {
-                    return Ok(Some(s.clone()));
-                }
-            }
-            _ => {}
+/// The fields of `tokenizer_config.json` (completed from `special_tokens_map.json`) that change
+/// how transformers tokenizes.
+#[derive(Debug, Default)]
+struct TokenizerConfigFile {
+    tokenizer_class: Option<String>,
+    pad_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl TokenizerConfigFile {
+    fn read(dir: &Path) -> Result<Self, LoadError> {
+        let mut cfg = Self::default();
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let path = dir.join(name);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LoadError::Config {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            // A token is a string or an `AddedToken` object with a `content`.
+            let token = |key: &str| match value.get(key) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Object(o)) => o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string),
+                _ => None,
+            };
+            cfg.pad_token = cfg.pad_token.take().or_else(|| token("pad_token"));
+            cfg.eos_token = cfg.eos_token.take().or_else(|| token("eos_token"));
+            cfg.tokenizer_class = cfg.tokenizer_class.take().or_else(|| {
+                value
+                    .get("tokenizer_class")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string)
+            });
         }
+        Ok(cfg)
     }
-    Ok(None)
+}
+
+/// Rebuild the pipeline the way transformers ≥ 5 `T5Tokenizer.__init__` does when it loads a
+/// `tokenizer.json` (`tokenization_utils_tokenizers.py` `convert_to_native_format` keeps only the
+/// vocabulary and the `Precompiled` charsmap of the file):
+///
+/// * model `Unigram(vocab, unk_id=2, byte_fallback=False)`;
+/// * normalizer: the file's `Precompiled` normalizer (alone or inside a `Sequence`), else none —
+///   any other normalizer of the file (`Replace`, `Strip`, `Lowercase`, …) is dropped;
+/// * pre-tokenizer `Sequence[WhitespaceSplit, Metaspace("▁", prepend_scheme="always", split=True)]`;
+/// * post-processor `TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>")` with `</s>`
+///   given the id of the configured `eos_token`.
+///
+/// The added tokens of the file are kept (`<pad>`, `</s>`, `<unk>`, sentinels).
+fn rebuild_like_transformers_t5(tok: &mut Tokenizer, eos_token: &str) -> Result<(), String> {
+    use tokenizers::models::unigram::Unigram;
+    use tokenizers::normalizers::NormalizerWrapper;
+    use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
+    use tokenizers::processors::template::TemplateProcessing;
+
+    let tokenizers::ModelWrapper::Unigram(unigram) = tok.get_model() else {
+        return Err(
+            "tokenizer_class is T5Tokenizer but the tokenizer.json model is not Unigram".into(),
+        );
+    };
+    let vocab: Vec<(String, f64)> = unigram.iter().cloned().collect();
+    let model = Unigram::from(vocab, Some(2), false).map_err(|e| e.to_string())?;
+    let precompiled = match tok.get_normalizer() {
+        Some(NormalizerWrapper::Precompiled(p)) => Some(p.clone()),
+        Some(NormalizerWrapper::Sequence(seq)) => seq.as_ref().iter().find_map(|n| match n {
+            NormalizerWrapper::Precompiled(p) => Some(p.clone()),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let eos_id = tok
+        .token_to_id(eos_token)
+        .ok_or_else(|| format!("the eos token `{eos_token}` is not in the vocabulary"))?;
+    let post = TemplateProcessing::builder()
+        .try_single("$A </s>")
+        .and_then(|b| b.try_pair("$A </s> $B </s>"))
+        .map_err(|e| e.to_string())?
+        .special_tokens(vec![("</s>", eos_id)])
+        .build()
+        .map_err(|e| e.to_string())?;
+    tok.with_model(model);
+    tok.with_normalizer(precompiled.map(NormalizerWrapper::Precompiled));
+    tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::WhitespaceSplit(WhitespaceSplit),
+        PreTokenizerWrapper::Metaspace(Metaspace::new('\u{2581}', PrependScheme::Always, true)),
+    ]))));
+    tok.with_post_processor(Some(post));
+    Ok(())
 }
 
 impl PromptTokenizer {
     /// Load `tokenizer_dir/tokenizer.json`. The pad token is the `pad_token` of
-    /// `tokenizer_config.json` (or `special_tokens_map.json`), else `<pad>` (T5's default).
+    /// `tokenizer_config.json` (or `special_tokens_map.json`), else `<pad>` (T5's default). When
+    /// `tokenizer_class` is `T5Tokenizer`, the pipeline is rebuilt as transformers ≥ 5 does (see
+    /// the module docs).
     ///
     /// # Errors
     /// [`LoadError::Missing`] when there is no `tokenizer.json`; [`LoadError::Tokenizer`] when it
-    /// cannot be parsed, only a `spiece.model` is present, or the pad token is not in the
-    /// vocabulary; [`LoadError::Config`] for an unparsable `tokenizer_config.json`.
+    /// cannot be parsed, only a `spiece.model` is present, the pad or eos token is not in the
+    /// vocabulary, or a `T5Tokenizer` file has no Unigram model; [`LoadError::Config`] for an unparsable `tokenizer_config.json`.
     pub fn from_dir(tokenizer_dir: &Path) -> Result<Self, LoadError> {
         let path = tokenizer_dir.join("tokenizer.json");
         if !path.is_file() {
@@ -130,12 +210,20 @@ impl PromptTokenizer {
             path: path.clone(),
             message,
         };
+        let config = TokenizerConfigFile::read(tokenizer_dir)?;
         let mut inner = Tokenizer::from_file(&path).map_err(|e| tok_err(e.to_string()))?;
+        if matches!(
+            config.tokenizer_class.as_deref(),
+            Some("T5Tokenizer" | "T5TokenizerFast")
+        ) {
+            let eos = config.eos_token.as_deref().unwrap_or("</s>");
+            rebuild_like_transformers_t5(&mut inner, eos).map_err(tok_err)?;
+        }
         inner
             .with_truncation(None)
             .map_err(|e| tok_err(e.to_string()))?;
         inner.with_padding(None);
-        let pad_token = configured_pad_token(tokenizer_dir)?.unwrap_or_else(|| "<pad>".into());
+        let pad_token = config.pad_token.unwrap_or_else(|| "<pad>".into());
         let pad_id = inner.token_to_id(&pad_token).ok_or_else(|| {
             tok_err(format!(
                 "the pad token `{pad_token}` is not in the vocabulary"

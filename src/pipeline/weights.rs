@@ -1,7 +1,8 @@
 //! Weight loading from diffusers/transformers safetensors files with `burn-store`.
 //!
 //! The only place that applies key remaps and the PyTorch→Burn adapter (Linear `[out, in]` →
-//! `[in, out]`, norm `weight`/`bias` → `gamma`/`beta`). Files are memory-mapped by
+//! `[in, out]`; `weight` → `gamma` for burn's LayerNorm/BatchNorm/GroupNorm only — RmsNorm
+//! weights and LayerNorm biases are renamed by each model's `KEY_REMAP`). Files are memory-mapped by
 //! `SafetensorsStore` and each tensor is copied out one at a time, cast to the backend's float
 //! dtype on the way, so a checkpoint is never held twice in RAM. Shards (`*.safetensors.index.json`)
 //! are applied one after the other.

@@ -32,9 +32,10 @@
 //! # Deliberate divergences
 //!
 //! * **Decoder only.** `encoder.*` and `quant_conv.*` are skipped at load time (see
-//!   [`IGNORED_KEYS`]); `encode` is a later issue.
+//!   [`IGNORED_KEYS`]); `encode` is a later issue. (Pinned by `vae_decode_matches_diffusers`,
+//!   which loads the full fixture checkpoint.)
 //! * Unsupported configs are rejected at load instead of half-working: `is_residual = true` or a
-//!   `patch_size` other than 1 (the Wan2.2 VAE).
+//!   `patch_size` other than 1 (the Wan2.2 VAE); test `vae_config_rejects_wan22`.
 //! * `attn_scales` is accepted but has no effect, exactly as in diffusers' decoder (only the
 //!   encoder reads it). Dropout is an inference no-op and is not modelled.
 //! * No spatial tiling (`enable_tiling`) and no batch slicing (`use_slicing`): they only trade
@@ -46,7 +47,11 @@
 //!   is what `nearest-exact` does at an integer factor 2; Burn's `interpolate(Nearest)` defaults
 //!   to `align_corners = true` and is not used.
 //!
-//! Parity: `tests/autoencoder_kl_wan.rs` against diffusers on the tiny fixture VAE (fp32).
+//! * The frame cache is an explicit state tree instead of a flat list plus cursor (same numbers;
+//!   tests `causal_conv_chunked_equals_full`, `vae_decode_is_causal_in_time`).
+//!
+//! Parity: `tests/autoencoder_kl_wan.rs` against diffusers on the tiny fixture VAE (fp32 on
+//! Flex, max abs error 8e-6 on `[1,3,9,32,48]`).
 
 use std::path::Path;
 
@@ -747,8 +752,9 @@ impl<B: Backend> WanDecoder3d<B> {
     /// it with one latent frame at a time.
     ///
     /// # Shapes
-    /// `x: [B, z_dim, T, H, W]` → `[B, out_channels, T', 8H, 8W]` (Wan2.1), `T' = 1 + 4(T-1)`
-    /// for the first chunk of a decode and `4T` after it.
+    /// `x: [B, z_dim, T, H, W]` → `[B, out_channels, T', 8H, 8W]` (Wan2.1), `T' = T` for the
+    /// first chunk of a decode (its temporal upsampling is skipped, diffusers' `"Rep"`) and `4T`
+    /// after it; with one latent frame per call, as here and in diffusers, that is 1 then 4.
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut WanDecoderCache<B>) -> Tensor<B, 5> {
         let x = self.conv_in.forward_cached(x, &mut cache.conv_in);
         let mut x = self.mid_block.forward(x, &mut cache.mid_block);

@@ -6,7 +6,8 @@
 //! `PixArtAlphaTextProjection`), `models/attention.py` (`FeedForward`, "gelu-approximate") and
 //! `models/normalization.py` (`FP32LayerNorm`).
 //!
-//! Module fields are named like the checkpoint keys; the sequential-index keys are renamed by
+//! Module fields are named like the checkpoint keys; the sequential-index keys (`to_out.0`,
+//! `ffn.net.0.proj`, `ffn.net.2`) and the norm parameters Burn calls `gamma`/`beta` are renamed by
 //! [`KEY_REMAP`] (one row per rename).
 //!
 //! Deliberate divergences from diffusers (all pinned by `tests/transformer_helios.rs`, which
@@ -56,6 +57,13 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
     (r"\.ffn\.net\.0\.proj\.", ".ffn.net_0_proj."),
     // `FeedForward.net[2]` is the output Linear (`net[1]` is Dropout).
     (r"\.ffn\.net\.2\.", ".ffn.net_2."),
+    // `torch.nn.RMSNorm.weight` is Burn's `RmsNorm.gamma` (burn-store 0.21's PyTorchToBurnAdapter
+    // renames weight → gamma only for BatchNorm/LayerNorm/GroupNorm).
+    (r"\.(norm_[qk])\.weight$", ".${1}.gamma"),
+    // `FP32LayerNorm` `norm2.{weight,bias}` are Burn's `LayerNorm.{gamma,beta}` (the adapter
+    // renames `weight` but not `bias` here, so both are renamed explicitly).
+    (r"\.norm2\.weight$", ".norm2.gamma"),
+    (r"\.norm2\.bias$", ".norm2.beta"),
 ];
 
 /// Checkpoint keys that are deliberately not loaded (diffusers `_keys_to_ignore_on_load_unexpected`).
@@ -64,9 +72,9 @@ pub const KEY_IGNORE: &[&str] = &[r"norm_added_q"];
 /// `HeliosAttention.max_scale`: the largest history-key amplification (`is_amplify_history`).
 const HISTORY_MAX_SCALE: f64 = 10.0;
 
-/// Token-count kernel of `pad_for_3d_conv` before `patch_mid` (hard-coded in diffusers).
+/// `pad_for_3d_conv` multiple before `patch_mid` (hard-coded in diffusers).
 const MID_LATENT_PAD: [usize; 3] = [2, 4, 4];
-/// Token-count kernel of `pad_for_3d_conv` before `patch_long` (hard-coded in diffusers).
+/// `pad_for_3d_conv` multiple before `patch_long` (hard-coded in diffusers).
 const LONG_LATENT_PAD: [usize; 3] = [4, 8, 8];
 /// `center_down_sample_3d` window of the mid-history RoPE table.
 const MID_ROPE_POOL: usize = 2;
@@ -201,7 +209,7 @@ impl HeliosTransformer3DModelConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(format!("eps must be positive, got {}", self.eps));
         }
         if let Some(d) = self.added_kv_proj_dim {
@@ -223,8 +231,11 @@ impl HeliosTransformer3DModelConfig {
                 self.rope_dim, self.attention_head_dim
             ));
         }
-        if !(self.rope_theta > 0.0) {
-            return Err(format!("rope_theta must be positive, got {}", self.rope_theta));
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
+            return Err(format!(
+                "rope_theta must be positive, got {}",
+                self.rope_theta
+            ));
         }
         Ok(())
     }
@@ -271,7 +282,11 @@ impl HeliosTransformer3DModelConfig {
                 scale_shift_table: Initializer::Zeros.init([1, 2, dim], device),
                 eps: self.eps,
             },
-            proj_out: linear(dim, self.out_channels() * p.iter().product::<usize>(), device),
+            proj_out: linear(
+                dim,
+                self.out_channels() * p.iter().product::<usize>(),
+                device,
+            ),
             config: self.clone(),
         }
     }
@@ -433,8 +448,10 @@ impl RopeTables {
                 for xi in 0..nx {
                     for (a, idx) in [(0, ti), (1, yi), (2, xi)] {
                         let n = freqs[a].len();
-                        self.cos.extend_from_slice(&axes[a].0[idx * n..(idx + 1) * n]);
-                        self.sin.extend_from_slice(&axes[a].1[idx * n..(idx + 1) * n]);
+                        self.cos
+                            .extend_from_slice(&axes[a].0[idx * n..(idx + 1) * n]);
+                        self.sin
+                            .extend_from_slice(&axes[a].1[idx * n..(idx + 1) * n]);
                     }
                 }
             }
@@ -626,8 +643,8 @@ impl<B: Backend> HeliosAttention<B> {
             let scale_key = (sigmoid(scale.val().cast(DType::F32)) * (HISTORY_MAX_SCALE - 1.0)
                 + 1.0)
                 .reshape([1, 1, n, 1]);
-            let hist = (key.clone().narrow(1, 0, history_len).cast(DType::F32) * scale_key)
-                .cast(dtype);
+            let hist =
+                (key.clone().narrow(1, 0, history_len).cast(DType::F32) * scale_key).cast(dtype);
             let rest = key.narrow(1, history_len, l - history_len);
             key = Tensor::cat(vec![hist, rest], 1);
         }
@@ -713,24 +730,30 @@ struct Conditioning<B: Backend> {
     history_len: usize,
 }
 
-/// Evaluate `f(start, len, modulation)` on the history segment and the noisy segment with their
-/// own modulation, and concatenate along the tokens (one call when there is a single segment).
-fn per_segment<B: Backend>(
+/// The modulation of each token segment of one block: the leading `history_len` history tokens
+/// (t = 0 with `zero_history_timestep`) and the noisy tokens (t).
+struct SegmentModulation<B: Backend> {
     total: usize,
     history_len: usize,
-    history: Option<&Modulation<B>>,
-    noisy: &Modulation<B>,
-    f: impl Fn(usize, usize, &Modulation<B>) -> Tensor<B, 3>,
-) -> Tensor<B, 3> {
-    match history {
-        Some(h) if history_len > 0 => Tensor::cat(
-            vec![
-                f(0, history_len, h),
-                f(history_len, total - history_len, noisy),
-            ],
-            1,
-        ),
-        _ => f(0, total, noisy),
+    /// `None`: the history tokens use `noisy` too.
+    history: Option<Modulation<B>>,
+    noisy: Modulation<B>,
+}
+
+impl<B: Backend> SegmentModulation<B> {
+    /// Evaluate `f(start, len, modulation)` on each segment with its own modulation and
+    /// concatenate along the tokens (one call when there is a single segment).
+    fn map(&self, f: impl Fn(usize, usize, &Modulation<B>) -> Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.history {
+            Some(h) if self.history_len > 0 => Tensor::cat(
+                vec![
+                    f(0, self.history_len, h),
+                    f(self.history_len, self.total - self.history_len, &self.noisy),
+                ],
+                1,
+            ),
+            _ => f(0, self.total, &self.noisy),
+        }
     }
 }
 
@@ -788,40 +811,44 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         let [_, s, _] = hidden_states.dims();
         let hist = cond.history_len;
         let table = self.scale_shift_table.val().cast(DType::F32);
-        let noisy = Modulation::new(&table, &cond.timestep_proj);
-        let history = cond
-            .timestep_proj_history
-            .as_ref()
-            .map(|t| Modulation::new(&table, t));
-        let seg = |f: &dyn Fn(usize, usize, &Modulation<B>) -> Tensor<B, 3>| {
-            per_segment(s, hist, history.as_ref(), &noisy, f)
+        let segments = SegmentModulation {
+            total: s,
+            history_len: hist,
+            history: cond
+                .timestep_proj_history
+                .as_ref()
+                .map(|t| Modulation::new(&table, t)),
+            noisy: Modulation::new(&table, &cond.timestep_proj),
         };
 
         // 1. Self-attention
         // norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
         let normed = fp32_layer_norm(x.clone(), None, None, self.eps);
-        let norm_hidden_states = seg(&|start, len, m| {
-            normed.clone().narrow(1, start, len) * (m.0[1].clone() + 1.0) + m.0[0].clone()
-        })
-        .cast(dtype);
+        let norm_hidden_states = segments
+            .map(|start, len, m| {
+                normed.clone().narrow(1, start, len) * (m.0[1].clone() + 1.0) + m.0[0].clone()
+            })
+            .cast(dtype);
         let attn_output = self
             .attn1
             .forward(norm_hidden_states, None, Some(rotary_emb), hist)
             .cast(DType::F32);
         // hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
-        let hidden_states = seg(&|start, len, m| {
-            x.clone().narrow(1, start, len)
-                + attn_output.clone().narrow(1, start, len) * m.0[2].clone()
-        })
-        .cast(dtype);
+        let hidden_states = segments
+            .map(|start, len, m| {
+                x.clone().narrow(1, start, len)
+                    + attn_output.clone().narrow(1, start, len) * m.0[2].clone()
+            })
+            .cast(dtype);
 
         // 2. Cross-attention
         let hidden_states = if self.guidance_cross_attn && hist > 0 {
             // history_hidden_states, hidden_states = torch.split(hidden_states, [history_seq_len, original_context_length], dim=1)
             let history_hidden_states = hidden_states.clone().narrow(1, 0, hist);
             let noisy_hidden_states = hidden_states.narrow(1, hist, s - hist);
-            let noisy_hidden_states = self.cross_attention(noisy_hidden_states, encoder_hidden_states);
+            let noisy_hidden_states =
+                self.cross_attention(noisy_hidden_states, encoder_hidden_states);
             Tensor::cat(vec![history_hidden_states, noisy_hidden_states], 1)
         } else {
             self.cross_attention(hidden_states, encoder_hidden_states)
@@ -831,17 +858,19 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
         let normed = fp32_layer_norm(x.clone(), None, None, self.eps);
-        let norm_hidden_states = seg(&|start, len, m| {
-            normed.clone().narrow(1, start, len) * (m.0[4].clone() + 1.0) + m.0[3].clone()
-        })
-        .cast(dtype);
+        let norm_hidden_states = segments
+            .map(|start, len, m| {
+                normed.clone().narrow(1, start, len) * (m.0[4].clone() + 1.0) + m.0[3].clone()
+            })
+            .cast(dtype);
         let ff_output = self.ffn.forward(norm_hidden_states).cast(DType::F32);
         // hidden_states = (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
-        seg(&|start, len, m| {
-            x.clone().narrow(1, start, len)
-                + ff_output.clone().narrow(1, start, len) * m.0[5].clone()
-        })
-        .cast(dtype)
+        segments
+            .map(|start, len, m| {
+                x.clone().narrow(1, start, len)
+                    + ff_output.clone().narrow(1, start, len) * m.0[5].clone()
+            })
+            .cast(dtype)
     }
 
     /// `hidden_states + attn2(norm2(hidden_states.float()).type_as(hidden_states), context)`.
@@ -1026,8 +1055,8 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             timestep.len()
         );
         assert_eq!(
-            text.dims()[0..1],
-            [b],
+            text.dims()[0],
+            b,
             "text batch {} does not match hidden_states batch {b}",
             text.dims()[0]
         );

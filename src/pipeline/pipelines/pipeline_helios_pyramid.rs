@@ -31,10 +31,11 @@ use crate::pipeline::noise::{NoiseError, NoiseSource};
 use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
 use crate::pipeline::request::{GenerationRequest, ModelDefaults};
 use crate::pipeline::schedulers::scheduling_helios_dmd::{
-    HeliosDMDScheduler, HeliosDMDSchedulerConfig, block_noise_factor, calculate_shift,
+    HeliosDMDScheduler, HeliosDMDSchedulerConfig, block_noise_factor, model_timestep,
+    pyramid_image_seq_len,
 };
 use crate::pipeline::text_encoding::encode_prompt;
-use crate::pipeline::tokenizer::PromptTokenizer;
+use crate::pipeline::tokenizer::{PromptTokenizer, TokenizeError};
 
 /// Latent channels ↔ pixels: the Wan VAE compresses 4× in time and 8× in space.
 const VAE_SCALE_FACTOR_TEMPORAL: usize = 4;
@@ -55,6 +56,9 @@ pub enum PipelineError {
     /// The frame consumer failed (e.g. the MP4 writer).
     #[error("writing frames: {0}")]
     Sink(String),
+    /// The prompt could not be tokenized.
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
     /// The run was cancelled through its [`CancelToken`].
     #[error("cancelled")]
     Cancelled,
@@ -164,7 +168,14 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
     }
 
     /// Prompt embeddings `[1, max_sequence_length, d_model]` as diffusers' `encode_prompt`.
-    pub fn encode_prompt(&self, prompt: &str, max_sequence_length: usize) -> Tensor<B, 3> {
+    ///
+    /// # Errors
+    /// [`TokenizeError`] when the prompt cannot be tokenized at that length.
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        max_sequence_length: usize,
+    ) -> Result<Tensor<B, 3>, TokenizeError> {
         encode_prompt(
             &self.tokenizer,
             &self.text_encoder,
@@ -207,11 +218,13 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         let do_cfg = req.guidance_scale > 1.0;
         let text = self
             .transformer
-            .project_text(self.encode_prompt(&req.prompt, req.max_sequence_length));
-        let neg_text = do_cfg.then(|| {
-            self.transformer
-                .project_text(self.encode_prompt(&req.negative_prompt, req.max_sequence_length))
-        });
+            .project_text(self.encode_prompt(&req.prompt, req.max_sequence_length)?);
+        let neg_text = match do_cfg {
+            true => Some(self.transformer.project_text(
+                self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?,
+            )),
+            false => None,
+        };
         ctx.progress.event(Progress::EncodingPrompt { done: true });
 
         // 5. History buffer and RoPE frame indices (keep_first_frame = true).
@@ -235,18 +248,14 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         // 6. Denoising loop.
         for k in 0..num_chunks {
             let amplify = req.is_amplify_first_chunk && k == 0;
-            let schedules: Vec<_> = (0..stages)
+            // μ per stage from the latents at the top of the stage loop, i.e. *before* that
+            // stage's upsample (stages 0 and 1 share one μ), as diffusers does.
+            let stage0 = [t_chunk, lh >> (stages - 1), lw >> (stages - 1)];
+            let schedules = (0..stages)
                 .map(|s| {
-                    let (sh, sw) = (lh >> (stages - 1 - s), lw >> (stages - 1 - s));
-                    let image_seq_len = t_chunk * sh * sw / 4;
-                    let cfg = self.scheduler.config();
-                    let mu = calculate_shift(
-                        image_seq_len,
-                        cfg.base_image_seq_len,
-                        cfg.max_image_seq_len,
-                        cfg.base_shift,
-                        cfg.max_shift,
-                    );
+                    let mu = self
+                        .scheduler
+                        .calculate_shift(pyramid_image_seq_len(s, stage0, [1, 2, 2]));
                     self.scheduler.set_timesteps(
                         req.pyramid_num_inference_steps_list[s],
                         s,
@@ -254,7 +263,8 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
                         amplify,
                     )
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
             let total_steps: usize = schedules.iter().map(|s| s.timesteps.len()).sum();
             ctx.progress.event(Progress::ChunkStarted {
                 chunk: k,
@@ -307,7 +317,7 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
                     }
                     let t = sched.timesteps[i];
                     // diffusers: `timestep = t.expand(B).to(torch.int64)` (truncation).
-                    let t_model = self.scheduler.model_timestep(t) as f32;
+                    let t_model = model_timestep(t) as f32;
                     let mut v = self.transformer.forward(
                         latents.clone(),
                         &[t_model],
