@@ -59,7 +59,16 @@ fn generate_writes_an_mp4_that_ffprobe_accepts() {
         .args(["generate", "--model"])
         .arg(tiny_distilled())
         .args(["--prompt", PROMPT, "--width", "128", "--height", "64"])
-        .args(["--num-frames", "33", "--fps", "12", "--seed", "3", "--quiet", "-o"])
+        .args([
+            "--num-frames",
+            "33",
+            "--fps",
+            "12",
+            "--seed",
+            "3",
+            "--quiet",
+            "-o",
+        ])
         .arg(&mp4)
         .output()
         .unwrap();
@@ -73,7 +82,10 @@ fn generate_writes_an_mp4_that_ffprobe_accepts() {
     assert_eq!(s["avg_frame_rate"], "12/1");
     assert_eq!(s["nb_read_frames"], "33");
     // Nothing else left in the folder (the temporary file was renamed).
-    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("lakeside.mp4")]);
 }
 
@@ -90,7 +102,10 @@ fn print_request_shows_checkpoint_defaults() {
     assert_eq!(req["width"], 640);
     assert_eq!(req["height"], 384);
     assert_eq!(req["fps"], 24);
-    assert_eq!(req["pyramid_num_inference_steps_list"], serde_json::json!([2, 2, 2]));
+    assert_eq!(
+        req["pyramid_num_inference_steps_list"],
+        serde_json::json!([2, 2, 2])
+    );
     assert_eq!(req["is_amplify_first_chunk"], true);
     assert!(!Path::new("unused.mp4").exists());
 }
@@ -100,7 +115,14 @@ fn a_missing_model_folder_fails_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let mp4 = dir.path().join("x.mp4");
     let out = omni()
-        .args(["generate", "--model", "/nonexistent/helios", "--prompt", PROMPT, "-o"])
+        .args([
+            "generate",
+            "--model",
+            "/nonexistent/helios",
+            "--prompt",
+            PROMPT,
+            "-o",
+        ])
         .arg(&mp4)
         .output()
         .unwrap();
@@ -119,7 +141,17 @@ fn an_incomplete_model_folder_names_what_is_missing() {
     let out = omni()
         .args(["generate", "--model"])
         .arg(&model)
-        .args(["--prompt", PROMPT, "--width", "128", "--height", "64", "--num-frames", "1", "-o"])
+        .args([
+            "--prompt",
+            PROMPT,
+            "--width",
+            "128",
+            "--height",
+            "64",
+            "--num-frames",
+            "1",
+            "-o",
+        ])
         .arg(&mp4)
         .output()
         .unwrap();
@@ -133,11 +165,21 @@ fn a_size_that_is_not_a_multiple_of_64_says_which_multiple() {
     let out = omni()
         .args(["generate", "--model"])
         .arg(tiny_distilled())
-        .args(["--prompt", PROMPT, "--width", "100", "-o", "/tmp/omni-never.mp4"])
+        .args([
+            "--prompt",
+            PROMPT,
+            "--width",
+            "100",
+            "-o",
+            "/tmp/omni-never.mp4",
+        ])
         .output()
         .unwrap();
     let line = assert_one_line_error(&out);
-    assert!(line.contains("width") && line.contains("multiple of 64"), "{line}");
+    assert!(
+        line.contains("width") && line.contains("multiple of 64"),
+        "{line}"
+    );
     assert!(!Path::new("/tmp/omni-never.mp4").exists());
 }
 
@@ -165,12 +207,25 @@ fn a_corrupt_safetensors_file_is_named_and_leaves_no_output() {
     let out = omni()
         .args(["generate", "--model"])
         .arg(&model)
-        .args(["--prompt", PROMPT, "--width", "128", "--height", "64", "--num-frames", "1", "-o"])
+        .args([
+            "--prompt",
+            PROMPT,
+            "--width",
+            "128",
+            "--height",
+            "64",
+            "--num-frames",
+            "1",
+            "-o",
+        ])
         .arg(&mp4)
         .output()
         .unwrap();
     let line = assert_one_line_error(&out);
-    assert!(line.contains("diffusion_pytorch_model.safetensors"), "{line}");
+    assert!(
+        line.contains("diffusion_pytorch_model.safetensors"),
+        "{line}"
+    );
     assert!(!mp4.exists());
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "only the model folder remains");
@@ -179,7 +234,16 @@ fn a_corrupt_safetensors_file_is_named_and_leaves_no_output() {
 #[test]
 fn unknown_flags_are_rejected() {
     let out = omni()
-        .args(["generate", "--model", "m", "--prompt", "p", "-o", "x.mp4", "--frobnicate"])
+        .args([
+            "generate",
+            "--model",
+            "m",
+            "--prompt",
+            "p",
+            "-o",
+            "x.mp4",
+            "--frobnicate",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -194,7 +258,16 @@ fn a_noise_file_without_the_needed_draws_is_rejected_by_name() {
     let out = omni()
         .args(["generate", "--model"])
         .arg(tiny_distilled())
-        .args(["--prompt", PROMPT, "--width", "64", "--height", "64", "--num-frames", "1"])
+        .args([
+            "--prompt",
+            PROMPT,
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--num-frames",
+            "1",
+        ])
         .arg("--noise-file")
         .arg(common::fixture("reference/pipeline_distilled.safetensors"))
         .arg("-o")

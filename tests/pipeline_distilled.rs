@@ -59,8 +59,8 @@ fn two_chunk_distilled_run_matches_diffusers_frames() {
         HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
             .unwrap();
     let req = request();
-    let mut noise = FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors"))
-        .unwrap();
+    let mut noise =
+        FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors")).unwrap();
     let mut progress = Record::default();
     let mut sink = Collect::default();
     let mut ctx = RunContext {
@@ -76,7 +76,10 @@ fn two_chunk_distilled_run_matches_diffusers_frames() {
     assert_eq!(n, 65);
     assert_eq!(sink.0.len(), 2, "one delivery per chunk");
     assert_eq!(sink.0[0].frames, 33);
-    assert_eq!(sink.0[1].frames, 32, "the last chunk is trimmed to 4k+1 frames in all");
+    assert_eq!(
+        sink.0[1].frames, 32,
+        "the last chunk is trimmed to 4k+1 frames in all"
+    );
     let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
     let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
     let db = psnr(&got, &want);
@@ -119,14 +122,16 @@ fn a_missing_noise_draw_is_an_error_naming_it() {
             .unwrap();
     let mut req = request();
     req.num_frames = 99; // needs chunk2.* draws, which the file does not have
-    let mut noise = FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors"))
-        .unwrap();
+    let mut noise =
+        FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors")).unwrap();
     let mut ctx = RunContext {
         noise: &mut noise,
         progress: &mut NoProgress,
         cancel: CancelToken::new(),
     };
-    let err = pipe.call(&req, &mut ctx, &mut Collect::default()).unwrap_err();
+    let err = pipe
+        .call(&req, &mut ctx, &mut Collect::default())
+        .unwrap_err();
     assert!(err.to_string().contains("chunk2.latents"), "{err}");
 }
 

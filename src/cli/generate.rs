@@ -120,7 +120,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         req.fps,
         EncodeOptions::default(),
     )
-    .with_context(|| format!("cannot write {}", args.output.display()))?;
+    .map_err(|e| anyhow::anyhow!("{e}; choose an existing, writable folder for -o"))?;
 
     let mut bars = BarProgress::new(args.quiet);
     let device = Default::default();

@@ -60,9 +60,10 @@ impl BarProgress {
 impl ProgressSink for BarProgress {
     fn event(&mut self, event: Progress) {
         match event {
-            Progress::Loading { component, done: false } => {
-                self.spinner(format!("loading {component}"))
-            }
+            Progress::Loading {
+                component,
+                done: false,
+            } => self.spinner(format!("loading {component}")),
             Progress::EncodingPrompt { done: false } => self.spinner("encoding prompt".into()),
             Progress::ChunkStarted {
                 chunk,
@@ -78,9 +79,10 @@ impl ProgressSink for BarProgress {
                     bar.set_position(step as u64);
                 }
             }
-            Progress::Decoding { chunk, done: false } => {
-                self.spinner(format!("decoding chunk {} (VAE) and encoding H.264", chunk + 1))
-            }
+            Progress::Decoding { chunk, done: false } => self.spinner(format!(
+                "decoding chunk {} (VAE) and encoding H.264",
+                chunk + 1
+            )),
             _ => {}
         }
     }

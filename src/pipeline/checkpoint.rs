@@ -12,7 +12,9 @@ use super::weights::WeightsError;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// A file or folder the checkpoint needs is absent.
-    #[error("{path} not found: {what} (is this a complete diffusers-format Helios checkpoint folder?)")]
+    #[error(
+        "{path} not found: {what} (is this a complete diffusers-format Helios checkpoint folder?)"
+    )]
     Missing { path: PathBuf, what: String },
     /// A JSON config could not be read or does not have the expected fields.
     #[error("reading {path}: {message}")]

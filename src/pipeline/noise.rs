@@ -27,7 +27,9 @@ pub enum NoiseError {
     #[error("reading noise file {path}: {message}")]
     File { path: PathBuf, message: String },
     /// The noise file lacks a draw the pipeline needs.
-    #[error("noise file {path} has no tensor `{name}` (shape {shape:?}); see the README's noise-file table")]
+    #[error(
+        "noise file {path} has no tensor `{name}` (shape {shape:?}); see the README's noise-file table"
+    )]
     Missing {
         path: PathBuf,
         name: String,
@@ -122,7 +124,11 @@ impl FileNoise {
                     .chunks_exact(2)
                     .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
-                other => return Err(err(format!("tensor `{name}` has dtype {other:?}; noise must be float"))),
+                other => {
+                    return Err(err(format!(
+                        "tensor `{name}` has dtype {other:?}; noise must be float"
+                    )));
+                }
             };
             tensors.insert(name, (view.shape().to_vec(), vals));
         }

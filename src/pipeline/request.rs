@@ -142,7 +142,10 @@ pub fn resolve(
 ) -> Result<GenerationRequest, RequestError> {
     let prompt = pick!(layers, prompt).unwrap_or_default();
     if prompt.trim().is_empty() {
-        return Err(bad("prompt", "the prompt is empty; pass the text to generate from"));
+        return Err(bad(
+            "prompt",
+            "the prompt is empty; pass the text to generate from",
+        ));
     }
     let req = GenerationRequest {
         prompt,
@@ -181,7 +184,10 @@ pub fn resolve(
         return Err(bad("num_frames", "must be at least 1"));
     }
     if req.fps == 0 || req.fps > 240 {
-        return Err(bad("fps", format!("{} is outside 1..=240 frames per second", req.fps)));
+        return Err(bad(
+            "fps",
+            format!("{} is outside 1..=240 frames per second", req.fps),
+        ));
     }
     if !(0.0..=20.0).contains(&req.guidance_scale) {
         return Err(bad(
@@ -202,7 +208,10 @@ pub fn resolve(
     if req.history_sizes.len() != 3 || req.history_sizes.iter().any(|&s| s == 0) {
         return Err(bad(
             "history_sizes",
-            format!("{:?} must be three positive sizes [long, mid, short]", req.history_sizes),
+            format!(
+                "{:?} must be three positive sizes [long, mid, short]",
+                req.history_sizes
+            ),
         ));
     }
     if req.num_latent_frames_per_chunk == 0 {
@@ -258,15 +267,30 @@ mod tests {
             prompt: Some("  ".into()),
             ..Default::default()
         };
-        assert_eq!(resolve(&[p], &ModelDefaults::helios_distilled()).unwrap_err().param, "prompt");
+        assert_eq!(
+            resolve(&[p], &ModelDefaults::helios_distilled())
+                .unwrap_err()
+                .param,
+            "prompt"
+        );
     }
 
     #[test]
     fn output_frames_follow_diffusers_trimming() {
         let mut r = resolve(&[with_prompt()], &ModelDefaults::helios_distilled()).unwrap();
-        for (asked, chunks, out) in [(1, 1, 33), (33, 1, 33), (66, 2, 65), (99, 3, 97), (132, 4, 129)] {
+        for (asked, chunks, out) in [
+            (1, 1, 33),
+            (33, 1, 33),
+            (66, 2, 65),
+            (99, 3, 97),
+            (132, 4, 129),
+        ] {
             r.num_frames = asked;
-            assert_eq!((r.num_chunks(), r.output_frames()), (chunks, out), "num_frames {asked}");
+            assert_eq!(
+                (r.num_chunks(), r.output_frames()),
+                (chunks, out),
+                "num_frames {asked}"
+            );
         }
     }
 }

@@ -38,7 +38,9 @@ pub enum WeightsError {
     #[error("missing tensor `{tensor}`: not found in {files}")]
     Missing { tensor: String, files: String },
     /// A tensor in a file matches nothing in the model.
-    #[error("unexpected tensor `{tensor}` in {path} (is this the right checkpoint for this model?)")]
+    #[error(
+        "unexpected tensor `{tensor}` in {path} (is this the right checkpoint for this model?)"
+    )]
     Unexpected { tensor: String, path: PathBuf },
     /// A tensor has the wrong shape or could not be read.
     #[error("tensor `{tensor}` in {path}: {message}")]
@@ -125,11 +127,17 @@ impl ModuleAdapter for CastAdapter {
             snapshot.shape.clone(),
             snapshot.path_stack.clone().unwrap_or_default(),
             snapshot.container_stack.clone().unwrap_or_default(),
-            snapshot.tensor_id.unwrap_or_else(burn::module::ParamId::new),
+            snapshot
+                .tensor_id
+                .unwrap_or_else(burn::module::ParamId::new),
         )
     }
 
-    fn get_alternative_param_name(&self, _param_name: &str, _container_type: &str) -> Option<String> {
+    fn get_alternative_param_name(
+        &self,
+        _param_name: &str,
+        _container_type: &str,
+    ) -> Option<String> {
         None
     }
 
@@ -164,10 +172,12 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
             .remap(remapper)
             .allow_partial(true)
             .validate(false);
-        let result = module.load_from(&mut store).map_err(|e| WeightsError::File {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let result = module
+            .load_from(&mut store)
+            .map_err(|e| WeightsError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
         if let Some(err) = result.errors.first() {
             let (tensor, message) = match err {
                 burn_store::ApplyError::ShapeMismatch {

@@ -128,25 +128,56 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
         let model_index = read_model_index(dir)?;
-        progress.event(Progress::Loading { component: "scheduler", done: false });
+        progress.event(Progress::Loading {
+            component: "scheduler",
+            done: false,
+        });
         let scheduler = read_scheduler(dir)?;
-        progress.event(Progress::Loading { component: "scheduler", done: true });
+        progress.event(Progress::Loading {
+            component: "scheduler",
+            done: true,
+        });
 
-        progress.event(Progress::Loading { component: "tokenizer", done: false });
+        progress.event(Progress::Loading {
+            component: "tokenizer",
+            done: false,
+        });
         let tokenizer = PromptTokenizer::from_dir(&component_dir(dir, "tokenizer")?)?;
-        progress.event(Progress::Loading { component: "tokenizer", done: true });
+        progress.event(Progress::Loading {
+            component: "tokenizer",
+            done: true,
+        });
 
-        progress.event(Progress::Loading { component: "text_encoder", done: false });
+        progress.event(Progress::Loading {
+            component: "text_encoder",
+            done: false,
+        });
         let text_encoder = UMT5EncoderModel::load(&component_dir(dir, "text_encoder")?, device)?;
-        progress.event(Progress::Loading { component: "text_encoder", done: true });
+        progress.event(Progress::Loading {
+            component: "text_encoder",
+            done: true,
+        });
 
-        progress.event(Progress::Loading { component: "transformer", done: false });
-        let transformer = HeliosTransformer3DModel::load(&component_dir(dir, "transformer")?, device)?;
-        progress.event(Progress::Loading { component: "transformer", done: true });
+        progress.event(Progress::Loading {
+            component: "transformer",
+            done: false,
+        });
+        let transformer =
+            HeliosTransformer3DModel::load(&component_dir(dir, "transformer")?, device)?;
+        progress.event(Progress::Loading {
+            component: "transformer",
+            done: true,
+        });
 
-        progress.event(Progress::Loading { component: "vae", done: false });
+        progress.event(Progress::Loading {
+            component: "vae",
+            done: false,
+        });
         let vae = AutoencoderKLWan::load(&component_dir(dir, "vae")?, device)?;
-        progress.event(Progress::Loading { component: "vae", done: true });
+        progress.event(Progress::Loading {
+            component: "vae",
+            done: true,
+        });
 
         Ok(Self {
             model_index,
@@ -206,7 +237,10 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         }
         let device = &self.device;
         let (height, width) = (req.height as usize, req.width as usize);
-        let (lh, lw) = (height / VAE_SCALE_FACTOR_SPATIAL, width / VAE_SCALE_FACTOR_SPATIAL);
+        let (lh, lw) = (
+            height / VAE_SCALE_FACTOR_SPATIAL,
+            width / VAE_SCALE_FACTOR_SPATIAL,
+        );
         let channels = self.transformer.config().in_channels;
         let t_chunk = req.num_latent_frames_per_chunk;
         let window = (t_chunk - 1) * VAE_SCALE_FACTOR_TEMPORAL + 1;
@@ -219,12 +253,13 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         let text = self
             .transformer
             .project_text(self.encode_prompt(&req.prompt, req.max_sequence_length)?);
-        let neg_text = match do_cfg {
-            true => Some(self.transformer.project_text(
-                self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?,
-            )),
-            false => None,
-        };
+        let neg_text =
+            match do_cfg {
+                true => Some(self.transformer.project_text(
+                    self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?,
+                )),
+                false => None,
+            };
         ctx.progress.event(Progress::EncodingPrompt { done: true });
 
         // 5. History buffer and RoPE frame indices (keep_first_frame = true).
@@ -233,7 +268,8 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         let num_history: usize = history_sizes.iter().sum();
         let mut history = Tensor::<B, 5>::zeros([1, channels, num_history, lh, lw], device);
         let [n_long, n_mid, n_1x] = [history_sizes[0], history_sizes[1], history_sizes[2]];
-        let idx = |start: usize, len: usize| (start as i64..(start + len) as i64).collect::<Vec<_>>();
+        let idx =
+            |start: usize, len: usize| (start as i64..(start + len) as i64).collect::<Vec<_>>();
         let indices_long = idx(1, n_long);
         let indices_mid = idx(1 + n_long, n_mid);
         let indices_1x = idx(1 + n_long + n_mid, n_1x);
@@ -251,11 +287,12 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             // μ per stage from the latents at the top of the stage loop, i.e. *before* that
             // stage's upsample (stages 0 and 1 share one μ), as diffusers does.
             let stage0 = [t_chunk, lh >> (stages - 1), lw >> (stages - 1)];
+            let patch_size = self.transformer.config().patch_size;
             let schedules = (0..stages)
                 .map(|s| {
-                    let mu = self
-                        .scheduler
-                        .calculate_shift(pyramid_image_seq_len(s, stage0, [1, 2, 2]));
+                    let mu =
+                        self.scheduler
+                            .calculate_shift(pyramid_image_seq_len(s, stage0, patch_size));
                     self.scheduler.set_timesteps(
                         req.pyramid_num_inference_steps_list[s],
                         s,
@@ -291,7 +328,9 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
 
             // Initial noise at full latent size, then bilinear ×½ (= 2×2 mean) ·2 per extra stage.
             let shape = [1, channels, t_chunk, lh, lw];
-            let draw = ctx.noise.standard_normal(&format!("chunk{k}.latents"), &shape)?;
+            let draw = ctx
+                .noise
+                .standard_normal(&format!("chunk{k}.latents"), &shape)?;
             let mut latents = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), device);
             for _ in 1..stages {
                 latents = downsample_half(latents).mul_scalar(2.0);
@@ -340,7 +379,9 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
                     // DMD: x0 = x − σ_t·v; re-noise toward the stage start point unless last.
                     let x0 = latents - v.mul_scalar(step.sigma_t);
                     latents = match step.next {
-                        Some(sn) => x0.mul_scalar(1.0 - sn) + start_points[s].clone().mul_scalar(sn),
+                        Some(sn) => {
+                            x0.mul_scalar(1.0 - sn) + start_points[s].clone().mul_scalar(sn)
+                        }
                         None => x0,
                     };
                     step_done += 1;
@@ -361,9 +402,15 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             let len = grown.dims()[2];
             history = grown.narrow(2, len - num_history, num_history);
 
-            ctx.progress.event(Progress::Decoding { chunk: k, done: false });
+            ctx.progress.event(Progress::Decoding {
+                chunk: k,
+                done: false,
+            });
             let video = self.vae.decode(self.vae.denormalize(latents));
-            ctx.progress.event(Progress::Decoding { chunk: k, done: true });
+            ctx.progress.event(Progress::Decoding {
+                chunk: k,
+                done: true,
+            });
             let keep = window.min(total_out - delivered);
             let frames = postprocess(video, keep);
             delivered += frames.frames;
@@ -476,6 +523,9 @@ fn read_model_index(dir: &Path) -> Result<ModelIndex, PipelineError> {
 fn read_scheduler(dir: &Path) -> Result<HeliosDMDScheduler, PipelineError> {
     let path = component_dir(dir, "scheduler")?.join("scheduler_config.json");
     let (cfg, _) = read_config::<HeliosDMDSchedulerConfig>(&path)?;
+    for key in cfg.unknown_keys() {
+        tracing::warn!("{}: unknown config key `{key}` ignored", path.display());
+    }
     Ok(HeliosDMDScheduler::new(cfg).map_err(|e| LoadError::Config {
         path,
         message: e.to_string(),
