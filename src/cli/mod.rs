@@ -1,11 +1,14 @@
 //! Command-line interface: clap arguments → [`RequestPatch`] → one resolve → the pipeline.
 
+mod bench;
 mod generate;
 mod progress;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
 pub use generate::GenerateArgs;
+pub use serve::ServeArgs;
 
 /// Helios text-to-video in one binary.
 #[derive(Debug, Parser)]
@@ -20,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Generate one video from a prompt and write it as an H.264 MP4.
     Generate(GenerateArgs),
+    /// Time the DiT, VAE, text encoder or whole pipeline with random weights (prints figures).
+    Bench(bench::BenchArgs),
+    /// Serve the OpenAI-style video API (`/v1/videos`) over HTTP.
+    Serve(ServeArgs),
 }
 
 /// Run the parsed command.
@@ -27,6 +34,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing();
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

@@ -1,8 +1,13 @@
-//! Video files: H.264 in MP4 (encode with `openh264`, mux with `mp4`).
+//! Video files: H.264 in MP4 (encode with `openh264`, mux with `mp4`), and the reference inputs
+//! of image-to-video and video-to-video (images via `image`, H.264/MP4 via `re_mp4` + `openh264`).
 
+pub mod image_in;
 pub mod mp4_out;
+pub mod video_in;
 
+pub use image_in::{MediaError, load_image, load_image_bytes, to_video_tensor_data};
 pub use mp4_out::{
     Complexity, EncodeOptions, Mp4Error, Mp4Summary, Mp4Writer, default_bitrate_bps,
     frame_f32_to_rgb8,
 };
+pub use video_in::{DecodedVideo, VideoReadOptions, read_video, read_video_bytes};

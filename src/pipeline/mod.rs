@@ -5,13 +5,15 @@
 //! arguments or reads the environment: progress goes through [`progress::ProgressSink`].
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
+pub mod guidance;
 pub mod models;
+pub mod noise;
+pub mod pipelines;
+pub mod progress;
+pub mod request;
 pub mod schedulers;
 pub mod text_encoding;
 pub mod tokenizer;
 pub mod weights;
-pub mod noise;
-pub mod progress;
-pub mod request;
-pub mod pipelines;

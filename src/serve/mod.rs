@@ -1,4 +1,142 @@
-//! `omni serve`: the HTTP API (vLLM-Omni / OpenAI Videos / FastVideo / LocalAI).
+//! `omni serve`: the HTTP API (vLLM-Omni / OpenAI Videos / FastVideo flavours of `/v1/videos`).
 //!
-//! Not built yet: the server arrives with its own issue. The pipeline it will wrap is
-//! [`crate::pipeline`], driven through the same request type as `omni generate`.
+//! Shape (shared/reference/style.md §5, §7 rules 9–12): [`serve`] takes a resolved
+//! [`ServeConfig`], a bound listener and a shutdown future. One routing function
+//! ([`routes`]) parses requests into typed values before touching state; every failure is an
+//! [`ApiError`] rendered by one table as the OpenAI envelope. The pipeline never runs on the
+//! async runtime: one [`worker`] thread owns it and takes jobs from a bounded channel (full →
+//! 429). Job records live in [`jobs`] (one JSON file per job, so finished jobs survive a restart
+//! and unfinished ones run again).
+
+pub mod body;
+pub mod config;
+pub mod create;
+pub mod error;
+pub mod jobs;
+pub mod routes;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub use config::{ServeConfig, ServeFile, ServeOverrides};
+pub use error::ApiError;
+
+use crate::pipeline::pipelines::pipeline_helios_pyramid::checkpoint_defaults;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The checkpoint's config files could not be read.
+    #[error("reading checkpoint {path}: {message}")]
+    Model { path: String, message: String },
+    /// The storage folder is unusable.
+    #[error("storage folder {path}: {source}")]
+    Storage {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The worker could not load the model.
+    #[error("{0}")]
+    Load(String),
+}
+
+/// Run the server on `listener` until `shutdown` completes; then stop accepting, let open
+/// connections finish (at most 10 s) and return. Jobs left unfinished run again on the next start.
+///
+/// # Errors
+/// [`ServeError`] when the checkpoint, the storage folder or the model load fails.
+pub async fn serve(
+    cfg: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let defaults = checkpoint_defaults(&cfg.model).map_err(|e| ServeError::Model {
+        path: cfg.model.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let (jobs, resume) = jobs::Jobs::open(&cfg.storage).map_err(|source| ServeError::Storage {
+        path: cfg.storage.display().to_string(),
+        source,
+    })?;
+    if !resume.is_empty() {
+        tracing::info!("re-running {} unfinished job(s)", resume.len());
+    }
+    let jobs = Arc::new(jobs);
+    let (worker, loaded) = worker::Worker::spawn(
+        cfg.model.clone(),
+        defaults.clone(),
+        jobs.clone(),
+        cfg.limits.max_queued_jobs,
+        resume,
+    );
+    if let Some(ttl) = cfg.file_ttl_s {
+        let jobs = jobs.clone();
+        let every = Duration::from_secs((ttl / 2).clamp(1, 60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let n = jobs.sweep(ttl);
+                if n > 0 {
+                    tracing::info!("removed {n} expired job(s)");
+                }
+            }
+        });
+    }
+    let state = Arc::new(routes::State {
+        cfg,
+        defaults,
+        jobs,
+        worker,
+    });
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    let mut loaded = Some(loaded);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let stream = match conn {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let st = state.clone();
+                let conn = http1::Builder::new().serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(move |req| routes::handle(st.clone(), req)),
+                );
+                let fut = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+            r = async { loaded.as_mut().expect("guarded").await }, if loaded.is_some() => {
+                loaded = None;
+                match r {
+                    Ok(Ok(())) => tracing::info!("ready"),
+                    Ok(Err(msg)) => return Err(ServeError::Load(msg)),
+                    Err(_) => return Err(ServeError::Load("the worker thread stopped".into())),
+                }
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => {
+            tracing::warn!("connections still open after 10 s; stopping anyway");
+        }
+    }
+    Ok(())
+}

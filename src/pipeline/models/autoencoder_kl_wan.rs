@@ -1,18 +1,34 @@
 //! Mirrors diffusers 0.42.1 `models/autoencoders/autoencoder_kl_wan.py` `AutoencoderKLWan`
-//! (the Wan2.1 causal video VAE that Helios decodes with), decoder side only.
+//! (the Wan2.1 causal video VAE of Helios): `encode` / `_encode` with `WanEncoder3d`, the
+//! `DiagonalGaussianDistribution` of `models/autoencoders/vae.py` (mean, clamped logvar,
+//! `sample`), and `decode` / `_decode` with `WanDecoder3d`; plus the pipelines' latent
+//! (de)normalisation.
 //!
-//! Module tree = checkpoint tree: [`AutoencoderKLWan`] holds `post_quant_conv` and `decoder`
-//! ([`WanDecoder3d`]: `conv_in`, `mid_block` ([`WanMidBlock`]: `resnets`, `attentions`),
-//! `up_blocks.{i}` ([`WanUpBlock`]: `resnets.{j}`, `upsamplers.0` ([`WanResample`])), `norm_out`,
-//! `conv_out`). The only renamed keys are listed in [`KEY_REMAP`].
+//! Module tree = checkpoint tree: [`AutoencoderKLWan`] holds `encoder` ([`WanEncoder3d`]:
+//! `conv_in`, `down_blocks.{i}` (a flat list of [`WanDownLayer`]: [`WanResidualBlock`] or
+//! [`WanDownsample`] with `resample.1` and, for `downsample3d`, `time_conv`), `mid_block`,
+//! `norm_out`, `conv_out`), `quant_conv`, `post_quant_conv` and `decoder` ([`WanDecoder3d`]:
+//! `conv_in`, `mid_block` ([`WanMidBlock`]: `resnets`, `attentions`), `up_blocks.{i}`
+//! ([`WanUpBlock`]: `resnets.{j}`, `upsamplers.0` ([`WanResample`])), `norm_out`, `conv_out`).
+//! The only renamed keys are listed in [`KEY_REMAP`] (the `nn.Sequential` index `resample.1`, and
+//! the enum variant level of the encoder's heterogeneous `down_blocks`).
 //!
 //! # The causal frame cache
 //!
-//! diffusers decodes one latent frame at a time and threads a flat list `feat_cache` (one slot
-//! per `WanCausalConv3d` that pads in time, in call order) with a cursor `feat_idx`. Here the
-//! same state is an explicit tree, [`WanDecoderCache`], passed by `&mut` through the forward:
+//! diffusers encodes frame `[0]`, then `[1:5]`, `[5:9]`, …, and decodes one latent frame at a
+//! time, threading a flat list `feat_cache` (one slot per `WanCausalConv3d` that pads in time
+//! and per 3-D resampler, in call order) with a cursor `feat_idx`. Here the same state is an
+//! explicit tree, [`WanEncoderCache`] / [`WanDecoderCache`], passed by `&mut` through the forward:
 //!
-//! | diffusers `feat_cache[idx]`, in `feat_idx` order | here |
+//! | diffusers `_enc_feat_map[idx]`, in `_enc_conv_idx` order | here |
+//! |---|---|
+//! | `encoder.conv_in` | [`WanEncoderCache`]`.conv_in` |
+//! | `down_blocks.{i}.conv1`, `.conv2` (residual blocks) | `.down_blocks[i].resnet.conv1`, `.conv2` |
+//! | `down_blocks.{i}` (`downsample3d` only) | `.down_blocks[i].time_conv` |
+//! | `mid_block.resnets.{j}.conv1`, `.conv2` | `.mid_block[j].conv1`, `.conv2` |
+//! | `encoder.conv_out` | `.conv_out` |
+//!
+//! | diffusers `_feat_map[idx]`, in `_conv_idx` order | here |
 //! |---|---|
 //! | `decoder.conv_in` | [`WanDecoderCache`]`.conv_in` |
 //! | `mid_block.resnets.{j}.conv1`, `.conv2` | `.mid_block[j].conv1`, `.conv2` |
@@ -20,24 +36,36 @@
 //! | `up_blocks.{i}.upsamplers.0` (`"Rep"` / tensor; `upsample3d` only) | `.up_blocks[i].time_conv` |
 //! | `decoder.conv_out` | `.conv_out` |
 //!
-//! Each slot ([`CausalConvCache`]) keeps the last `2·pad_t` (= `CACHE_T` = 2) input frames the
-//! conv has seen; a conv prepends them (zero-padding whatever is missing), so decoding frame by
-//! frame equals a causal conv over the whole sequence. The `upsample3d` slot is `None` until the
-//! first latent frame has passed (diffusers' `"Rep"` marker): the first latent frame skips the
-//! temporal upsampling and yields **1** video frame, every later one yields 2 per `upsample3d`
-//! (4 with Wan2.1's two), so `T` latents give `1 + 4(T-1)` frames. The `time_conv` history starts
-//! at the second latent frame (diffusers zero-pads instead of reusing the first frame).
-//! `first_chunk` is only read by Wan2.2's `WanResidualUpBlock`, which is not supported.
+//! Each conv slot ([`CausalConvCache`]) keeps the last `2·pad_t` (= `CACHE_T` = 2) input frames
+//! the conv has seen; a conv prepends them (zero-padding whatever is missing), so running chunk
+//! by chunk equals a causal conv over the whole sequence.
+//!
+//! The two 3-D resamplers are *not* plain causal convs:
+//!
+//! * **`downsample3d`** (encoder, [`TimeDownsampleCache`]): the first chunk of an encode skips
+//!   the stride-2 `time_conv` entirely (1 frame stays 1 frame) and only remembers its frames;
+//!   every later chunk is prefixed with the previous chunk's **last** frame and convolved
+//!   (kernel 3, stride 2, no padding): 4 frames → 2 at the first, 2 → 1 at the second
+//!   `downsample3d`. So `1 + 4k` frames give `1 + k` latent frames, and the result depends on
+//!   the chunking (it equals diffusers only for the `[0]`, `[1:5]`, … order that
+//!   [`AutoencoderKLWan::encode`] uses).
+//! * **`upsample3d`** (decoder): the slot is `None` until the first latent frame has passed
+//!   (diffusers' `"Rep"` marker): the first latent frame skips the temporal upsampling and yields
+//!   **1** video frame, every later one yields 2 per `upsample3d` (4 with Wan2.1's two), so `T`
+//!   latents give `1 + 4(T-1)` frames. The `time_conv` history starts at the second latent frame
+//!   (diffusers zero-pads instead of reusing the first frame). `first_chunk` is only read by
+//!   Wan2.2's `WanResidualUpBlock`, which is not supported.
 //!
 //! # Deliberate divergences
 //!
-//! * **Decoder only.** `encoder.*` and `quant_conv.*` are skipped at load time (see
-//!   [`IGNORED_KEYS`]); `encode` is a later issue. (Pinned by `vae_decode_matches_diffusers`,
-//!   which loads the full fixture checkpoint.)
+//! * **Injected noise.** [`AutoencoderKLWan::encode`] returns `(mean, logvar)` instead of a
+//!   distribution object; [`AutoencoderKLWan::sample`] takes the standard-normal draw as an
+//!   argument instead of calling `randn_tensor(generator)` (test `vae_encode_matches_diffusers`,
+//!   which injects diffusers' draw).
 //! * Unsupported configs are rejected at load instead of half-working: `is_residual = true` or a
 //!   `patch_size` other than 1 (the Wan2.2 VAE); test `vae_config_rejects_wan22`.
-//! * `attn_scales` is accepted but has no effect, exactly as in diffusers' decoder (only the
-//!   encoder reads it). Dropout is an inference no-op and is not modelled.
+//! * `attn_scales` only adds encoder attention blocks, exactly as in diffusers (the decoder
+//!   ignores it). Dropout is an inference no-op and is not modelled.
 //! * No spatial tiling (`enable_tiling`) and no batch slicing (`use_slicing`): they only trade
 //!   memory for time and are off by default in diffusers.
 //! * [`AutoencoderKLWan::decode_streaming`] hands out each latent frame's video frames (clamped)
@@ -46,12 +74,16 @@
 //! * The 2× `nearest-exact` upsampling is written as a broadcast (each pixel repeated 2×2), which
 //!   is what `nearest-exact` does at an integer factor 2; Burn's `interpolate(Nearest)` defaults
 //!   to `align_corners = true` and is not used.
-//!
-//! * The frame cache is an explicit state tree instead of a flat list plus cursor (same numbers;
-//!   tests `causal_conv_chunked_equals_full`, `vae_decode_is_causal_in_time`).
+//! * `downsample3d` remembers only the last frame of the previous chunk where diffusers stores
+//!   the whole first chunk; only its last frame is ever read (test
+//!   `vae_encode_matches_diffusers`).
+//! * The frame caches are explicit state trees instead of a flat list plus cursor (same numbers;
+//!   tests `causal_conv_chunked_equals_full`, `vae_decode_is_causal_in_time`,
+//!   `vae_encode_is_causal_in_time`, `vae_encode_chunks_through_one_cache_in_diffusers_order`).
 //!
 //! Parity: `tests/autoencoder_kl_wan.rs` against diffusers on the tiny fixture VAE (fp32 on
-//! Flex, max abs error 8e-6 on `[1,3,9,32,48]`).
+//! Flex): decode max abs error 8e-6 on `[1,3,9,32,48]`; encode (`[1,3,9,32,48]` →
+//! `[1,16,3,4,6]`) mean / logvar / sample 1.5e-6, single-frame image 1.2e-6.
 
 use std::path::Path;
 
@@ -79,15 +111,33 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
         r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.resample\.1\.",
         "decoder.up_blocks.$1.upsamplers.0.resample.",
     ),
+    // The encoder's `down_blocks` is one flat `nn.ModuleList` of residual blocks, attention
+    // blocks and resamplers; here it is a `Vec` of the enum [`WanDownLayer`], whose variant name
+    // is a path level. The sub-keys tell the kinds apart: `WanResidualBlock` ...
+    (
+        r"^encoder\.down_blocks\.(\d+)\.(norm1|conv1|norm2|conv2|conv_shortcut)\.",
+        "encoder.down_blocks.$1.Residual.$2.",
+    ),
+    // ... `WanAttentionBlock` ...
+    (
+        r"^encoder\.down_blocks\.(\d+)\.(norm|to_qkv|proj)\.",
+        "encoder.down_blocks.$1.Attention.$2.",
+    ),
+    // ... and `WanResample` (`downsample*`), whose `resample` is
+    // `nn.Sequential(nn.ZeroPad2d, nn.Conv2d)`: index 1 is the conv, held directly as `resample`.
+    (
+        r"^encoder\.down_blocks\.(\d+)\.resample\.1\.",
+        "encoder.down_blocks.$1.Resample.resample.",
+    ),
+    (
+        r"^encoder\.down_blocks\.(\d+)\.time_conv\.",
+        "encoder.down_blocks.$1.Resample.time_conv.",
+    ),
 ];
 
-/// Checkpoint keys deliberately not loaded: the encoder side (`encode` is not implemented yet).
-pub const IGNORED_KEYS: &[&str] = &[
-    // `WanEncoder3d`: only needed for image/video conditioning.
-    r"^encoder\.",
-    // `quant_conv` runs after the encoder only.
-    r"^quant_conv\.",
-];
+/// Checkpoint keys deliberately not loaded: none (encoder, `quant_conv`, `post_quant_conv` and
+/// decoder are all used).
+pub const IGNORED_KEYS: &[&str] = &[];
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -202,8 +252,16 @@ impl AutoencoderKLWanConfig {
                 self.dim_mult.len() - 1
             ));
         }
-        if self.z_dim == 0 || self.decoder_dim() == 0 || self.out_channels == 0 {
-            return Err("z_dim, base_dim/decoder_base_dim and out_channels must be > 0".into());
+        if self.z_dim == 0
+            || self.base_dim == 0
+            || self.decoder_dim() == 0
+            || self.in_channels == 0
+            || self.out_channels == 0
+        {
+            return Err(
+                "z_dim, base_dim, decoder_base_dim, in_channels and out_channels must be > 0"
+                    .into(),
+            );
         }
         for (name, v) in [
             ("latents_mean", &self.latents_mean),
@@ -286,6 +344,9 @@ pub struct WanCausalConv3d<B: Backend> {
     /// Symmetric padding `(p_t, p_h, p_w)` of the PyTorch module; time becomes causal `2·p_t`.
     #[module(skip)]
     padding: [usize; 3],
+    /// `(s_t, s_h, s_w)`; `(1, 1, 1)` except the encoder's `downsample3d` `time_conv` (`(2, 1, 1)`).
+    #[module(skip)]
+    stride: [usize; 3],
 }
 
 impl<B: Backend> WanCausalConv3d<B> {
@@ -308,7 +369,14 @@ impl<B: Backend> WanCausalConv3d<B> {
             ),
             bias: init.init_with([out_dim], Some(fan_in), None, device),
             padding,
+            stride: [1, 1, 1],
         }
+    }
+
+    /// The same conv with stride `stride` (`WanCausalConv3d(..., stride=...)`).
+    pub fn with_stride(mut self, stride: [usize; 3]) -> Self {
+        self.stride = stride;
+        self
     }
 
     /// Frames of causal history the conv needs (`2·p_t`; 0 for 1×1×1 and (k,·,·) with p_t = 0).
@@ -318,7 +386,7 @@ impl<B: Backend> WanCausalConv3d<B> {
 
     fn conv(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let opts = ConvOptions::new(
-            [1, 1, 1],
+            self.stride,
             [0, self.padding[1], self.padding[2]],
             [1, 1, 1],
             1,
@@ -678,6 +746,235 @@ impl<B: Backend> WanUpBlock<B> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Downsampling
+// ---------------------------------------------------------------------------------------------
+
+/// `WanResample` in `downsample2d` / `downsample3d` mode: per frame `ZeroPad2d((0, 1, 0, 1))`
+/// and a 3×3 stride-2 conv (`dim → dim`), then (`downsample3d` only) `time_conv`, a `(3,1,1)`
+/// conv with stride 2 in time and no padding that halves the frames.
+#[derive(Module, Debug)]
+pub struct WanDownsample<B: Backend> {
+    /// `resample.1` in the checkpoint (index 0 is the weightless `ZeroPad2d`; see [`KEY_REMAP`]).
+    pub resample: Conv2d<B>,
+    /// `downsample3d` only: `(3,1,1)` conv `dim → dim`, stride `(2,1,1)`, padding 0.
+    pub time_conv: Option<WanCausalConv3d<B>>,
+}
+
+/// The `time_conv` slot of one `downsample3d` [`WanDownsample`]: the last frame (after the
+/// spatial downsampling) of the previous chunk, `None` before the first chunk.
+///
+/// diffusers stores the whole first chunk (`feat_cache[idx] = x.clone()`) but only ever reads
+/// its last frame (`feat_cache[idx][:, :, -1:]`), so keeping one frame is the same.
+#[derive(Debug, Clone)]
+pub struct TimeDownsampleCache<B: Backend> {
+    last: Option<Tensor<B, 5>>,
+}
+
+impl<B: Backend> Default for TimeDownsampleCache<B> {
+    fn default() -> Self {
+        Self { last: None }
+    }
+}
+
+impl<B: Backend> TimeDownsampleCache<B> {
+    /// Whether no chunk has passed yet.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_none()
+    }
+}
+
+impl<B: Backend> WanDownsample<B> {
+    /// `temporal`: `downsample3d` (with `time_conv`) instead of `downsample2d`.
+    pub fn new(dim: usize, temporal: bool, device: &B::Device) -> Self {
+        Self {
+            resample: Conv2dConfig::new([dim, dim], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Valid)
+                .init(device),
+            time_conv: temporal.then(|| {
+                WanCausalConv3d::new(dim, dim, [3, 1, 1], [0, 0, 0], device).with_stride([2, 1, 1])
+            }),
+        }
+    }
+
+    /// Mirrors `WanResample.forward` for the `downsample*` modes. The `downsample3d` time step:
+    /// the first chunk of an encode passes through unchanged (its frames are only remembered);
+    /// every later chunk is prefixed with the previous chunk's last frame and convolved with
+    /// stride 2, so 4 frames become 2 and 2 become 1.
+    ///
+    /// # Shapes
+    /// `x: [B, C, T, H, W]` → `[B, C, T', ⌊(H-1)/2⌋+1, ⌊(W-1)/2⌋+1]` (`H/2`, `W/2` for even
+    /// sizes), with `T' = T` for `downsample2d` and for the first chunk of `downsample3d`, else
+    /// `T' = ⌊(T-2)/2⌋+1` (`T/2` for even `T`).
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut TimeDownsampleCache<B>) -> Tensor<B, 5> {
+        let [b, c, t, h, w] = x.dims();
+        // [B, C, T, H, W] → [B·T, C, H, W]
+        let x = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
+        // nn.ZeroPad2d((0, 1, 0, 1)): one zero column on the right, one zero row at the bottom.
+        let x = x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0));
+        let x = self.resample.forward(x); // [B·T, C, H', W']
+        let [_, c2, h2, w2] = x.dims();
+        let x = x.reshape([b, t, c2, h2, w2]).permute([0, 2, 1, 3, 4]);
+        let Some(time_conv) = &self.time_conv else {
+            return x;
+        };
+        let last = x.clone().narrow(2, t - 1, 1);
+        match cache.last.replace(last) {
+            // diffusers: `feat_cache[idx] = x.clone()` and no time conv for the first chunk.
+            None => x,
+            // `self.time_conv(torch.cat([feat_cache[idx][:, :, -1:], x], 2))`
+            Some(prev) => time_conv.forward(Tensor::cat(vec![prev, x], 2)),
+        }
+    }
+}
+
+/// One entry of the encoder's flat `down_blocks` list (diffusers appends residual blocks,
+/// attention blocks and resamplers to one `nn.ModuleList`). The variant name is one path level
+/// in the Burn module tree; [`KEY_REMAP`] inserts it into the checkpoint keys.
+// A dozen layers built once per model: the variant size difference costs nothing, and Burn's
+// `Module` derive has no `Box` support to even it out.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum WanDownLayer<B: Backend> {
+    /// `WanResidualBlock`.
+    Residual(WanResidualBlock<B>),
+    /// `WanAttentionBlock` (only where `attn_scales` asks for one; none in Wan2.1).
+    Attention(WanAttentionBlock<B>),
+    /// `WanResample` in `downsample2d` / `downsample3d` mode.
+    Resample(WanDownsample<B>),
+}
+
+/// The cache of one [`WanDownLayer`]: `resnet` is used by `Residual` layers, `time_conv` by
+/// `downsample3d` layers; the rest stays empty.
+#[derive(Debug, Clone)]
+pub struct DownLayerCache<B: Backend> {
+    pub resnet: ResidualBlockCache<B>,
+    pub time_conv: TimeDownsampleCache<B>,
+}
+
+impl<B: Backend> Default for DownLayerCache<B> {
+    fn default() -> Self {
+        Self {
+            resnet: ResidualBlockCache::default(),
+            time_conv: TimeDownsampleCache::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder
+// ---------------------------------------------------------------------------------------------
+
+/// `WanEncoder3d` (Wan2.1, `is_residual = False`).
+#[derive(Module, Debug)]
+pub struct WanEncoder3d<B: Backend> {
+    pub conv_in: WanCausalConv3d<B>,
+    pub down_blocks: Vec<WanDownLayer<B>>,
+    pub mid_block: WanMidBlock<B>,
+    pub norm_out: WanRmsNorm<B, 4>,
+    /// `→ 2·z_dim` channels (mean ‖ logvar).
+    pub conv_out: WanCausalConv3d<B>,
+}
+
+/// All causal state of one encode (diffusers `_enc_feat_map` + `_enc_conv_idx`); see the module
+/// docs for the slot mapping. Start each independent encode from
+/// [`WanEncoderCache::default`] (diffusers' `clear_cache`).
+#[derive(Debug, Clone)]
+pub struct WanEncoderCache<B: Backend> {
+    pub conv_in: CausalConvCache<B>,
+    pub down_blocks: Vec<DownLayerCache<B>>,
+    pub mid_block: Vec<ResidualBlockCache<B>>,
+    pub conv_out: CausalConvCache<B>,
+}
+
+impl<B: Backend> Default for WanEncoderCache<B> {
+    fn default() -> Self {
+        Self {
+            conv_in: CausalConvCache::default(),
+            down_blocks: Vec::new(),
+            mid_block: Vec::new(),
+            conv_out: CausalConvCache::default(),
+        }
+    }
+}
+
+impl<B: Backend> WanEncoder3d<B> {
+    pub fn new(config: &AutoencoderKLWanConfig, device: &B::Device) -> Self {
+        let dim = config.base_dim;
+        let mult = &config.dim_mult;
+        // dims = [dim * u for u in [1] + dim_mult]
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(mult.iter().copied())
+            .map(|u| dim * u)
+            .collect();
+        let n = mult.len();
+        let mut down_blocks = Vec::new();
+        let mut scale = 1.0f64;
+        for i in 0..n {
+            let (mut in_dim, out_dim) = (dims[i], dims[i + 1]);
+            for _ in 0..config.num_res_blocks {
+                down_blocks.push(WanDownLayer::Residual(WanResidualBlock::new(
+                    in_dim, out_dim, device,
+                )));
+                // `if scale in attn_scales` (exact float comparison, as in diffusers)
+                if config.attn_scales.contains(&scale) {
+                    down_blocks.push(WanDownLayer::Attention(WanAttentionBlock::new(
+                        out_dim, device,
+                    )));
+                }
+                in_dim = out_dim;
+            }
+            if i != n - 1 {
+                let temporal = config.temperal_downsample[i];
+                down_blocks.push(WanDownLayer::Resample(WanDownsample::new(
+                    out_dim, temporal, device,
+                )));
+                scale /= 2.0;
+            }
+        }
+        let out_dim = dims[n];
+        Self {
+            conv_in: WanCausalConv3d::new(
+                config.in_channels,
+                dims[0],
+                [3, 3, 3],
+                [1, 1, 1],
+                device,
+            ),
+            down_blocks,
+            mid_block: WanMidBlock::new(out_dim, device),
+            norm_out: WanRmsNorm::new(out_dim, device),
+            conv_out: WanCausalConv3d::new(out_dim, 2 * config.z_dim, [3, 3, 3], [1, 1, 1], device),
+        }
+    }
+
+    /// One chunk of video frames through the encoder, continuing from `cache`
+    /// (`WanEncoder3d.forward(x, feat_cache, feat_idx)`). diffusers calls it with frame `[0]`,
+    /// then `[1:5]`, `[5:9]`, …; [`AutoencoderKLWan::encode`] does the same.
+    ///
+    /// # Shapes
+    /// `x: [B, in_channels, T, H, W]` → `[B, 2·z_dim, T', H/8, W/8]` (Wan2.1, even sizes),
+    /// `T' = T` for the first chunk of an encode (its time downsampling is skipped) and `T/4`
+    /// for a later chunk of 4 frames.
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut WanEncoderCache<B>) -> Tensor<B, 5> {
+        let mut x = self.conv_in.forward_cached(x, &mut cache.conv_in);
+        cache
+            .down_blocks
+            .resize_with(self.down_blocks.len(), Default::default);
+        for (layer, c) in self.down_blocks.iter().zip(cache.down_blocks.iter_mut()) {
+            x = match layer {
+                WanDownLayer::Residual(block) => block.forward(x, &mut c.resnet),
+                WanDownLayer::Attention(attn) => attn.forward(x),
+                WanDownLayer::Resample(down) => down.forward(x, &mut c.time_conv),
+            };
+        }
+        let x = self.mid_block.forward(x, &mut cache.mid_block);
+        let x = silu(self.norm_out.forward(x));
+        self.conv_out.forward_cached(x, &mut cache.conv_out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Decoder
 // ---------------------------------------------------------------------------------------------
 
@@ -773,9 +1070,12 @@ impl<B: Backend> WanDecoder3d<B> {
 // AutoencoderKLWan
 // ---------------------------------------------------------------------------------------------
 
-/// The Wan2.1 video VAE, decoder side (see the module docs).
+/// The Wan2.1 video VAE (see the module docs).
 #[derive(Module, Debug)]
 pub struct AutoencoderKLWan<B: Backend> {
+    pub encoder: WanEncoder3d<B>,
+    /// 1×1×1 `2·z_dim → 2·z_dim`.
+    pub quant_conv: WanCausalConv3d<B>,
     /// 1×1×1 `z_dim → z_dim`.
     pub post_quant_conv: WanCausalConv3d<B>,
     pub decoder: WanDecoder3d<B>,
@@ -792,6 +1092,14 @@ impl<B: Backend> AutoencoderKLWan<B> {
     pub fn new(config: AutoencoderKLWanConfig, device: &B::Device) -> Result<Self, String> {
         config.validate()?;
         Ok(Self {
+            encoder: WanEncoder3d::new(&config, device),
+            quant_conv: WanCausalConv3d::new(
+                2 * config.z_dim,
+                2 * config.z_dim,
+                [1, 1, 1],
+                [0, 0, 0],
+                device,
+            ),
             post_quant_conv: WanCausalConv3d::new(
                 config.z_dim,
                 config.z_dim,
@@ -804,8 +1112,8 @@ impl<B: Backend> AutoencoderKLWan<B> {
         })
     }
 
-    /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards),
-    /// skipping the encoder tensors ([`IGNORED_KEYS`]).
+    /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards);
+    /// every tensor of the file is used ([`IGNORED_KEYS`] is empty).
     ///
     /// # Errors
     /// [`LoadError::Config`] for an unreadable or unsupported config, [`LoadError::Weights`] for
@@ -842,6 +1150,68 @@ impl<B: Backend> AutoencoderKLWan<B> {
             self.config.z_dim
         );
         assert!(dims[2] >= 1, "`{name}` has no frames: {dims:?}");
+    }
+
+    /// Encodes video to the parameters of the latent distribution, as diffusers'
+    /// `AutoencoderKLWan.encode` / `_encode` followed by `DiagonalGaussianDistribution`:
+    /// the encoder runs on frame `[0]`, then `[1:5]`, `[5:9]`, … with one causal cache (fresh
+    /// per call, diffusers' `clear_cache`), the chunks are concatenated in time, `quant_conv` is
+    /// applied, and the channels split into `mean ‖ logvar` with `logvar` clamped to [-30, 20].
+    ///
+    /// Frames after the last complete group of 4 are ignored, as in diffusers
+    /// (`iter_ = 1 + (num_frame - 1) // 4`). The latents are not normalised; see
+    /// [`normalize`](Self::normalize) and [`sample`](Self::sample).
+    ///
+    /// # Shapes
+    /// `video: [B, in_channels, F, H, W]` in [-1, 1], `F = 1 + 4k` → `(mean, logvar)`, each
+    /// `[B, z_dim, 1 + k, H/8, W/8]` (Wan2.1, `H`, `W` multiples of 8; an image is `F = 1`).
+    ///
+    /// # Panics
+    /// If `video` does not have `in_channels` channels or has no frames.
+    pub fn encode(&self, video: Tensor<B, 5>) -> (Tensor<B, 5>, Tensor<B, 5>) {
+        let dims = video.dims();
+        assert_eq!(
+            dims[1], self.config.in_channels,
+            "`video` must be [B, in_channels={}, F, H, W], got {dims:?}",
+            self.config.in_channels
+        );
+        assert!(dims[2] >= 1, "`video` has no frames: {dims:?}");
+        let chunks = 1 + (dims[2] - 1) / 4;
+        let mut cache = WanEncoderCache::default();
+        let mut outs = Vec::with_capacity(chunks);
+        for i in 0..chunks {
+            // x[:, :, :1] for i = 0, else x[:, :, 1 + 4(i-1) : 1 + 4i]
+            let (start, len) = if i == 0 { (0, 1) } else { (1 + 4 * (i - 1), 4) };
+            outs.push(
+                self.encoder
+                    .forward(video.clone().narrow(2, start, len), &mut cache),
+            );
+        }
+        let enc = self.quant_conv.forward(Tensor::cat(outs, 2)); // [B, 2·z_dim, T, h, w]
+        let z = self.config.z_dim;
+        // DiagonalGaussianDistribution: torch.chunk(parameters, 2, dim=1); clamp(logvar, -30, 20)
+        let mean = enc.clone().narrow(1, 0, z);
+        let logvar = enc.narrow(1, z, z).clamp(-30.0, 20.0);
+        (mean, logvar)
+    }
+
+    /// `DiagonalGaussianDistribution.sample` with the standard-normal draw injected:
+    /// `mean + exp(0.5 · logvar) · noise` (diffusers computes `std = torch.exp(0.5 * logvar)` at
+    /// construction and `mean + std * randn_tensor(mean.shape)` in `sample`).
+    ///
+    /// # Shapes
+    /// `mean`, `logvar`, `noise`: `[B, z_dim, T, H, W]` → same.
+    ///
+    /// # Panics
+    /// If the three shapes differ.
+    pub fn sample(mean: Tensor<B, 5>, logvar: Tensor<B, 5>, noise: Tensor<B, 5>) -> Tensor<B, 5> {
+        assert_eq!(
+            (mean.dims(), logvar.dims()),
+            (noise.dims(), noise.dims()),
+            "`mean`, `logvar` and `noise` must have the same shape"
+        );
+        let std = logvar.mul_scalar(0.5).exp();
+        mean + std * noise
     }
 
     /// Decodes de-normalised latents to video, as diffusers' `AutoencoderKLWan.decode`:

@@ -228,6 +228,54 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
+        // 3. Encode the prompt (and the negative prompt when CFG is on).
+        ctx.progress.event(Progress::EncodingPrompt { done: false });
+        let prompt_embeds = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
+        let negative_prompt_embeds = match req.guidance_scale > 1.0 {
+            true => Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?),
+            false => None,
+        };
+        ctx.progress.event(Progress::EncodingPrompt { done: true });
+        self.parts()
+            .denoise(req, prompt_embeds, negative_prompt_embeds, ctx, sink)
+    }
+
+    /// The components the denoising loop needs, borrowed.
+    pub fn parts(&self) -> DenoiseParts<'_, B> {
+        DenoiseParts {
+            transformer: &self.transformer,
+            vae: &self.vae,
+            scheduler: &self.scheduler,
+            device: &self.device,
+        }
+    }
+}
+
+/// The transformer, VAE and scheduler of a pipeline: everything the chunk loop uses once the
+/// prompt is encoded (so benchmarks can drive it with random full-size weights and no tokenizer).
+pub struct DenoiseParts<'a, B: Backend> {
+    pub transformer: &'a HeliosTransformer3DModel<B>,
+    pub vae: &'a AutoencoderKLWan<B>,
+    pub scheduler: &'a HeliosDMDScheduler,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> DenoiseParts<'_, B> {
+    /// Steps 5–6 of `__call__`: the chunk loop, from prompt embeddings `[1, L, text_dim]`
+    /// (and negative ones when `guidance_scale > 1`) to decoded frames handed to `sink`.
+    ///
+    /// Returns the number of frames delivered (`req.output_frames()`).
+    ///
+    /// # Errors
+    /// [`PipelineError`]: unsupported settings, a missing noise draw, a sink failure, cancellation.
+    pub fn denoise(
+        &self,
+        req: &GenerationRequest,
+        prompt_embeds: Tensor<B, 3>,
+        negative_prompt_embeds: Option<Tensor<B, 3>>,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
         let stages = req.pyramid_num_inference_steps_list.len();
         if stages != self.scheduler.config().stages {
             return Err(PipelineError::Unsupported(format!(
@@ -235,7 +283,7 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
                 self.scheduler.config().stages
             )));
         }
-        let device = &self.device;
+        let device = self.device;
         let (height, width) = (req.height as usize, req.width as usize);
         let (lh, lw) = (
             height / VAE_SCALE_FACTOR_SPATIAL,
@@ -247,20 +295,9 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         let num_chunks = req.num_chunks();
         let total_out = req.output_frames();
 
-        // 3. Encode the prompt (and the negative prompt when CFG is on), projected once.
-        ctx.progress.event(Progress::EncodingPrompt { done: false });
-        let do_cfg = req.guidance_scale > 1.0;
-        let text = self
-            .transformer
-            .project_text(self.encode_prompt(&req.prompt, req.max_sequence_length)?);
-        let neg_text =
-            match do_cfg {
-                true => Some(self.transformer.project_text(
-                    self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?,
-                )),
-                false => None,
-            };
-        ctx.progress.event(Progress::EncodingPrompt { done: true });
+        // Text projection once per request, reused by every step of every chunk.
+        let text = self.transformer.project_text(prompt_embeds);
+        let neg_text = negative_prompt_embeds.map(|e| self.transformer.project_text(e));
 
         // 5. History buffer and RoPE frame indices (keep_first_frame = true).
         let mut history_sizes = req.history_sizes.clone();
@@ -290,9 +327,9 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             let patch_size = self.transformer.config().patch_size;
             let schedules = (0..stages)
                 .map(|s| {
-                    let mu =
-                        self.scheduler
-                            .calculate_shift(pyramid_image_seq_len(s, stage0, patch_size));
+                    let mu = self
+                        .scheduler
+                        .calculate_shift(pyramid_image_seq_len(s, stage0, patch_size));
                     self.scheduler.set_timesteps(
                         req.pyramid_num_inference_steps_list[s],
                         s,

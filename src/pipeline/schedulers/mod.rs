@@ -5,6 +5,7 @@
 //!   pipeline-side `calculate_shift` (with the stage token count `pyramid_image_seq_len`), stage
 //!   re-noise coefficients and block-noise factor.
 
+pub mod scheduling_helios;
 pub mod scheduling_helios_dmd;
 
 pub use scheduling_helios_dmd::{

@@ -1,0 +1,435 @@
+//! Benchmarks behind `omni bench`: the DiT forward, the VAE decode of one chunk, the text
+//! encoder, and the whole Distilled pipeline, with random weights at the real Helios shapes
+//! ([`ModelScale::Helios14B`], for GPUs) or at the tiny test shapes ([`ModelScale::Tiny`], for
+//! CPUs). Speed does not depend on weight values, so no checkpoint is needed.
+//!
+//! Timings synchronise the device ([`Backend::sync`]) around each measured call. FLOPs follow the
+//! model of `shared/reference/helios.md` §10.2 ([`dit_forward_flops`]).
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
+use crate::pipeline::models::transformer_helios::{
+    HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs,
+};
+use crate::pipeline::models::umt5::{UMT5Config, UMT5EncoderModel};
+use crate::pipeline::noise::SeededNoise;
+use crate::pipeline::pipelines::pipeline_helios_pyramid::{
+    DenoiseParts, FrameSink, PipelineError, RunContext, VideoFrames,
+};
+use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
+use crate::pipeline::request::{GenerationRequest, ModelDefaults, RequestPatch, resolve};
+use crate::pipeline::schedulers::scheduling_helios_dmd::{
+    HeliosDMDScheduler, HeliosDMDSchedulerConfig,
+};
+
+/// Dense bf16 peak of an H100 SXM / H200 in FLOP/s, the MFU denominator.
+pub const H100_BF16_PEAK_FLOPS: f64 = 989e12;
+
+/// Which model shapes to benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelScale {
+    /// The real Helios shapes: 14B DiT (40 layers, 5120 wide), Wan2.1 VAE, UMT5-XXL.
+    Helios14B,
+    /// The tiny test shapes of `tests/fixtures/tiny-helios-distilled`.
+    Tiny,
+}
+
+/// A model's configs, embedded from the committed fixtures (one source of truth with the tests).
+struct Configs {
+    transformer: &'static str,
+    vae: &'static str,
+    text_encoder: &'static str,
+    scheduler: &'static str,
+}
+
+impl ModelScale {
+    fn configs(self) -> Configs {
+        match self {
+            ModelScale::Helios14B => Configs {
+                transformer: include_str!(
+                    "../../tests/fixtures/configs/helios-distilled/transformer_config.json"
+                ),
+                vae: include_str!("../../tests/fixtures/configs/helios-distilled/vae_config.json"),
+                text_encoder: include_str!(
+                    "../../tests/fixtures/configs/helios-distilled/text_encoder_config.json"
+                ),
+                scheduler: include_str!(
+                    "../../tests/fixtures/configs/helios-distilled/scheduler_config.json"
+                ),
+            },
+            ModelScale::Tiny => Configs {
+                transformer: include_str!(
+                    "../../tests/fixtures/tiny-helios-distilled/transformer/config.json"
+                ),
+                vae: include_str!("../../tests/fixtures/tiny-helios-distilled/vae/config.json"),
+                text_encoder: include_str!(
+                    "../../tests/fixtures/tiny-helios-distilled/text_encoder/config.json"
+                ),
+                scheduler: include_str!(
+                    "../../tests/fixtures/tiny-helios-distilled/scheduler/scheduler_config.json"
+                ),
+            },
+        }
+    }
+
+    /// The transformer config of this scale.
+    pub fn transformer_config(self) -> HeliosTransformer3DModelConfig {
+        serde_json::from_str(self.configs().transformer).expect("embedded config is valid")
+    }
+    fn vae_config(self) -> AutoencoderKLWanConfig {
+        serde_json::from_str(self.configs().vae).expect("embedded config is valid")
+    }
+    fn text_encoder_config(self) -> UMT5Config {
+        serde_json::from_str(self.configs().text_encoder).expect("embedded config is valid")
+    }
+    fn scheduler(self) -> HeliosDMDScheduler {
+        let cfg: HeliosDMDSchedulerConfig =
+            serde_json::from_str(self.configs().scheduler).expect("embedded config is valid");
+        HeliosDMDScheduler::new(cfg).expect("embedded config is valid")
+    }
+}
+
+/// FLOPs of one DiT forward (2 FLOP per multiply-add), as in helios.md §10.2: self-attention
+/// QKVO projections and FFN on all `total_tokens`, self-attention core `4·S²·d`, cross-attention
+/// Q/O projections and core on the `noisy_tokens` only (guidance cross-attention), text K/V on
+/// `text_len` tokens. Embeddings and norms are left out (< 0.1 %).
+pub fn dit_forward_flops(
+    cfg: &HeliosTransformer3DModelConfig,
+    noisy_tokens: usize,
+    total_tokens: usize,
+    text_len: usize,
+) -> f64 {
+    let d = (cfg.num_attention_heads * cfg.attention_head_dim) as f64;
+    let (s, n, l, f) = (
+        total_tokens as f64,
+        noisy_tokens as f64,
+        text_len as f64,
+        cfg.ffn_dim as f64,
+    );
+    let per_layer = 2.0 * s * 4.0 * d * d
+        + 4.0 * s * s * d
+        + 2.0 * n * 2.0 * d * d
+        + 2.0 * l * 2.0 * d * d
+        + 4.0 * n * l * d
+        + 2.0 * s * 2.0 * d * f;
+    per_layer * cfg.num_layers as f64
+}
+
+/// Result of [`bench_dit`].
+#[derive(Debug, Clone)]
+pub struct DitBench {
+    /// Latent size of the noisy chunk `[T, H, W]` (latent pixels).
+    pub latent: [usize; 3],
+    pub noisy_tokens: usize,
+    pub history_tokens: usize,
+    /// FLOPs of one forward ([`dit_forward_flops`]).
+    pub flops: f64,
+    /// Milliseconds of each timed forward.
+    pub ms: Vec<f64>,
+}
+
+/// Time the DiT forward at `height`×`width` pixels for pyramid stage `stage` (2 = full
+/// resolution, 1 = half, 0 = quarter; history always at full resolution), `warmup` untimed then
+/// `iters` timed forwards, with random weights and inputs and 512 text tokens.
+pub fn bench_dit<B: Backend>(
+    scale: ModelScale,
+    height: usize,
+    width: usize,
+    stage: usize,
+    warmup: usize,
+    iters: usize,
+    device: &B::Device,
+) -> DitBench {
+    let cfg = scale.transformer_config();
+    let model: HeliosTransformer3DModel<B> = cfg.init(device);
+    let (lh, lw) = (height / 8, width / 8);
+    let down = 1usize << (2 - stage.min(2));
+    let (h, w) = (lh / down, lw / down);
+    let c = cfg.in_channels;
+    let rand =
+        |shape: [usize; 5]| Tensor::<B, 5>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let hidden = rand([1, c, 9, h, w]);
+    let history = HistoryInputs {
+        latents_history_short: rand([1, c, 2, lh, lw]),
+        latents_history_mid: rand([1, c, 2, lh, lw]),
+        latents_history_long: rand([1, c, 16, lh, lw]),
+        indices_latents_history_short: vec![0, 19],
+        indices_latents_history_mid: vec![17, 18],
+        indices_latents_history_long: (1..17).collect(),
+    };
+    let text = model.project_text(Tensor::random(
+        [1, 512, cfg.text_dim],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    ));
+    let indices: Vec<i64> = (20..29).collect();
+    let (p_h, p_w) = (cfg.patch_size[1], cfg.patch_size[2]);
+    let noisy_tokens = 9 * (h / p_h) * (w / p_w);
+    // short: 2 frames at patch 2x2; mid: 2 frames at 2x4x4 (1 token frame); long: 16 at 4x8x8.
+    let history_tokens = 2 * (lh / 2) * (lw / 2)
+        + lh.div_ceil(4) * lw.div_ceil(4)
+        + 4 * lh.div_ceil(8) * lw.div_ceil(8);
+    let mut ms = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let _ = B::sync(device);
+        let t0 = Instant::now();
+        let out = model.forward(
+            hidden.clone(),
+            &[500.0],
+            text.clone(),
+            &indices,
+            Some(&history),
+        );
+        let _ = B::sync(device);
+        let dt = t0.elapsed().as_secs_f64() * 1e3;
+        drop(out);
+        if i >= warmup {
+            ms.push(dt);
+        }
+    }
+    DitBench {
+        latent: [9, h, w],
+        noisy_tokens,
+        history_tokens,
+        flops: dit_forward_flops(&cfg, noisy_tokens, noisy_tokens + history_tokens, 512),
+        ms,
+    }
+}
+
+/// Time the VAE decode of one chunk (9 latent frames → 33 video frames) at `height`×`width`.
+/// Returns milliseconds per timed decode.
+pub fn bench_vae<B: Backend>(
+    scale: ModelScale,
+    height: usize,
+    width: usize,
+    warmup: usize,
+    iters: usize,
+    device: &B::Device,
+) -> Vec<f64> {
+    let cfg = scale.vae_config();
+    let z_dim = cfg.z_dim;
+    let vae = AutoencoderKLWan::<B>::new(cfg, device).expect("embedded config is valid");
+    let z = Tensor::<B, 5>::random(
+        [1, z_dim, 9, height / 8, width / 8],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    time_calls::<B, _>(warmup, iters, device, || drop(vae.decode(z.clone())))
+}
+
+/// Time the text encoder on one prompt of `tokens` tokens (512 as the pipeline pads).
+/// Returns milliseconds per timed forward.
+pub fn bench_text_encoder<B: Backend>(
+    scale: ModelScale,
+    tokens: usize,
+    warmup: usize,
+    iters: usize,
+    device: &B::Device,
+) -> Vec<f64> {
+    let cfg = scale.text_encoder_config();
+    let encoder = UMT5EncoderModel::<B>::new(&cfg, device).expect("embedded config is valid");
+    let ids: Vec<i64> = (0..tokens as i64).map(|i| 3 + i % 400).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens]), device);
+    let mask = Tensor::<B, 2, Int>::ones([1, tokens], device);
+    time_calls::<B, _>(warmup, iters, device, || {
+        drop(encoder.forward(ids.clone(), mask.clone()))
+    })
+}
+
+fn time_calls<B: Backend, F: FnMut()>(
+    warmup: usize,
+    iters: usize,
+    device: &B::Device,
+    mut f: F,
+) -> Vec<f64> {
+    let mut ms = Vec::with_capacity(iters);
+    for i in 0..warmup + iters {
+        let _ = B::sync(device);
+        let t0 = Instant::now();
+        f();
+        let _ = B::sync(device);
+        if i >= warmup {
+            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms
+}
+
+/// Result of [`bench_pipeline`]: wall times in seconds.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineBench {
+    pub frames: usize,
+    pub text_encoder_s: f64,
+    /// Denoising time per chunk (all stages and steps).
+    pub denoise_s: Vec<f64>,
+    /// VAE decode time per chunk.
+    pub decode_s: Vec<f64>,
+    /// Frame hand-off (post-processing to host + the sink) per chunk.
+    pub output_s: Vec<f64>,
+    pub total_s: f64,
+}
+
+/// Times the phases from the pipeline's progress events, syncing the device at each boundary.
+struct PhaseTimer<'a, B: Backend> {
+    device: &'a B::Device,
+    last: Instant,
+    result: PipelineBench,
+}
+
+impl<B: Backend> PhaseTimer<'_, B> {
+    fn lap(&mut self) -> f64 {
+        let _ = B::sync(self.device);
+        let now = Instant::now();
+        let dt = (now - self.last).as_secs_f64();
+        self.last = now;
+        dt
+    }
+}
+
+impl<B: Backend> ProgressSink for PhaseTimer<'_, B> {
+    fn event(&mut self, event: Progress) {
+        match event {
+            Progress::ChunkStarted { .. } => {
+                self.lap();
+            }
+            Progress::Decoding { done: false, .. } => {
+                let dt = self.lap();
+                self.result.denoise_s.push(dt);
+            }
+            Progress::Decoding { done: true, .. } => {
+                let dt = self.lap();
+                self.result.decode_s.push(dt);
+            }
+            Progress::FramesReady { .. } => {
+                let dt = self.lap();
+                self.result.output_s.push(dt);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Counts the frames and hands them to an optional inner sink (e.g. the MP4 writer).
+struct CountingSink<'a> {
+    frames: usize,
+    inner: Option<&'a mut dyn FrameSink>,
+}
+
+impl FrameSink for CountingSink<'_> {
+    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
+        self.frames += frames.frames;
+        match self.inner.as_mut() {
+            Some(sink) => sink.push_frames(frames),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The Distilled request a pipeline benchmark runs: `num_frames` at `height`×`width`, the
+/// checkpoint defaults otherwise (pyramid 2,2,2, amplified first chunk, no CFG).
+pub fn bench_request(height: u32, width: u32, num_frames: u32) -> GenerationRequest {
+    let patch = RequestPatch {
+        prompt: Some("A serene lakeside sunrise with mist over the water.".into()),
+        height: Some(height),
+        width: Some(width),
+        num_frames: Some(num_frames),
+        ..Default::default()
+    };
+    resolve(&[patch], &ModelDefaults::helios_distilled()).expect("valid benchmark request")
+}
+
+/// Run the whole Distilled text-to-video pipeline on random weights: text encoder once, then the
+/// chunk loop with decoding, frames to `sink` (pass an MP4 writer to include H.264 encoding).
+///
+/// # Errors
+/// [`PipelineError`] from the run (a sink failure, say).
+pub fn bench_pipeline<B: Backend>(
+    scale: ModelScale,
+    req: &GenerationRequest,
+    sink: Option<&mut dyn FrameSink>,
+    device: &B::Device,
+) -> Result<PipelineBench, PipelineError> {
+    let transformer: HeliosTransformer3DModel<B> = scale.transformer_config().init(device);
+    let vae = AutoencoderKLWan::<B>::new(scale.vae_config(), device).expect("valid config");
+    let scheduler = scale.scheduler();
+    let te_cfg = scale.text_encoder_config();
+    let encoder = UMT5EncoderModel::<B>::new(&te_cfg, device).expect("valid config");
+
+    let started = Instant::now();
+    let text_len = req.max_sequence_length;
+    let ids: Vec<i64> = (0..text_len as i64).map(|i| 3 + i % 400).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, text_len]), device);
+    let mask = Tensor::<B, 2, Int>::ones([1, text_len], device);
+    let prompt_embeds = encoder.forward(ids, mask);
+    let _ = B::sync(device);
+    let text_encoder_s = started.elapsed().as_secs_f64();
+    drop(encoder);
+
+    let mut timer = PhaseTimer::<B> {
+        device,
+        last: Instant::now(),
+        result: PipelineBench::default(),
+    };
+    let mut noise = SeededNoise::new(req.seed);
+    let mut counting = CountingSink {
+        frames: 0,
+        inner: sink,
+    };
+    let parts = DenoiseParts {
+        transformer: &transformer,
+        vae: &vae,
+        scheduler: &scheduler,
+        device,
+    };
+    let mut ctx = RunContext {
+        noise: &mut noise,
+        progress: &mut timer,
+        cancel: CancelToken::new(),
+    };
+    parts.denoise(req, prompt_embeds, None, &mut ctx, &mut counting)?;
+    let mut result = timer.result;
+    result.frames = counting.frames;
+    result.text_encoder_s = text_encoder_s;
+    result.total_s = started.elapsed().as_secs_f64();
+    Ok(result)
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), on Linux.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dit_flops_match_the_reference_model_at_full_resolution() {
+        // helios.md §10.2: 359.5 TFLOP at 11,040 tokens (8,640 noisy) for the 14B DiT.
+        let cfg = ModelScale::Helios14B.transformer_config();
+        let f = dit_forward_flops(&cfg, 8640, 11040, 512);
+        assert!((f / 1e12 - 359.5).abs() < 0.5, "{}", f / 1e12);
+        let f1 = dit_forward_flops(&cfg, 2160, 4560, 512);
+        assert!((f1 / 1e12 - 119.0).abs() < 0.5, "{}", f1 / 1e12);
+        let f0 = dit_forward_flops(&cfg, 540, 2940, 512);
+        assert!((f0 / 1e12 - 69.7).abs() < 0.5, "{}", f0 / 1e12);
+    }
+
+    #[test]
+    fn embedded_configs_parse() {
+        for scale in [ModelScale::Helios14B, ModelScale::Tiny] {
+            scale.transformer_config().validate().unwrap();
+            scale.vae_config();
+            scale.text_encoder_config();
+            scale.scheduler();
+        }
+        assert_eq!(ModelScale::Helios14B.transformer_config().num_layers, 40);
+    }
+}

@@ -1,0 +1,292 @@
+//! `serve.toml`: what the operator wrote, then the resolved [`ServeConfig`].
+//!
+//! Precedence for every key: command-line flag > environment (storage path only) > file >
+//! built-in default. See `configs/serve.example.toml` for each key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::pipeline::request::RequestPatch;
+
+/// The storage folder used when nothing else names one.
+pub const DEFAULT_STORAGE: &str = "/tmp/omni-storage";
+/// Storage environment variable (vLLM-Omni's name).
+pub const ENV_STORAGE: &str = "VLLM_OMNI_SERVER_STORAGE__PATH";
+/// Deprecated storage environment variable, honoured when [`ENV_STORAGE`] is unset.
+pub const ENV_STORAGE_DEPRECATED: &str = "VLLM_OMNI_STORAGE_PATH";
+/// File TTL environment variable (vLLM-Omni's name), seconds.
+pub const ENV_FILE_TTL: &str = "VLLM_OMNI_SERVER_STORAGE__FILE_TTL";
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no model folder: pass MODEL_DIR or set `model` in the config file")]
+    NoModel,
+}
+
+/// The file as written; every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub model: Option<PathBuf>,
+    pub served_model_name: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub storage: StorageFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// A request layer between the HTTP request and the checkpoint defaults.
+    #[serde(default)]
+    pub default_request: RequestPatch,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    pub path: Option<PathBuf>,
+    pub file_ttl_s: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_body_bytes: Option<usize>,
+    pub max_queued_jobs: Option<usize>,
+    pub sync_timeout_s: Option<u64>,
+    pub poll_after_ms: Option<u64>,
+}
+
+impl ServeFile {
+    /// Read and parse `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Limits with their defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest accepted request body (bytes); larger → 413.
+    pub max_body_bytes: usize,
+    /// Jobs waiting behind the running one; more → 429.
+    pub max_queued_jobs: usize,
+    /// `POST /v1/videos/sync` gives up (504) after this many seconds.
+    pub sync_timeout_s: u64,
+    /// The `openai-poll-after-ms` hint on unfinished jobs.
+    pub poll_after_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 << 20,
+            max_queued_jobs: 16,
+            sync_timeout_s: 600,
+            poll_after_ms: 1000,
+        }
+    }
+}
+
+/// The resolved server configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub host: String,
+    pub port: u16,
+    /// Diffusers-format Helios checkpoint folder.
+    pub model: PathBuf,
+    /// The name `/v1/models` lists and requests' `model` must match (or an alias).
+    pub served_model_name: String,
+    pub aliases: Vec<String>,
+    /// Bearer keys; empty = no authentication.
+    pub api_keys: Vec<String>,
+    /// Where job records and videos live.
+    pub storage: PathBuf,
+    /// Finished jobs (record and video) are removed this many seconds after completion.
+    pub file_ttl_s: Option<u64>,
+    pub limits: Limits,
+    pub default_request: RequestPatch,
+}
+
+/// What the command line sets (each `None` = not given).
+#[derive(Debug, Clone, Default)]
+pub struct ServeOverrides {
+    pub model: Option<PathBuf>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub storage: Option<PathBuf>,
+    pub served_model_name: Option<String>,
+    pub aliases: Vec<String>,
+}
+
+impl ServeConfig {
+    /// Merge flags > environment (`env` looks a variable up) > file > defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::NoModel`] when neither flags nor file name a model folder.
+    pub fn resolve(
+        flags: ServeOverrides,
+        file: ServeFile,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let ServeOverrides {
+            model,
+            host,
+            port,
+            storage,
+            served_model_name,
+            aliases,
+        } = flags;
+        let ServeFile {
+            host: f_host,
+            port: f_port,
+            model: f_model,
+            served_model_name: f_name,
+            aliases: f_aliases,
+            api_keys,
+            storage:
+                StorageFile {
+                    path: f_storage,
+                    file_ttl_s,
+                },
+            limits:
+                LimitsFile {
+                    max_body_bytes,
+                    max_queued_jobs,
+                    sync_timeout_s,
+                    poll_after_ms,
+                },
+            default_request,
+        } = file;
+        let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
+        let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
+        let storage = storage
+            .or_else(|| non_empty(env(ENV_STORAGE)).map(PathBuf::from))
+            .or_else(|| non_empty(env(ENV_STORAGE_DEPRECATED)).map(PathBuf::from))
+            .or(f_storage)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE));
+        let served_model_name = served_model_name.or(f_name).unwrap_or_else(|| {
+            model
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "helios".to_string())
+        });
+        let d = Limits::default();
+        Ok(Self {
+            host: host.or(f_host).unwrap_or_else(|| "127.0.0.1".to_string()),
+            port: port.or(f_port).unwrap_or(8000),
+            model,
+            served_model_name,
+            aliases: if aliases.is_empty() {
+                f_aliases
+            } else {
+                aliases
+            },
+            api_keys,
+            storage,
+            file_ttl_s: non_empty(env(ENV_FILE_TTL))
+                .and_then(|v| v.trim().parse().ok())
+                .or(file_ttl_s)
+                .filter(|t| *t > 0),
+            limits: Limits {
+                max_body_bytes: max_body_bytes.unwrap_or(d.max_body_bytes),
+                max_queued_jobs: max_queued_jobs.unwrap_or(d.max_queued_jobs).max(1),
+                sync_timeout_s: sync_timeout_s.unwrap_or(d.sync_timeout_s),
+                poll_after_ms: poll_after_ms.unwrap_or(d.poll_after_ms),
+            },
+            default_request,
+        })
+    }
+
+    /// Whether `name` is the served model or one of its aliases.
+    pub fn serves(&self, name: &str) -> bool {
+        name == self.served_model_name || self.aliases.iter().any(|a| a == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> ServeFile {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn storage_flag_beats_env_beats_deprecated_env_beats_file() {
+        let f = || file("model = \"m\"\n[storage]\npath = \"/file\"\n");
+        let both = |k: &str| match k {
+            ENV_STORAGE => Some("/new".to_string()),
+            ENV_STORAGE_DEPRECATED => Some("/old".to_string()),
+            _ => None,
+        };
+        let old = |k: &str| (k == ENV_STORAGE_DEPRECATED).then(|| "/old".to_string());
+        let none = |_: &str| None;
+        let flags = ServeOverrides {
+            storage: Some("/flag".into()),
+            ..Default::default()
+        };
+        let r = |fl, e: &dyn Fn(&str) -> Option<String>| {
+            ServeConfig::resolve(fl, f(), e).unwrap().storage
+        };
+        assert_eq!(r(flags, &both), PathBuf::from("/flag"));
+        assert_eq!(r(Default::default(), &both), PathBuf::from("/new"));
+        assert_eq!(r(Default::default(), &old), PathBuf::from("/old"));
+        assert_eq!(r(Default::default(), &none), PathBuf::from("/file"));
+        let bare = ServeConfig::resolve(Default::default(), file("model = \"m\""), none).unwrap();
+        assert_eq!(bare.storage, PathBuf::from(DEFAULT_STORAGE));
+    }
+
+    #[test]
+    fn default_request_and_limits_parse() {
+        let c = ServeConfig::resolve(
+            Default::default(),
+            file(
+                "model = \"/m/tiny\"\naliases = [\"a\"]\n[limits]\nmax_queued_jobs = 2\n\
+                 [default_request]\nwidth = 128\nseed = 7\n",
+            ),
+            |_| None,
+        )
+        .unwrap();
+        assert_eq!(c.served_model_name, "tiny");
+        assert!(c.serves("tiny") && c.serves("a") && !c.serves("b"));
+        assert_eq!(c.limits.max_queued_jobs, 2);
+        assert_eq!(c.default_request.width, Some(128));
+        assert_eq!(c.default_request.seed, Some(7));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<ServeFile>("hots = \"x\"").is_err());
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/serve.example.toml");
+        ServeFile::read(&path).unwrap();
+    }
+}

@@ -1,0 +1,419 @@
+//! Job records, their store on disk, and the in-memory table both sides share.
+//!
+//! Each job is `jobs/<id>.json` in the storage folder (written to a temporary file and renamed,
+//! so a crash leaves the old or the new record, never half of one) and `<id>.mp4` once complete.
+//! Records are written on every status change; progress lives in memory only. At start the
+//! table is rebuilt from the files: finished jobs stay listed and downloadable, unfinished ones are
+//! queued again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::pipeline::progress::CancelToken;
+use crate::pipeline::request::{GenerationRequest, RequestPatch};
+
+/// A job's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    /// Completed or failed.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed)
+    }
+}
+
+/// `error` of a failed job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    /// Creation order (ties of `created_at` break on it).
+    pub seq: u64,
+    pub model: String,
+    pub status: Status,
+    pub progress: u8,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub completed_at: Option<u64>,
+    pub prompt: String,
+    pub seconds: String,
+    pub size: String,
+    pub fps: u32,
+    pub num_frames: usize,
+    pub error: Option<JobError>,
+    pub file_name: Option<String>,
+    pub inference_time_s: Option<f64>,
+    /// The fully resolved request, as a patch with every field set.
+    pub request: RequestPatch,
+    /// `/v1/videos/sync` jobs: never listed, never stored.
+    #[serde(skip)]
+    pub hidden: bool,
+    #[serde(skip)]
+    pub cancel: CancelToken,
+}
+
+impl JobRecord {
+    /// The OpenAI/vLLM-Omni `Video` object; `ttl` (seconds) sets `expires_at`.
+    pub fn video(&self, ttl: Option<u64>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "video",
+            "model": self.model,
+            "status": self.status,
+            "progress": self.progress,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "expires_at": self.expires_at(ttl),
+            "prompt": self.prompt,
+            "seconds": self.seconds,
+            "size": self.size,
+            "quality": "default",
+            "remixed_from_video_id": null,
+            "error": self.error,
+            "media_type": "video/mp4",
+            "file_name": self.file_name,
+            "inference_time_s": self.inference_time_s,
+            "stage_durations": {},
+            "peak_memory_mb": null,
+            "fps": self.fps,
+            "num_frames": self.num_frames,
+            "started_at": self.started_at,
+        })
+    }
+}
+
+impl JobRecord {
+    /// When a finished job is removed (`completed_at + ttl`).
+    pub fn expires_at(&self, ttl: Option<u64>) -> Option<u64> {
+        Some(self.completed_at? + ttl?)
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `video_` + 32 lowercase hex digits.
+pub fn new_id() -> String {
+    format!("video_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Whether `id` has the shape [`new_id`] makes (checked before any file access).
+pub fn valid_id(id: &str) -> bool {
+    id.strip_prefix("video_").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The request as a patch with every field set (exhaustive, so a new field fails to compile).
+pub fn patch_of(req: &GenerationRequest) -> RequestPatch {
+    let GenerationRequest {
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        num_frames,
+        fps,
+        seed,
+        guidance_scale,
+        pyramid_num_inference_steps_list,
+        is_amplify_first_chunk,
+        history_sizes,
+        num_latent_frames_per_chunk,
+        max_sequence_length,
+    } = req.clone();
+    RequestPatch {
+        prompt: Some(prompt),
+        negative_prompt: Some(negative_prompt),
+        width: Some(width),
+        height: Some(height),
+        num_frames: Some(num_frames),
+        fps: Some(fps),
+        seed: Some(seed),
+        guidance_scale: Some(guidance_scale),
+        pyramid_num_inference_steps_list: Some(pyramid_num_inference_steps_list),
+        is_amplify_first_chunk: Some(is_amplify_first_chunk),
+        history_sizes: Some(history_sizes),
+        num_latent_frames_per_chunk: Some(num_latent_frames_per_chunk),
+        max_sequence_length: Some(max_sequence_length),
+    }
+}
+
+/// Persistent job records.
+pub trait Store: Send + Sync {
+    /// Every stored record.
+    fn load_all(&self) -> Vec<JobRecord>;
+    /// Create or replace a record.
+    fn put(&self, rec: &JobRecord) -> std::io::Result<()>;
+    /// Remove a record (absent is fine).
+    fn remove(&self, id: &str) -> std::io::Result<()>;
+}
+
+/// One JSON file per job under `<storage>/jobs/`, replaced atomically.
+#[derive(Debug)]
+pub struct JsonDirStore {
+    dir: PathBuf,
+}
+
+impl JsonDirStore {
+    /// Open (and create) `<storage>/jobs`.
+    ///
+    /// # Errors
+    /// The folder cannot be created.
+    pub fn open(storage: &Path) -> std::io::Result<Self> {
+        let dir = storage.join("jobs");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        debug_assert!(valid_id(id));
+        self.dir.join(format!("{id}.json"))
+    }
+}
+
+impl Store for JsonDirStore {
+    fn load_all(&self) -> Vec<JobRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if !valid_id(id) {
+                continue;
+            }
+            match std::fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<JobRecord>(&b).ok())
+            {
+                Some(rec) if rec.id == id => out.push(rec),
+                _ => tracing::warn!("skipping unreadable job record {name}"),
+            }
+        }
+        out
+    }
+
+    fn put(&self, rec: &JobRecord) -> std::io::Result<()> {
+        let path = self.path(&rec.id);
+        let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
+        let bytes = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)
+    }
+
+    fn remove(&self, id: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The shared job table.
+pub struct Jobs {
+    pub storage: PathBuf,
+    store: Box<dyn Store>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    map: HashMap<String, JobRecord>,
+    next_seq: u64,
+}
+
+impl Jobs {
+    /// Open the table on `storage`, loading stored records. Returns the table and the ids of
+    /// unfinished jobs (to queue again), oldest first.
+    ///
+    /// # Errors
+    /// The storage folder cannot be created.
+    pub fn open(storage: &Path) -> std::io::Result<(Self, Vec<String>)> {
+        std::fs::create_dir_all(storage)?;
+        let store = JsonDirStore::open(storage)?;
+        let mut map = HashMap::new();
+        let mut resume = Vec::new();
+        let mut next_seq = 0;
+        let mut recs = store.load_all();
+        recs.sort_by_key(|r| r.seq);
+        for mut rec in recs {
+            next_seq = next_seq.max(rec.seq + 1);
+            if rec.status == Status::Completed
+                && !rec
+                    .file_name
+                    .as_ref()
+                    .is_some_and(|f| storage.join(f).is_file())
+            {
+                rec.status = Status::Failed;
+                rec.error = Some(JobError {
+                    code: "file_missing".into(),
+                    message: "the video file is no longer in storage".into(),
+                });
+            }
+            if !rec.status.is_terminal() {
+                rec.status = Status::Queued;
+                rec.progress = 0;
+                rec.started_at = None;
+                resume.push(rec.id.clone());
+            }
+            map.insert(rec.id.clone(), rec);
+        }
+        Ok((
+            Self {
+                storage: storage.to_path_buf(),
+                store: Box::new(store),
+                inner: Mutex::new(Inner { map, next_seq }),
+            },
+            resume,
+        ))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn persist(&self, rec: &JobRecord) {
+        if rec.hidden {
+            return;
+        }
+        if let Err(e) = self.store.put(rec) {
+            tracing::error!("storing job {}: {e}", rec.id);
+        }
+    }
+
+    /// The next creation sequence number.
+    pub fn next_seq(&self) -> u64 {
+        let mut g = self.lock();
+        g.next_seq += 1;
+        g.next_seq - 1
+    }
+
+    /// Add a new record (and store it unless hidden).
+    pub fn insert(&self, rec: JobRecord) {
+        self.persist(&rec);
+        self.lock().map.insert(rec.id.clone(), rec);
+    }
+
+    /// A copy of the record.
+    pub fn get(&self, id: &str) -> Option<JobRecord> {
+        self.lock().map.get(id).cloned()
+    }
+
+    /// Change a record in place; `persist` writes it to the store. `None` if the job is gone.
+    pub fn update<R>(
+        &self,
+        id: &str,
+        persist: bool,
+        f: impl FnOnce(&mut JobRecord) -> R,
+    ) -> Option<R> {
+        let (r, rec) = {
+            let mut g = self.lock();
+            let rec = g.map.get_mut(id)?;
+            let r = f(rec);
+            (r, persist.then(|| rec.clone()))
+        };
+        if let Some(rec) = rec {
+            self.persist(&rec);
+        }
+        Some(r)
+    }
+
+    /// Remove the record, cancel the job and delete its files.
+    pub fn remove(&self, id: &str) -> Option<JobRecord> {
+        let rec = self.lock().map.remove(id)?;
+        rec.cancel.cancel();
+        if let Err(e) = self.store.remove(id) {
+            tracing::error!("removing job record {id}: {e}");
+        }
+        self.remove_files(id);
+        Some(rec)
+    }
+
+    /// Delete the job's video file.
+    pub fn remove_files(&self, id: &str) {
+        if valid_id(id) {
+            let _ = std::fs::remove_file(self.video_path(id));
+        }
+    }
+
+    /// `<storage>/<id>.mp4`.
+    pub fn video_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.mp4"))
+    }
+
+    /// Remove finished jobs past their TTL; returns how many.
+    pub fn sweep(&self, ttl: u64) -> usize {
+        let now = now();
+        let expired: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|r| r.status.is_terminal() && r.expires_at(Some(ttl)).is_some_and(|e| e <= now))
+            .map(|r| r.id)
+            .collect();
+        for id in &expired {
+            self.remove(id);
+        }
+        expired.len()
+    }
+
+    /// Visible records in creation order.
+    pub fn list(&self) -> Vec<JobRecord> {
+        let g = self.lock();
+        let mut v: Vec<JobRecord> = g.map.values().filter(|r| !r.hidden).cloned().collect();
+        v.sort_by_key(|r| r.seq);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        let id = new_id();
+        assert!(valid_id(&id), "{id}");
+        for bad in [
+            "",
+            "video_",
+            "video_../../etc/passwd",
+            "video_0123456789ABCDEF0123456789abcdef",
+            "x",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+}

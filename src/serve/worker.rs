@@ -1,0 +1,253 @@
+//! The one thread that owns the pipeline: loads the model once, then runs jobs in FIFO order
+//! from a bounded channel, writing progress and results into the job table.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::jobs::{JobError, Jobs, Status, now};
+use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
+use crate::pipeline::backend::DefaultBackend;
+use crate::pipeline::noise::SeededNoise;
+use crate::pipeline::pipelines::pipeline_helios_pyramid::{
+    FrameSink, HeliosPyramidPipeline, PipelineError, RunContext, VideoFrames,
+};
+use crate::pipeline::progress::{NoProgress, Progress, ProgressSink};
+use crate::pipeline::request::{ModelDefaults, resolve};
+
+/// A job for the worker; `done` fires once the job reached a terminal state (or vanished).
+pub struct Job {
+    pub id: String,
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// The async side's handle on the worker.
+#[derive(Clone)]
+pub struct Worker {
+    tx: SyncSender<Job>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Start the worker thread. `resume` ids run first. The returned receiver gets the outcome of
+    /// loading the model.
+    pub fn spawn(
+        model: PathBuf,
+        defaults: ModelDefaults,
+        jobs: Arc<Jobs>,
+        capacity: usize,
+        resume: Vec<String>,
+    ) -> (Self, oneshot::Receiver<Result<(), String>>) {
+        let (tx, rx) = sync_channel::<Job>(capacity);
+        let ready = Arc::new(AtomicBool::new(false));
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let r = ready.clone();
+        std::thread::Builder::new()
+            .name("omni-worker".into())
+            .spawn(move || run(model, defaults, jobs, rx, r, resume, loaded_tx))
+            .expect("spawning the worker thread");
+        (Self { tx, ready }, loaded_rx)
+    }
+
+    /// Whether the model is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Queue a job without blocking.
+    ///
+    /// # Errors
+    /// `Err(true)` when the queue is full, `Err(false)` when the worker is gone.
+    pub fn submit(&self, job: Job) -> Result<(), bool> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => true,
+            TrySendError::Disconnected(_) => false,
+        })
+    }
+}
+
+fn run(
+    model: PathBuf,
+    defaults: ModelDefaults,
+    jobs: Arc<Jobs>,
+    rx: Receiver<Job>,
+    ready: Arc<AtomicBool>,
+    resume: Vec<String>,
+    loaded: oneshot::Sender<Result<(), String>>,
+) {
+    let device = Default::default();
+    let started = Instant::now();
+    let pipe = match HeliosPyramidPipeline::<DefaultBackend>::load(&model, &device, &mut NoProgress)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = loaded.send(Err(format!("loading {}: {e}", model.display())));
+            return;
+        }
+    };
+    tracing::info!("model loaded in {:.1} s", started.elapsed().as_secs_f64());
+    ready.store(true, Ordering::SeqCst);
+    let _ = loaded.send(Ok(()));
+    for id in resume {
+        run_job(&pipe, &defaults, &jobs, &id);
+    }
+    while let Ok(job) = rx.recv() {
+        run_job(&pipe, &defaults, &jobs, &job.id);
+        if let Some(done) = job.done {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Writes each decoded chunk to the MP4.
+struct Mp4Sink {
+    writer: Mp4Writer,
+}
+
+impl FrameSink for Mp4Sink {
+    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
+        self.writer
+            .push_frames_f32(&frames.data)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Progress → the job's percent: each chunk is an equal share of 1..=99, 90 % of it for its
+/// denoising steps and the rest for its decode.
+struct JobProgress<'a> {
+    jobs: &'a Jobs,
+    id: &'a str,
+    chunks: usize,
+}
+
+impl JobProgress<'_> {
+    fn set(&self, chunk: usize, within: f64) {
+        let frac = (chunk as f64 + within.clamp(0.0, 1.0)) / self.chunks.max(1) as f64;
+        let pct = (1.0 + 98.0 * frac).floor().clamp(1.0, 99.0) as u8;
+        self.jobs.update(self.id, false, |r| {
+            if r.status == Status::InProgress && pct > r.progress {
+                r.progress = pct;
+            }
+        });
+    }
+}
+
+impl ProgressSink for JobProgress<'_> {
+    fn event(&mut self, event: Progress) {
+        match event {
+            Progress::ChunkStarted { chunk, chunks, .. } => {
+                self.chunks = chunks;
+                self.set(chunk, 0.0);
+            }
+            Progress::Step {
+                chunk, step, steps, ..
+            } => self.set(chunk, 0.9 * step as f64 / steps.max(1) as f64),
+            Progress::Decoding { chunk, done: true } => self.set(chunk, 1.0),
+            _ => {}
+        }
+    }
+}
+
+fn run_job(
+    pipe: &HeliosPyramidPipeline<DefaultBackend>,
+    defaults: &ModelDefaults,
+    jobs: &Jobs,
+    id: &str,
+) {
+    let Some(rec) = jobs.get(id) else { return };
+    if rec.cancel.is_cancelled() || rec.status.is_terminal() {
+        return;
+    }
+    let fail = |code: &str, message: String| {
+        jobs.update(id, true, |r| {
+            r.status = Status::Failed;
+            r.completed_at = Some(now());
+            r.error = Some(JobError {
+                code: code.to_string(),
+                message,
+            });
+        });
+    };
+    let req = match resolve(std::slice::from_ref(&rec.request), defaults) {
+        Ok(r) => r,
+        Err(e) => return fail("invalid_request", e.to_string()),
+    };
+    jobs.update(id, true, |r| {
+        r.status = Status::InProgress;
+        r.started_at = Some(now());
+        r.progress = 1;
+    });
+    let started = Instant::now();
+    let path = jobs.video_path(id);
+    let writer = match Mp4Writer::create(
+        &path,
+        req.width,
+        req.height,
+        req.fps,
+        EncodeOptions::default(),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!("job {id}: {e}");
+            return fail("internal_error", "could not create the output file".into());
+        }
+    };
+    let mut sink = Mp4Sink { writer };
+    let mut noise = SeededNoise::new(req.seed);
+    let mut progress = JobProgress {
+        jobs,
+        id,
+        chunks: req.num_chunks(),
+    };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut ctx = RunContext {
+            noise: &mut noise,
+            progress: &mut progress,
+            cancel: rec.cancel.clone(),
+        };
+        pipe.call(&req, &mut ctx, &mut sink)
+    }));
+    match outcome {
+        Ok(Ok(_)) => match sink.writer.finish() {
+            Ok(_) => {
+                let secs = started.elapsed().as_secs_f64();
+                let file = format!("{id}.mp4");
+                let kept = jobs.update(id, true, |r| {
+                    r.status = Status::Completed;
+                    r.progress = 100;
+                    r.completed_at = Some(now());
+                    r.file_name = Some(file);
+                    r.inference_time_s = Some((secs * 1000.0).round() / 1000.0);
+                });
+                if kept.is_none() {
+                    // Deleted while finishing.
+                    jobs.remove_files(id);
+                }
+            }
+            Err(e) => {
+                tracing::error!("job {id}: finishing the MP4: {e}");
+                fail("internal_error", "could not write the video file".into());
+            }
+        },
+        Ok(Err(PipelineError::Cancelled)) => {
+            drop(sink);
+            jobs.remove_files(id);
+        }
+        Ok(Err(e)) => {
+            tracing::error!("job {id} failed: {e}");
+            fail("generation_failed", e.to_string());
+        }
+        Err(_) => {
+            tracing::error!("job {id}: the pipeline panicked");
+            fail(
+                "internal_error",
+                "the generation stopped on an internal error".into(),
+            );
+        }
+    }
+}

@@ -1,0 +1,812 @@
+//! Black-box tests of `omni serve` over real sockets: the built binary on the shipped tiny
+//! Distilled checkpoint, a temporary storage folder, `--port 0` (the bound address is read from
+//! stdout), and a minimal HTTP/1.1 client on `std::net::TcpStream`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::tiny_distilled;
+
+/// A running `omni serve`; killed (SIGKILL) on drop.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Start on `storage` with extra CLI args and wait until `/readyz` is 200.
+    fn start(storage: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_omni"))
+            .arg("serve")
+            .arg(tiny_distilled())
+            .args(["--port", "0", "--served-model-name", "tiny-helios"])
+            .arg("--storage")
+            .arg(storage)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting omni serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("omni serve listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        let server = Server { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while server.get("/readyz").status != 200 {
+            assert!(Instant::now() < deadline, "model never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        http(&self.addr, method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn post_json(&self, path: &str, body: Value) -> Resp {
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    fn delete(&self, path: &str) -> Resp {
+        self.request("DELETE", path, &[("Content-Type", "application/json")], b"")
+    }
+
+    /// Poll until the job is terminal; returns the final Video and every progress value seen.
+    fn wait(&self, id: &str) -> (Value, Vec<u64>) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut seen = Vec::new();
+        loop {
+            let r = self.get(&format!("/v1/videos/{id}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+            let v = r.json();
+            seen.push(v["progress"].as_u64().unwrap());
+            match v["status"].as_str().unwrap() {
+                "completed" | "failed" => {
+                    assert!(r.header("openai-poll-after-ms").is_none());
+                    return (v, seen);
+                }
+                _ => assert!(r.header("openai-poll-after-ms").is_some()),
+            }
+            assert!(Instant::now() < deadline, "job {id} never finished");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    /// Asserts the OpenAI error envelope with `status`; returns `error`.
+    fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        let e = self.json()["error"].clone();
+        for k in ["message", "type", "param", "code"] {
+            assert!(e.get(k).is_some(), "envelope lacks `{k}`: {e}");
+        }
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        e
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "omniTestBoundary7MA4YWxk";
+    let mut body = String::new();
+    for (k, v) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("serve.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn mp4_files(storage: &Path) -> Vec<String> {
+    std::fs::read_dir(storage)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".mp4"))
+        .collect()
+}
+
+const SMALL: &str = "128x64";
+
+#[test]
+fn health_readiness_and_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &["--alias", "sora-2"]);
+    for p in ["/health", "/healthz", "/readyz"] {
+        assert_eq!(s.get(p).status, 200, "{p}");
+    }
+    let models = s.get("/v1/models").json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny-helios", "sora-2"]);
+    assert_eq!(s.get("/v1/models/sora-2").json()["object"], "model");
+    s.get("/v1/models/nope").error(404);
+    s.get("/nowhere").error(404);
+}
+
+#[test]
+fn create_poll_download_and_delete_in_every_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+
+    // JSON.
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "a red cube", "size": SMALL, "num_frames": 33, "fps": 12, "seed": 3}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.header("openai-poll-after-ms").is_some());
+    let v = r.json();
+    assert_eq!(v["object"], "video");
+    assert_eq!(v["status"], "queued");
+    assert_eq!(v["size"], SMALL);
+    assert_eq!(v["model"], "tiny-helios");
+    assert!(!r.text().contains(": "), "compact JSON expected");
+    let json_id = v["id"].as_str().unwrap().to_string();
+
+    // x-www-form-urlencoded, with a bracket field the openai SDK would send for extra_body.
+    let r = s.request(
+        "POST",
+        "/v1/videos",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"prompt=a+blue+sphere&width=128&height=64&seconds=3&fps=11&extra_params[seed]=4",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let form_id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(r.json()["seconds"], "3");
+
+    // multipart/form-data (what the openai SDK always sends).
+    let (ct, body) = multipart(&[
+        ("prompt", "a green cone"),
+        ("model", "tiny-helios"),
+        ("size", SMALL),
+        ("num_frames", "33"),
+        ("seed", ""),
+    ]);
+    let r = s.request("POST", "/v1/videos", &[("Content-Type", &ct)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mp_id = r.json()["id"].as_str().unwrap().to_string();
+
+    let mut all_progress = Vec::new();
+    for id in [&json_id, &form_id, &mp_id] {
+        let (v, seen) = s.wait(id);
+        assert_eq!(v["status"], "completed", "{v}");
+        assert_eq!(v["progress"], 100);
+        assert_eq!(v["file_name"], format!("{id}.mp4"));
+        assert!(v["completed_at"].as_u64().is_some());
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "progress went back: {seen:?}"
+        );
+        all_progress.extend(seen);
+    }
+    assert!(
+        all_progress.iter().any(|p| (1..100).contains(p)),
+        "never saw progress between 0 and 100: {all_progress:?}"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/videos/{form_id}")).json()["fps"],
+        11,
+        "form fps"
+    );
+
+    // Download, whole and by range.
+    let r = s.get(&format!("/v1/videos/{json_id}/content"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    assert_eq!(&r.body[4..8], b"ftyp");
+    assert!(
+        r.header("content-disposition")
+            .unwrap()
+            .contains(&format!("{json_id}.mp4"))
+    );
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    let whole = r.body;
+    let r = s.request(
+        "GET",
+        &format!("/v1/videos/{json_id}/content?variant=video"),
+        &[("Range", "bytes=4-11")],
+        b"",
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &whole[4..12]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 4-11/{}", whole.len()).as_str())
+    );
+    s.get(&format!("/v1/videos/{json_id}/content?variant=bogus"))
+        .error(400);
+
+    // List: desc by default, paging with after/limit.
+    let l = s.get("/v1/videos").json();
+    let ids: Vec<&str> = l["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [&mp_id, &form_id, &json_id]);
+    let p1 = s.get("/v1/videos?limit=2&order=asc").json();
+    assert_eq!(p1["has_more"], true);
+    assert_eq!(p1["first_id"], json_id.as_str());
+    assert_eq!(p1["last_id"], form_id.as_str());
+    let p2 = s
+        .get(&format!("/v1/videos?limit=2&order=asc&after={form_id}"))
+        .json();
+    assert_eq!(p2["has_more"], false);
+    assert_eq!(p2["data"][0]["id"], mp_id.as_str());
+    let p0 = s.get("/v1/videos?limit=0").json();
+    assert_eq!(
+        (p0["has_more"].clone(), p0["first_id"].clone()),
+        (json!(true), Value::Null)
+    );
+
+    // Delete: record and file go.
+    let d = s.delete(&format!("/v1/videos/{json_id}")).json();
+    assert_eq!(
+        d,
+        json!({"id": json_id, "deleted": true, "object": "video.deleted"})
+    );
+    s.get(&format!("/v1/videos/{json_id}")).error(404);
+    s.get(&format!("/v1/videos/{json_id}/content")).error(404);
+    assert!(!mp4_files(dir.path()).iter().any(|f| f.contains(&json_id)));
+}
+
+#[test]
+fn precedence_is_request_then_default_request_then_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[default_request]\nwidth = 128\nheight = 64\nnum_frames = 33\nfps = 8\nseed = 5\n",
+    );
+    let storage = dir.path().join("storage");
+    let s = Server::start(&storage, &["--config", cfg.to_str().unwrap()]);
+    let v = s.post_json("/v1/videos", json!({"prompt": "p"})).json();
+    assert_eq!(
+        (v["size"].as_str(), v["fps"].as_u64()),
+        (Some(SMALL), Some(8))
+    );
+    assert_eq!(v["seconds"], "4", "round(33 frames / 8 fps)");
+    let v = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": "64x64", "fps": 16}),
+        )
+        .json();
+    assert_eq!(
+        (v["size"].as_str(), v["fps"].as_u64()),
+        (Some("64x64"), Some(16))
+    );
+    // `seconds` beats the default num_frames: 5 s at 8 fps = 40 frames → 2 chunks → 65 frames.
+    let v = s
+        .post_json("/v1/videos", json!({"prompt": "p", "seconds": 5}))
+        .json();
+    assert_eq!(
+        (v["num_frames"].as_u64(), v["seconds"].as_str()),
+        (Some(65), Some("5"))
+    );
+    // The checkpoint's guidance (1.0, so no CFG) and steps fill the rest: the jobs complete.
+    for item in s.get("/v1/videos").json()["data"].as_array().unwrap() {
+        let id = item["id"].as_str().unwrap();
+        assert_eq!(s.wait(id).0["status"], "completed");
+    }
+}
+
+#[test]
+fn bad_inputs_return_the_openai_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nmax_body_bytes = 4096\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    for (body, param) in [
+        (json!({}), "prompt"),
+        (json!({"prompt": "   "}), "prompt"),
+        (json!({"prompt": "p", "size": "640x"}), "size"),
+        (json!({"prompt": "p", "size": "bad"}), "size"),
+        (json!({"prompt": "p", "seconds": "0"}), "seconds"),
+        (
+            json!({"prompt": "p", "num_inference_steps": 0}),
+            "num_inference_steps",
+        ),
+        (
+            json!({"prompt": "p", "num_inference_steps": 201}),
+            "num_inference_steps",
+        ),
+        (
+            json!({"prompt": "p", "guidance_scale": 25}),
+            "guidance_scale",
+        ),
+        (
+            json!({"prompt": "p", "extra_params": "{not json"}),
+            "extra_params",
+        ),
+        (
+            json!({"prompt": "p", "extra_params": {"nope": 1}}),
+            "extra_params",
+        ),
+        (json!({"prompt": "p", "width": 100}), "width"),
+        (json!({"prompt": "p", "model": "other"}), "model"),
+    ] {
+        for path in ["/v1/videos", "/v1/videos/sync"] {
+            let e = s.post_json(path, body.clone()).error(400);
+            assert_eq!(e["param"], param, "{path} {body}: {e}");
+            assert_eq!(e["type"], "invalid_request_error");
+        }
+    }
+    let e = s
+        .request(
+            "POST",
+            "/v1/videos",
+            &[("Content-Type", "application/json")],
+            b"{\"prompt\":",
+        )
+        .error(400);
+    assert_eq!(e["param"], "body");
+    s.request(
+        "POST",
+        "/v1/videos",
+        &[("Content-Type", "text/plain")],
+        b"hi",
+    )
+    .error(415);
+    let big = json!({"prompt": "x".repeat(5000)}).to_string();
+    s.request(
+        "POST",
+        "/v1/videos",
+        &[("Content-Type", "application/json")],
+        big.as_bytes(),
+    )
+    .error(413);
+    // Nothing above created a job.
+    assert_eq!(s.get("/v1/videos").json()["data"], json!([]));
+
+    for bad in [
+        "does-not-exist",
+        "video_..%2F..%2Fetc%2Fpasswd",
+        "video_0123456789abcdef0123456789abcdef",
+    ] {
+        s.get(&format!("/v1/videos/{bad}")).error(404);
+        s.get(&format!("/v1/videos/{bad}/content")).error(404);
+        s.delete(&format!("/v1/videos/{bad}")).error(404);
+    }
+    s.get("/v1/videos?limit=101").error(400);
+    s.get("/v1/videos?limit=-1").error(400);
+    s.get("/v1/videos?order=newest").error(400);
+    s.request("PUT", "/v1/videos/sync", &[], b"").error(405);
+}
+
+#[test]
+fn api_keys_guard_v1_but_not_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "api_keys = [\"sk-test\"]\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(s.get("/health").status, 200);
+    s.get("/v1/models").error(401);
+    s.request(
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer wrong")],
+        b"",
+    )
+    .error(401);
+    let r = s.request(
+        "GET",
+        "/v1/models",
+        &[("Authorization", "Bearer sk-test")],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn sync_returns_mp4_bytes_with_metadata_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let (ct, body) = multipart(&[
+        ("prompt", "a lighthouse"),
+        ("size", SMALL),
+        ("num_frames", "33"),
+    ]);
+    let r = s.request("POST", "/v1/videos/sync", &[("Content-Type", &ct)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    assert_eq!(&r.body[4..8], b"ftyp");
+    assert!(r.header("x-request-id").unwrap().starts_with("video_sync-"));
+    assert_eq!(r.header("x-model"), Some("tiny-helios"));
+    assert!(
+        r.header("x-inference-time-s")
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
+    // Stateless: no job listed, no file kept.
+    assert_eq!(s.get("/v1/videos").json()["data"], json!([]));
+    assert!(
+        mp4_files(dir.path()).is_empty(),
+        "{:?}",
+        mp4_files(dir.path())
+    );
+}
+
+#[test]
+fn sync_past_its_timeout_answers_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nsync_timeout_s = 1\n");
+    let storage = dir.path().join("st");
+    let s = Server::start(&storage, &["--config", cfg.to_str().unwrap()]);
+    let r = s.post_json(
+        "/v1/videos/sync",
+        json!({"prompt": "long", "size": SMALL, "num_frames": 33 * 12}),
+    );
+    r.error(504);
+    // The job was cancelled: a new one runs right away.
+    let id = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.wait(&id).0["status"], "completed");
+}
+
+#[test]
+fn delete_cancels_a_running_job_at_the_next_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    // Reference: one 33-frame job.
+    let t0 = Instant::now();
+    let small = json!({"prompt": "p", "size": SMALL, "num_frames": 33});
+    let id = s.post_json("/v1/videos", small.clone()).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.wait(&id);
+    let one_chunk = t0.elapsed();
+
+    // A 60-chunk job, deleted once running.
+    let long = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": SMALL, "num_frames": 33 * 60}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = s.get(&format!("/v1/videos/{long}")).json();
+        if v["status"] == "in_progress" && v["progress"].as_u64().unwrap() > 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started: {v}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t1 = Instant::now();
+    assert_eq!(
+        s.delete(&format!("/v1/videos/{long}")).json()["deleted"],
+        true
+    );
+    s.get(&format!("/v1/videos/{long}")).error(404);
+    // The worker is free again long before the 60 chunks would have finished.
+    let next = s.post_json("/v1/videos", small).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.wait(&next).0["status"], "completed");
+    assert!(
+        t1.elapsed() < one_chunk * 20,
+        "cancel took {:?} (one chunk: {one_chunk:?})",
+        t1.elapsed()
+    );
+    let files = mp4_files(dir.path());
+    assert!(!files.iter().any(|f| f.contains(&long)), "{files:?}");
+}
+
+#[test]
+fn full_queue_answers_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nmax_queued_jobs = 1\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    let body = json!({"prompt": "p", "size": SMALL, "num_frames": 33 * 12});
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        let r = s.post_json("/v1/videos", body.clone());
+        if r.status == 429 {
+            assert!(r.header("retry-after").is_some());
+            assert_eq!(r.error(429)["code"], "queue_full");
+            refused += 1;
+        } else {
+            assert_eq!(r.status, 200, "{}", r.text());
+            accepted.push(r.json()["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        refused >= 2,
+        "running + 1 queued at most; accepted {accepted:?}"
+    );
+    // Refused jobs are not listed.
+    assert_eq!(
+        s.get("/v1/videos").json()["data"].as_array().unwrap().len(),
+        accepted.len()
+    );
+    for id in accepted {
+        s.delete(&format!("/v1/videos/{id}"));
+    }
+}
+
+#[test]
+fn jobs_survive_kill_9_and_unfinished_ones_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let (done, pending) = {
+        let s = Server::start(&storage, &[]);
+        let done = s
+            .post_json(
+                "/v1/videos",
+                json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+            )
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(s.wait(&done).0["status"], "completed");
+        let pending = s
+            .post_json(
+                "/v1/videos",
+                json!({"prompt": "q", "size": SMALL, "num_frames": 66}),
+            )
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (done, pending)
+        // Dropped here: SIGKILL, whatever the pending job was doing.
+    };
+    let s = Server::start(&storage, &[]);
+    let v = s.get(&format!("/v1/videos/{done}")).json();
+    assert_eq!(v["status"], "completed");
+    let r = s.get(&format!("/v1/videos/{done}/content"));
+    assert_eq!((r.status, &r.body[4..8]), (200, &b"ftyp"[..]));
+    let (v, _) = s.wait(&pending);
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(v["num_frames"], 65);
+    let l = s.get("/v1/videos?order=asc").json();
+    assert_eq!(l["first_id"], done.as_str());
+    assert_eq!(l["last_id"], pending.as_str());
+}
+
+#[test]
+fn generations_blocks_until_the_job_is_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let r = s.post_json(
+        "/v1/videos/generations",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["status"].as_str(), v["progress"].as_u64()),
+        (Some("completed"), Some(100))
+    );
+    assert!(r.header("openai-poll-after-ms").is_none());
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(s.get(&format!("/v1/videos/{id}/content")).status, 200);
+    let r = s.post_json(
+        "/v1/videos/generations?wait=false",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+    );
+    let status = r.json()["status"].clone();
+    assert!(status == "queued" || status == "in_progress", "{status}");
+}
+
+#[test]
+fn file_ttl_removes_finished_jobs_and_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[storage]\nfile_ttl_s = 1\n");
+    let storage = dir.path().join("st");
+    let s = Server::start(&storage, &["--config", cfg.to_str().unwrap()]);
+    let id = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (v, _) = s.wait(&id);
+    assert_eq!(
+        v["expires_at"].as_u64(),
+        Some(v["completed_at"].as_u64().unwrap() + 1)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.get(&format!("/v1/videos/{id}")).status != 404 {
+        assert!(Instant::now() < deadline, "never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(mp4_files(&storage).is_empty());
+    assert!(!storage.join("jobs").join(format!("{id}.json")).exists());
+}
+
+#[test]
+fn a_failed_job_is_200_failed_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let s = Server::start(&storage, &[]);
+    // Without its storage folder the output cannot be created: the job fails, not the server.
+    std::fs::remove_dir_all(&storage).unwrap();
+    let small = json!({"prompt": "p", "size": SMALL, "num_frames": 33});
+    let id = s.post_json("/v1/videos", small.clone()).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (v, _) = s.wait(&id);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(v["error"]["code"].as_str().is_some(), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    let e = s.get(&format!("/v1/videos/{id}/content")).error(422);
+    assert_eq!(e["code"], "generation_failed");
+    assert_eq!(s.get("/health").status, 200);
+    std::fs::create_dir_all(storage.join("jobs")).unwrap();
+    let id = s.post_json("/v1/videos", small).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.wait(&id).0["status"], "completed");
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Server::start(dir.path(), &[]);
+    let Ok(killed) = Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+    else {
+        eprintln!("no `kill` command on this machine; skipping the SIGTERM check");
+        return;
+    };
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_missing_model_folder_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_omni"))
+        .arg("serve")
+        .arg(dir.path().join("no-such-model"))
+        .args(["--port", "0", "--storage"])
+        .arg(dir.path().join("st"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("omni: error:") && lines[0].contains("no-such-model"),
+        "{err}"
+    );
+}
