@@ -41,6 +41,10 @@ pub struct Common {
     /// Timed runs.
     #[arg(long, default_value_t = 3)]
     pub iters: usize,
+    /// Print one JSON line (`ms_mean`, `ms_min`, ...) instead of the table; with `dit`, one
+    /// stage only (`--stage`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Common {
@@ -127,17 +131,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Dit { common, stage } => {
             let scale = common.scale();
-            println!(
-                "DiT forward, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
-                common.width,
-                common.height,
-                device_name(),
-                common.warmup,
-                common.iters
-            );
-            println!(
-                "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU"
-            );
+            if !common.json {
+                println!(
+                    "DiT forward, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
+                    common.width,
+                    common.height,
+                    device_name(),
+                    common.warmup,
+                    common.iters
+                );
+                println!(
+                    "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU"
+                );
+            }
             let stages: Vec<usize> = match stage {
                 Some(s) => vec![s.min(2)],
                 None => vec![2, 1, 0],
@@ -154,6 +160,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
                 let (mean, min) = stats(&r.ms);
                 let tflops = r.flops / (mean / 1e3) / 1e12;
+                if common.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"stage": s, "tokens": r.noisy_tokens + r.history_tokens,
+                            "noisy_tokens": r.noisy_tokens, "ms_mean": mean, "ms_min": min,
+                            "tflop": r.flops / 1e12, "tflops": tflops,
+                            "mfu": tflops * 1e12 / H100_BF16_PEAK_FLOPS})
+                    );
+                    continue;
+                }
                 println!(
                     "{s:>5}  {:>3}x{}x{:<7}  {:>6} ({}+{})  {mean:>9.1}  {min:>7.1}  {:>5.1}  {tflops:>7.2}  {:>5.1}%",
                     r.latent[0],
@@ -178,6 +194,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &device,
             );
             let (mean, min) = stats(&ms);
+            if common.json {
+                println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
+                return Ok(());
+            }
             println!(
                 "VAE decode of one chunk (9 latent -> 33 video frames), {scale:?}, {}x{}, device {}: mean {mean:.1} ms, min {min:.1} ms ({:.1} frames/s)",
                 common.width,
@@ -196,6 +216,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &device,
             );
             let (mean, min) = stats(&ms);
+            if common.json {
+                println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
+                return Ok(());
+            }
             println!(
                 "text encoder on 512 tokens, {scale:?}, device {}: mean {mean:.1} ms, min {min:.1} ms",
                 device_name()
