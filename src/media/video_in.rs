@@ -855,7 +855,7 @@ impl BitReader<'_> {
             }
         }
         let rest = self.bits(zeros)?;
-        Some(((1u64 << zeros) - 1 + rest as u64).try_into().ok()?)
+        ((1u64 << zeros) - 1 + rest as u64).try_into().ok()
     }
 
     fn se(&mut self) -> Option<i64> {
