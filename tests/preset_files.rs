@@ -1,25 +1,11 @@
 //! The shipped presets `presets/helios-{base,mid,distilled}.toml` are well-formed: every top-level
-//! key is a request key (it deserializes into `RequestPatch` on its own, or is one of the Helios
-//! knobs of issue 3 that `RequestPatch` does not carry yet, with the right type), `[model]` names
-//! the Hugging Face weights, and the values are the upstream defaults.
+//! key is a request key (it deserializes into `RequestPatch` on its own, with the right type),
+//! `[model]` names the Hugging Face weights, and the values are the upstream defaults.
 
 use std::path::Path;
 
 use omni::pipeline::request::RequestPatch;
 use serde::Deserialize;
-
-/// Request knobs the presets carry ahead of `RequestPatch` (issue 3 §5/§6, vLLM-Omni
-/// `extra_params`), with their TOML type. Once `RequestPatch` gains one, it is checked through
-/// `RequestPatch` instead and its row here is simply unused.
-const PENDING_KEYS: &[(&str, &str)] = &[
-    ("num_inference_steps", "integer"),
-    ("pyramid_num_stages", "integer"),
-    ("use_cfg_zero_star", "boolean"),
-    ("use_zero_init", "boolean"),
-    ("zero_steps", "integer"),
-    ("keep_first_frame", "boolean"),
-    ("is_skip_first_chunk", "boolean"),
-];
 
 fn load(name: &str) -> toml::Table {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,23 +37,21 @@ fn check(name: &str, hf_id: &str, pipeline: &str) -> (toml::Table, RequestPatch)
         model.keys().collect::<Vec<_>>()
     );
 
-    let mut known = toml::Table::new();
     for (key, value) in &table {
         let mut single = toml::Table::new();
         single.insert(key.clone(), value.clone());
-        if RequestPatch::deserialize(single.clone()).is_ok() {
-            known.insert(key.clone(), value.clone());
-            continue;
+        if let Err(e) = RequestPatch::deserialize(single) {
+            panic!("{name}: `{key}` is not a RequestPatch field of the right type: {e}");
         }
-        let (_, ty) = PENDING_KEYS
-            .iter()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| {
-                panic!("{name}: `{key}` is neither a RequestPatch field nor a pending knob")
-            });
-        assert_eq!(value.type_str(), *ty, "{name}: `{key}` type");
     }
-    let patch = RequestPatch::deserialize(known).expect("known keys form a RequestPatch");
+    let patch = RequestPatch::deserialize(table.clone()).expect("the keys form a RequestPatch");
+    // The embedded copy the binary uses is the same file.
+    assert_eq!(
+        omni::pipeline::request::Preset::builtin(name)
+            .unwrap()
+            .patch,
+        patch
+    );
     (table, patch)
 }
 
@@ -79,6 +63,7 @@ fn helios_base_preset_holds_the_upstream_defaults() {
         (Some(640), Some(384), Some(132), Some(24))
     );
     assert_eq!(p.guidance_scale, Some(5.0));
+    assert_eq!(p.num_inference_steps, Some(50));
     assert_eq!(t["num_inference_steps"].as_integer(), Some(50));
     assert_eq!(p.history_sizes, Some(vec![16, 2, 1]));
     assert!(!t.contains_key("pyramid_num_inference_steps_list"));
@@ -96,8 +81,10 @@ fn helios_mid_preset_holds_the_upstream_defaults() {
     assert_eq!(p.guidance_scale, Some(5.0));
     assert_eq!(p.is_amplify_first_chunk, Some(false));
     assert_eq!(t["use_cfg_zero_star"].as_bool(), Some(true));
-    assert_eq!(t["use_zero_init"].as_bool(), Some(true));
-    assert_eq!(t["zero_steps"].as_integer(), Some(1));
+    assert_eq!(
+        (p.use_cfg_zero_star, p.use_zero_init, p.zero_steps),
+        (Some(true), Some(true), Some(1))
+    );
 }
 
 #[test]

@@ -810,3 +810,216 @@ fn a_missing_model_folder_fails_in_one_line() {
         "{err}"
     );
 }
+
+fn files_of(storage: &Path, id: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(storage)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(id))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn thumbnail_and_spritesheet_come_with_the_video_and_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let id = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.wait(&id).0["status"], "completed");
+    let r = s.get(&format!("/v1/videos/{id}/content?variant=thumbnail"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/webp"));
+    let thumb = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (128, 64));
+    let r = s.get(&format!("/v1/videos/{id}/content?variant=spritesheet"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/jpeg"));
+    let sheet = image::load_from_memory(&r.body).unwrap();
+    // 33 frames → 10 tiles of 128x64, 5 per row.
+    assert_eq!((sheet.width(), sheet.height()), (5 * 128, 2 * 64));
+    assert_eq!(
+        files_of(dir.path(), &id),
+        [
+            format!("{id}.mp4"),
+            format!("{id}.spritesheet.jpg"),
+            format!("{id}.thumbnail.webp")
+        ]
+    );
+    s.get(&format!("/v1/videos/{id}/content?variant=poster"))
+        .error(400);
+    s.delete(&format!("/v1/videos/{id}"));
+    assert!(files_of(dir.path(), &id).is_empty());
+    s.get(&format!("/v1/videos/{id}/content?variant=thumbnail"))
+        .error(404);
+}
+
+fn b64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|b| *b != b'=').map(val).collect();
+    let mut out = Vec::new();
+    for c in bytes.chunks(4) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, v)| n | (*v as u32) << (18 - 6 * i));
+        out.extend(&n.to_be_bytes()[1..c.len()]);
+    }
+    out
+}
+
+/// The path part of an absolute `http://host/...` URL.
+fn path_of(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap();
+    &rest[rest.find('/').unwrap()..]
+}
+
+#[test]
+fn localai_video_blocks_and_answers_url_or_b64() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let r = s.post_json(
+        "/video",
+        json!({"model": "tiny-helios", "prompt": "a lake", "width": 128, "height": 64,
+               "num_frames": 33, "fps": 12, "seed": 1, "cfg_scale": 1.0, "step": 4}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v["created"].as_u64().is_some());
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(v["data"][0]["index"], 0);
+    let url = v["data"][0]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://") && url.ends_with(&format!("/generated-videos/{id}.mp4")),
+        "{url}"
+    );
+    let mp4 = s.get(path_of(url));
+    assert_eq!((mp4.status, &mp4.body[4..8]), (200, &b"ftyp"[..]));
+    assert_eq!(mp4.header("content-type"), Some("video/mp4"));
+    // An ordinary job: listed, deletable.
+    assert_eq!(
+        s.get(&format!("/v1/videos/{id}")).json()["status"],
+        "completed"
+    );
+
+    let r = s.post_json(
+        "/video",
+        json!({"prompt": "a lake", "size": SMALL, "seconds": "2", "fps": 8,
+               "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v["data"][0].get("url").is_none());
+    let bytes = b64_decode(v["data"][0]["b64_json"].as_str().unwrap());
+    assert_eq!(&bytes[4..8], b"ftyp");
+
+    for field in ["start_image", "end_image", "input_reference"] {
+        let e = s
+            .post_json(
+                "/video",
+                json!({"prompt": "p", field: "data:image/png;base64,iVBORw0KGgo="}),
+            )
+            .error(400);
+        assert_eq!(e["param"], field);
+        assert!(
+            e["message"].as_str().unwrap().contains("text-to-video"),
+            "{e}"
+        );
+    }
+    s.post_json("/video", json!({"prompt": "p", "response_format": "gif"}))
+        .error(400);
+    s.get("/generated-videos/video_0123456789abcdef0123456789abcdef.mp4")
+        .error(404);
+    s.get("/generated-videos/..%2Fjobs").error(404);
+}
+
+#[test]
+fn images_generations_answer_a_png() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let r = s.post_json(
+        "/v1/images/generations",
+        json!({"prompt": "a red apple", "size": SMALL, "response_format": "b64_json", "seed": 2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert!(v["id"].as_str().unwrap().starts_with("img_"));
+    assert_eq!(v["data"][0]["revised_prompt"], "a red apple");
+    let png = b64_decode(v["data"][0]["b64_json"].as_str().unwrap());
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (128, 64));
+
+    let r = s.post_json(
+        "/v1/images/generations",
+        json!({"prompt": "a green apple", "size": SMALL, "n": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let url = v["data"][0]["url"].as_str().unwrap();
+    let r = s.get(path_of(url));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert_eq!(&r.body[..4], b"\x89PNG");
+    // Images are not videos.
+    assert_eq!(s.get("/v1/videos").json()["data"], json!([]));
+    let id = v["id"].as_str().unwrap();
+    s.get(&format!("/v1/videos/{id}")).error(404);
+    s.get("/v1/images/img_0123456789abcdef0123456789abcdef/content")
+        .error(404);
+    s.post_json("/v1/images/generations", json!({"prompt": "p", "n": 2}))
+        .error(400);
+    s.post_json("/v1/images/generations", json!({"prompt": " "}))
+        .error(400);
+}
+
+#[test]
+fn openapi_describes_every_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "api_keys = [\"k\"]\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    // Open, like /health.
+    let r = s.get("/openapi.json");
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/v1/videos",
+        "/v1/videos/sync",
+        "/v1/videos/generations",
+        "/v1/videos/{video_id}",
+        "/v1/videos/{video_id}/content",
+        "/video",
+        "/generated-videos/{file}",
+        "/v1/images/generations",
+        "/v1/images/{image_id}/content",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/health",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains_key(p), "missing {p}");
+    }
+    // The LocalAI and image routes are guarded like /v1.
+    s.post_json("/video", json!({"prompt": "p"})).error(401);
+    s.get("/generated-videos/x.mp4").error(401);
+}

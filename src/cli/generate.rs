@@ -1,6 +1,6 @@
 //! `omni generate`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,12 +13,14 @@ use omni::pipeline::pipelines::pipeline_helios_pyramid::{
     FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames, checkpoint_defaults,
 };
 use omni::pipeline::progress::CancelToken;
-use omni::pipeline::request::{RequestPatch, resolve};
+use omni::pipeline::request::{ModelDefaults, Preset, RequestPatch, resolve};
 
 use super::progress::BarProgress;
 
-/// Arguments of `omni generate`. Unset options take the checkpoint's defaults
-/// (Helios-Distilled: 640x384 pixels, 24 frames/s, 132 frames, pyramid steps 2,2,2).
+/// Arguments of `omni generate`. Unset options take the `--preset`'s values, then the
+/// checkpoint's defaults (Base, Mid or Distilled, read from `model_index.json` and the scheduler
+/// config: 640x384 pixels, 24 frames/s, 132 frames; Base 50 steps CFG 5; Mid steps 20,20,20
+/// CFG-Zero* 5; Distilled steps 2,2,2 without CFG).
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     /// Diffusers-format Helios checkpoint folder (model_index.json, transformer/, vae/,
@@ -47,12 +49,24 @@ pub struct GenerateArgs {
     /// Seed of the random draws (ignored for the draws a --noise-file supplies) [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// Classifier-free guidance scale; 1 disables CFG (the Distilled default) [default: 1.0].
+    /// Classifier-free guidance scale; 1 disables CFG [default: 1.0 Distilled, 5.0 Base and Mid].
     #[arg(long, value_name = "SCALE")]
     pub guidance_scale: Option<f64>,
-    /// Denoising steps per pyramid stage, comma-separated [default: 2,2,2].
+    /// Denoising steps per pyramid stage, comma-separated (Mid, Distilled) [default: 2,2,2 for
+    /// Distilled, 20,20,20 for Mid].
     #[arg(long, value_name = "N,N,N", value_delimiter = ',')]
     pub pyramid_steps: Option<Vec<usize>>,
+    /// Denoising steps of the one-stage Base sampler [default: 50].
+    #[arg(long, value_name = "N")]
+    pub num_inference_steps: Option<usize>,
+    /// Request defaults from a preset: a built-in name (helios-base, helios-mid,
+    /// helios-distilled) or a TOML file. Flags beat the preset; the preset beats the checkpoint.
+    #[arg(long, value_name = "NAME|FILE.toml")]
+    pub preset: Option<String>,
+    /// Model-specific knobs as a JSON object (vLLM-Omni `extra_params`), e.g.
+    /// '{"zero_steps": 0, "use_zero_init": false}'. Flags beat these; these beat the preset.
+    #[arg(long, value_name = "JSON")]
+    pub extra_params: Option<String>,
     /// Safetensors file with the pipeline's random draws (standard-normal tensors named
     /// `chunk{k}.latents`, `chunk{k}.stage{s}.block_noise`; see the README).
     #[arg(long, value_name = "FILE")]
@@ -81,9 +95,56 @@ impl GenerateArgs {
             seed: self.seed,
             guidance_scale: self.guidance_scale,
             pyramid_num_inference_steps_list: self.pyramid_steps.clone(),
+            num_inference_steps: self.num_inference_steps,
             ..Default::default()
         }
     }
+
+    /// The request layers, highest precedence first: flags, `--extra-params`, `--preset`.
+    fn layers(&self, defaults: &ModelDefaults) -> anyhow::Result<Vec<RequestPatch>> {
+        let mut layers = vec![self.patch()];
+        if let Some(text) = &self.extra_params {
+            layers.push(RequestPatch::from_extra_params(text)?);
+        }
+        if let Some(name) = &self.preset {
+            let preset = load_preset(name)?;
+            if let Some(pipeline) = &preset.pipeline {
+                let ckpt = match defaults.is_enable_stage2 {
+                    true => "HeliosPyramidPipeline",
+                    false => "HeliosPipeline",
+                };
+                if pipeline != ckpt {
+                    anyhow::bail!(
+                        "preset `{name}` is for {pipeline} checkpoints, but {} holds a {ckpt}",
+                        self.model.display()
+                    );
+                }
+            }
+            layers.push(preset.patch);
+        }
+        Ok(layers)
+    }
+}
+
+/// A built-in preset by name (embedded in the binary), else a TOML file at that path (or
+/// `presets/NAME.toml` under the working directory).
+fn load_preset(name: &str) -> anyhow::Result<Preset> {
+    if let Some(p) = Preset::builtin(name) {
+        return Ok(p);
+    }
+    let candidates = [
+        PathBuf::from(name),
+        Path::new("presets").join(format!("{name}.toml")),
+    ];
+    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+        anyhow::bail!(
+            "unknown preset `{name}`: not a built-in preset ({}) and no such TOML file",
+            Preset::builtin_names().join(", ")
+        );
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading preset {}", path.display()))?;
+    Preset::parse(&text).with_context(|| format!("reading preset {}", path.display()))
 }
 
 /// Feeds decoded chunks to the MP4 writer (float → u8 as diffusers' `export_to_video`).
@@ -103,7 +164,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let defaults = checkpoint_defaults(&args.model)
         .with_context(|| format!("reading checkpoint {}", args.model.display()))?;
-    let req = resolve(&[args.patch()], &defaults)?;
+    let req = resolve(&args.layers(&defaults)?, &defaults)?;
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());

@@ -18,7 +18,7 @@ use crate::pipeline::models::transformer_helios::{
 use crate::pipeline::models::umt5::{UMT5Config, UMT5EncoderModel};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::pipelines::pipeline_helios_pyramid::{
-    DenoiseParts, FrameSink, PipelineError, RunContext, VideoFrames,
+    DenoiseParts, FrameSink, PipelineError, PipelineScheduler, RunContext, Variant, VideoFrames,
 };
 use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
 use crate::pipeline::request::{GenerationRequest, ModelDefaults, RequestPatch, resolve};
@@ -379,10 +379,12 @@ pub fn bench_pipeline<B: Backend>(
         frames: 0,
         inner: sink,
     };
+    let scheduler = PipelineScheduler::Dmd(scheduler);
     let parts = DenoiseParts {
         transformer: &transformer,
         vae: &vae,
         scheduler: &scheduler,
+        variant: Variant::Distilled,
         device,
     };
     let mut ctx = RunContext {

@@ -45,6 +45,164 @@ pub struct RequestPatch {
     pub history_sizes: Option<Vec<usize>>,
     pub num_latent_frames_per_chunk: Option<usize>,
     pub max_sequence_length: Option<usize>,
+    /// Denoising steps of the one-stage sampler (Helios-Base, `HeliosPipeline`).
+    pub num_inference_steps: Option<usize>,
+    /// Run the pyramid (stage 2) sampler: true for Mid/Distilled checkpoints, false for Base.
+    pub is_enable_stage2: Option<bool>,
+    /// Number of pyramid stages; must match the checkpoint's scheduler.
+    pub pyramid_num_stages: Option<usize>,
+    /// CFG-Zero* instead of standard CFG (the `is_cfg_zero_star` pipeline flag; Mid).
+    pub use_cfg_zero_star: Option<bool>,
+    /// CFG-Zero* zero-init of the first `zero_steps + 1` steps of pyramid stage 0.
+    pub use_zero_init: Option<bool>,
+    pub zero_steps: Option<usize>,
+    /// Keep the first latent frame as the history anchor (only `true` is supported).
+    pub keep_first_frame: Option<bool>,
+    /// Take the anchor frame from the second chunk instead of the first.
+    pub is_skip_first_chunk: Option<bool>,
+}
+
+impl RequestPatch {
+    /// Every key a patch accepts (TOML presets, `--extra-params`, HTTP `extra_params`).
+    pub const KEYS: &'static [&'static str] = &[
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "num_frames",
+        "fps",
+        "seed",
+        "guidance_scale",
+        "pyramid_num_inference_steps_list",
+        "is_amplify_first_chunk",
+        "history_sizes",
+        "num_latent_frames_per_chunk",
+        "max_sequence_length",
+        "num_inference_steps",
+        "is_enable_stage2",
+        "pyramid_num_stages",
+        "use_cfg_zero_star",
+        "use_zero_init",
+        "zero_steps",
+        "keep_first_frame",
+        "is_skip_first_chunk",
+    ];
+
+    /// A patch from vLLM-Omni-style `extra_params` JSON text (`--extra-params`).
+    ///
+    /// # Errors
+    /// [`RequestError`] with `param = "extra_params"`: not JSON, not a JSON object, an unknown
+    /// key or a value of the wrong type (the message lists the valid keys).
+    pub fn from_extra_params(text: &str) -> Result<Self, RequestError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| bad("extra_params", format!("not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(bad(
+                "extra_params",
+                format!(
+                    "must be a JSON object like {{\"zero_steps\": 1}}, got {}",
+                    json_kind(&value)
+                ),
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| {
+            bad(
+                "extra_params",
+                format!("{e}; valid keys: {}", Self::KEYS.join(", ")),
+            )
+        })
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// A preset file (`presets/NAME.toml`): request keys at the top level, `[model]` naming the
+/// weights (`hf_id`) and the diffusers pipeline class they need (`pipeline`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub patch: RequestPatch,
+    pub hf_id: Option<String>,
+    pub pipeline: Option<String>,
+}
+
+/// The presets shipped with omni, embedded so the installed binary finds them anywhere.
+pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
+    (
+        "helios-base",
+        include_str!("../../presets/helios-base.toml"),
+    ),
+    ("helios-mid", include_str!("../../presets/helios-mid.toml")),
+    (
+        "helios-distilled",
+        include_str!("../../presets/helios-distilled.toml"),
+    ),
+];
+
+impl Preset {
+    /// Parses preset TOML text.
+    ///
+    /// # Errors
+    /// [`RequestError`] with `param = "preset"`: bad TOML, an unknown key (the message lists the
+    /// valid keys) or a wrong type.
+    pub fn parse(text: &str) -> Result<Self, RequestError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| bad("preset", format!("not valid TOML: {e}")))?;
+        let model = match table.remove("model") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => return Err(bad("preset", "`model` must be a table ([model])")),
+        };
+        let string = |key: &str| -> Result<Option<String>, RequestError> {
+            match model.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad("preset", format!("[model] {key} must be a string"))),
+            }
+        };
+        if let Some(key) = model
+            .keys()
+            .find(|k| !["hf_id", "pipeline"].contains(&k.as_str()))
+        {
+            return Err(bad(
+                "preset",
+                format!("unknown [model] key `{key}`; valid keys: hf_id, pipeline"),
+            ));
+        }
+        let patch = RequestPatch::deserialize(table).map_err(|e| {
+            bad(
+                "preset",
+                format!("{e}; valid keys: {}", RequestPatch::KEYS.join(", ")),
+            )
+        })?;
+        Ok(Self {
+            patch,
+            hf_id: string("hf_id")?,
+            pipeline: string("pipeline")?,
+        })
+    }
+
+    /// The embedded preset `name` (`helios-base`, `helios-mid`, `helios-distilled`).
+    pub fn builtin(name: &str) -> Option<Self> {
+        BUILTIN_PRESETS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, text)| Self::parse(text).expect("embedded presets parse"))
+    }
+
+    /// Names of the embedded presets.
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTIN_PRESETS.iter().map(|(n, _)| *n).collect()
+    }
 }
 
 /// The defaults a checkpoint implies (diffusers `HeliosPyramidPipeline.__call__` defaults, with
@@ -61,8 +219,16 @@ pub struct ModelDefaults {
     pub history_sizes: Vec<usize>,
     pub num_latent_frames_per_chunk: usize,
     pub max_sequence_length: usize,
-    /// Number of pyramid stages of the scheduler (3 for Mid and Distilled).
+    /// Number of pyramid stages of the scheduler (3 for Mid and Distilled, 1 for Base).
     pub pyramid_num_stages: usize,
+    /// Steps of the one-stage (Base) sampler.
+    pub num_inference_steps: usize,
+    /// Whether the checkpoint runs the pyramid sampler (`HeliosPyramidPipeline`).
+    pub is_enable_stage2: bool,
+    /// The checkpoint's `is_cfg_zero_star` flag.
+    pub use_cfg_zero_star: bool,
+    pub use_zero_init: bool,
+    pub zero_steps: usize,
 }
 
 impl ModelDefaults {
@@ -80,6 +246,36 @@ impl ModelDefaults {
             num_latent_frames_per_chunk: 9,
             max_sequence_length: 512,
             pyramid_num_stages: 3,
+            num_inference_steps: 50,
+            is_enable_stage2: true,
+            use_cfg_zero_star: false,
+            use_zero_init: true,
+            zero_steps: 1,
+        }
+    }
+
+    /// Helios-Mid: pyramid steps [20, 20, 20], CFG-Zero* 5.0 with zero-init of the first
+    /// `zero_steps + 1 = 2` steps of stage 0, no amplified first chunk.
+    pub fn helios_mid() -> Self {
+        Self {
+            guidance_scale: 5.0,
+            pyramid_num_inference_steps_list: vec![20, 20, 20],
+            is_amplify_first_chunk: false,
+            use_cfg_zero_star: true,
+            ..Self::helios_distilled()
+        }
+    }
+
+    /// Helios-Base: one full-resolution stage, 50 UniPC steps, CFG 5.0 with the negative prompt.
+    /// The pyramid steps list is not used (empty).
+    pub fn helios_base() -> Self {
+        Self {
+            guidance_scale: 5.0,
+            pyramid_num_inference_steps_list: Vec::new(),
+            is_amplify_first_chunk: false,
+            pyramid_num_stages: 1,
+            is_enable_stage2: false,
+            ..Self::helios_distilled()
         }
     }
 }
@@ -105,6 +301,17 @@ pub struct GenerationRequest {
     pub history_sizes: Vec<usize>,
     pub num_latent_frames_per_chunk: usize,
     pub max_sequence_length: usize,
+    /// Steps of the one-stage sampler (Base; unused by the pyramid).
+    pub num_inference_steps: usize,
+    /// Pyramid sampler (Mid, Distilled) or one full-resolution stage (Base).
+    pub is_enable_stage2: bool,
+    /// Pyramid stages (1 when `is_enable_stage2` is false).
+    pub pyramid_num_stages: usize,
+    pub use_cfg_zero_star: bool,
+    pub use_zero_init: bool,
+    pub zero_steps: usize,
+    pub keep_first_frame: bool,
+    pub is_skip_first_chunk: bool,
 }
 
 impl GenerationRequest {
@@ -166,7 +373,48 @@ pub fn resolve(
             .unwrap_or(defaults.num_latent_frames_per_chunk),
         max_sequence_length: pick!(layers, max_sequence_length)
             .unwrap_or(defaults.max_sequence_length),
+        num_inference_steps: pick!(layers, num_inference_steps)
+            .unwrap_or(defaults.num_inference_steps),
+        is_enable_stage2: pick!(layers, is_enable_stage2).unwrap_or(defaults.is_enable_stage2),
+        pyramid_num_stages: pick!(layers, pyramid_num_stages)
+            .unwrap_or(defaults.pyramid_num_stages),
+        use_cfg_zero_star: pick!(layers, use_cfg_zero_star).unwrap_or(defaults.use_cfg_zero_star),
+        use_zero_init: pick!(layers, use_zero_init).unwrap_or(defaults.use_zero_init),
+        zero_steps: pick!(layers, zero_steps).unwrap_or(defaults.zero_steps),
+        keep_first_frame: pick!(layers, keep_first_frame).unwrap_or(true),
+        is_skip_first_chunk: pick!(layers, is_skip_first_chunk).unwrap_or(false),
     };
+    if req.is_enable_stage2 != defaults.is_enable_stage2 {
+        return Err(bad(
+            "is_enable_stage2",
+            match defaults.is_enable_stage2 {
+                true => {
+                    "this checkpoint is a HeliosPyramidPipeline (Mid/Distilled): the pyramid (stage 2) cannot be turned off"
+                }
+                false => {
+                    "this checkpoint is a HeliosPipeline (Base): it has no pyramid (stage 2) sampler"
+                }
+            },
+        ));
+    }
+    if req.pyramid_num_stages != defaults.pyramid_num_stages {
+        return Err(bad(
+            "pyramid_num_stages",
+            format!(
+                "{} does not match the checkpoint's scheduler, which has {} stage(s)",
+                req.pyramid_num_stages, defaults.pyramid_num_stages
+            ),
+        ));
+    }
+    if !req.keep_first_frame {
+        return Err(bad(
+            "keep_first_frame",
+            "false is not supported (diffusers 0.42.1 fails on it too: its history split no longer sums to the buffer)",
+        ));
+    }
+    if req.num_inference_steps == 0 || req.num_inference_steps > 1000 {
+        return Err(bad("num_inference_steps", "must be in 1..=1000"));
+    }
     let multiple = 16u32 << (defaults.pyramid_num_stages.saturating_sub(1));
     for (param, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % multiple != 0 {
@@ -196,7 +444,9 @@ pub fn resolve(
         ));
     }
     let steps = &req.pyramid_num_inference_steps_list;
-    if steps.len() != defaults.pyramid_num_stages || steps.iter().any(|&s| s == 0 || s > 200) {
+    if req.is_enable_stage2
+        && (steps.len() != defaults.pyramid_num_stages || steps.iter().any(|&s| s == 0 || s > 200))
+    {
         return Err(bad(
             "pyramid_num_inference_steps_list",
             format!(
@@ -205,7 +455,7 @@ pub fn resolve(
             ),
         ));
     }
-    if req.history_sizes.len() != 3 || req.history_sizes.iter().any(|&s| s == 0) {
+    if req.history_sizes.len() != 3 || req.history_sizes.contains(&0) {
         return Err(bad(
             "history_sizes",
             format!(

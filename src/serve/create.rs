@@ -49,6 +49,7 @@ pub fn admit(
         "image_reference",
         "video_reference",
         "start_image",
+        "end_image",
         "reference_url",
     ] {
         if m.contains_key(field) {
@@ -87,8 +88,12 @@ pub fn admit(
     let mut width = uint(m, "width", 1)?.or(uint(&vp, "width", 1)?);
     let mut height = uint(m, "height", 1)?.or(uint(&vp, "height", 1)?);
     if let Some(size) = string(m, "size")? {
+        // `size` comes from clients that know only their own sizes (the openai SDK's
+        // "720x1280"), so it is snapped to the nearest multiple of the model's pixel grid;
+        // explicit width/height must already be on it.
         let (w, h) = parse_size(&size)?;
-        (width, height) = (Some(w), Some(h));
+        let grid = 16u32 << defaults.pyramid_num_stages.saturating_sub(1);
+        (width, height) = (Some(snap(w, grid)), Some(snap(h, grid)));
     }
     let num_frames = uint(m, "num_frames", 1)?.or(uint(&vp, "num_frames", 1)?);
     let fps = uint(m, "fps", 1)?.or(uint(&vp, "fps", 1)?);
@@ -189,6 +194,11 @@ pub fn parse_size(size: &str) -> Result<(u32, u32), ApiError> {
     Ok((p(w).ok_or_else(bad)?, p(h).ok_or_else(bad)?))
 }
 
+/// The multiple of `grid` nearest to `v` (halves round up), at least `grid`.
+fn snap(v: u32, grid: u32) -> u32 {
+    (((v as u64 + grid as u64 / 2) / grid as u64).max(1) * grid as u64).min(u32::MAX as u64) as u32
+}
+
 fn string(m: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -268,6 +278,15 @@ mod tests {
         assert_eq!((a.request.width, a.request.height), (128, 64));
         assert_eq!(a.request.num_frames, 24);
         assert_eq!(a.seconds, "2");
+        let a = admit_json(
+            json!({"prompt":"p","size":"720x1280","seconds":"4"}),
+            &RequestPatch::default(),
+        )
+        .unwrap();
+        assert_eq!((a.request.width, a.request.height), (704, 1280));
+        assert_eq!(a.seconds, "4");
+        assert_eq!(snap(10, 64), 64);
+        assert_eq!(snap(96, 64), 128);
     }
 
     #[test]

@@ -34,6 +34,16 @@ impl Status {
     }
 }
 
+/// What a job makes: a video (`/v1/videos`, LocalAI `/video`) or one image
+/// (`/v1/images/generations`, ids `img_…`, never listed with the videos).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    #[default]
+    Video,
+    Image,
+}
+
 /// `error` of a failed job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobError {
@@ -61,6 +71,8 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     pub file_name: Option<String>,
     pub inference_time_s: Option<f64>,
+    #[serde(default)]
+    pub kind: JobKind,
     /// The fully resolved request, as a patch with every field set.
     pub request: RequestPatch,
     /// `/v1/videos/sync` jobs: never listed, never stored.
@@ -115,14 +127,21 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `video_` + 32 lowercase hex digits.
-pub fn new_id() -> String {
-    format!("video_{}", uuid::Uuid::new_v4().simple())
+/// `video_` (or `img_` for images) + 32 lowercase hex digits.
+pub fn new_id(kind: JobKind) -> String {
+    let prefix = match kind {
+        JobKind::Video => "video_",
+        JobKind::Image => "img_",
+    };
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Whether `id` has the shape [`new_id`] makes (checked before any file access).
 pub fn valid_id(id: &str) -> bool {
-    id.strip_prefix("video_").is_some_and(|hex| {
+    let hex = id
+        .strip_prefix("video_")
+        .or_else(|| id.strip_prefix("img_"));
+    hex.is_some_and(|hex| {
         hex.len() == 32
             && hex
                 .bytes()
@@ -146,6 +165,14 @@ pub fn patch_of(req: &GenerationRequest) -> RequestPatch {
         history_sizes,
         num_latent_frames_per_chunk,
         max_sequence_length,
+        num_inference_steps,
+        is_enable_stage2,
+        pyramid_num_stages,
+        use_cfg_zero_star,
+        use_zero_init,
+        zero_steps,
+        keep_first_frame,
+        is_skip_first_chunk,
     } = req.clone();
     RequestPatch {
         prompt: Some(prompt),
@@ -161,6 +188,14 @@ pub fn patch_of(req: &GenerationRequest) -> RequestPatch {
         history_sizes: Some(history_sizes),
         num_latent_frames_per_chunk: Some(num_latent_frames_per_chunk),
         max_sequence_length: Some(max_sequence_length),
+        num_inference_steps: Some(num_inference_steps),
+        is_enable_stage2: Some(is_enable_stage2),
+        pyramid_num_stages: Some(pyramid_num_stages),
+        use_cfg_zero_star: Some(use_cfg_zero_star),
+        use_zero_init: Some(use_zero_init),
+        zero_steps: Some(zero_steps),
+        keep_first_frame: Some(keep_first_frame),
+        is_skip_first_chunk: Some(is_skip_first_chunk),
     }
 }
 
@@ -362,16 +397,38 @@ impl Jobs {
         Some(rec)
     }
 
-    /// Delete the job's video file.
+    /// Delete the job's files: the video and its previews.
     pub fn remove_files(&self, id: &str) {
         if valid_id(id) {
-            let _ = std::fs::remove_file(self.video_path(id));
+            for p in [
+                self.video_path(id),
+                self.thumbnail_path(id),
+                self.spritesheet_path(id),
+                self.image_path(id),
+            ] {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 
     /// `<storage>/<id>.mp4`.
     pub fn video_path(&self, id: &str) -> PathBuf {
         self.storage.join(format!("{id}.mp4"))
+    }
+
+    /// `<storage>/<id>.thumbnail.webp` (the middle frame).
+    pub fn thumbnail_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.thumbnail.webp"))
+    }
+
+    /// `<storage>/<id>.spritesheet.jpg` (see [`super::previews`] for the grid).
+    pub fn spritesheet_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.spritesheet.jpg"))
+    }
+
+    /// `<storage>/<id>.png` (image jobs: the first frame).
+    pub fn image_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.png"))
     }
 
     /// Remove finished jobs past their TTL; returns how many.
@@ -404,13 +461,15 @@ mod tests {
 
     #[test]
     fn ids_are_validated() {
-        let id = new_id();
+        let id = new_id(JobKind::Video);
         assert!(valid_id(&id), "{id}");
+        assert!(valid_id(&new_id(JobKind::Image)));
         for bad in [
             "",
             "video_",
             "video_../../etc/passwd",
             "video_0123456789ABCDEF0123456789abcdef",
+            "img_0123456789abcdef0123456789abcde",
             "x",
         ] {
             assert!(!valid_id(bad), "{bad}");

@@ -13,6 +13,8 @@ pub mod config;
 pub mod create;
 pub mod error;
 pub mod jobs;
+pub mod openapi;
+pub mod previews;
 pub mod routes;
 pub mod worker;
 

@@ -16,7 +16,8 @@ use super::body;
 use super::config::ServeConfig;
 use super::create::{Admitted, admit};
 use super::error::ApiError;
-use super::jobs::{JobRecord, Jobs, Status, new_id, now, patch_of, valid_id};
+use super::jobs::{JobKind, JobRecord, Jobs, Status, new_id, now, patch_of, valid_id};
+use super::openapi;
 use super::worker::{Job, Worker};
 use crate::pipeline::request::ModelDefaults;
 
@@ -94,7 +95,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
                 false => Err(ApiError::Unavailable("the model is still loading".into())),
             };
         }
-        ["v1", ..] => authorize(&state.cfg, &req)?,
+        ["openapi.json"] => {
+            only(Method::GET)?;
+            return Ok(json_response(StatusCode::OK, &openapi::document()));
+        }
+        ["v1", ..] | ["video"] | ["generated-videos", _] => authorize(&state.cfg, &req)?,
         _ => return Err(ApiError::NotFound(format!("No route for {path}"))),
     }
     match segs.as_slice() {
@@ -139,6 +144,24 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ["v1", "videos", id, "content"] => {
             only(Method::GET)?;
             content(state, id, &req).await
+        }
+        ["video"] => {
+            only(Method::POST)?;
+            localai_video(state, req).await
+        }
+        ["generated-videos", file] => {
+            only(Method::GET)?;
+            let id = file.strip_suffix(".mp4").unwrap_or("");
+            let rec = lookup(state, id)?;
+            serve_video(state, &rec, &req).await
+        }
+        ["v1", "images", "generations"] => {
+            only(Method::POST)?;
+            image_generations(state, req).await
+        }
+        ["v1", "images", id, "content"] => {
+            only(Method::GET)?;
+            image_content(state, id).await
         }
         _ => Err(ApiError::NotFound(format!("No route for {path}"))),
     }
@@ -203,9 +226,13 @@ async fn read_body(
 async fn admit_body(state: &State, req: Request<Incoming>) -> Result<Admitted, ApiError> {
     let (ct, bytes) = read_body(state, req).await?;
     let fields = body::parse(ct.as_deref(), bytes).await?;
+    admit_fields(state, &fields)
+}
+
+fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiError> {
     let cfg = &state.cfg;
     admit(
-        &fields,
+        fields,
         &cfg.served_model_name,
         |n| cfg.serves(n),
         &cfg.default_request,
@@ -213,10 +240,10 @@ async fn admit_body(state: &State, req: Request<Incoming>) -> Result<Admitted, A
     )
 }
 
-fn new_record(state: &State, a: Admitted, hidden: bool) -> JobRecord {
+fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRecord {
     let r = &a.request;
     JobRecord {
-        id: new_id(),
+        id: new_id(kind),
         seq: state.jobs.next_seq(),
         model: a.model,
         status: Status::Queued,
@@ -232,6 +259,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool) -> JobRecord {
         error: None,
         file_name: None,
         inference_time_s: None,
+        kind,
         request: patch_of(r),
         hidden,
         cancel: Default::default(),
@@ -274,7 +302,7 @@ fn video_response(state: &State, rec: &JobRecord) -> Resp {
 
 async fn create(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
-    let rec = new_record(state, admitted, false);
+    let rec = new_record(state, admitted, false, JobKind::Video);
     let id = enqueue(state, rec, None)?;
     let rec = state
         .jobs
@@ -291,7 +319,7 @@ async fn generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiE
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "wait=false"));
     let admitted = admit_body(state, req).await?;
-    let rec = new_record(state, admitted, false);
+    let rec = new_record(state, admitted, false, JobKind::Video);
     let (tx, rx) = oneshot::channel();
     let id = enqueue(state, rec, Some(tx))?;
     if wait {
@@ -303,14 +331,24 @@ async fn generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiE
 }
 
 fn lookup(state: &State, id: &str) -> Result<JobRecord, ApiError> {
-    let not_found = || ApiError::NotFound(format!("Video '{id}' not found"));
+    lookup_kind(state, id, JobKind::Video)
+}
+
+/// A visible job of `kind` (ids are checked before anything else).
+fn lookup_kind(state: &State, id: &str, kind: JobKind) -> Result<JobRecord, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(match kind {
+            JobKind::Video => format!("Video '{id}' not found"),
+            JobKind::Image => format!("Image '{id}' not found"),
+        })
+    };
     if !valid_id(id) {
         return Err(not_found());
     }
     state
         .jobs
         .get(id)
-        .filter(|r| !r.hidden)
+        .filter(|r| !r.hidden && r.kind == kind)
         .ok_or_else(not_found)
 }
 
@@ -357,6 +395,7 @@ fn list(state: &State, query: Option<&str>) -> Result<Resp, ApiError> {
         }
     };
     let mut all = state.jobs.list();
+    all.retain(|r| r.kind == JobKind::Video);
     if desc {
         all.reverse();
     }
@@ -415,35 +454,70 @@ fn parse_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok(r))
 }
 
+/// Which file `GET /v1/videos/{id}/content` answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Variant {
+    Video,
+    Thumbnail,
+    Spritesheet,
+}
+
 async fn content(state: &State, id: &str, req: &Request<Incoming>) -> Result<Resp, ApiError> {
-    let rec = lookup(state, id)?;
     let q: Vec<(String, String)> =
         serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
-    match q
+    let variant = match q
         .iter()
         .rev()
         .find(|(k, _)| k == "variant")
         .map(|(_, v)| v.as_str())
     {
-        None | Some("") | Some("video") => {}
-        Some(v @ ("thumbnail" | "spritesheet")) => {
-            return Err(ApiError::invalid(
-                "variant",
-                format!("variant '{v}' is not available yet; only 'video' is"),
-            ));
-        }
+        None | Some("") | Some("video") => Variant::Video,
+        Some("thumbnail") => Variant::Thumbnail,
+        Some("spritesheet") => Variant::Spritesheet,
         Some(v) => {
             return Err(ApiError::invalid(
                 "variant",
-                format!("unknown variant '{v}'; use 'video'"),
+                format!("unknown variant '{v}'; use 'video', 'thumbnail' or 'spritesheet'"),
             ));
         }
-    }
+    };
+    let rec = lookup(state, id)?;
+    let (path, ct) = match variant {
+        Variant::Video => return serve_video(state, &rec, req).await,
+        Variant::Thumbnail => (state.jobs.thumbnail_path(id), "image/webp"),
+        Variant::Spritesheet => (state.jobs.spritesheet_path(id), "image/jpeg"),
+    };
+    ready(&rec)?;
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("No {variant:?} image for '{id}'")))?;
+    Ok(bytes_response(bytes, ct))
+}
+
+/// 404 while the job runs, 422 once it failed.
+fn ready(rec: &JobRecord) -> Result<(), ApiError> {
     match rec.status {
-        Status::Failed => return Err(ApiError::JobFailed),
-        Status::Completed => {}
-        _ => return Err(ApiError::NotFound("Generation is still in progress".into())),
+        Status::Failed => Err(ApiError::JobFailed),
+        Status::Completed => Ok(()),
+        _ => Err(ApiError::NotFound("Generation is still in progress".into())),
     }
+}
+
+fn bytes_response(bytes: Vec<u8>, content_type: &'static str) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The MP4 of a finished job, with Range support.
+async fn serve_video(
+    state: &State,
+    rec: &JobRecord,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let id = rec.id.as_str();
+    ready(rec)?;
     let bytes = tokio::fs::read(state.jobs.video_path(id))
         .await
         .map_err(|_| ApiError::NotFound("Generated video file not found on disk".into()))?;
@@ -488,6 +562,136 @@ async fn content(state: &State, id: &str, req: &Request<Incoming>) -> Result<Res
     Ok(r)
 }
 
+/// `http://<Host>` of the request, for the `url`s LocalAI and image clients download from.
+fn base_url(req: &Request<Incoming>) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// `response_format`: `url` (default) or `b64_json`.
+fn b64_requested(fields: &body::Fields) -> Result<bool, ApiError> {
+    match fields.map.get("response_format") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(f)) if f == "url" || f.is_empty() => Ok(false),
+        Some(Value::String(f)) if f == "b64_json" => Ok(true),
+        Some(v) => Err(ApiError::invalid(
+            "response_format",
+            format!("{v} is not 'url' or 'b64_json'"),
+        )),
+    }
+}
+
+/// Queue a visible job and wait until it is terminal; the finished record, or a 500 naming the
+/// generation error.
+async fn run_blocking(state: &State, rec: JobRecord) -> Result<JobRecord, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let kind = rec.kind;
+    let id = enqueue(state, rec, Some(tx))?;
+    let _ = rx.await;
+    let rec = lookup_kind(state, &id, kind)
+        .map_err(|_| ApiError::Internal("the job was deleted before it finished".into()))?;
+    match rec.status {
+        Status::Completed => Ok(rec),
+        _ => Err(ApiError::Internal(format!(
+            "Generation failed: {}",
+            rec.error
+                .map(|e| e.message)
+                .unwrap_or_else(|| "the job did not complete".into())
+        ))),
+    }
+}
+
+/// LocalAI `POST /video`: JSON, blocks, answers `{"created","id","data":[{"index":0,"url"}]}`
+/// (or `b64_json`). The job is an ordinary video job: listed, downloadable, deletable.
+async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let base = base_url(&req);
+    let (ct, bytes) = read_body(state, req).await?;
+    let fields = body::parse(ct.as_deref(), bytes).await?;
+    if fields.map.get("end_image").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid(
+            "end_image",
+            "`end_image` is not supported: this server runs text-to-video only",
+        ));
+    }
+    let b64 = b64_requested(&fields)?;
+    let admitted = admit_fields(state, &fields)?;
+    let rec = new_record(state, admitted, false, JobKind::Video);
+    let rec = run_blocking(state, rec).await?;
+    let item = if b64 {
+        let bytes = tokio::fs::read(state.jobs.video_path(&rec.id))
+            .await
+            .map_err(|_| ApiError::Internal("the generated file is missing".into()))?;
+        json!({"index": 0, "b64_json": base64(&bytes)})
+    } else {
+        json!({"index": 0, "url": format!("{base}/generated-videos/{}.mp4", rec.id)})
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"created": rec.created_at, "id": rec.id, "data": [item]}),
+    ))
+}
+
+/// `POST /v1/images/generations`: a one-frame generation (the first frame of one chunk) as PNG.
+async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let base = base_url(&req);
+    let (ct, bytes) = read_body(state, req).await?;
+    let mut fields = body::parse(ct.as_deref(), bytes).await?;
+    if let Some(n) = fields.map.get("n").filter(|v| !v.is_null())
+        && n.as_u64() != Some(1)
+        && n.as_str() != Some("1")
+    {
+        return Err(ApiError::invalid(
+            "n",
+            format!("{n} images: only n=1 is supported"),
+        ));
+    }
+    let b64 = b64_requested(&fields)?;
+    for k in ["seconds", "num_frames", "video_params"] {
+        fields.map.remove(k);
+    }
+    fields.map.insert("num_frames".into(), json!(1));
+    let admitted = admit_fields(state, &fields)?;
+    let prompt = admitted.request.prompt.clone();
+    let rec = new_record(state, admitted, false, JobKind::Image);
+    let rec = run_blocking(state, rec).await?;
+    let item = if b64 {
+        let bytes = tokio::fs::read(state.jobs.image_path(&rec.id))
+            .await
+            .map_err(|_| ApiError::Internal("the generated image is missing".into()))?;
+        json!({"b64_json": base64(&bytes), "revised_prompt": prompt})
+    } else {
+        json!({"url": format!("{base}/v1/images/{}/content", rec.id), "revised_prompt": prompt})
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"id": rec.id, "created": rec.created_at, "data": [item]}),
+    ))
+}
+
+async fn image_content(state: &State, id: &str) -> Result<Resp, ApiError> {
+    let rec = lookup_kind(state, id, JobKind::Image)?;
+    ready(&rec)?;
+    let bytes = tokio::fs::read(state.jobs.image_path(id))
+        .await
+        .map_err(|_| ApiError::NotFound(format!("No image file for '{id}'")))?;
+    Ok(bytes_response(bytes, "image/png"))
+}
+
+/// Standard base64 with padding (RFC 4648), as OpenAI's `b64_json`.
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Removes a sync job (cancelling it) when the request ends early.
 struct SyncGuard<'a> {
     jobs: &'a Jobs,
@@ -503,7 +707,7 @@ impl Drop for SyncGuard<'_> {
 async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
     let started = Instant::now();
-    let rec = new_record(state, admitted, true);
+    let rec = new_record(state, admitted, true, JobKind::Video);
     let model = rec.model.clone();
     let (tx, rx) = oneshot::channel();
     let id = enqueue(state, rec, Some(tx))?;
@@ -565,7 +769,20 @@ async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{base64, parse_range};
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
 
     #[test]
     fn ranges() {

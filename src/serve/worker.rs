@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::jobs::{JobError, Jobs, Status, now};
+use super::jobs::{JobError, JobKind, Jobs, Status, now};
+use super::previews::PreviewCollector;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
 use crate::pipeline::backend::DefaultBackend;
 use crate::pipeline::noise::SeededNoise;
@@ -104,13 +105,15 @@ fn run(
     }
 }
 
-/// Writes each decoded chunk to the MP4.
+/// Writes each decoded chunk to the MP4 and keeps the frames the previews need.
 struct Mp4Sink {
     writer: Mp4Writer,
+    previews: PreviewCollector,
 }
 
 impl FrameSink for Mp4Sink {
     fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
+        self.previews.push(&frames);
         self.writer
             .push_frames_f32(&frames.data)
             .map_err(|e| e.to_string())
@@ -197,7 +200,10 @@ fn run_job(
             return fail("internal_error", "could not create the output file".into());
         }
     };
-    let mut sink = Mp4Sink { writer };
+    let mut sink = Mp4Sink {
+        writer,
+        previews: PreviewCollector::new(req.width, req.height, req.output_frames()),
+    };
     let mut noise = SeededNoise::new(req.seed);
     let mut progress = JobProgress {
         jobs,
@@ -215,6 +221,19 @@ fn run_job(
     match outcome {
         Ok(Ok(_)) => match sink.writer.finish() {
             Ok(_) => {
+                let png = (rec.kind == JobKind::Image).then(|| jobs.image_path(id));
+                if let Err(e) = sink.previews.write(
+                    &jobs.thumbnail_path(id),
+                    &jobs.spritesheet_path(id),
+                    png.as_deref(),
+                ) {
+                    tracing::error!("job {id}: previews: {e}");
+                    jobs.remove_files(id);
+                    return fail(
+                        "internal_error",
+                        "could not write the preview images".into(),
+                    );
+                }
                 let secs = started.elapsed().as_secs_f64();
                 let file = format!("{id}.mp4");
                 let kept = jobs.update(id, true, |r| {

@@ -1,22 +1,35 @@
 //! Mirrors diffusers 0.42.1 `pipelines/helios/pipeline_helios_pyramid.py` `HeliosPyramidPipeline`
-//! for the Distilled variant (`is_distilled`, `HeliosDMDScheduler`), text-to-video.
+//! (Helios-Distilled with `is_distilled` and `HeliosDMDScheduler`; Helios-Mid with
+//! `is_cfg_zero_star` and `HeliosScheduler`), text-to-video, and holds the chunk loop it shares
+//! with `HeliosPipeline` (Helios-Base, see [`super::pipeline_helios`]).
+//!
+//! The loaded type [`HeliosPyramidPipeline`] runs every variant: [`Variant`] is read from the
+//! checkpoint (`model_index.json` `_class_name` and flags, `scheduler_config.json` `_class_name`)
+//! and the scheduler is a [`PipelineScheduler`] (DMD or UniPC/Euler). The chunk loop
+//! ([`DenoiseParts::denoise`]) is one loop with a per-stage sampler ([`StageSampler`]): DMD
+//! steps, or `HeliosScheduler` steps through [`SolverHistory`]; Base is the one-stage case.
 //!
 //! Steps, numbered as in `__call__`:
 //! 1. check inputs ([`crate::pipeline::request::resolve`] already did);
 //! 3. encode the prompt (UMT5, padded to `max_sequence_length`, rows past the prompt zeroed), and
-//!    project it once through the transformer's text embedder for every step of every chunk;
+//!    the negative prompt when `guidance_scale > 1`; project both once through the transformer's
+//!    text embedder for every step of every chunk;
 //! 5. history buffer of `sum(history_sizes)` latent frames (zeros), RoPE frame indices;
 //! 6. per chunk: fresh noise, pyramid downsampling, per stage dynamic shift μ, nearest upsampling
-//!    and block-noise re-noising between stages, DMD steps; the first latent frame of the first
-//!    chunk becomes the anchor; the chunk is decoded by the VAE as soon as it is done and its
-//!    frames go to the [`FrameSink`].
+//!    and block-noise re-noising between stages, sampler steps with CFG / CFG-Zero* (pure
+//!    functions of [`crate::pipeline::guidance`]); the first latent frame of the first chunk
+//!    becomes the anchor; the chunk is decoded by the VAE as soon as it is done and its frames
+//!    go to the [`FrameSink`].
 //!
-//! Deliberate divergences (each pinned by `tests/pipeline_distilled.rs`):
+//! Deliberate divergences (each pinned by `tests/pipeline_{distilled,mid,base}.rs`):
 //! - the history buffer keeps only the last `sum(history_sizes)` latent frames (diffusers keeps
 //!   every generated latent), so memory does not grow with the video length;
 //! - decoded frames are handed out chunk by chunk instead of concatenated, and the trimming to
 //!   `4k+1` frames is applied to the last chunk;
-//! - all random draws come from a [`NoiseSource`] by name.
+//! - all random draws come from a [`NoiseSource`] by name;
+//! - under CFG-Zero*'s zero-init the two transformer forwards are skipped (diffusers runs them
+//!   and multiplies by 0; the result is the same unless they produce inf/NaN);
+//! - `keep_first_frame = false` is rejected by `resolve` (diffusers 0.42.1 fails on it).
 
 use std::path::Path;
 
@@ -24,15 +37,19 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
+use crate::pipeline::guidance::Guidance;
 use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
 use crate::pipeline::models::transformer_helios::{HeliosTransformer3DModel, HistoryInputs};
 use crate::pipeline::models::umt5::UMT5EncoderModel;
 use crate::pipeline::noise::{NoiseError, NoiseSource};
 use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
 use crate::pipeline::request::{GenerationRequest, ModelDefaults};
+use crate::pipeline::schedulers::scheduling_helios::{
+    HeliosScheduler, HeliosSchedulerConfig, HeliosSolver, SolverHistory,
+};
 use crate::pipeline::schedulers::scheduling_helios_dmd::{
-    HeliosDMDScheduler, HeliosDMDSchedulerConfig, block_noise_factor, model_timestep,
-    pyramid_image_seq_len,
+    HeliosDMDScheduler, HeliosDMDSchedulerConfig, StageSchedule, block_noise_factor,
+    model_timestep, pyramid_image_seq_len,
 };
 use crate::pipeline::text_encoding::encode_prompt;
 use crate::pipeline::tokenizer::{PromptTokenizer, TokenizeError};
@@ -104,14 +121,117 @@ pub struct ModelIndex {
     pub components: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
-/// The loaded Helios-Distilled pipeline.
+/// Which Helios checkpoint a folder holds (and so which sampler and defaults it gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// `HeliosPipeline` + `HeliosScheduler` (one stage): UniPC, CFG with the negative prompt.
+    Base,
+    /// `HeliosPyramidPipeline` (not distilled) + `HeliosScheduler`: pyramid UniPC, CFG-Zero* when
+    /// `is_cfg_zero_star`.
+    Mid,
+    /// `HeliosPyramidPipeline` with `is_distilled` + `HeliosDMDScheduler`: pyramid DMD, no CFG.
+    Distilled,
+}
+
+impl Variant {
+    /// The request defaults of this variant with `scheduler`'s stage count.
+    pub fn defaults(
+        self,
+        model_index: &ModelIndex,
+        scheduler: &PipelineScheduler,
+    ) -> ModelDefaults {
+        let base = match self {
+            Variant::Base => ModelDefaults::helios_base(),
+            Variant::Mid => ModelDefaults {
+                use_cfg_zero_star: model_index.is_cfg_zero_star,
+                ..ModelDefaults::helios_mid()
+            },
+            Variant::Distilled => ModelDefaults::helios_distilled(),
+        };
+        let stages = scheduler.stages();
+        let mut steps = base.pyramid_num_inference_steps_list.clone();
+        if self != Variant::Base {
+            steps.resize(stages, *steps.last().unwrap_or(&2));
+        }
+        ModelDefaults {
+            pyramid_num_stages: stages,
+            pyramid_num_inference_steps_list: steps,
+            ..base
+        }
+    }
+}
+
+/// The scheduler of a checkpoint: `HeliosDMDScheduler` (Distilled) or `HeliosScheduler` (Base,
+/// Mid), as its `scheduler_config.json` `_class_name` says.
+#[derive(Debug, Clone)]
+pub enum PipelineScheduler {
+    Dmd(HeliosDMDScheduler),
+    Helios(HeliosScheduler),
+}
+
+impl PipelineScheduler {
+    /// Pyramid stages of the scheduler tables.
+    pub fn stages(&self) -> usize {
+        match self {
+            Self::Dmd(s) => s.config().stages,
+            Self::Helios(s) => s.config().stages,
+        }
+    }
+
+    /// Block-noise γ.
+    pub fn gamma(&self) -> f64 {
+        match self {
+            Self::Dmd(s) => s.config().gamma,
+            Self::Helios(s) => s.config().gamma,
+        }
+    }
+
+    /// `calculate_shift` with this scheduler's config keys.
+    pub fn calculate_shift(&self, image_seq_len: usize) -> f64 {
+        match self {
+            Self::Dmd(s) => s.calculate_shift(image_seq_len),
+            Self::Helios(s) => s.calculate_shift(image_seq_len),
+        }
+    }
+
+    /// `(alpha, beta)` of the stage-start re-noise of pyramid stage `stage ≥ 1`.
+    pub fn stage_renoise_coeffs(&self, stage: usize) -> (f64, f64) {
+        match self {
+            Self::Dmd(s) => s.stage_renoise_coeffs(stage),
+            Self::Helios(s) => s.stage_renoise_coeffs(stage),
+        }
+    }
+}
+
+/// The sampler of one stage of one chunk: a DMD schedule, or a `HeliosScheduler` solver (fresh
+/// history, diffusers' reset at every `set_timesteps`).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a handful per chunk; boxing buys nothing
+pub enum StageSampler {
+    Dmd(StageSchedule),
+    UniPc(HeliosSolver),
+}
+
+impl StageSampler {
+    /// `scheduler.timesteps` of the stage.
+    pub fn timesteps(&self) -> &[f64] {
+        match self {
+            Self::Dmd(s) => &s.timesteps,
+            Self::UniPc(s) => s.timesteps(),
+        }
+    }
+}
+
+/// The loaded Helios pipeline (Base, Mid or Distilled; see [`Variant`]).
 pub struct HeliosPyramidPipeline<B: Backend> {
     pub model_index: ModelIndex,
+    pub variant: Variant,
     pub tokenizer: PromptTokenizer,
     pub text_encoder: UMT5EncoderModel<B>,
     pub transformer: HeliosTransformer3DModel<B>,
     pub vae: AutoencoderKLWan<B>,
-    pub scheduler: HeliosDMDScheduler,
+    pub scheduler: PipelineScheduler,
     device: B::Device,
 }
 
@@ -120,19 +240,18 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
     ///
     /// # Errors
     /// [`PipelineError::Load`] naming the missing or broken file;
-    /// [`PipelineError::Unsupported`] for a checkpoint that is not a distilled
-    /// `HeliosPyramidPipeline` (Base and Mid come with their own samplers).
+    /// [`PipelineError::Unsupported`] for a checkpoint that is not a Helios Base, Mid or
+    /// Distilled pipeline, or whose scheduler class does not fit its pipeline class.
     pub fn load(
         dir: &Path,
         device: &B::Device,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        let model_index = read_model_index(dir)?;
         progress.event(Progress::Loading {
             component: "scheduler",
             done: false,
         });
-        let scheduler = read_scheduler(dir)?;
+        let (model_index, variant, scheduler) = read_checkpoint_configs(dir)?;
         progress.event(Progress::Loading {
             component: "scheduler",
             done: true,
@@ -181,6 +300,7 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
 
         Ok(Self {
             model_index,
+            variant,
             tokenizer,
             text_encoder,
             transformer,
@@ -192,10 +312,7 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
 
     /// The request defaults this checkpoint implies.
     pub fn defaults(&self) -> ModelDefaults {
-        ModelDefaults {
-            pyramid_num_stages: self.scheduler.config().stages,
-            ..ModelDefaults::helios_distilled()
-        }
+        self.variant.defaults(&self.model_index, &self.scheduler)
     }
 
     /// Prompt embeddings `[1, max_sequence_length, d_model]` as diffusers' `encode_prompt`.
@@ -246,6 +363,7 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             transformer: &self.transformer,
             vae: &self.vae,
             scheduler: &self.scheduler,
+            variant: self.variant,
             device: &self.device,
         }
     }
@@ -256,7 +374,8 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
 pub struct DenoiseParts<'a, B: Backend> {
     pub transformer: &'a HeliosTransformer3DModel<B>,
     pub vae: &'a AutoencoderKLWan<B>,
-    pub scheduler: &'a HeliosDMDScheduler,
+    pub scheduler: &'a PipelineScheduler,
+    pub variant: Variant,
     pub device: &'a B::Device,
 }
 
@@ -276,12 +395,20 @@ impl<B: Backend> DenoiseParts<'_, B> {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
-        let stages = req.pyramid_num_inference_steps_list.len();
-        if stages != self.scheduler.config().stages {
+        let stages = match self.variant {
+            Variant::Base => 1,
+            _ => req.pyramid_num_inference_steps_list.len(),
+        };
+        if stages != self.scheduler.stages() {
             return Err(PipelineError::Unsupported(format!(
                 "pyramid_num_inference_steps_list has {stages} stages, the scheduler has {}",
-                self.scheduler.config().stages
+                self.scheduler.stages()
             )));
+        }
+        if !req.keep_first_frame {
+            return Err(PipelineError::Unsupported(
+                "keep_first_frame = false is not supported".into(),
+            ));
         }
         let device = self.device;
         let (height, width) = (req.height as usize, req.width as usize);
@@ -294,6 +421,17 @@ impl<B: Backend> DenoiseParts<'_, B> {
         let window = (t_chunk - 1) * VAE_SCALE_FACTOR_TEMPORAL + 1;
         let num_chunks = req.num_chunks();
         let total_out = req.output_frames();
+        let guidance = Guidance::from_flags(
+            req.guidance_scale,
+            req.use_cfg_zero_star,
+            req.use_zero_init,
+            req.zero_steps,
+        );
+        if guidance.needs_uncond() && negative_prompt_embeds.is_none() {
+            return Err(PipelineError::Unsupported(
+                "guidance_scale > 1 needs negative prompt embeddings".into(),
+            ));
+        }
 
         // Text projection once per request, reused by every step of every chunk.
         let text = self.transformer.project_text(prompt_embeds);
@@ -314,32 +452,14 @@ impl<B: Backend> DenoiseParts<'_, B> {
         let mut indices_short = vec![0i64];
         indices_short.extend(&indices_1x);
 
-        let l_factor = block_noise_factor(self.scheduler.config().gamma);
+        let l_factor = block_noise_factor(self.scheduler.gamma());
         let mut image_latents: Option<Tensor<B, 5>> = None;
         let mut delivered = 0usize;
 
         // 6. Denoising loop.
         for k in 0..num_chunks {
-            let amplify = req.is_amplify_first_chunk && k == 0;
-            // μ per stage from the latents at the top of the stage loop, i.e. *before* that
-            // stage's upsample (stages 0 and 1 share one μ), as diffusers does.
-            let stage0 = [t_chunk, lh >> (stages - 1), lw >> (stages - 1)];
-            let patch_size = self.transformer.config().patch_size;
-            let schedules = (0..stages)
-                .map(|s| {
-                    let mu = self
-                        .scheduler
-                        .calculate_shift(pyramid_image_seq_len(s, stage0, patch_size));
-                    self.scheduler.set_timesteps(
-                        req.pyramid_num_inference_steps_list[s],
-                        s,
-                        Some(mu),
-                        amplify,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-            let total_steps: usize = schedules.iter().map(|s| s.timesteps.len()).sum();
+            let mut samplers = self.stage_samplers(req, k, stages, [t_chunk, lh, lw])?;
+            let total_steps: usize = samplers.iter().map(|s| s.timesteps().len()).sum();
             ctx.progress.event(Progress::ChunkStarted {
                 chunk: k,
                 chunks: num_chunks,
@@ -375,7 +495,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
             let mut start_points: Vec<Tensor<B, 5>> = vec![latents.clone()];
 
             let mut step_done = 0usize;
-            for (s, sched) in schedules.iter().enumerate() {
+            for (s, sampler) in samplers.iter_mut().enumerate() {
                 if s > 0 {
                     latents = upsample_nearest_2x(latents);
                     let (alpha, beta) = self.scheduler.stage_renoise_coeffs(s);
@@ -387,39 +507,55 @@ impl<B: Backend> DenoiseParts<'_, B> {
                     latents = latents.mul_scalar(alpha) + noise.mul_scalar(beta);
                     start_points.push(latents.clone());
                 }
-                for i in 0..sched.timesteps.len() {
+                let mut solver_history = SolverHistory::<Tensor<B, 5>>::new();
+                for i in 0..sampler.timesteps().len() {
                     if ctx.cancel.is_cancelled() {
                         return Err(PipelineError::Cancelled);
                     }
-                    let t = sched.timesteps[i];
-                    // diffusers: `timestep = t.expand(B).to(torch.int64)` (truncation).
-                    let t_model = model_timestep(t) as f32;
-                    let mut v = self.transformer.forward(
-                        latents.clone(),
-                        &[t_model],
-                        text.clone(),
-                        &indices_hidden,
-                        Some(&hist),
-                    );
-                    if let Some(neg) = &neg_text {
-                        let v_u = self.transformer.forward(
-                            latents.clone(),
-                            &[t_model],
-                            neg.clone(),
-                            &indices_hidden,
-                            Some(&hist),
-                        );
-                        // v = v_u + g·(v_c − v_u)
-                        v = v_u.clone() + (v - v_u).mul_scalar(req.guidance_scale);
-                    }
-                    let step = self.scheduler.step_coeffs(sched, i);
-                    // DMD: x0 = x − σ_t·v; re-noise toward the stage start point unless last.
-                    let x0 = latents - v.mul_scalar(step.sigma_t);
-                    latents = match step.next {
-                        Some(sn) => {
-                            x0.mul_scalar(1.0 - sn) + start_points[s].clone().mul_scalar(sn)
+                    let t = sampler.timesteps()[i];
+                    // Base: `t.expand(B)` (float); pyramid: `.to(torch.int64)` (truncation).
+                    let t_model = match self.variant {
+                        Variant::Base => t as f32,
+                        _ => model_timestep(t) as f32,
+                    };
+                    let v = if guidance.zero_init_applies(s, i) {
+                        Tensor::zeros(latents.dims(), device)
+                    } else {
+                        let forward = |text: &Tensor<B, 3>| {
+                            self.transformer.forward(
+                                latents.clone(),
+                                &[t_model],
+                                text.clone(),
+                                &indices_hidden,
+                                Some(&hist),
+                            )
+                        };
+                        let v_cond = forward(&text);
+                        let v_uncond = match guidance.needs_uncond() {
+                            true => neg_text.as_ref().map(forward),
+                            false => None,
+                        };
+                        guidance.apply(v_cond, v_uncond, s, i)
+                    };
+                    latents = match sampler {
+                        StageSampler::Dmd(sched) => {
+                            let PipelineScheduler::Dmd(dmd) = self.scheduler else {
+                                unreachable!("DMD stages come from the DMD scheduler")
+                            };
+                            let step = dmd.step_coeffs(sched, i);
+                            // DMD: x0 = x − σ_t·v; re-noise toward the stage start point unless last.
+                            let x0 = latents - v.mul_scalar(step.sigma_t);
+                            match step.next {
+                                Some(sn) => {
+                                    x0.mul_scalar(1.0 - sn) + start_points[s].clone().mul_scalar(sn)
+                                }
+                                None => x0,
+                            }
                         }
-                        None => x0,
+                        StageSampler::UniPc(solver) => {
+                            let plan = solver.step_plan(i);
+                            solver_history.step(&plan, latents, v, combine::<B>)
+                        }
                     };
                     step_done += 1;
                     ctx.progress.event(Progress::Step {
@@ -431,7 +567,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
                 }
             }
 
-            if k == 0 && image_latents.is_none() {
+            if (k == 0 && image_latents.is_none()) || (req.is_skip_first_chunk && k == 1) {
                 image_latents = Some(latents.clone().narrow(2, 0, 1));
             }
             // Keep only the frames the model can still see.
@@ -459,6 +595,75 @@ impl<B: Backend> DenoiseParts<'_, B> {
         }
         Ok(delivered)
     }
+
+    /// The per-stage samplers of chunk `k`: `set_timesteps` for every stage, with μ from the
+    /// stage's token count (`latent = [frames, height, width]` at full resolution).
+    fn stage_samplers(
+        &self,
+        req: &GenerationRequest,
+        k: usize,
+        stages: usize,
+        [t_chunk, lh, lw]: [usize; 3],
+    ) -> Result<Vec<StageSampler>, PipelineError> {
+        let unsupported = |e: crate::pipeline::schedulers::SchedulerError| {
+            PipelineError::Unsupported(e.to_string())
+        };
+        let patch_size = self.transformer.config().patch_size;
+        // μ per stage from the latents at the top of the stage loop, i.e. *before* that stage's
+        // upsample (stages 0 and 1 share one μ), as diffusers does.
+        let stage0 = [t_chunk, lh >> (stages - 1), lw >> (stages - 1)];
+        let mu = |s: usize| {
+            self.scheduler
+                .calculate_shift(pyramid_image_seq_len(s, stage0, patch_size))
+        };
+        match (self.scheduler, self.variant) {
+            (PipelineScheduler::Dmd(sched), _) => {
+                let amplify = req.is_amplify_first_chunk && k == 0;
+                (0..stages)
+                    .map(|s| {
+                        sched
+                            .set_timesteps(
+                                req.pyramid_num_inference_steps_list[s],
+                                s,
+                                Some(mu(s)),
+                                amplify,
+                            )
+                            .map(StageSampler::Dmd)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unsupported)
+            }
+            (PipelineScheduler::Helios(sched), Variant::Base) => {
+                let solver =
+                    super::pipeline_helios::base_solver(sched, req.num_inference_steps, mu(0))
+                        .map_err(unsupported)?;
+                Ok(vec![StageSampler::UniPc(solver)])
+            }
+            (PipelineScheduler::Helios(sched), _) => (0..stages)
+                .map(|s| {
+                    sched
+                        .set_timesteps(
+                            req.pyramid_num_inference_steps_list[s],
+                            Some(s),
+                            None,
+                            Some(mu(s)),
+                        )
+                        .map(StageSampler::UniPc)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unsupported),
+        }
+    }
+}
+
+/// `Σ c_k·t_k` for [`SolverHistory::step`], each weight rounded to the tensor dtype first.
+fn combine<B: Backend>(terms: &[(f64, &Tensor<B, 5>)]) -> Tensor<B, 5> {
+    let (c0, t0) = terms[0];
+    terms[1..]
+        .iter()
+        .fold(t0.clone().mul_scalar(c0 as f32), |acc, (c, t)| {
+            acc + (*t).clone().mul_scalar(*c as f32)
+        })
 }
 
 /// `F.interpolate(x, size=(h/2, w/2), mode="bilinear")` per frame, which for an exact halving
@@ -533,6 +738,77 @@ fn postprocess<B: Backend>(video: Tensor<B, 5>, keep: usize) -> VideoFrames {
     }
 }
 
+/// Read `model_index.json`, the scheduler config and tell the variant apart (see [`Variant`]).
+///
+/// # Errors
+/// [`PipelineError::Load`] for a missing or unreadable file; [`PipelineError::Unsupported`] for
+/// a pipeline class this build does not run or a scheduler class that does not fit it.
+pub fn read_checkpoint_configs(
+    dir: &Path,
+) -> Result<(ModelIndex, Variant, PipelineScheduler), PipelineError> {
+    let model_index = read_model_index(dir)?;
+    let path = component_dir(dir, "scheduler")?.join("scheduler_config.json");
+    #[derive(serde::Deserialize)]
+    struct ClassOnly {
+        #[serde(rename = "_class_name")]
+        class_name: String,
+        /// The other keys, read by the scheduler's own config below.
+        #[serde(flatten)]
+        _rest: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let (ClassOnly { class_name, .. }, _) = read_config::<ClassOnly>(&path)?;
+    let variant = match (model_index.class_name.as_str(), model_index.is_distilled) {
+        ("HeliosPipeline", _) => Variant::Base,
+        ("HeliosPyramidPipeline", true) => Variant::Distilled,
+        ("HeliosPyramidPipeline", false) => Variant::Mid,
+        _ => unreachable!("read_model_index checked the class"),
+    };
+    let expected = match variant {
+        Variant::Distilled => "HeliosDMDScheduler",
+        _ => "HeliosScheduler",
+    };
+    if class_name != expected {
+        return Err(PipelineError::Unsupported(format!(
+            "{}: `{class_name}` does not fit this checkpoint's {} (is_distilled={}); it needs `{expected}`",
+            path.display(),
+            model_index.class_name,
+            model_index.is_distilled
+        )));
+    }
+    let config_err = |message: String| LoadError::Config {
+        path: path.clone(),
+        message,
+    };
+    let scheduler = match variant {
+        Variant::Distilled => {
+            let (cfg, _) = read_config::<HeliosDMDSchedulerConfig>(&path)?;
+            for key in cfg.unknown_keys() {
+                tracing::warn!("{}: unknown config key `{key}` ignored", path.display());
+            }
+            PipelineScheduler::Dmd(
+                HeliosDMDScheduler::new(cfg).map_err(|e| config_err(e.to_string()))?,
+            )
+        }
+        Variant::Base | Variant::Mid => {
+            let (cfg, _) = read_config::<HeliosSchedulerConfig>(&path)?;
+            for key in cfg.unknown_keys() {
+                tracing::warn!("{}: unknown config key `{key}` ignored", path.display());
+            }
+            let sched = HeliosScheduler::new(cfg).map_err(|e| config_err(e.to_string()))?;
+            let stages = sched.config().stages;
+            if (variant == Variant::Base) != (stages == 1) {
+                return Err(config_err(format!(
+                    "stages = {stages} does not fit {} (HeliosPipeline needs 1 stage, HeliosPyramidPipeline more)",
+                    model_index.class_name
+                ))
+                .into());
+            }
+            PipelineScheduler::Helios(sched)
+        }
+    };
+    Ok((model_index, variant, scheduler))
+}
+
 /// Read `model_index.json` and check that the folder holds a pipeline this build runs.
 fn read_model_index(dir: &Path) -> Result<ModelIndex, PipelineError> {
     if !dir.is_dir() {
@@ -544,29 +820,18 @@ fn read_model_index(dir: &Path) -> Result<ModelIndex, PipelineError> {
     }
     let path = dir.join("model_index.json");
     let (model_index, _) = read_config::<ModelIndex>(&path)?;
-    if model_index.class_name != "HeliosPyramidPipeline" || !model_index.is_distilled {
+    if !matches!(
+        model_index.class_name.as_str(),
+        "HeliosPipeline" | "HeliosPyramidPipeline"
+    ) {
         return Err(PipelineError::Unsupported(format!(
-            "{}: `{}` with is_distilled={} is not supported yet; this build runs Helios-Distilled \
-             (HeliosPyramidPipeline with is_distilled=true)",
+            "{}: `{}` is not a Helios pipeline; this build runs HeliosPipeline (Base) and \
+             HeliosPyramidPipeline (Mid, Distilled)",
             path.display(),
             model_index.class_name,
-            model_index.is_distilled
         )));
     }
     Ok(model_index)
-}
-
-/// Read and build the scheduler of the checkpoint folder `dir`.
-fn read_scheduler(dir: &Path) -> Result<HeliosDMDScheduler, PipelineError> {
-    let path = component_dir(dir, "scheduler")?.join("scheduler_config.json");
-    let (cfg, _) = read_config::<HeliosDMDSchedulerConfig>(&path)?;
-    for key in cfg.unknown_keys() {
-        tracing::warn!("{}: unknown config key `{key}` ignored", path.display());
-    }
-    Ok(HeliosDMDScheduler::new(cfg).map_err(|e| LoadError::Config {
-        path,
-        message: e.to_string(),
-    })?)
 }
 
 /// The request defaults of the checkpoint folder `dir`, read from its small JSON files only
@@ -575,10 +840,6 @@ fn read_scheduler(dir: &Path) -> Result<HeliosDMDScheduler, PipelineError> {
 /// # Errors
 /// As [`HeliosPyramidPipeline::load`] for `model_index.json` and the scheduler config.
 pub fn checkpoint_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
-    read_model_index(dir)?;
-    let scheduler = read_scheduler(dir)?;
-    Ok(ModelDefaults {
-        pyramid_num_stages: scheduler.config().stages,
-        ..ModelDefaults::helios_distilled()
-    })
+    let (model_index, variant, scheduler) = read_checkpoint_configs(dir)?;
+    Ok(variant.defaults(&model_index, &scheduler))
 }

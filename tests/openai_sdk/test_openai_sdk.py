@@ -1,0 +1,210 @@
+"""The official `openai` Python SDK, unmodified, against a real `omni serve` on the tiny checkpoint.
+
+Run with `tests/openai_sdk/run.sh` (or `pytest tests/openai_sdk`) after `cargo test --release` has
+built `target/release/omni`; env `OMNI_BIN` names another binary. Each server runs on a free port
+with its own temporary storage folder and is killed at the end.
+"""
+
+import os
+import pathlib
+import subprocess
+import time
+import urllib.request
+
+import openai
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("OMNI_BIN", ROOT / "target" / "release" / "omni"))
+MODEL = ROOT / "tests" / "fixtures" / "tiny-helios-distilled"
+SMALL = "128x64"
+# One 33-frame chunk: the fastest job the tiny checkpoint runs.
+ONE_CHUNK = {"num_frames": 33, "fps": 12}
+
+# The SDK marks the Videos API deprecated; that is not our concern here.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+class Server:
+    def __init__(self, storage, extra=()):
+        if not BIN.is_file():
+            pytest.fail(f"{BIN} is missing: run `cargo test --release` (or `cargo build --release`) first")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", str(MODEL), "--port", "0", "--served-model-name", "tiny-helios",
+             "--storage", str(storage), *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        prefix = "omni serve listening on "
+        assert line.startswith(prefix), f"unexpected first line: {line!r}"
+        self.base = line[len(prefix):].strip()
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/readyz") as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the model never became ready"
+            time.sleep(0.05)
+
+    def client(self, api_key="sk-anything"):
+        return openai.OpenAI(base_url=self.base + "/v1", api_key=api_key, max_retries=0)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("storage"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server.client()
+
+
+def test_create_and_poll_with_string_seconds_then_download(client):
+    # The SDK sends multipart/form-data with `seconds` as the string enum "4".
+    v = client.videos.create_and_poll(
+        prompt="a red cube", seconds="4", size=SMALL, model="tiny-helios", poll_interval_ms=50
+    )
+    assert v.object == "video"
+    assert v.status == "completed", v
+    assert v.progress == 100
+    assert v.seconds == "4"
+    assert v.size == SMALL
+    assert v.model == "tiny-helios"
+    assert v.completed_at is not None and v.completed_at >= v.created_at
+    assert v.error is None
+    # 4 s at the checkpoint's fps, rounded up to whole chunks.
+    assert v.model_extra["num_frames"] >= 4 * v.model_extra["fps"]
+
+    got = client.videos.retrieve(v.id)
+    assert (got.id, got.status, got.progress) == (v.id, "completed", 100)
+
+    mp4 = client.videos.download_content(v.id).read()
+    assert mp4[4:8] == b"ftyp"
+    assert client.videos.download_content(v.id, variant="video").read() == mp4
+    thumb = client.videos.download_content(v.id, variant="thumbnail").read()
+    assert thumb[:4] == b"RIFF" and thumb[8:12] == b"WEBP"
+    sheet = client.videos.download_content(v.id, variant="spritesheet").read()
+    assert sheet[:3] == b"\xff\xd8\xff"
+
+
+def test_poll_helper_follows_progress_and_extra_body(client):
+    # extra_body becomes more form parts, nested ones in bracket notation.
+    v = client.videos.create(
+        prompt="a blue sphere",
+        size=SMALL,
+        extra_body={**ONE_CHUNK, "seed": 7, "extra_params": {"pyramid_num_inference_steps_list": [1, 1, 1]}},
+    )
+    assert v.status in ("queued", "in_progress")
+    done = client.videos.poll(v.id, poll_interval_ms=20)
+    assert done.status == "completed", done
+    assert done.model_extra["num_frames"] == 33
+    assert done.model_extra["fps"] == 12
+
+
+def test_list_pages_with_limit_after_and_auto_pagination(server, tmp_path):
+    s = Server(tmp_path / "st")
+    try:
+        c = s.client()
+        ids = [
+            c.videos.create(prompt=f"clip {i}", size=SMALL, extra_body=ONE_CHUNK).id for i in range(5)
+        ]
+        for i in ids:
+            assert c.videos.poll(i, poll_interval_ms=20).status == "completed"
+
+        # Newest first by default.
+        page = c.videos.list(limit=2)
+        assert [v.id for v in page.data] == ids[::-1][:2]
+        assert page.has_more is True
+        assert page.last_id == ids[3]
+        page2 = c.videos.list(limit=2, after=page.last_id)
+        assert [v.id for v in page2.data] == [ids[2], ids[1]]
+        # The SDK's own next-page logic (after = last_id).
+        assert page.has_next_page()
+        assert [v.id for v in page.get_next_page().data] == [ids[2], ids[1]]
+
+        # Auto-pagination walks every page.
+        assert [v.id for v in c.videos.list(limit=2)] == ids[::-1]
+        assert [v.id for v in c.videos.list(limit=2, order="asc")] == ids
+
+        last = c.videos.list(limit=2, after=ids[1])
+        assert [v.id for v in last.data] == [ids[0]]
+        assert last.has_more is False
+        assert not last.has_next_page()
+    finally:
+        s.stop()
+
+
+def test_delete_then_not_found(client):
+    v = client.videos.create_and_poll(prompt="to delete", size=SMALL, extra_body=ONE_CHUNK, poll_interval_ms=20)
+    d = client.videos.delete(v.id)
+    assert d.id == v.id and d.deleted is True and d.object == "video.deleted"
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(v.id)
+    with pytest.raises(openai.NotFoundError):
+        client.videos.download_content(v.id)
+    with pytest.raises(openai.NotFoundError):
+        client.videos.delete(v.id)
+
+
+def test_sora_size_is_accepted_and_a_running_job_can_be_deleted(client):
+    # The SDK's own size and seconds enums; deleted before it costs much time.
+    v = client.videos.create(prompt="a portrait clip", size="720x1280", seconds="8")
+    # Snapped to the 64-pixel grid of the 3-stage pyramid.
+    assert v.size == "704x1280" and v.seconds == "8"
+    assert client.videos.delete(v.id).deleted is True
+
+
+def test_errors_map_to_the_sdk_exception_classes(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.videos.create(prompt="   ", size=SMALL)
+    assert e.value.status_code == 400
+    assert e.value.param == "prompt"
+    assert e.value.code == "invalid_request"
+    assert "prompt" in e.value.message
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.videos.create(prompt="p", size="640x")
+    assert e.value.param == "size"
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.videos.create(prompt="p", model="sora-2")
+    assert e.value.param == "model"
+
+    with pytest.raises(openai.BadRequestError):
+        client.videos.download_content("video_0123456789abcdef0123456789abcdef", variant="nope")
+
+    with pytest.raises(openai.NotFoundError) as e:
+        client.videos.retrieve("video_0123456789abcdef0123456789abcdef")
+    assert e.value.status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve("nope")
+
+    with pytest.raises(openai.BadRequestError):
+        client.videos.list(limit=101).data
+
+
+def test_api_keys_raise_authentication_error(tmp_path):
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('api_keys = ["sk-right"]\n')
+    s = Server(tmp_path / "st", ["--config", str(cfg)])
+    try:
+        with pytest.raises(openai.AuthenticationError) as e:
+            s.client("sk-wrong").videos.list()
+        assert e.value.status_code == 401
+        with pytest.raises(openai.AuthenticationError):
+            s.client("sk-wrong").videos.create(prompt="p", size=SMALL)
+        assert s.client("sk-right").videos.list().data == []
+        assert [m.id for m in s.client("sk-right").models.list()] == ["tiny-helios"]
+    finally:
+        s.stop()
