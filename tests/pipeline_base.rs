@@ -95,7 +95,7 @@ fn two_chunk_base_run_matches_diffusers_frames() {
     };
     let n = pipe.call(&req, &mut ctx, &mut sink).unwrap();
     assert_eq!(n, 65);
-    let (shape, want) = reference.f64s("frames");
+    let (shape, want) = reference.frames01("frames");
     assert_eq!(shape, vec![1, 65, 64, 128, 3]);
     let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
     let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();

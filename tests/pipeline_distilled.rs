@@ -71,7 +71,7 @@ fn two_chunk_distilled_run_matches_diffusers_frames() {
     let n = pipe.call(&req, &mut ctx, &mut sink).unwrap();
 
     let reference = Reference::open("pipeline_distilled.safetensors");
-    let (shape, want) = reference.f64s("frames");
+    let (shape, want) = reference.frames01("frames");
     assert_eq!(shape, vec![1, 65, 64, 128, 3]);
     assert_eq!(n, 65);
     assert_eq!(sink.0.len(), 2, "one delivery per chunk");

@@ -90,6 +90,8 @@ impl NoiseSource for SeededNoise {
 pub struct FileNoise {
     path: PathBuf,
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Tensors of other dtypes (a file may carry more than draws); an error only if asked for.
+    not_float: HashMap<String, safetensors::Dtype>,
 }
 
 impl FileNoise {
@@ -105,6 +107,7 @@ impl FileNoise {
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
         let mut tensors = HashMap::new();
+        let mut not_float = HashMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
             let vals: Vec<f32> = match view.dtype() {
@@ -125,9 +128,8 @@ impl FileNoise {
                     .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                     .collect(),
                 other => {
-                    return Err(err(format!(
-                        "tensor `{name}` has dtype {other:?}; noise must be float"
-                    )));
+                    not_float.insert(name, other);
+                    continue;
                 }
             };
             tensors.insert(name, (view.shape().to_vec(), vals));
@@ -135,12 +137,19 @@ impl FileNoise {
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
+            not_float,
         })
     }
 }
 
 impl NoiseSource for FileNoise {
     fn standard_normal(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, NoiseError> {
+        if let Some(dtype) = self.not_float.get(name) {
+            return Err(NoiseError::File {
+                path: self.path.clone(),
+                message: format!("tensor `{name}` has dtype {dtype:?}; noise must be float"),
+            });
+        }
         let Some((found, vals)) = self.tensors.get(name) else {
             return Err(NoiseError::Missing {
                 path: self.path.clone(),

@@ -106,6 +106,17 @@ impl Reference {
         Tensor::from_data(TensorData::new(vals, shape), device)
     }
 
+    /// Video frames in [0, 1] plus their shape: float tensors as stored, `U8` tensors (how the
+    /// fixture script stores decoded frames) as `x / 255`.
+    pub fn frames01(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        let (shape, dtype, raw) = self.view(name);
+        if dtype == Dtype::U8 {
+            return (shape, raw.iter().map(|&b| b as f32 / 255.0).collect());
+        }
+        let (shape, vals) = self.f64s(name);
+        (shape, vals.into_iter().map(|v| v as f32).collect())
+    }
+
     /// Integer values as a flat vector.
     pub fn i64s(&self, name: &str) -> Vec<i64> {
         self.f64s(name).1.into_iter().map(|v| v as i64).collect()
