@@ -8,6 +8,16 @@
 //! |---|---|---|
 //! | `chunk{k}.latents` | `[B, 16, 9, H/8, W/8]` | initial noise of chunk `k` (before the pyramid downsampling) |
 //! | `chunk{k}.stage{s}.block_noise` | `[B·16·9·(h_s/2)·(w_s/2), 4]` | raw `z` of the block noise re-noising pyramid stage `s ≥ 1` (`h_s, w_s`: that stage's latent size), before `z @ Lᵀ` |
+//! | `image.vae_sample` | `[B, 16, 1, H/8, W/8]` | I2V: `latent_dist.sample()` noise of the image encoded as one frame |
+//! | `fake_image.vae_sample` | `[B, 16, 9, H/8, W/8]` | I2V: `latent_dist.sample()` noise of the image repeated 33 frames |
+//! | `image.noise_sigma` | `[1]` | I2V/V2V: **uniform** `U[0,1)` draw (`torch.rand(1)`) giving the anchor's σ = `min + u·(max − min)` |
+//! | `image.noise` | `[B, 16, 1, H/8, W/8]` | I2V/V2V: noise of `x ← σ·ε + (1−σ)·x` on the anchor latent |
+//! | `fake_image.noise_sigma` | `[1]` | I2V: **uniform** draw of the fake image latent's σ |
+//! | `fake_image.noise` | `[B, 16, 1, H/8, W/8]` | I2V: noise of the fake image latent |
+//! | `video.first_frame.vae_sample` | `[B, 16, 1, H/8, W/8]` | V2V: sample noise of the first frame encoded alone |
+//! | `video.window{i}.vae_sample` | `[B, 16, 9, H/8, W/8]` | V2V: sample noise of the `i`-th 33-frame window (counted from the first kept window) |
+//! | `video.window{i}.noise_sigma` | `[9]` | V2V: **uniform** draws, one σ per latent frame of window `i` |
+//! | `video.window{i}.noise` | `[B, 16, 9, H/8, W/8]` | V2V: noise of window `i`'s latents |
 //!
 //! [`FileNoise`] reads them from a safetensors file (`omni generate --noise-file`);
 //! [`SeededNoise`] draws them from a seed (`--seed`), each name from its own stream so that the
@@ -52,6 +62,12 @@ pub trait NoiseSource {
     /// # Errors
     /// [`NoiseError`] when the draw cannot be served (file sources only).
     fn standard_normal(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, NoiseError>;
+
+    /// `shape.iter().product()` values uniform in `[0, 1)` (torch.rand) for the draw `name`.
+    ///
+    /// # Errors
+    /// [`NoiseError`] when the draw cannot be served (file sources only).
+    fn uniform(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, NoiseError>;
 }
 
 /// Draws from a seed: each name gets its own `StdRng` seeded from `(seed, name)`.
@@ -82,6 +98,12 @@ impl NoiseSource for SeededNoise {
         let mut rng = StdRng::seed_from_u64(stream_seed(self.seed, name));
         let n: usize = shape.iter().product();
         Ok((0..n).map(|_| StandardNormal.sample(&mut rng)).collect())
+    }
+
+    fn uniform(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, NoiseError> {
+        let mut rng = StdRng::seed_from_u64(stream_seed(self.seed, name));
+        let n: usize = shape.iter().product();
+        Ok((0..n).map(|_| rand::Rng::random::<f32>(&mut rng)).collect())
     }
 }
 
@@ -166,6 +188,11 @@ impl NoiseSource for FileNoise {
             });
         }
         Ok(vals.clone())
+    }
+
+    /// The file holds the raw `U[0, 1)` values under the name (read as [`Self::standard_normal`]).
+    fn uniform(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, NoiseError> {
+        self.standard_normal(name, shape)
     }
 }
 

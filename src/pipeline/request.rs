@@ -312,6 +312,63 @@ pub struct GenerationRequest {
     pub zero_steps: usize,
     pub keep_first_frame: bool,
     pub is_skip_first_chunk: bool,
+    /// Image-to-video or video-to-video input, already decoded and at the output size (the
+    /// pipeline reads no files; the CLI and the server decode them). Not part of the JSON.
+    #[serde(skip)]
+    pub conditioning: Conditioning,
+}
+
+/// Decoded pixels of a conditioning input: `data` is `[3, frames, height, width]` row-major
+/// `f32` in `[-1, 1]` (`2·v/255 − 1`, as diffusers' `VaeImageProcessor.preprocess`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConditioningPixels {
+    pub data: Vec<f32>,
+    pub frames: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ConditioningPixels {
+    /// From RGB8 frames, each interleaved `[height, width, 3]` row-major.
+    ///
+    /// # Panics
+    /// If a frame does not hold `width·height·3` bytes.
+    pub fn from_rgb8_frames<F: AsRef<[u8]>>(frames: &[F], width: usize, height: usize) -> Self {
+        let plane = width * height;
+        let n = frames.len();
+        let mut data = vec![0f32; 3 * n * plane];
+        for (f, frame) in frames.iter().enumerate() {
+            let rgb = frame.as_ref();
+            assert_eq!(
+                rgb.len(),
+                plane * 3,
+                "RGB8 frame does not match {width}x{height}"
+            );
+            for (i, px) in rgb.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    data[(c * n + f) * plane + i] = px[c] as f32 / 255.0 * 2.0 - 1.0;
+                }
+            }
+        }
+        Self {
+            data,
+            frames: n,
+            height,
+            width,
+        }
+    }
+}
+
+/// What a generation is conditioned on besides the prompt.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Conditioning {
+    /// Text-to-video.
+    #[default]
+    None,
+    /// Image-to-video: one frame.
+    Image(ConditioningPixels),
+    /// Video-to-video: the input video; the output continues it.
+    Video(ConditioningPixels),
 }
 
 impl GenerationRequest {
@@ -383,6 +440,7 @@ pub fn resolve(
         zero_steps: pick!(layers, zero_steps).unwrap_or(defaults.zero_steps),
         keep_first_frame: pick!(layers, keep_first_frame).unwrap_or(true),
         is_skip_first_chunk: pick!(layers, is_skip_first_chunk).unwrap_or(false),
+        conditioning: Conditioning::None,
     };
     if req.is_enable_stage2 != defaults.is_enable_stage2 {
         return Err(bad(

@@ -173,6 +173,7 @@ pub fn patch_of(req: &GenerationRequest) -> RequestPatch {
         zero_steps,
         keep_first_frame,
         is_skip_first_chunk,
+        conditioning: _,
     } = req.clone();
     RequestPatch {
         prompt: Some(prompt),
