@@ -11,9 +11,13 @@ use omni::serve::{ServeConfig, ServeFile, ServeOverrides};
 /// Arguments of `omni serve`. Flags beat the config file; see `configs/serve.example.toml`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Diffusers-format Helios-Distilled checkpoint folder [default: `model` in the config].
+    /// Diffusers-format Helios checkpoint folder (Base, Mid or Distilled) [default: `model` in the config].
     #[arg(value_name = "MODEL_DIR")]
     pub model: Option<PathBuf>,
+    /// Preset name (helios-base, helios-mid, helios-distilled) or preset TOML file: request
+    /// defaults below the config's [default_request] [default: the checkpoint's own].
+    #[arg(long, value_name = "NAME|FILE")]
+    pub preset: Option<String>,
     /// TOML config file (keys documented in configs/serve.example.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -38,6 +42,7 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let ServeArgs {
         model,
+        preset,
         config,
         host,
         port,
@@ -51,6 +56,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let flags = ServeOverrides {
         model,
+        preset,
         host,
         port,
         storage,

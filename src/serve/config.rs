@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::pipeline::request::RequestPatch;
+use crate::pipeline::request::{Preset, RequestPatch};
 
 /// The storage folder used when nothing else names one.
 pub const DEFAULT_STORAGE: &str = "/tmp/omni-storage";
@@ -30,6 +30,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("no model folder: pass MODEL_DIR or set `model` in the config file")]
     NoModel,
+    #[error("preset `{name}`: {message}")]
+    Preset { name: String, message: String },
 }
 
 /// The file as written; every key optional.
@@ -39,6 +41,9 @@ pub struct ServeFile {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub model: Option<PathBuf>,
+    /// A preset name (`helios-base`, `helios-mid`, `helios-distilled`) or preset TOML file: a
+    /// request layer below `[default_request]`.
+    pub preset: Option<String>,
     pub served_model_name: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -136,6 +141,7 @@ pub struct ServeConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ServeOverrides {
     pub model: Option<PathBuf>,
+    pub preset: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub storage: Option<PathBuf>,
@@ -155,6 +161,7 @@ impl ServeConfig {
     ) -> Result<Self, ConfigError> {
         let ServeOverrides {
             model,
+            preset,
             host,
             port,
             storage,
@@ -165,6 +172,7 @@ impl ServeConfig {
             host: f_host,
             port: f_port,
             model: f_model,
+            preset: f_preset,
             served_model_name: f_name,
             aliases: f_aliases,
             api_keys,
@@ -183,6 +191,12 @@ impl ServeConfig {
             default_request,
         } = file;
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
+        // request > [default_request] > preset > checkpoint: the preset fills what
+        // `[default_request]` leaves unset.
+        let default_request = match preset.or(f_preset) {
+            Some(name) => under(default_request, load_preset(&name)?.patch),
+            None => default_request,
+        };
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let storage = storage
             .or_else(|| non_empty(env(ENV_STORAGE)).map(PathBuf::from))
@@ -228,6 +242,39 @@ impl ServeConfig {
     }
 }
 
+/// A built-in preset by name, else a preset TOML file at that path.
+fn load_preset(name: &str) -> Result<Preset, ConfigError> {
+    if let Some(p) = Preset::builtin(name) {
+        return Ok(p);
+    }
+    let err = |message: String| ConfigError::Preset {
+        name: name.to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(name).map_err(|e| {
+        err(format!(
+            "not a built-in preset ({}) and not a readable file: {e}",
+            Preset::builtin_names().join(", ")
+        ))
+    })?;
+    Preset::parse(&text).map_err(|e| err(e.to_string()))
+}
+
+/// `top` with every field it leaves unset taken from `base`.
+fn under(top: RequestPatch, base: RequestPatch) -> RequestPatch {
+    let (Ok(serde_json::Value::Object(mut t)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(&top), serde_json::to_value(&base))
+    else {
+        return top;
+    };
+    for (k, v) in b {
+        if t.get(&k).is_none_or(|x| x.is_null()) {
+            t.insert(k, v);
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(t)).unwrap_or(top)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +306,40 @@ mod tests {
         assert_eq!(r(Default::default(), &none), PathBuf::from("/file"));
         let bare = ServeConfig::resolve(Default::default(), file("model = \"m\""), none).unwrap();
         assert_eq!(bare.storage, PathBuf::from(DEFAULT_STORAGE));
+    }
+
+    #[test]
+    fn preset_fills_what_default_request_leaves_unset() {
+        let c = ServeConfig::resolve(
+            ServeOverrides {
+                preset: Some("helios-mid".into()),
+                ..Default::default()
+            },
+            file("model = \"m\"\n[default_request]\nfps = 12\n"),
+            |_| None,
+        )
+        .unwrap();
+        let preset = Preset::builtin("helios-mid").unwrap().patch;
+        assert_eq!(
+            c.default_request.fps,
+            Some(12),
+            "[default_request] beats the preset"
+        );
+        assert_eq!(
+            c.default_request.pyramid_num_inference_steps_list,
+            preset.pyramid_num_inference_steps_list
+        );
+        assert!(c.default_request.pyramid_num_inference_steps_list.is_some());
+        let err = ServeConfig::resolve(
+            ServeOverrides {
+                preset: Some("no-such-preset".into()),
+                ..Default::default()
+            },
+            file("model = \"m\""),
+            |_| None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("helios-distilled"), "{err}");
     }
 
     #[test]
