@@ -522,6 +522,15 @@ fn sync_returns_mp4_bytes_with_metadata_headers() {
             .unwrap()
             > 0.0
     );
+    // Real phase timings and memory, not placeholders.
+    let stages: serde_json::Value =
+        serde_json::from_str(r.header("x-stage-durations").unwrap()).unwrap();
+    for phase in ["text_encoder", "denoise", "vae_decode", "output"] {
+        assert!(stages[phase].as_f64().unwrap() >= 0.0, "{phase}: {stages}");
+    }
+    assert!(stages["denoise"].as_f64().unwrap() > 0.0, "{stages}");
+    let peak: f64 = r.header("x-peak-memory-mb").unwrap().parse().unwrap();
+    assert!(peak > 1.0, "peak memory {peak} MiB");
     // Stateless: no job listed, no file kept.
     assert_eq!(s.get("/v1/videos").json()["data"], json!([]));
     assert!(

@@ -71,6 +71,14 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     pub file_name: Option<String>,
     pub inference_time_s: Option<f64>,
+    /// Wall seconds per phase (`text_encoder`, `denoise`, `vae_decode`, `output`), summed over
+    /// chunks; empty until the job completes.
+    #[serde(default)]
+    pub stage_durations: std::collections::BTreeMap<String, f64>,
+    /// Peak resident memory of the server process (MiB) when the job completed: host memory,
+    /// the whole process (model weights included).
+    #[serde(default)]
+    pub peak_memory_mb: Option<f64>,
     #[serde(default)]
     pub kind: JobKind,
     /// The fully resolved request, as a patch with every field set.
@@ -103,8 +111,8 @@ impl JobRecord {
             "media_type": "video/mp4",
             "file_name": self.file_name,
             "inference_time_s": self.inference_time_s,
-            "stage_durations": {},
-            "peak_memory_mb": null,
+            "stage_durations": self.stage_durations,
+            "peak_memory_mb": self.peak_memory_mb,
             "fps": self.fps,
             "num_frames": self.num_frames,
             "started_at": self.started_at,

@@ -259,6 +259,8 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         error: None,
         file_name: None,
         inference_time_s: None,
+        stage_durations: Default::default(),
+        peak_memory_mb: None,
         kind,
         request: patch_of(r),
         hidden,
@@ -758,8 +760,14 @@ async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
                 .unwrap_or_else(|| started.elapsed().as_secs_f64())
         )),
     );
-    h.insert("x-stage-durations", HeaderValue::from_static("{}"));
-    h.insert("x-peak-memory-mb", HeaderValue::from_static("0.000"));
+    h.insert(
+        "x-stage-durations",
+        hv(serde_json::to_string(&rec.stage_durations).unwrap_or_else(|_| "{}".into())),
+    );
+    h.insert(
+        "x-peak-memory-mb",
+        hv(format!("{:.3}", rec.peak_memory_mb.unwrap_or(0.0))),
+    );
     h.insert(
         header::CONTENT_DISPOSITION,
         hv(format!("attachment; filename=\"{id}.mp4\"")),

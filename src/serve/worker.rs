@@ -126,6 +126,21 @@ struct JobProgress<'a> {
     jobs: &'a Jobs,
     id: &'a str,
     chunks: usize,
+    /// Start of the phase being timed.
+    mark: Instant,
+    /// Seconds per phase, summed over chunks (the `stage_durations` of the job).
+    durations: std::collections::BTreeMap<String, f64>,
+}
+
+impl JobProgress<'_> {
+    /// Close the running phase under `name` and start the next one.
+    fn lap(&mut self, name: Option<&str>) {
+        let now = Instant::now();
+        if let Some(name) = name {
+            *self.durations.entry(name.to_string()).or_default() += (now - self.mark).as_secs_f64();
+        }
+        self.mark = now;
+    }
 }
 
 impl JobProgress<'_> {
@@ -142,6 +157,18 @@ impl JobProgress<'_> {
 
 impl ProgressSink for JobProgress<'_> {
     fn event(&mut self, event: Progress) {
+        // Phase timing from the event boundaries (on a GPU the device is not synchronised
+        // here, so work queued in one phase may be counted in the next).
+        match &event {
+            Progress::EncodingPrompt { done: false } | Progress::ChunkStarted { .. } => {
+                self.lap(None)
+            }
+            Progress::EncodingPrompt { done: true } => self.lap(Some("text_encoder")),
+            Progress::Decoding { done: false, .. } => self.lap(Some("denoise")),
+            Progress::Decoding { done: true, .. } => self.lap(Some("vae_decode")),
+            Progress::FramesReady { .. } => self.lap(Some("output")),
+            _ => {}
+        }
         match event {
             Progress::ChunkStarted { chunk, chunks, .. } => {
                 self.chunks = chunks;
@@ -209,6 +236,8 @@ fn run_job(
         jobs,
         id,
         chunks: req.num_chunks(),
+        mark: Instant::now(),
+        durations: Default::default(),
     };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut ctx = RunContext {
@@ -236,12 +265,22 @@ fn run_job(
                 }
                 let secs = started.elapsed().as_secs_f64();
                 let file = format!("{id}.mp4");
+                let ms = |s: f64| (s * 1000.0).round() / 1000.0;
+                let stage_durations = progress
+                    .durations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ms(*v)))
+                    .collect();
+                let peak_memory_mb = crate::pipeline::bench::peak_rss_bytes()
+                    .map(|b| ms(b as f64 / (1024.0 * 1024.0)));
                 let kept = jobs.update(id, true, |r| {
                     r.status = Status::Completed;
                     r.progress = 100;
                     r.completed_at = Some(now());
                     r.file_name = Some(file);
-                    r.inference_time_s = Some((secs * 1000.0).round() / 1000.0);
+                    r.inference_time_s = Some(ms(secs));
+                    r.stage_durations = stage_durations;
+                    r.peak_memory_mb = peak_memory_mb;
                 });
                 if kept.is_none() {
                     // Deleted while finishing.
