@@ -64,6 +64,9 @@ pub fn document() -> Value {
             "remixed_from_video_id": {"type": "null"},
             "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
             "file_name": {"type": ["string", "null"]}, "inference_time_s": {"type": ["number", "null"]},
+            "stage_durations": {"type": "object", "additionalProperties": {"type": "number"},
+                "description": "wall seconds per phase: text_encoder, denoise, vae_decode, output"},
+            "peak_memory_mb": {"type": ["number", "null"], "description": "peak resident memory of the server process, MiB"},
             "fps": {"type": "integer"}, "num_frames": {"type": "integer"},
         }
     });
