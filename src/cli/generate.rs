@@ -7,13 +7,17 @@ use anyhow::Context;
 use clap::Args;
 
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
+use omni::media::{VideoReadOptions, load_image, read_video, to_video_tensor_data};
 use omni::pipeline::backend::DefaultBackend;
 use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{
     FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames, checkpoint_defaults,
 };
 use omni::pipeline::progress::CancelToken;
-use omni::pipeline::request::{ModelDefaults, Preset, RequestPatch, resolve};
+use omni::pipeline::request::{
+    Conditioning, ConditioningPixels, GenerationRequest, ModelDefaults, Preset, RequestPatch,
+    resolve,
+};
 
 use super::progress::BarProgress;
 
@@ -68,9 +72,18 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "JSON")]
     pub extra_params: Option<String>,
     /// Safetensors file with the pipeline's random draws (standard-normal tensors named
-    /// `chunk{k}.latents`, `chunk{k}.stage{s}.block_noise`; see the README).
+    /// `chunk{k}.latents`, `chunk{k}.stage{s}.block_noise`, and for --image / --video the
+    /// `image.*`, `fake_image.*`, `video.*` draws; see the README).
     #[arg(long, value_name = "FILE")]
     pub noise_file: Option<PathBuf>,
+    /// Image-to-video: condition on this picture (PNG, JPEG or WebP), stretched to the output
+    /// size; it becomes the first latent frame of the history.
+    #[arg(long, value_name = "FILE", conflicts_with = "video")]
+    pub image: Option<PathBuf>,
+    /// Video-to-video: continue this H.264 MP4 (frames stretched to the output size; at least
+    /// 33 frames, cut into 33-frame windows from the end). The output holds only the new frames.
+    #[arg(long, value_name = "FILE.mp4")]
+    pub video: Option<PathBuf>,
     /// Output MP4 path (written to a temporary file and renamed when complete).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
@@ -147,6 +160,38 @@ fn load_preset(name: &str) -> anyhow::Result<Preset> {
     Preset::parse(&text).with_context(|| format!("reading preset {}", path.display()))
 }
 
+/// Decode `--image` / `--video` to pixels at the output size (before any output file exists).
+fn load_conditioning(args: &GenerateArgs, req: &GenerationRequest) -> anyhow::Result<Conditioning> {
+    let (width, height) = (req.width, req.height);
+    if let Some(path) = &args.image {
+        let img = load_image(path)?;
+        let data = to_video_tensor_data(&img, width, height)?;
+        return Ok(Conditioning::Image(ConditioningPixels {
+            data,
+            frames: 1,
+            height: height as usize,
+            width: width as usize,
+        }));
+    }
+    if let Some(path) = &args.video {
+        let video = read_video(path, &VideoReadOptions::resized(width, height))?;
+        let window = req.window_num_frames();
+        if video.frames.len() < window {
+            anyhow::bail!(
+                "{}: {} frame(s); video-to-video needs at least {window}",
+                path.display(),
+                video.frames.len()
+            );
+        }
+        return Ok(Conditioning::Video(ConditioningPixels::from_rgb8_frames(
+            &video.frames,
+            width as usize,
+            height as usize,
+        )));
+    }
+    Ok(Conditioning::None)
+}
+
 /// Feeds decoded chunks to the MP4 writer (float → u8 as diffusers' `export_to_video`).
 struct Mp4Sink {
     writer: Mp4Writer,
@@ -169,6 +214,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());
     }
+    let mut req = req;
+    req.conditioning = load_conditioning(&args, &req)?;
     let mut noise: Box<dyn NoiseSource> = match &args.noise_file {
         Some(path) => Box::new(FileNoise::open(path)?),
         None => Box::new(SeededNoise::new(req.seed)),

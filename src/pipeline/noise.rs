@@ -216,6 +216,16 @@ mod tests {
     }
 
     #[test]
+    fn seeded_uniform_draws_are_in_the_unit_interval() {
+        let v = SeededNoise::new(0)
+            .uniform("image.noise_sigma", &[10_000])
+            .unwrap();
+        assert!(v.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
+    }
+
+    #[test]
     fn seeded_draws_are_standard_normal() {
         let v = SeededNoise::new(0)
             .standard_normal("x", &[100_000])

@@ -1,7 +1,7 @@
 //! Mirrors diffusers 0.42.1 `pipelines/helios/pipeline_helios_pyramid.py` `HeliosPyramidPipeline`
 //! (Helios-Distilled with `is_distilled` and `HeliosDMDScheduler`; Helios-Mid with
-//! `is_cfg_zero_star` and `HeliosScheduler`), text-to-video, and holds the chunk loop it shares
-//! with `HeliosPipeline` (Helios-Base, see [`super::pipeline_helios`]).
+//! `is_cfg_zero_star` and `HeliosScheduler`), text-, image- and video-to-video, and holds the
+//! chunk loop it shares with `HeliosPipeline` (Helios-Base, see [`super::pipeline_helios`]).
 //!
 //! The loaded type [`HeliosPyramidPipeline`] runs every variant: [`Variant`] is read from the
 //! checkpoint (`model_index.json` `_class_name` and flags, `scheduler_config.json` `_class_name`)
@@ -14,7 +14,11 @@
 //! 3. encode the prompt (UMT5, padded to `max_sequence_length`, rows past the prompt zeroed), and
 //!    the negative prompt when `guidance_scale > 1`; project both once through the transformer's
 //!    text embedder for every step of every chunk;
-//! 5. history buffer of `sum(history_sizes)` latent frames (zeros), RoPE frame indices;
+//! 4. image / video conditioning ([`crate::pipeline::request::Conditioning`], pixels already at
+//!    the output size): VAE encode with injected sample noise, σ-noising with uniform σ draws,
+//!    the anchor latent and the history fill (see `prepare_conditioning`);
+//! 5. history buffer of `sum(history_sizes)` latent frames (zeros, then the fake image latent in
+//!    the last slot or the video latents at the end), RoPE frame indices;
 //! 6. per chunk: fresh noise, pyramid downsampling, per stage dynamic shift μ, nearest upsampling
 //!    and block-noise re-noising between stages, sampler steps with CFG / CFG-Zero* (pure
 //!    functions of [`crate::pipeline::guidance`]); the first latent frame of the first chunk
@@ -631,7 +635,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
         req: &GenerationRequest,
         ctx: &mut RunContext<'_>,
         t_chunk: usize,
-    ) -> Result<Option<(Tensor<B, 5>, HistoryFill<B>)>, PipelineError> {
+    ) -> Result<Option<PreparedConditioning<B>>, PipelineError> {
         let (pixels, is_video) = match &req.conditioning {
             Conditioning::None => return Ok(None),
             Conditioning::Image(p) => (p, false),
@@ -811,6 +815,9 @@ impl<B: Backend> DenoiseParts<'_, B> {
         }
     }
 }
+
+/// The noised anchor latent `[1, 16, 1, h, w]` and what fills the history.
+type PreparedConditioning<B> = (Tensor<B, 5>, HistoryFill<B>);
 
 /// Where the encoded conditioning goes in the history buffer.
 enum HistoryFill<B: Backend> {

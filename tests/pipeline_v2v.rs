@@ -1,0 +1,103 @@
+//! Whole-pipeline parity for video-to-video: a 2-chunk Helios-Distilled run of the tiny
+//! checkpoint continuing a 67-frame 64x128 video (two 33-frame windows from the end, frame 0
+//! encoded alone as the anchor), driven with diffusers' own random draws
+//! (`tests/fixtures/reference/pipeline_v2v.safetensors`, made by
+//! `tests/fixtures/make_fixtures.py`), must decode to the frames diffusers 0.42.1 decodes.
+
+mod common;
+
+use common::{Reference, TestBackend, psnr, tiny_distilled};
+use omni::pipeline::noise::FileNoise;
+use omni::pipeline::pipelines::pipeline_helios_pyramid::{
+    FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames, checkpoint_defaults,
+};
+use omni::pipeline::progress::{CancelToken, NoProgress};
+use omni::pipeline::request::{
+    Conditioning, ConditioningPixels, GenerationRequest, RequestPatch, resolve,
+};
+
+const MIN_PSNR_DB: f64 = 40.0;
+
+#[derive(Default)]
+struct Collect(Vec<VideoFrames>);
+
+impl FrameSink for Collect {
+    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
+        self.0.push(frames);
+        Ok(())
+    }
+}
+
+fn request() -> GenerationRequest {
+    let patch = RequestPatch {
+        prompt: Some("A serene lakeside sunrise with mist over the water.".into()),
+        width: Some(128),
+        height: Some(64),
+        num_frames: Some(66),
+        guidance_scale: Some(1.0),
+        pyramid_num_inference_steps_list: Some(vec![2, 2, 2]),
+        is_amplify_first_chunk: Some(true),
+        ..Default::default()
+    };
+    resolve(&[patch], &checkpoint_defaults(&tiny_distilled()).unwrap()).unwrap()
+}
+
+/// The stored u8 video `[F, H, W, 3]` as RGB8 frames.
+fn input_frames(reference: &Reference, name: &str) -> (Vec<Vec<u8>>, usize, usize) {
+    let (shape, vals) = reference.frames01(name);
+    let (h, w) = (shape[shape.len() - 3], shape[shape.len() - 2]);
+    let bytes: Vec<u8> = vals.iter().map(|v| (v * 255.0).round() as u8).collect();
+    let frames = bytes.chunks_exact(h * w * 3).map(|c| c.to_vec()).collect();
+    (frames, w, h)
+}
+
+fn run(
+    req: &GenerationRequest,
+    noise: &mut dyn omni::pipeline::noise::NoiseSource,
+) -> Result<Collect, omni::pipeline::pipelines::pipeline_helios_pyramid::PipelineError> {
+    let device = Default::default();
+    let pipe =
+        HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
+            .unwrap();
+    let mut sink = Collect::default();
+    let mut ctx = RunContext {
+        noise,
+        progress: &mut NoProgress,
+        cancel: CancelToken::new(),
+    };
+    pipe.call(req, &mut ctx, &mut sink)?;
+    Ok(sink)
+}
+
+#[test]
+fn two_chunk_video_to_video_run_matches_diffusers_frames() {
+    let reference = Reference::open("pipeline_v2v.safetensors");
+    let (frames, w, h) = input_frames(&reference, "video");
+    assert_eq!((frames.len(), w, h), (67, 128, 64));
+    let mut req = request();
+    req.conditioning = Conditioning::Video(ConditioningPixels::from_rgb8_frames(&frames, w, h));
+    let mut noise =
+        FileNoise::open(&common::fixture("reference/pipeline_v2v.safetensors")).unwrap();
+    let sink = run(&req, &mut noise).unwrap();
+
+    let (shape, want) = reference.frames01("frames");
+    assert_eq!(shape, vec![1, 65, 64, 128, 3]);
+    assert_eq!(sink.0.len(), 2, "only the new chunks are decoded");
+    let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
+    assert_eq!(got.len(), want.len());
+    let db = psnr(&got, &want);
+    eprintln!("V2V decoded frames PSNR vs diffusers: {db:.2} dB");
+    assert!(db >= MIN_PSNR_DB, "PSNR {db:.2} dB < {MIN_PSNR_DB} dB");
+}
+
+#[test]
+fn a_video_shorter_than_one_window_is_an_error() {
+    let mut req = request();
+    let frames = vec![vec![0u8; 64 * 128 * 3]; 32];
+    req.conditioning = Conditioning::Video(ConditioningPixels::from_rgb8_frames(&frames, 128, 64));
+    let err = match run(&req, &mut omni::pipeline::noise::SeededNoise::new(0)) {
+        Ok(_) => panic!("a 32-frame video was accepted"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("at least 33"), "{err}");
+}
