@@ -12,7 +12,8 @@
 //! - `scheduler.set_timesteps(N, sigmas=sigmas, mu=mu)` → UniPC steps ([`base_solver`]);
 //! - the transformer gets the **float** timestep (`t.expand(B)`, no `int64` cast, unlike the
 //!   pyramid pipeline);
-//! - standard CFG with the negative prompt, two forwards per step (`guidance_scale > 1`).
+//! - standard CFG with the negative prompt (`guidance_scale > 1`): cond and uncond as one batch-2
+//!   transformer call per step (pinned by `tests/pipeline_base.rs`).
 //!
 //! Pinned by `tests/pipeline_base.rs` against `reference/pipeline_base.safetensors`.
 

@@ -440,6 +440,11 @@ impl<B: Backend> DenoiseParts<'_, B> {
         // Text projection once per request, reused by every step of every chunk.
         let text = self.transformer.project_text(prompt_embeds);
         let neg_text = negative_prompt_embeds.map(|e| self.transformer.project_text(e));
+        // CFG runs cond and uncond as one batch-2 transformer call (same math per row; one pass
+        // over the weights): the texts are stacked once here, the history once per chunk.
+        let text_cfg = neg_text
+            .as_ref()
+            .map(|n| Tensor::cat(vec![text.clone(), n.clone()], 0));
 
         // 5. History buffer and RoPE frame indices (keep_first_frame = true).
         let mut history_sizes = req.history_sizes.clone();
@@ -503,6 +508,15 @@ impl<B: Backend> DenoiseParts<'_, B> {
                 indices_latents_history_mid: indices_mid.clone(),
                 indices_latents_history_long: indices_long.clone(),
             };
+            let twice = |x: &Tensor<B, 5>| Tensor::cat(vec![x.clone(), x.clone()], 0);
+            let hist_cfg = text_cfg.as_ref().map(|_| HistoryInputs {
+                latents_history_short: twice(&hist.latents_history_short),
+                latents_history_mid: twice(&hist.latents_history_mid),
+                latents_history_long: twice(&hist.latents_history_long),
+                indices_latents_history_short: indices_short.clone(),
+                indices_latents_history_mid: indices_mid.clone(),
+                indices_latents_history_long: indices_long.clone(),
+            });
 
             // Initial noise at full latent size, then bilinear ×½ (= 2×2 mean) ·2 per extra stage.
             let shape = [1, channels, t_chunk, lh, lw];
@@ -551,11 +565,22 @@ impl<B: Backend> DenoiseParts<'_, B> {
                                 Some(&hist),
                             )
                         };
-                        let v_cond = forward(&text);
-                        let v_uncond = match guidance.needs_uncond() {
-                            true => neg_text.as_ref().map(forward),
-                            false => None,
-                        };
+                        let (v_cond, v_uncond) =
+                            match (guidance.needs_uncond(), &text_cfg, &hist_cfg) {
+                                (true, Some(text_cfg), Some(hist_cfg)) => {
+                                    // Rows: [cond, uncond].
+                                    let out = self.transformer.forward(
+                                        Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+                                        &[t_model, t_model],
+                                        text_cfg.clone(),
+                                        &indices_hidden,
+                                        Some(hist_cfg),
+                                    );
+                                    (out.clone().narrow(0, 0, 1), Some(out.narrow(0, 1, 1)))
+                                }
+                                (true, ..) => (forward(&text), neg_text.as_ref().map(forward)),
+                                (false, ..) => (forward(&text), None),
+                            };
                         guidance.apply(v_cond, v_uncond, s, i)
                     };
                     latents = match sampler {
