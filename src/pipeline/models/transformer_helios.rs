@@ -611,16 +611,42 @@ impl<B: Backend> HeliosAttention<B> {
         rotary_emb: Option<&RotaryEmbedding<B>>,
         history_len: usize,
     ) -> Tensor<B, 3> {
-        let [b, s, dim] = hidden_states.dims();
         let is_cross = encoder_hidden_states.is_some();
         let context = encoder_hidden_states.unwrap_or_else(|| hidden_states.clone());
-        let l = context.dims()[1];
-        let hd = dim / self.heads;
+        let (key, value) = self.key_value(context);
+        self.forward_kv(hidden_states, key, value, is_cross, rotary_emb, history_len)
+    }
 
-        // query, key, value = to_q(hidden_states), to_k(context), to_v(context)
-        let query = self.norm_q.forward(self.to_q.forward(hidden_states));
+    /// `(norm_k(to_k(context)), to_v(context))`: for cross-attention these depend only on the
+    /// prompt, so [`HeliosTransformer3DModel::text_context`] computes them once per request.
+    ///
+    /// # Shapes
+    /// `context: [B, L, dim]` → (`[B, L, dim]`, `[B, L, dim]`)
+    pub fn key_value(&self, context: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let key = self.norm_k.forward(self.to_k.forward(context.clone()));
         let value = self.to_v.forward(context);
+        (key, value)
+    }
+
+    /// The attention proper from precomputed `key`/`value` (see [`Self::key_value`]).
+    ///
+    /// # Shapes
+    /// `hidden_states: [B, S, dim]`, `key`, `value`: `[B, L, dim]` → `[B, S, dim]`
+    pub fn forward_kv(
+        &self,
+        hidden_states: Tensor<B, 3>,
+        key: Tensor<B, 3>,
+        value: Tensor<B, 3>,
+        is_cross: bool,
+        rotary_emb: Option<&RotaryEmbedding<B>>,
+        history_len: usize,
+    ) -> Tensor<B, 3> {
+        let [b, s, dim] = hidden_states.dims();
+        let l = key.dims()[1];
+        let hd = dim / self.heads;
+
+        // query = to_q(hidden_states); key, value = to_k(context), to_v(context) (done above)
+        let query = self.norm_q.forward(self.to_q.forward(hidden_states));
 
         // query.unflatten(2, (attn.heads, -1))
         let mut query = query.reshape([b, s, self.heads, hd]);
@@ -803,7 +829,7 @@ impl<B: Backend> HeliosTransformerBlock<B> {
     fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
-        encoder_hidden_states: &Tensor<B, 3>,
+        cross_kv: &(Tensor<B, 3>, Tensor<B, 3>),
         cond: &Conditioning<B>,
         rotary_emb: &RotaryEmbedding<B>,
     ) -> Tensor<B, 3> {
@@ -847,11 +873,10 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             // history_hidden_states, hidden_states = torch.split(hidden_states, [history_seq_len, original_context_length], dim=1)
             let history_hidden_states = hidden_states.clone().narrow(1, 0, hist);
             let noisy_hidden_states = hidden_states.narrow(1, hist, s - hist);
-            let noisy_hidden_states =
-                self.cross_attention(noisy_hidden_states, encoder_hidden_states);
+            let noisy_hidden_states = self.cross_attention(noisy_hidden_states, cross_kv);
             Tensor::cat(vec![history_hidden_states, noisy_hidden_states], 1)
         } else {
-            self.cross_attention(hidden_states, encoder_hidden_states)
+            self.cross_attention(hidden_states, cross_kv)
         };
 
         // 3. Feed-forward
@@ -877,7 +902,7 @@ impl<B: Backend> HeliosTransformerBlock<B> {
     fn cross_attention(
         &self,
         hidden_states: Tensor<B, 3>,
-        encoder_hidden_states: &Tensor<B, 3>,
+        (key, value): &(Tensor<B, 3>, Tensor<B, 3>),
     ) -> Tensor<B, 3> {
         let dtype = hidden_states.dtype();
         let norm_hidden_states = match &self.norm2 {
@@ -890,9 +915,11 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             .cast(dtype),
             None => hidden_states.clone(),
         };
-        let attn_output = self.attn2.forward(
+        let attn_output = self.attn2.forward_kv(
             norm_hidden_states,
-            Some(encoder_hidden_states.clone()),
+            key.clone(),
+            value.clone(),
+            true,
             None,
             0,
         );
@@ -926,6 +953,16 @@ impl<B: Backend> HeliosOutputNorm<B> {
 
 // ------------------------------------------------------------------------------------------------
 // Model
+
+/// A prompt prepared for the transformer: the projected text and, per block, the
+/// cross-attention keys and values (see [`HeliosTransformer3DModel::text_context`]).
+#[derive(Debug, Clone)]
+pub struct TextContext<B: Backend> {
+    /// `[B, L, dim]`, from [`HeliosTransformer3DModel::project_text`].
+    pub text: Tensor<B, 3>,
+    /// `(key, value)`, each `[B, L, dim]`, one pair per block.
+    pub cross_kv: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
+}
 
 /// The compressed history a chunk is denoised against (helios.md §1.3): latents at full latent
 /// resolution and their RoPE frame indices.
@@ -1034,6 +1071,44 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         indices_hidden_states: &[i64],
         history: Option<&HistoryInputs<B>>,
     ) -> Tensor<B, 5> {
+        let context = self.text_context(text);
+        self.forward_with_context(
+            hidden_states,
+            timestep,
+            &context,
+            indices_hidden_states,
+            history,
+        )
+    }
+
+    /// The prompt's cross-attention keys and values of every block (`attn2.norm_k(attn2.to_k(text))`,
+    /// `attn2.to_v(text)`): they depend only on the prompt, so the pipeline computes them once per
+    /// request and reuses them for every step of every chunk (diffusers recomputes them each call;
+    /// vLLM-Omni caches them the same way).
+    ///
+    /// # Shapes
+    /// `text: [B, L, dim]` from [`project_text`](Self::project_text)
+    pub fn text_context(&self, text: Tensor<B, 3>) -> TextContext<B> {
+        let cross_kv = self
+            .blocks
+            .iter()
+            .map(|block| block.attn2.key_value(text.clone()))
+            .collect();
+        TextContext { text, cross_kv }
+    }
+
+    /// [`forward`](Self::forward) with the prompt's [`TextContext`] precomputed.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn forward_with_context(
+        &self,
+        hidden_states: Tensor<B, 5>,
+        timestep: &[f32],
+        text: &TextContext<B>,
+        indices_hidden_states: &[i64],
+        history: Option<&HistoryInputs<B>>,
+    ) -> Tensor<B, 5> {
         let cfg = &self.config;
         let dim = cfg.inner_dim();
         let [p_t, p_h, p_w] = cfg.patch_size;
@@ -1055,16 +1130,16 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             timestep.len()
         );
         assert_eq!(
-            text.dims()[0],
+            text.text.dims()[0],
             b,
             "text batch {} does not match hidden_states batch {b}",
-            text.dims()[0]
+            text.text.dims()[0]
         );
         assert_eq!(
-            text.dims()[2],
+            text.text.dims()[2],
             dim,
             "text has width {}, expected the projected width {dim} (use project_text)",
-            text.dims()[2]
+            text.text.dims()[2]
         );
         assert_eq!(
             indices_hidden_states.len(),
@@ -1119,8 +1194,8 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
 
         // 6. Transformer blocks
         let mut x = x;
-        for block in &self.blocks {
-            x = block.forward(x, &text, &cond, &rotary_emb);
+        for (block, kv) in self.blocks.iter().zip(&text.cross_kv) {
+            x = block.forward(x, kv, &cond, &rotary_emb);
         }
 
         // 7. Normalization (noisy tokens only)

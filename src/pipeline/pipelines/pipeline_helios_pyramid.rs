@@ -43,7 +43,9 @@ use burn::tensor::{Tensor, TensorData};
 use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
 use crate::pipeline::guidance::Guidance;
 use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
-use crate::pipeline::models::transformer_helios::{HeliosTransformer3DModel, HistoryInputs};
+use crate::pipeline::models::transformer_helios::{
+    HeliosTransformer3DModel, HistoryInputs, TextContext,
+};
 use crate::pipeline::models::umt5::UMT5EncoderModel;
 use crate::pipeline::noise::{NoiseError, NoiseSource};
 use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
@@ -442,9 +444,13 @@ impl<B: Backend> DenoiseParts<'_, B> {
         let neg_text = negative_prompt_embeds.map(|e| self.transformer.project_text(e));
         // CFG runs cond and uncond as one batch-2 transformer call (same math per row; one pass
         // over the weights): the texts are stacked once here, the history once per chunk.
-        let text_cfg = neg_text
-            .as_ref()
-            .map(|n| Tensor::cat(vec![text.clone(), n.clone()], 0));
+        let text_cfg = neg_text.as_ref().map(|n| {
+            self.transformer
+                .text_context(Tensor::cat(vec![text.clone(), n.clone()], 0))
+        });
+        // Cross-attention keys/values of the prompt: once per request, not once per step.
+        let text = self.transformer.text_context(text);
+        let neg_text = neg_text.map(|n| self.transformer.text_context(n));
 
         // 5. History buffer and RoPE frame indices (keep_first_frame = true).
         let mut history_sizes = req.history_sizes.clone();
@@ -556,11 +562,11 @@ impl<B: Backend> DenoiseParts<'_, B> {
                     let v = if guidance.zero_init_applies(s, i) {
                         Tensor::zeros(latents.dims(), device)
                     } else {
-                        let forward = |text: &Tensor<B, 3>| {
-                            self.transformer.forward(
+                        let forward = |text: &TextContext<B>| {
+                            self.transformer.forward_with_context(
                                 latents.clone(),
                                 &[t_model],
-                                text.clone(),
+                                text,
                                 &indices_hidden,
                                 Some(&hist),
                             )
@@ -569,10 +575,10 @@ impl<B: Backend> DenoiseParts<'_, B> {
                             match (guidance.needs_uncond(), &text_cfg, &hist_cfg) {
                                 (true, Some(text_cfg), Some(hist_cfg)) => {
                                     // Rows: [cond, uncond].
-                                    let out = self.transformer.forward(
+                                    let out = self.transformer.forward_with_context(
                                         Tensor::cat(vec![latents.clone(), latents.clone()], 0),
                                         &[t_model, t_model],
-                                        text_cfg.clone(),
+                                        text_cfg,
                                         &indices_hidden,
                                         Some(hist_cfg),
                                     );
