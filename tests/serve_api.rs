@@ -938,18 +938,21 @@ fn localai_video_blocks_and_answers_url_or_b64() {
     let bytes = b64_decode(v["data"][0]["b64_json"].as_str().unwrap());
     assert_eq!(&bytes[4..8], b"ftyp");
 
-    for field in ["start_image", "end_image", "input_reference"] {
+    let e = s
+        .post_json(
+            "/video",
+            json!({"prompt": "p", "end_image": "data:image/png;base64,iVBORw0KGgo="}),
+        )
+        .error(400);
+    assert_eq!(e["param"], "end_image");
+    for field in ["start_image", "input_reference"] {
         let e = s
             .post_json(
                 "/video",
                 json!({"prompt": "p", field: "data:image/png;base64,iVBORw0KGgo="}),
             )
             .error(400);
-        assert_eq!(e["param"], field);
-        assert!(
-            e["message"].as_str().unwrap().contains("text-to-video"),
-            "{e}"
-        );
+        assert_eq!(e["param"], field, "a truncated PNG is undecodable: {e}");
     }
     s.post_json("/video", json!({"prompt": "p", "response_format": "gif"}))
         .error(400);
@@ -1031,4 +1034,337 @@ fn openapi_describes_every_endpoint() {
     // The LocalAI and image routes are guarded like /v1.
     s.post_json("/video", json!({"prompt": "p"})).error(401);
     s.get("/generated-videos/x.mp4").error(401);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image-to-video and video-to-video.
+
+/// A PNG test pattern of `w x h`.
+fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// An H.264 MP4 of `frames` test-pattern frames made by ffmpeg (libx264).
+fn mp4_bytes(frames: usize, size: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.mp4");
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc=size={size}:rate=24"))
+        .args(["-frames:v", &frames.to_string()])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running `ffmpeg` ({e}): these tests make their input videos with ffmpeg; install it (apt-get install -y ffmpeg)")
+        });
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(&path).unwrap()
+}
+
+/// A multipart body with text `fields` and one file part.
+fn multipart_file(
+    fields: &[(&str, &str)],
+    file_field: &str,
+    file_name: &str,
+    content_type: &str,
+    data: &[u8],
+) -> (String, Vec<u8>) {
+    let boundary = "omniTestBoundaryFile93Xq";
+    let mut body = Vec::new();
+    for (k, v) in fields {
+        body.extend(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{file_field}\"; \
+             filename=\"{file_name}\"\r\nContent-Type: {content_type}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend(data);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn b64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// (width, height, frames) of an MP4.
+fn mp4_shape(bytes: &[u8]) -> (u32, u32, usize) {
+    let v = omni::media::read_video_bytes(bytes, &omni::media::VideoReadOptions::default())
+        .expect("the output is a readable MP4");
+    (v.width, v.height, v.frames.len())
+}
+
+fn create_multipart(s: &Server, ct: &str, body: &[u8]) -> Resp {
+    s.request("POST", "/v1/videos", &[("Content-Type", ct)], body)
+}
+
+#[test]
+fn image_to_video_from_an_upload_or_an_image_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let png = png_bytes(96, 80);
+
+    // Multipart upload (what the openai SDK sends for `input_reference=open(...)`).
+    let (ct, body) = multipart_file(
+        &[
+            ("prompt", "a red cube"),
+            ("size", SMALL),
+            ("seconds", "1"),
+            ("fps", "24"),
+        ],
+        "input_reference",
+        "ref.png",
+        "image/png",
+        &png,
+    );
+    let r = create_multipart(&s, &ct, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert!(dir.path().join(format!("{id}.input")).is_file());
+    let (v, _) = s.wait(&id);
+    assert_eq!(v["status"], "completed", "{v}");
+    let mp4 = s.get(&format!("/v1/videos/{id}/content"));
+    assert_eq!(mp4.status, 200);
+    assert_eq!(mp4_shape(&mp4.body), (128, 64, 33));
+
+    // JSON `image_reference` with a data URL, on /v1/videos/generations.
+    let data_url = format!("data:image/png;base64,{}", b64_encode(&png));
+    let r = s.post_json(
+        "/v1/videos/generations",
+        json!({"prompt": "a red cube", "size": SMALL, "num_frames": 33, "seed": 2,
+               "image_reference": {"image_url": data_url}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "completed", "{}", r.text());
+    let id2 = r.json()["id"].as_str().unwrap().to_string();
+    // The same as a JSON string in a form field, on /sync.
+    let (ct, body) = multipart(&[
+        ("prompt", "a red cube"),
+        ("size", SMALL),
+        ("num_frames", "33"),
+        (
+            "image_reference",
+            &json!({"image_url": data_url}).to_string(),
+        ),
+    ]);
+    let r = s.request("POST", "/v1/videos/sync", &[("Content-Type", &ct)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(mp4_shape(&r.body), (128, 64, 33));
+
+    // Deleting a conditioned job removes its stored input.
+    s.delete(&format!("/v1/videos/{id}"));
+    s.delete(&format!("/v1/videos/{id2}"));
+    assert!(files_of(dir.path(), &id).is_empty());
+    assert!(files_of(dir.path(), &id2).is_empty());
+}
+
+#[test]
+fn bad_references_are_400_with_param_and_create_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nmax_upload_bytes = 4096\n");
+    let s = Server::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
+    let png = png_bytes(16, 16);
+    let data_url = format!("data:image/png;base64,{}", b64_encode(&png));
+
+    // Both an upload and an image_reference.
+    let (ct, body) = multipart_file(
+        &[
+            ("prompt", "p"),
+            (
+                "image_reference",
+                &json!({"image_url": data_url}).to_string(),
+            ),
+        ],
+        "input_reference",
+        "ref.png",
+        "image/png",
+        &png,
+    );
+    let e = create_multipart(&s, &ct, &body).error(400);
+    assert_eq!(e["param"], "image_reference", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("only one"), "{e}");
+
+    // Undecodable upload.
+    let (ct, body) = multipart_file(
+        &[("prompt", "p")],
+        "input_reference",
+        "x.png",
+        "image/png",
+        b"not-an-image",
+    );
+    let e = create_multipart(&s, &ct, &body).error(400);
+    assert_eq!(e["param"], "input_reference", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("not a valid image"),
+        "{e}"
+    );
+
+    // A video shorter than one chunk.
+    let short = mp4_bytes(5, "128x64");
+    let (ct, body) = multipart_file(
+        &[("prompt", "p")],
+        "input_reference",
+        "in.mp4",
+        "video/mp4",
+        &short,
+    );
+    let e = create_multipart(&s, &ct, &body).error(400);
+    assert_eq!(e["param"], "input_reference", "{e}");
+
+    // file_id, remote URLs, bad base64, over the upload limit.
+    for (body, param, status) in [
+        (
+            json!({"prompt": "p", "image_reference": {"file_id": "file_1"}}),
+            "image_reference",
+            400,
+        ),
+        (
+            json!({"prompt": "p", "start_image": "https://example.com/a.png"}),
+            "start_image",
+            400,
+        ),
+        (
+            json!({"prompt": "p", "reference_url": "%%%"}),
+            "reference_url",
+            400,
+        ),
+        (
+            json!({"prompt": "p", "input_reference": b64_encode(&vec![7u8; 5000])}),
+            "input_reference",
+            413,
+        ),
+    ] {
+        let e = s.post_json("/v1/videos", body.clone()).error(status);
+        assert_eq!(e["param"], param, "{body}: {e}");
+    }
+    assert_eq!(
+        s.get("/v1/videos").json()["data"],
+        json!([]),
+        "no job was created"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".input"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn video_to_video_from_an_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let input = mp4_bytes(40, "160x96");
+    let (ct, body) = multipart_file(
+        &[
+            ("prompt", "continue"),
+            ("size", SMALL),
+            ("num_frames", "33"),
+        ],
+        "input_reference",
+        "in.mp4",
+        "video/mp4",
+        &input,
+    );
+    let r = create_multipart(&s, &ct, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let (v, _) = s.wait(&id);
+    assert_eq!(v["status"], "completed", "{v}");
+    let mp4 = s.get(&format!("/v1/videos/{id}/content"));
+    assert_eq!(mp4_shape(&mp4.body), (128, 64, 33));
+}
+
+#[test]
+fn a_queued_conditioned_job_runs_again_conditioned_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let png = png_bytes(64, 64);
+    let (long, pending) = {
+        let s = Server::start(&storage, &[]);
+        // A long job in front so the conditioned one is still queued at the kill.
+        let long = s
+            .post_json(
+                "/v1/videos",
+                json!({"prompt": "long", "size": SMALL, "num_frames": 330}),
+            )
+            .json()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (ct, body) = multipart_file(
+            &[("prompt", "q"), ("size", SMALL), ("num_frames", "33")],
+            "input_reference",
+            "ref.png",
+            "image/png",
+            &png,
+        );
+        let r = create_multipart(&s, &ct, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        (long, r.json()["id"].as_str().unwrap().to_string())
+        // Dropped here: SIGKILL.
+    };
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(storage.join("jobs").join(format!("{pending}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["input"], "image", "{record}");
+    assert_eq!(
+        record["status"], "queued",
+        "still queued at the kill: {record}"
+    );
+    assert_eq!(
+        std::fs::read(storage.join(format!("{pending}.input"))).unwrap(),
+        png
+    );
+    let s = Server::start(&storage, &[]);
+    s.delete(&format!("/v1/videos/{long}"));
+    let (v, _) = s.wait(&pending);
+    assert_eq!(v["status"], "completed", "{v}");
+    let mp4 = s.get(&format!("/v1/videos/{pending}/content"));
+    assert_eq!(mp4_shape(&mp4.body), (128, 64, 33));
+    s.delete(&format!("/v1/videos/{pending}"));
+    assert!(!storage.join(format!("{pending}.input")).exists());
+}
+
+#[test]
+fn localai_video_takes_start_image_as_base64() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let png = png_bytes(128, 64);
+    for (field, value) in [
+        ("start_image", b64_encode(&png)),
+        (
+            "input_reference",
+            format!("data:image/png;base64,{}", b64_encode(&png)),
+        ),
+    ] {
+        let r = s.post_json(
+            "/video",
+            json!({"prompt": "a lake", "width": 128, "height": 64, "num_frames": 33,
+                   field: value, "response_format": "b64_json"}),
+        );
+        assert_eq!(r.status, 200, "{field}: {}", r.text());
+        let bytes = b64_decode(r.json()["data"][0]["b64_json"].as_str().unwrap());
+        assert_eq!(mp4_shape(&bytes), (128, 64, 33));
+    }
 }

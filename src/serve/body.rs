@@ -12,11 +12,13 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 
-/// A file part of a multipart body (kept only to reject it clearly).
+/// A file part of a multipart body.
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub field: String,
-    pub bytes: usize,
+    /// The part's `Content-Type`, when it sent one.
+    pub content_type: Option<String>,
+    pub data: Bytes,
 }
 
 /// The parsed body.
@@ -81,11 +83,13 @@ async fn parse_multipart(content_type: &str, body: Bytes) -> Result<Fields, ApiE
     while let Some(field) = mp.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or("").to_string();
         if field.file_name().is_some() {
-            let bytes = field.bytes().await.map_err(bad)?;
-            if !bytes.is_empty() {
+            let content_type = field.content_type().map(|m| m.essence_str().to_string());
+            let data = field.bytes().await.map_err(bad)?;
+            if !data.is_empty() {
                 uploads.push(Upload {
                     field: name,
-                    bytes: bytes.len(),
+                    content_type,
+                    data,
                 });
             }
         } else {

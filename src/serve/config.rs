@@ -71,6 +71,7 @@ pub struct StorageFile {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_body_bytes: Option<usize>,
+    pub max_upload_bytes: Option<usize>,
     pub max_queued_jobs: Option<usize>,
     pub sync_timeout_s: Option<u64>,
     pub poll_after_ms: Option<u64>,
@@ -98,6 +99,9 @@ impl ServeFile {
 pub struct Limits {
     /// Largest accepted request body (bytes); larger → 413.
     pub max_body_bytes: usize,
+    /// Largest accepted reference file (`input_reference` upload or a decoded data URL /
+    /// base64 image), bytes; larger → 413.
+    pub max_upload_bytes: usize,
     /// Jobs waiting behind the running one; more → 429.
     pub max_queued_jobs: usize,
     /// `POST /v1/videos/sync` gives up (504) after this many seconds.
@@ -110,6 +114,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 << 20,
+            max_upload_bytes: 16 << 20,
             max_queued_jobs: 16,
             sync_timeout_s: 600,
             poll_after_ms: 1000,
@@ -184,6 +189,7 @@ impl ServeConfig {
             limits:
                 LimitsFile {
                     max_body_bytes,
+                    max_upload_bytes,
                     max_queued_jobs,
                     sync_timeout_s,
                     poll_after_ms,
@@ -228,6 +234,7 @@ impl ServeConfig {
                 .filter(|t| *t > 0),
             limits: Limits {
                 max_body_bytes: max_body_bytes.unwrap_or(d.max_body_bytes),
+                max_upload_bytes: max_upload_bytes.unwrap_or(d.max_upload_bytes),
                 max_queued_jobs: max_queued_jobs.unwrap_or(d.max_queued_jobs).max(1),
                 sync_timeout_s: sync_timeout_s.unwrap_or(d.sync_timeout_s),
                 poll_after_ms: poll_after_ms.unwrap_or(d.poll_after_ms),

@@ -5,12 +5,15 @@
 //! `guidance_scale`, `step` → `num_inference_steps`, `video_params.{width,height,num_frames,fps}`
 //! below the top-level fields. `size` (`WxH`) overrides width/height. `num_frames` absent and
 //! `seconds` set → `num_frames = seconds · fps`. `extra_params` (object) is a layer of any
-//! [`RequestPatch`] key below the top-level fields. Unknown fields are ignored.
+//! [`RequestPatch`] key below the top-level fields. Unknown fields are ignored. The image / video
+//! reference (`input_reference`, `image_reference`, `start_image`, `reference_url`) is taken out
+//! here and decoded by the caller ([`super::reference`]).
 
 use serde_json::{Map, Value};
 
 use super::body::Fields;
 use super::error::ApiError;
+use super::reference::{self, RawReference};
 use crate::pipeline::request::{GenerationRequest, ModelDefaults, RequestPatch, resolve};
 
 /// An admitted create request.
@@ -21,6 +24,8 @@ pub struct Admitted {
     pub model: String,
     /// `seconds` as the response shows it.
     pub seconds: String,
+    /// The image / video reference, not decoded yet (see [`super::reference`]).
+    pub reference: Option<RawReference>,
 }
 
 /// Validate `fields` and resolve them over `default_request` and `defaults`.
@@ -33,32 +38,16 @@ pub fn admit(
     serves: impl Fn(&str) -> bool,
     default_request: &RequestPatch,
     defaults: &ModelDefaults,
+    max_upload_bytes: usize,
 ) -> Result<Admitted, ApiError> {
-    if let Some(up) = fields.uploads.first() {
+    let m = &fields.map;
+    if m.get("end_image").is_some_and(|v| !v.is_null()) {
         return Err(ApiError::invalid(
-            &up.field,
-            format!(
-                "file uploads ({} bytes in `{}`) are not supported: this server runs text-to-video only",
-                up.bytes, up.field
-            ),
+            "end_image",
+            "`end_image` (last-frame conditioning) is not supported; send a first frame as `input_reference`, `image_reference` or `start_image`",
         ));
     }
-    let m = &fields.map;
-    for field in [
-        "input_reference",
-        "image_reference",
-        "video_reference",
-        "start_image",
-        "end_image",
-        "reference_url",
-    ] {
-        if m.contains_key(field) {
-            return Err(ApiError::invalid(
-                field,
-                format!("`{field}` is not supported: this server runs text-to-video only"),
-            ));
-        }
-    }
+    let reference = reference::extract(fields, max_upload_bytes)?;
     let model = match string(m, "model")? {
         Some(name) if !serves(&name) => {
             return Err(ApiError::ModelMismatch {
@@ -177,6 +166,7 @@ pub fn admit(
         request,
         model,
         seconds,
+        reference,
     })
 }
 
@@ -265,6 +255,7 @@ mod tests {
             |n| n == "tiny",
             default_request,
             &ModelDefaults::helios_distilled(),
+            1 << 20,
         )
     }
 

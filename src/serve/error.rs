@@ -33,6 +33,13 @@ pub enum ApiError {
     /// The body is over the configured limit (413).
     #[error("Request body exceeds the {0}-byte limit.")]
     TooLarge(usize),
+    /// A reference file (`input_reference` upload, data URL, base64) over `max_upload_bytes` (413).
+    #[error("`{param}` is {size} bytes, over the {max}-byte upload limit.")]
+    UploadTooLarge {
+        param: String,
+        size: usize,
+        max: usize,
+    },
     /// The body's content type is not one we parse (415).
     #[error(
         "Unsupported content type '{0}'; send application/json, multipart/form-data or application/x-www-form-urlencoded."
@@ -74,7 +81,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::JobFailed => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::UploadTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -91,6 +100,7 @@ impl ApiError {
             | ApiError::MethodNotAllowed(_)
             | ApiError::JobFailed
             | ApiError::TooLarge(_)
+            | ApiError::UploadTooLarge { .. }
             | ApiError::UnsupportedMediaType(_) => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
@@ -111,6 +121,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::JobFailed => "generation_failed",
             ApiError::TooLarge(_) => "request_too_large",
+            ApiError::UploadTooLarge { .. } => "file_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::Timeout(_) => "timeout",
@@ -123,6 +134,7 @@ impl ApiError {
         match self {
             ApiError::Invalid { param, .. } => param.as_deref(),
             ApiError::ModelMismatch { .. } => Some("model"),
+            ApiError::UploadTooLarge { param, .. } => Some(param),
             _ => None,
         }
     }

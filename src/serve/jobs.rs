@@ -1,7 +1,8 @@
 //! Job records, their store on disk, and the in-memory table both sides share.
 //!
 //! Each job is `jobs/<id>.json` in the storage folder (written to a temporary file and renamed,
-//! so a crash leaves the old or the new record, never half of one) and `<id>.mp4` once complete.
+//! so a crash leaves the old or the new record, never half of one), `<id>.input` for a job with an
+//! image / video reference (written before the record) and `<id>.mp4` once complete.
 //! Records are written on every status change; progress lives in memory only. At start the
 //! table is rebuilt from the files: finished jobs stay listed and downloadable, unfinished ones are
 //! queued again.
@@ -14,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::reference::RefKind;
 use crate::pipeline::progress::CancelToken;
 use crate::pipeline::request::{GenerationRequest, RequestPatch};
 
@@ -81,6 +83,10 @@ pub struct JobRecord {
     pub peak_memory_mb: Option<f64>,
     #[serde(default)]
     pub kind: JobKind,
+    /// Image-to-video / video-to-video: the kind of the reference stored as `<id>.input` (the
+    /// uploaded bytes as sent, decoded again when the job runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<RefKind>,
     /// The fully resolved request, as a patch with every field set.
     pub request: RequestPatch,
     /// `/v1/videos/sync` jobs: never listed, never stored.
@@ -406,10 +412,11 @@ impl Jobs {
         Some(rec)
     }
 
-    /// Delete the job's files: the video and its previews.
+    /// Delete the job's files: the video, its previews and its input reference.
     pub fn remove_files(&self, id: &str) {
         if valid_id(id) {
             for p in [
+                self.input_path(id),
                 self.video_path(id),
                 self.thumbnail_path(id),
                 self.spritesheet_path(id),
@@ -418,6 +425,11 @@ impl Jobs {
                 let _ = std::fs::remove_file(p);
             }
         }
+    }
+
+    /// `<storage>/<id>.input`: the reference file of an I2V / V2V job, as uploaded.
+    pub fn input_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.input"))
     }
 
     /// `<storage>/<id>.mp4`.

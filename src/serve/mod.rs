@@ -15,6 +15,7 @@ pub mod error;
 pub mod jobs;
 pub mod openapi;
 pub mod previews;
+pub mod reference;
 pub mod routes;
 pub mod worker;
 

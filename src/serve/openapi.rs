@@ -30,7 +30,7 @@ pub fn document() -> Value {
             "200": ok,
             "400": err("A bad field (`param` names it) or a model mismatch"),
             "401": err("Missing or wrong bearer key (when api_keys are set)"),
-            "413": err("Body over max_body_bytes"),
+            "413": err("Body over max_body_bytes, or a reference file over max_upload_bytes (`param` names it)"),
             "415": err("Unsupported content type"),
             "429": err("Job queue full (Retry-After)"),
         })
@@ -51,7 +51,16 @@ pub fn document() -> Value {
             "step": {"type": "integer", "description": "alias of num_inference_steps"},
             "video_params": {"type": "object"},
             "extra_params": {"type": "object", "description": "any key of `omni generate --print-request`"},
-        }
+            "input_reference": {"type": "string", "format": "binary",
+                "description": "image (PNG/JPEG/WebP → image-to-video) or H.264 MP4 (≥ one chunk, 33 frames → video-to-video) as a multipart file part; in JSON a data URL, base64 or {image_url}. Decoded at admission (undecodable → 400, param input_reference); stretched to the output size"},
+            "image_reference": {"type": ["object", "string"], "properties": {"image_url": {"type": "string"}},
+                "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id and http(s) URLs are refused with 400"},
+            "video_reference": {"type": ["object", "string"], "properties": {"video_url": {"type": "string"}},
+                "description": "{\"video_url\": \"data:video/mp4;base64,...\"}: video-to-video"},
+            "start_image": {"type": "string", "description": "alias of input_reference (data URL or base64)"},
+            "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; remote URLs refused)"},
+        },
+        "description": "At most one of input_reference, image_reference, video_reference, start_image, reference_url (else 400 naming the second)."
     });
     let video = json!({
         "type": "object",
@@ -81,9 +90,9 @@ pub fn document() -> Value {
         "properties": {
             "model": {"type": "string"}, "prompt": {"type": "string"},
             "negative_prompt": {"type": "string"},
-            "start_image": {"type": "string", "description": "refused (400): text-to-video only"},
-            "end_image": {"type": "string", "description": "refused (400): text-to-video only"},
-            "input_reference": {"type": "string", "description": "refused (400): text-to-video only"},
+            "start_image": {"type": "string", "description": "first frame (image-to-video) or an MP4 (video-to-video) as a data URL or base64; http(s) URLs are refused (400)"},
+            "end_image": {"type": "string", "description": "refused (400): last-frame conditioning is not supported"},
+            "input_reference": {"type": "string", "description": "alias of start_image"},
             "width": {"type": "integer"}, "height": {"type": "integer"},
             "num_frames": {"type": "integer"}, "fps": {"type": "integer"},
             "seconds": {"type": "string"}, "size": {"type": "string"}, "seed": {"type": "integer"},
@@ -131,7 +140,7 @@ pub fn document() -> Value {
                               "422": err("The job failed")}}},
             "/video": {"post": {"summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
-                "responses": {"200": {"description": "{created, id, data: [{index: 0, url | b64_json}]}"}, "400": err("Bad field or an image input"), "500": err("Generation failed")}}},
+                "responses": {"200": {"description": "{created, id, data: [{index: 0, url | b64_json}]}"}, "400": err("Bad field, undecodable start_image, or end_image"), "500": err("Generation failed")}}},
             "/generated-videos/{file}": {"get": {"summary": "LocalAI: the MP4 named by a /video url",
                 "parameters": [id_param("file")], "responses": {"200": binary("video/mp4"), "404": err("Unknown file")}}},
             "/v1/images/generations": {"post": {"summary": "One-frame generation as PNG (blocks); n must be 1",

@@ -18,6 +18,7 @@ use super::create::{Admitted, admit};
 use super::error::ApiError;
 use super::jobs::{JobKind, JobRecord, Jobs, Status, new_id, now, patch_of, valid_id};
 use super::openapi;
+use super::reference;
 use super::worker::{Job, Worker};
 use crate::pipeline::request::ModelDefaults;
 
@@ -237,7 +238,38 @@ fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiErr
         |n| cfg.serves(n),
         &cfg.default_request,
         &state.defaults,
+        cfg.limits.max_upload_bytes,
     )
+}
+
+/// The record of an admitted request. A reference is decoded here, on a blocking thread (a bad
+/// file is a 400 and no job), then its original bytes are written to `<id>.input` for the worker,
+/// which decodes them again when it runs the job (also after a restart).
+async fn new_job(
+    state: &State,
+    mut a: Admitted,
+    hidden: bool,
+    kind: JobKind,
+) -> Result<JobRecord, ApiError> {
+    let reference = a.reference.take();
+    let mut rec = new_record(state, a, hidden, kind);
+    if let Some(r) = reference {
+        let req =
+            crate::pipeline::request::resolve(std::slice::from_ref(&rec.request), &state.defaults)?;
+        let path = state.jobs.input_path(&rec.id);
+        let kind = tokio::task::spawn_blocking(move || {
+            let (kind, _pixels) = reference::decode(&r.bytes, r.hint, &req, &r.param)?;
+            std::fs::write(&path, &r.bytes).map_err(|e| {
+                tracing::error!("writing {}: {e}", path.display());
+                ApiError::Internal("could not store the reference file".into())
+            })?;
+            Ok::<_, ApiError>(kind)
+        })
+        .await
+        .map_err(|_| ApiError::Internal("decoding the reference stopped".into()))??;
+        rec.input = Some(kind);
+    }
+    Ok(rec)
 }
 
 fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRecord {
@@ -262,6 +294,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         stage_durations: Default::default(),
         peak_memory_mb: None,
         kind,
+        input: None,
         request: patch_of(r),
         hidden,
         cancel: Default::default(),
@@ -304,7 +337,7 @@ fn video_response(state: &State, rec: &JobRecord) -> Resp {
 
 async fn create(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
-    let rec = new_record(state, admitted, false, JobKind::Video);
+    let rec = new_job(state, admitted, false, JobKind::Video).await?;
     let id = enqueue(state, rec, None)?;
     let rec = state
         .jobs
@@ -321,7 +354,7 @@ async fn generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiE
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "wait=false"));
     let admitted = admit_body(state, req).await?;
-    let rec = new_record(state, admitted, false, JobKind::Video);
+    let rec = new_job(state, admitted, false, JobKind::Video).await?;
     let (tx, rx) = oneshot::channel();
     let id = enqueue(state, rec, Some(tx))?;
     if wait {
@@ -618,15 +651,9 @@ async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, Ap
     let base = base_url(&req);
     let (ct, bytes) = read_body(state, req).await?;
     let fields = body::parse(ct.as_deref(), bytes).await?;
-    if fields.map.get("end_image").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::invalid(
-            "end_image",
-            "`end_image` is not supported: this server runs text-to-video only",
-        ));
-    }
     let b64 = b64_requested(&fields)?;
     let admitted = admit_fields(state, &fields)?;
-    let rec = new_record(state, admitted, false, JobKind::Video);
+    let rec = new_job(state, admitted, false, JobKind::Video).await?;
     let rec = run_blocking(state, rec).await?;
     let item = if b64 {
         let bytes = tokio::fs::read(state.jobs.video_path(&rec.id))
@@ -662,8 +689,17 @@ async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp
     }
     fields.map.insert("num_frames".into(), json!(1));
     let admitted = admit_fields(state, &fields)?;
+    if let Some(r) = &admitted.reference {
+        return Err(ApiError::invalid(
+            &r.param,
+            format!(
+                "`{}` is not supported by /v1/images/generations; use /v1/videos",
+                r.param
+            ),
+        ));
+    }
     let prompt = admitted.request.prompt.clone();
-    let rec = new_record(state, admitted, false, JobKind::Image);
+    let rec = new_job(state, admitted, false, JobKind::Image).await?;
     let rec = run_blocking(state, rec).await?;
     let item = if b64 {
         let bytes = tokio::fs::read(state.jobs.image_path(&rec.id))
@@ -709,7 +745,7 @@ impl Drop for SyncGuard<'_> {
 async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
     let started = Instant::now();
-    let rec = new_record(state, admitted, true, JobKind::Video);
+    let rec = new_job(state, admitted, true, JobKind::Video).await?;
     let model = rec.model.clone();
     let (tx, rx) = oneshot::channel();
     let id = enqueue(state, rec, Some(tx))?;

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::jobs::{JobError, JobKind, Jobs, Status, now};
 use super::previews::PreviewCollector;
+use super::reference::decode_kind;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
 use crate::pipeline::backend::DefaultBackend;
 use crate::pipeline::noise::SeededNoise;
@@ -203,10 +204,28 @@ fn run_job(
             });
         });
     };
-    let req = match resolve(std::slice::from_ref(&rec.request), defaults) {
+    let mut req = match resolve(std::slice::from_ref(&rec.request), defaults) {
         Ok(r) => r,
         Err(e) => return fail("invalid_request", e.to_string()),
     };
+    if let Some(kind) = rec.input {
+        // The reference as uploaded, decoded again here (the admission check decoded it once;
+        // after a restart this is the only copy).
+        let bytes = match std::fs::read(jobs.input_path(id)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("job {id}: reading its input reference: {e}");
+                return fail(
+                    "input_missing",
+                    "the job's input reference is no longer in storage".into(),
+                );
+            }
+        };
+        match decode_kind(&bytes, kind, &req) {
+            Ok(c) => req.conditioning = c,
+            Err(e) => return fail("invalid_input", e.to_string()),
+        }
+    }
     jobs.update(id, true, |r| {
         r.status = Status::InProgress;
         r.started_at = Some(now());
