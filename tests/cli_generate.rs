@@ -4,31 +4,12 @@
 
 mod common;
 
+use common::{PROMPT, assert_one_line_error, copy_dir, omni, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::tiny_distilled;
-
-const PROMPT: &str = "A serene lakeside sunrise with mist over the water.";
-
-fn omni() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_omni"))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Failure: exit ≠ 0 and exactly one non-empty stderr line starting with `omni: error:`
-/// (clap's own usage errors have their own format and are checked separately).
-fn assert_one_line_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got success");
-    let err = stderr(out);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got:\n{err}");
-    assert!(lines[0].starts_with("omni: error:"), "{err}");
-    lines[0].to_string()
-}
 
 fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
@@ -277,17 +258,4 @@ fn a_noise_file_without_the_needed_draws_is_rejected_by_name() {
     let line = assert_one_line_error(&out);
     assert!(line.contains("chunk0.latents"), "{line}");
     assert!(!mp4.exists());
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }

@@ -5,30 +5,13 @@
 
 mod common;
 
+use common::{PROMPT, assert_one_line_error, omni, stderr};
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::tiny_distilled;
 use image::{ImageFormat, Rgb, RgbImage};
-
-const PROMPT: &str = "A serene lakeside sunrise with mist over the water.";
-
-fn omni() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_omni"))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn assert_one_line_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got success");
-    let err = stderr(out);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got:\n{err}");
-    assert!(lines[0].starts_with("omni: error:"), "{err}");
-    lines[0].to_string()
-}
 
 fn nb_read_frames(path: &Path) -> String {
     let out = Command::new("ffprobe")

@@ -5,33 +5,12 @@
 
 mod common;
 
+use common::{PROMPT, assert_one_line_error, copy_dir, omni, stderr};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::tiny_distilled;
-
-const PROMPT: &str = "A serene lakeside sunrise with mist over the water.";
-
-fn omni() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_omni"))
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
 
 /// Tiny `base` / `mid` checkpoint: tiny Distilled + the committed variant JSONs, in a tempdir.
 fn tiny_variant(variant: &str) -> tempfile::TempDir {
@@ -54,15 +33,6 @@ fn print_request(model: &Path, extra: &[&str]) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn assert_one_line_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got success");
-    let err = stderr(out);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one line, got:\n{err}");
-    assert!(lines[0].starts_with("omni: error:"), "{err}");
-    lines[0].to_string()
 }
 
 #[test]

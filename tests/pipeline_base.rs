@@ -10,40 +10,15 @@
 
 mod common;
 
-use std::path::Path;
+use common::{Collect, MIN_PSNR_DB, copy_dir};
 
 use common::{Reference, TestBackend, psnr, tiny_distilled};
 use omni::pipeline::noise::FileNoise;
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, RunContext, Variant, VideoFrames, checkpoint_defaults,
+    HeliosPyramidPipeline, RunContext, Variant, checkpoint_defaults,
 };
 use omni::pipeline::progress::{CancelToken, NoProgress};
 use omni::pipeline::request::{RequestPatch, resolve};
-
-const MIN_PSNR_DB: f64 = 40.0;
-
-#[derive(Default)]
-struct Collect(Vec<VideoFrames>);
-
-impl FrameSink for Collect {
-    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
-        self.0.push(frames);
-        Ok(())
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
 
 /// The tiny checkpoint of `variant` (`tiny-helios-base` / `tiny-helios-mid`) in a tempdir.
 pub fn tiny_variant(variant: &str) -> tempfile::TempDir {

@@ -4,36 +4,13 @@
 
 mod common;
 
+use common::{Collect, MIN_PSNR_DB, Record};
+
 use common::{Reference, TestBackend, psnr, tiny_distilled};
 use omni::pipeline::noise::FileNoise;
-use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames,
-};
-use omni::pipeline::progress::{CancelToken, NoProgress, Progress, ProgressSink};
+use omni::pipeline::pipelines::pipeline_helios_pyramid::{HeliosPyramidPipeline, RunContext};
+use omni::pipeline::progress::{CancelToken, NoProgress, Progress};
 use omni::pipeline::request::{RequestPatch, resolve};
-
-/// The bar for decoded frames against diffusers (fp32 on both sides; the remaining error
-/// is float summation order through 12 transformer calls and the VAE).
-const MIN_PSNR_DB: f64 = 40.0;
-
-#[derive(Default)]
-struct Collect(Vec<VideoFrames>);
-
-impl FrameSink for Collect {
-    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
-        self.0.push(frames);
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Record(Vec<Progress>);
-
-impl ProgressSink for Record {
-    fn event(&mut self, event: Progress) {
-        self.0.push(event);
-    }
-}
 
 fn request() -> omni::pipeline::request::GenerationRequest {
     let patch = RequestPatch {

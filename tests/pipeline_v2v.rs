@@ -6,27 +6,17 @@
 
 mod common;
 
+use common::{Collect, MIN_PSNR_DB};
+
 use common::{Reference, TestBackend, psnr, tiny_distilled};
 use omni::pipeline::noise::FileNoise;
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames, checkpoint_defaults,
+    HeliosPyramidPipeline, RunContext, checkpoint_defaults,
 };
 use omni::pipeline::progress::{CancelToken, NoProgress};
 use omni::pipeline::request::{
     Conditioning, ConditioningPixels, GenerationRequest, RequestPatch, resolve,
 };
-
-const MIN_PSNR_DB: f64 = 40.0;
-
-#[derive(Default)]
-struct Collect(Vec<VideoFrames>);
-
-impl FrameSink for Collect {
-    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
-        self.0.push(frames);
-        Ok(())
-    }
-}
 
 fn request() -> GenerationRequest {
     let patch = RequestPatch {

@@ -153,3 +153,67 @@ pub fn psnr(a: &[f32], b: &[f32]) -> f64 {
         10.0 * (1.0 / mse).log10()
     }
 }
+
+/// The prompt the tests generate from.
+pub const PROMPT: &str = "A serene lakeside sunrise with mist over the water.";
+
+/// The issues' bar for decoded frames against diffusers (fp32 on both sides).
+pub const MIN_PSNR_DB: f64 = 40.0;
+
+/// The built `omni` binary.
+pub fn omni() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_omni"))
+}
+
+/// A command's stderr as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Failure: exit ≠ 0 and exactly one non-empty stderr line starting with `omni: error:`.
+pub fn assert_one_line_error(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected failure, got success");
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got:\n{err}");
+    assert!(lines[0].starts_with("omni: error:"), "{err}");
+    lines[0].to_string()
+}
+
+/// Copy a folder tree (test checkpoints into temporary folders).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A frame sink that keeps every delivery.
+#[derive(Default)]
+pub struct Collect(pub Vec<omni::pipeline::pipelines::pipeline_helios_pyramid::VideoFrames>);
+
+impl omni::pipeline::pipelines::pipeline_helios_pyramid::FrameSink for Collect {
+    fn push_frames(
+        &mut self,
+        frames: omni::pipeline::pipelines::pipeline_helios_pyramid::VideoFrames,
+    ) -> Result<(), String> {
+        self.0.push(frames);
+        Ok(())
+    }
+}
+
+/// A progress sink that keeps every event.
+#[derive(Default)]
+pub struct Record(pub Vec<omni::pipeline::progress::Progress>);
+
+impl omni::pipeline::progress::ProgressSink for Record {
+    fn event(&mut self, event: omni::pipeline::progress::Progress) {
+        self.0.push(event);
+    }
+}
