@@ -488,8 +488,8 @@ impl HeliosScheduler {
 
     /// `stages == 1`, `sigmas=None`: diffusers' float32 branch (`np.linspace(...).astype(float32)`,
     /// numpy float32 fixed shift, torch float32 dynamic shift), rounded through `f32` where
-    /// diffusers is in float32. `HeliosDMDScheduler` has the same arithmetic (without its
-    /// dropped last point) in private helpers.
+    /// diffusers is in float32 (the shift arithmetic is `TimeShiftType`'s, shared with
+    /// `HeliosDMDScheduler`).
     fn single_stage_f32(&self, n: usize, mu: Option<f64>) -> StageSchedule {
         let c = &self.config;
         let nf32 = c.num_train_timesteps as f32;
@@ -499,18 +499,16 @@ impl HeliosScheduler {
             .collect();
         if c.shift != 1.0 {
             // numpy float32: m / (m + (1/σ − 1)), the Python scalar rounded to f32.
-            let m = time_shift_scalar(c.time_shift_type, c.shift) as f32;
             for s in sigmas.iter_mut() {
-                *s = m / (m + (1.0f32 / *s - 1.0));
+                *s = c.time_shift_type.apply_numpy_f32(c.shift, *s);
             }
         }
         let mut timesteps: Vec<f32> = sigmas.iter().map(|s| s * nf32).collect();
         sigmas.push(0.0);
         if let Some(mu) = mu {
             // torch float32: `scalar / tensor` is `tensor.reciprocal() * scalar`.
-            let m = time_shift_scalar(c.time_shift_type, mu) as f32;
             for s in sigmas.iter_mut() {
-                *s = (1.0f32 / ((1.0f32 / *s) * 1.0 - 1.0 + m)) * m;
+                *s = c.time_shift_type.apply_torch_f32(mu, *s);
             }
             timesteps = sigmas[..n].iter().map(|s| s * nf32).collect();
         }
@@ -519,14 +517,6 @@ impl HeliosScheduler {
             timesteps: timesteps.into_iter().map(f64::from).collect(),
             sigmas: sigmas.into_iter().map(f64::from).collect(),
         }
-    }
-}
-
-/// `e^μ` (exponential) or `μ` (linear): the effective flow shift of `time_shift`.
-fn time_shift_scalar(kind: TimeShiftType, mu: f64) -> f64 {
-    match kind {
-        TimeShiftType::Exponential => mu.exp(),
-        TimeShiftType::Linear => mu,
     }
 }
 

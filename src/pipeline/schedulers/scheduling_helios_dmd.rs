@@ -112,7 +112,7 @@ impl TimeShiftType {
 
     /// The same on a `float32` torch tensor (`stages == 1` branch after `torch.cat`): the Python
     /// scalar is rounded to `f32` before each op.
-    fn apply_torch_f32(self, mu: f64, sigma: f32) -> f32 {
+    pub(crate) fn apply_torch_f32(self, mu: f64, sigma: f32) -> f32 {
         let x = (1.0f32 / sigma) * 1.0 - 1.0;
         let m = match self {
             Self::Exponential => mu.exp() as f32,
@@ -123,7 +123,7 @@ impl TimeShiftType {
 
     /// The same on a `float32` numpy array (fixed `shift` in the `stages == 1` branch): numpy
     /// divides directly (no reciprocal), the Python scalar is rounded to `f32`.
-    fn apply_numpy_f32(self, mu: f64, sigma: f32) -> f32 {
+    pub(crate) fn apply_numpy_f32(self, mu: f64, sigma: f32) -> f32 {
         let x = 1.0f32 / sigma - 1.0;
         let m = match self {
             Self::Exponential => mu.exp() as f32,
