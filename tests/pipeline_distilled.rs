@@ -4,30 +4,12 @@
 
 mod common;
 
-use common::{Collect, MIN_PSNR_DB, Record};
+use common::{Collect, MIN_PSNR_DB, Record, distilled_request};
 
 use common::{Reference, TestBackend, psnr, tiny_distilled};
 use omni::pipeline::noise::FileNoise;
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{HeliosPyramidPipeline, RunContext};
 use omni::pipeline::progress::{CancelToken, NoProgress, Progress};
-use omni::pipeline::request::{RequestPatch, resolve};
-
-fn request() -> omni::pipeline::request::GenerationRequest {
-    let patch = RequestPatch {
-        prompt: Some("A serene lakeside sunrise with mist over the water.".into()),
-        width: Some(128),
-        height: Some(64),
-        num_frames: Some(66),
-        guidance_scale: Some(1.0),
-        pyramid_num_inference_steps_list: Some(vec![2, 2, 2]),
-        is_amplify_first_chunk: Some(true),
-        ..Default::default()
-    };
-    let defaults =
-        omni::pipeline::pipelines::pipeline_helios_pyramid::checkpoint_defaults(&tiny_distilled())
-            .unwrap();
-    resolve(&[patch], &defaults).unwrap()
-}
 
 #[test]
 fn two_chunk_distilled_run_matches_diffusers_frames() {
@@ -35,7 +17,7 @@ fn two_chunk_distilled_run_matches_diffusers_frames() {
     let pipe =
         HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
             .unwrap();
-    let req = request();
+    let req = distilled_request();
     let mut noise =
         FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors")).unwrap();
     let mut progress = Record::default();
@@ -97,7 +79,7 @@ fn a_missing_noise_draw_is_an_error_naming_it() {
     let pipe =
         HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
             .unwrap();
-    let mut req = request();
+    let mut req = distilled_request();
     req.num_frames = 99; // needs chunk2.* draws, which the file does not have
     let mut noise =
         FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors")).unwrap();
@@ -127,7 +109,9 @@ fn a_cancelled_run_stops_before_the_first_step() {
         cancel,
     };
     let mut sink = Collect::default();
-    let err = pipe.call(&request(), &mut ctx, &mut sink).unwrap_err();
+    let err = pipe
+        .call(&distilled_request(), &mut ctx, &mut sink)
+        .unwrap_err();
     assert!(matches!(
         err,
         omni::pipeline::pipelines::pipeline_helios_pyramid::PipelineError::Cancelled

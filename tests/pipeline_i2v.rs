@@ -6,40 +6,13 @@
 
 mod common;
 
-use common::{Collect, MIN_PSNR_DB};
+use common::{Collect, MIN_PSNR_DB, distilled_request, input_frames};
 
 use common::{Reference, TestBackend, psnr, tiny_distilled};
 use omni::pipeline::noise::FileNoise;
-use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    HeliosPyramidPipeline, RunContext, checkpoint_defaults,
-};
+use omni::pipeline::pipelines::pipeline_helios_pyramid::{HeliosPyramidPipeline, RunContext};
 use omni::pipeline::progress::{CancelToken, NoProgress};
-use omni::pipeline::request::{
-    Conditioning, ConditioningPixels, GenerationRequest, RequestPatch, resolve,
-};
-
-fn request() -> GenerationRequest {
-    let patch = RequestPatch {
-        prompt: Some("A serene lakeside sunrise with mist over the water.".into()),
-        width: Some(128),
-        height: Some(64),
-        num_frames: Some(66),
-        guidance_scale: Some(1.0),
-        pyramid_num_inference_steps_list: Some(vec![2, 2, 2]),
-        is_amplify_first_chunk: Some(true),
-        ..Default::default()
-    };
-    resolve(&[patch], &checkpoint_defaults(&tiny_distilled()).unwrap()).unwrap()
-}
-
-/// The stored u8 input (`[F, H, W, 3]` or `[H, W, 3]`) as RGB8 frames.
-fn input_frames(reference: &Reference, name: &str) -> (Vec<Vec<u8>>, usize, usize) {
-    let (shape, vals) = reference.frames01(name);
-    let (h, w) = (shape[shape.len() - 3], shape[shape.len() - 2]);
-    let bytes: Vec<u8> = vals.iter().map(|v| (v * 255.0).round() as u8).collect();
-    let frames = bytes.chunks_exact(h * w * 3).map(|c| c.to_vec()).collect();
-    (frames, w, h)
-}
+use omni::pipeline::request::{Conditioning, ConditioningPixels};
 
 #[test]
 fn two_chunk_image_to_video_run_matches_diffusers_frames() {
@@ -50,7 +23,7 @@ fn two_chunk_image_to_video_run_matches_diffusers_frames() {
     let reference = Reference::open("pipeline_i2v.safetensors");
     let (frames, w, h) = input_frames(&reference, "image");
     assert_eq!((frames.len(), w, h), (1, 128, 64));
-    let mut req = request();
+    let mut req = distilled_request();
     req.conditioning = Conditioning::Image(ConditioningPixels::from_rgb8_frames(&frames, w, h));
     let mut noise =
         FileNoise::open(&common::fixture("reference/pipeline_i2v.safetensors")).unwrap();
@@ -82,7 +55,7 @@ fn an_image_of_the_wrong_size_is_an_error() {
     let pipe =
         HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
             .unwrap();
-    let mut req = request();
+    let mut req = distilled_request();
     let frame = vec![0u8; 64 * 64 * 3];
     req.conditioning = Conditioning::Image(ConditioningPixels::from_rgb8_frames(&[frame], 64, 64));
     let mut noise = omni::pipeline::noise::SeededNoise::new(0);

@@ -6,40 +6,13 @@
 
 mod common;
 
-use common::{Collect, MIN_PSNR_DB};
+use common::{Collect, MIN_PSNR_DB, distilled_request, input_frames};
 
 use common::{Reference, TestBackend, psnr, tiny_distilled};
 use omni::pipeline::noise::FileNoise;
-use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    HeliosPyramidPipeline, RunContext, checkpoint_defaults,
-};
+use omni::pipeline::pipelines::pipeline_helios_pyramid::{HeliosPyramidPipeline, RunContext};
 use omni::pipeline::progress::{CancelToken, NoProgress};
-use omni::pipeline::request::{
-    Conditioning, ConditioningPixels, GenerationRequest, RequestPatch, resolve,
-};
-
-fn request() -> GenerationRequest {
-    let patch = RequestPatch {
-        prompt: Some("A serene lakeside sunrise with mist over the water.".into()),
-        width: Some(128),
-        height: Some(64),
-        num_frames: Some(66),
-        guidance_scale: Some(1.0),
-        pyramid_num_inference_steps_list: Some(vec![2, 2, 2]),
-        is_amplify_first_chunk: Some(true),
-        ..Default::default()
-    };
-    resolve(&[patch], &checkpoint_defaults(&tiny_distilled()).unwrap()).unwrap()
-}
-
-/// The stored u8 video `[F, H, W, 3]` as RGB8 frames.
-fn input_frames(reference: &Reference, name: &str) -> (Vec<Vec<u8>>, usize, usize) {
-    let (shape, vals) = reference.frames01(name);
-    let (h, w) = (shape[shape.len() - 3], shape[shape.len() - 2]);
-    let bytes: Vec<u8> = vals.iter().map(|v| (v * 255.0).round() as u8).collect();
-    let frames = bytes.chunks_exact(h * w * 3).map(|c| c.to_vec()).collect();
-    (frames, w, h)
-}
+use omni::pipeline::request::{Conditioning, ConditioningPixels, GenerationRequest};
 
 fn run(
     req: &GenerationRequest,
@@ -64,7 +37,7 @@ fn two_chunk_video_to_video_run_matches_diffusers_frames() {
     let reference = Reference::open("pipeline_v2v.safetensors");
     let (frames, w, h) = input_frames(&reference, "video");
     assert_eq!((frames.len(), w, h), (67, 128, 64));
-    let mut req = request();
+    let mut req = distilled_request();
     req.conditioning = Conditioning::Video(ConditioningPixels::from_rgb8_frames(&frames, w, h));
     let mut noise =
         FileNoise::open(&common::fixture("reference/pipeline_v2v.safetensors")).unwrap();
@@ -82,7 +55,7 @@ fn two_chunk_video_to_video_run_matches_diffusers_frames() {
 
 #[test]
 fn a_video_shorter_than_one_window_is_an_error() {
-    let mut req = request();
+    let mut req = distilled_request();
     let frames = vec![vec![0u8; 64 * 128 * 3]; 32];
     req.conditioning = Conditioning::Video(ConditioningPixels::from_rgb8_frames(&frames, 128, 64));
     let err = match run(&req, &mut omni::pipeline::noise::SeededNoise::new(0)) {

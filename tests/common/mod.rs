@@ -217,3 +217,31 @@ impl omni::pipeline::progress::ProgressSink for Record {
         self.0.push(event);
     }
 }
+
+/// The request of the 2-chunk Distilled parity runs (T2V, I2V, V2V): 128x64 pixels, 66 frames,
+/// pyramid steps 2,2,2 with the amplified first chunk, no CFG, on the tiny Distilled checkpoint.
+pub fn distilled_request() -> omni::pipeline::request::GenerationRequest {
+    let patch = omni::pipeline::request::RequestPatch {
+        prompt: Some(PROMPT.into()),
+        width: Some(128),
+        height: Some(64),
+        num_frames: Some(66),
+        guidance_scale: Some(1.0),
+        pyramid_num_inference_steps_list: Some(vec![2, 2, 2]),
+        is_amplify_first_chunk: Some(true),
+        ..Default::default()
+    };
+    let defaults =
+        omni::pipeline::pipelines::pipeline_helios_pyramid::checkpoint_defaults(&tiny_distilled())
+            .unwrap();
+    omni::pipeline::request::resolve(&[patch], &defaults).unwrap()
+}
+
+/// A stored u8 input (`[F, H, W, 3]` or `[H, W, 3]`) as RGB8 frames plus (width, height).
+pub fn input_frames(reference: &Reference, name: &str) -> (Vec<Vec<u8>>, usize, usize) {
+    let (shape, vals) = reference.frames01(name);
+    let (h, w) = (shape[shape.len() - 3], shape[shape.len() - 2]);
+    let bytes: Vec<u8> = vals.iter().map(|v| (v * 255.0).round() as u8).collect();
+    let frames = bytes.chunks_exact(h * w * 3).map(|c| c.to_vec()).collect();
+    (frames, w, h)
+}
