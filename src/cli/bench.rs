@@ -8,10 +8,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
 use omni::pipeline::backend::DefaultBackend;
 use omni::pipeline::bench::{
-    H100_BF16_PEAK_FLOPS, ModelScale, bench_dit, bench_pipeline, bench_request, bench_text_encoder,
-    bench_vae, peak_rss_bytes,
+    H100_BF16_PEAK_FLOPS, ModelScale, bench_dit, bench_ops, bench_pipeline, bench_request,
+    bench_text_encoder, bench_vae, peak_rss_bytes,
 };
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{FrameSink, VideoFrames};
+use omni::pipeline::precision::{Precision, parse_dtype};
 
 /// Model shapes to benchmark.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -45,6 +46,14 @@ pub struct Common {
     /// stage only (`--stage`).
     #[arg(long)]
     pub json: bool,
+    /// Compute dtype of the transformer and text encoder: f32, bf16 or f16 [default: the
+    /// device's, bf16 with --features cuda, f32 on the CPU]. The modules diffusers keeps in f32
+    /// stay f32.
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<burn::tensor::DType>,
+    /// Compute dtype of the VAE (diffusers' Helios examples load it in float32).
+    #[arg(long, value_parser = parse_dtype, default_value = "f32")]
+    pub vae_dtype: burn::tensor::DType,
 }
 
 impl Common {
@@ -55,6 +64,17 @@ impl Common {
             None if cfg!(feature = "cuda") => ModelScale::Helios14B,
             None => ModelScale::Tiny,
         }
+    }
+
+    /// The models' dtypes on the default device, with `--dtype` / `--vae-dtype` applied.
+    fn precision(&self) -> Precision {
+        let mut p = Precision::for_device::<DefaultBackend>(&Default::default());
+        if let Some(dtype) = self.dtype {
+            p.transformer = dtype;
+            p.text_encoder = dtype;
+        }
+        p.vae = self.vae_dtype;
+        p
     }
 }
 
@@ -71,6 +91,12 @@ pub enum BenchCommand {
     },
     /// VAE decode of one 33-frame chunk.
     Vae {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The DiT block's building blocks one by one at the full-resolution shapes (matmuls,
+    /// attention, norms, RoPE) and the VAE decoder's conv3d: where a forward's time goes.
+    Ops {
         #[command(flatten)]
         common: Common,
     },
@@ -108,12 +134,20 @@ fn stats(ms: &[f64]) -> (f64, f64) {
     (mean, min)
 }
 
-fn device_name() -> &'static str {
-    if cfg!(feature = "cuda") {
-        "cuda:0 (bf16)"
+fn device_name(p: &Precision) -> String {
+    let dev = if cfg!(feature = "cuda") {
+        "cuda:0"
     } else {
-        "cpu / flex (f32)"
-    }
+        "cpu / flex"
+    };
+    format!(
+        "{dev} (transformer {:?}, text encoder {:?}, VAE {:?})",
+        p.transformer, p.text_encoder, p.vae
+    )
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 struct Mp4Sink(Mp4Writer);
@@ -131,12 +165,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Dit { common, stage } => {
             let scale = common.scale();
+            let precision = common.precision();
             if !common.json {
                 println!(
                     "DiT forward, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
                     common.width,
                     common.height,
-                    device_name(),
+                    device_name(&precision),
                     common.warmup,
                     common.iters
                 );
@@ -151,6 +186,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             for s in stages {
                 let r = bench_dit::<DefaultBackend>(
                     scale,
+                    precision,
                     common.height,
                     common.width,
                     s,
@@ -185,8 +221,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Vae { common } => {
             let scale = common.scale();
+            let precision = common.precision();
             let ms = bench_vae::<DefaultBackend>(
                 scale,
+                precision,
                 common.height,
                 common.width,
                 common.warmup,
@@ -202,14 +240,70 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "VAE decode of one chunk (9 latent -> 33 video frames), {scale:?}, {}x{}, device {}: mean {mean:.1} ms, min {min:.1} ms ({:.1} frames/s)",
                 common.width,
                 common.height,
-                device_name(),
+                device_name(&precision),
                 33.0 / (mean / 1e3)
+            );
+        }
+        BenchCommand::Ops { common } => {
+            let scale = common.scale();
+            let precision = common.precision();
+            let ops = bench_ops::<DefaultBackend>(
+                scale,
+                precision,
+                common.height,
+                common.width,
+                common.warmup,
+                common.iters,
+                &device,
+            );
+            if common.json {
+                for op in &ops {
+                    let (mean, min) = stats(&op.ms);
+                    println!(
+                        "{}",
+                        serde_json::json!({"op": op.name, "ms_mean": mean, "ms_min": min,
+                            "per_forward": op.per_forward})
+                    );
+                }
+                return Ok(());
+            }
+            println!(
+                "DiT / VAE ops at the full-resolution shapes, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
+                common.width,
+                common.height,
+                device_name(&precision),
+                common.warmup,
+                common.iters
+            );
+            println!(
+                "{:<44} {:>9} {:>9} {:>12} {:>14}",
+                "op", "ms(mean)", "ms(min)", "per forward", "ms per forward"
+            );
+            let total: f64 = ops
+                .iter()
+                .map(|op| stats(&op.ms).1 * op.per_forward as f64)
+                .sum();
+            for op in &ops {
+                let (mean, min) = stats(&op.ms);
+                let share = min * op.per_forward as f64;
+                println!(
+                    "{:<44} {mean:>9.2} {min:>9.2} {:>12} {:>9.1} ({:>4.1}%)",
+                    op.name,
+                    op.per_forward,
+                    share,
+                    100.0 * share / total.max(f64::MIN_POSITIVE)
+                );
+            }
+            println!(
+                "sum over one DiT forward (stage 2): {total:.1} ms (compare `omni bench dit --stage 2`; the rest is glue: cat/narrow, residual adds, patch embedding)"
             );
         }
         BenchCommand::TextEncoder { common } => {
             let scale = common.scale();
+            let precision = common.precision();
             let ms = bench_text_encoder::<DefaultBackend>(
                 scale,
+                precision,
                 512,
                 common.warmup,
                 common.iters,
@@ -222,7 +316,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             println!(
                 "text encoder on 512 tokens, {scale:?}, device {}: mean {mean:.1} ms, min {min:.1} ms",
-                device_name()
+                device_name(&precision)
             );
         }
         BenchCommand::Pipeline {
@@ -236,6 +330,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "unknown preset `{preset}`: only helios-distilled can be benchmarked so far"
             );
             let scale = common.scale();
+            let precision = common.precision();
             let req = bench_request(common.height as u32, common.width as u32, num_frames);
             let mut writer = match &output {
                 Some(path) => Some(Mp4Sink(Mp4Writer::create(
@@ -249,6 +344,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             let r = bench_pipeline::<DefaultBackend>(
                 scale,
+                precision,
                 &req,
                 writer.as_mut().map(|w| w as &mut dyn FrameSink),
                 &device,
@@ -257,6 +353,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 w.finish()?;
             }
             let sum = |v: &[f64]| v.iter().sum::<f64>();
+            if common.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"frames": r.frames, "total_s": r.total_s,
+                        "fps": r.frames as f64 / r.total_s, "text_encoder_s": r.text_encoder_s,
+                        "denoise_s": sum(&r.denoise_s), "decode_s": sum(&r.decode_s),
+                        "output_s": sum(&r.output_s),
+                        "peak_gpu_gib": r.peak_device_memory.map(|m| gib(m.bytes_in_use)),
+                        "peak_gpu_reserved_gib": r.peak_device_memory.map(|m| gib(m.bytes_reserved)),
+                        "peak_rss_mib": peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))})
+                );
+                return Ok(());
+            }
             println!(
                 "Distilled T2V, {scale:?}, {}x{}, {} frames requested -> {} frames in {} chunks, device {}",
                 req.width,
@@ -264,7 +373,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 num_frames,
                 r.frames,
                 r.denoise_s.len(),
-                device_name()
+                device_name(&precision)
             );
             println!(
                 "end to end {:.2} s = {:.2} frames/s (text encoder {:.2} s, denoise {:.2} s, VAE decode {:.2} s, output {:.2} s)",
@@ -280,6 +389,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             if let Some(rss) = peak_rss_bytes() {
                 println!("peak RSS {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
+            }
+            if let Some(m) = r.peak_device_memory {
+                println!(
+                    "peak GPU memory (allocator, sampled at phase ends): {:.2} GiB in use, {:.2} GiB reserved",
+                    gib(m.bytes_in_use),
+                    gib(m.bytes_reserved)
+                );
             }
         }
     }

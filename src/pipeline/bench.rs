@@ -11,6 +11,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
+use crate::pipeline::backend::{DeviceMemory, device_memory};
 use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use crate::pipeline::models::transformer_helios::{
     HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs,
@@ -20,6 +21,7 @@ use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::pipelines::pipeline_helios_pyramid::{
     DenoiseParts, FrameSink, PipelineError, PipelineScheduler, RunContext, Variant, VideoFrames,
 };
+use crate::pipeline::precision::{Precision, PrecisionMapper};
 use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
 use crate::pipeline::request::{GenerationRequest, ModelDefaults, RequestPatch, resolve};
 use crate::pipeline::schedulers::scheduling_helios_dmd::{
@@ -134,9 +136,12 @@ pub struct DitBench {
 
 /// Time the DiT forward at `height`×`width` pixels for pyramid stage `stage` (2 = full
 /// resolution, 1 = half, 0 = quarter; history always at full resolution), `warmup` untimed then
-/// `iters` timed forwards, with random weights and inputs and 512 text tokens.
+/// `iters` timed forwards, with random weights (in `precision.transformer`, f32 for the modules
+/// diffusers keeps in f32) and inputs and 512 text tokens.
+#[allow(clippy::too_many_arguments)]
 pub fn bench_dit<B: Backend>(
     scale: ModelScale,
+    precision: Precision,
     height: usize,
     width: usize,
     stage: usize,
@@ -145,7 +150,7 @@ pub fn bench_dit<B: Backend>(
     device: &B::Device,
 ) -> DitBench {
     let cfg = scale.transformer_config();
-    let model: HeliosTransformer3DModel<B> = cfg.init(device);
+    let model: HeliosTransformer3DModel<B> = cfg.init_with_dtype(device, precision.transformer);
     let (lh, lw) = (height / 8, width / 8);
     let down = 1usize << (2 - stage.min(2));
     let (h, w) = (lh / down, lw / down);
@@ -197,9 +202,10 @@ pub fn bench_dit<B: Backend>(
 }
 
 /// Time the VAE decode of one chunk (9 latent frames → 33 video frames) at `height`×`width`.
-/// Returns milliseconds per timed decode.
+/// Returns milliseconds per timed decode; the VAE computes in `precision.vae`.
 pub fn bench_vae<B: Backend>(
     scale: ModelScale,
+    precision: Precision,
     height: usize,
     width: usize,
     warmup: usize,
@@ -209,6 +215,7 @@ pub fn bench_vae<B: Backend>(
     let cfg = scale.vae_config();
     let z_dim = cfg.z_dim;
     let vae = AutoencoderKLWan::<B>::new(cfg, device).expect("embedded config is valid");
+    let vae = PrecisionMapper::apply(vae, precision.vae, &[]);
     let z = Tensor::<B, 5>::random(
         [1, z_dim, 9, height / 8, width / 8],
         Distribution::Normal(0.0, 1.0),
@@ -218,9 +225,10 @@ pub fn bench_vae<B: Backend>(
 }
 
 /// Time the text encoder on one prompt of `tokens` tokens (512 as the pipeline pads).
-/// Returns milliseconds per timed forward.
+/// Returns milliseconds per timed forward; the encoder computes in `precision.text_encoder`.
 pub fn bench_text_encoder<B: Backend>(
     scale: ModelScale,
+    precision: Precision,
     tokens: usize,
     warmup: usize,
     iters: usize,
@@ -228,6 +236,7 @@ pub fn bench_text_encoder<B: Backend>(
 ) -> Vec<f64> {
     let cfg = scale.text_encoder_config();
     let encoder = UMT5EncoderModel::<B>::new(&cfg, device).expect("embedded config is valid");
+    let encoder = PrecisionMapper::apply(encoder, precision.text_encoder, &[]);
     let ids: Vec<i64> = (0..tokens as i64).map(|i| 3 + i % 400).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens]), device);
     let mask = Tensor::<B, 2, Int>::ones([1, tokens], device);
@@ -255,6 +264,168 @@ fn time_calls<B: Backend, F: FnMut()>(
     ms
 }
 
+/// One building block of the DiT / VAE timed alone by [`bench_ops`].
+#[derive(Debug, Clone)]
+pub struct OpBench {
+    /// The op, named as `benches/reference/time_diffusers.py --ops` names it.
+    pub name: String,
+    /// How many times one DiT forward runs it (per block × blocks; 0 for the VAE ops).
+    pub per_forward: usize,
+    /// Milliseconds of each timed call.
+    pub ms: Vec<f64>,
+}
+
+/// Time the building blocks of one DiT block at the full-resolution (stage 2) shapes of
+/// `height`×`width` — the projections and FFN matmuls, self- and cross-attention, the f32 layer
+/// norm with modulation, the q/k RMS norms and RoPE, each exactly as the model calls it — and the
+/// VAE decoder's 3×3×3 conv3d at each of its resolutions (f32). Multiplying by
+/// [`OpBench::per_forward`] and summing gives where a DiT forward's time goes.
+pub fn bench_ops<B: Backend>(
+    scale: ModelScale,
+    precision: Precision,
+    height: usize,
+    width: usize,
+    warmup: usize,
+    iters: usize,
+    device: &B::Device,
+) -> Vec<OpBench> {
+    use burn::nn::{LinearConfig, RmsNormConfig};
+    use burn::tensor::DType;
+    use burn::tensor::activation::gelu_approximate;
+    use burn::tensor::module::{attention, conv3d};
+    use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+
+    use crate::pipeline::models::transformer_helios::{
+        RotaryEmbedding, apply_rotary_emb_transposed, fp32_layer_norm,
+    };
+
+    let cfg = scale.transformer_config();
+    let dtype = precision.transformer;
+    let (dim, heads, hd, ffn) = (
+        cfg.inner_dim(),
+        cfg.num_attention_heads,
+        cfg.attention_head_dim,
+        cfg.ffn_dim,
+    );
+    let layers = cfg.num_layers;
+    let (lh, lw) = (height / 8, width / 8);
+    let noisy = 9 * (lh / 2) * (lw / 2);
+    let seq = noisy
+        + 2 * (lh / 2) * (lw / 2)
+        + lh.div_ceil(4) * lw.div_ceil(4)
+        + 4 * lh.div_ceil(8) * lw.div_ceil(8);
+    let rnd = |shape: Vec<usize>, dt: DType| {
+        Tensor::<B, 1>::random(
+            [shape.iter().product::<usize>()],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        )
+        .cast(dt)
+    };
+    let r3 = |s: [usize; 3], dt| rnd(s.to_vec(), dt).reshape(s);
+    let r4 = |s: [usize; 4], dt| rnd(s.to_vec(), dt).reshape(s);
+    let linear = |i: usize, o: usize| {
+        PrecisionMapper::apply(LinearConfig::new(i, o).init::<B>(device), dtype, &[])
+    };
+    let x = r3([1, seq, dim], dtype);
+    let xn = r3([1, noisy, dim], dtype);
+    let h_ffn = r3([1, seq, ffn], dtype);
+    let proj = linear(dim, dim);
+    let up = linear(dim, ffn);
+    let down = linear(ffn, dim);
+    let (q, k, v) = (
+        r4([1, heads, seq, hd], dtype),
+        r4([1, heads, seq, hd], dtype),
+        r4([1, heads, seq, hd], dtype),
+    );
+    let (qc, kc, vc) = (
+        r4([1, heads, noisy, hd], dtype),
+        r4([1, heads, 512, hd], dtype),
+        r4([1, heads, 512, hd], dtype),
+    );
+    let modulation = r3([1, 1, dim], DType::F32);
+    let rms = PrecisionMapper::apply(RmsNormConfig::new(dim).init::<B>(device), dtype, &[]);
+    let qh = r4([1, seq, heads, hd], dtype);
+    let rope = RotaryEmbedding {
+        cos: rnd(vec![seq * hd / 2], DType::F32).reshape([1, seq, 1, hd / 2, 1]),
+        sin: rnd(vec![seq * hd / 2], DType::F32).reshape([1, seq, 1, hd / 2, 1]),
+    };
+    let eps = cfg.eps;
+    let mut out = Vec::new();
+    let mut time = |name: &str, per_block: usize, f: &mut dyn FnMut()| {
+        out.push(OpBench {
+            name: name.to_string(),
+            per_forward: per_block * layers,
+            ms: time_calls::<B, _>(warmup, iters, device, f),
+        });
+    };
+    time("linear dim->dim (self-attn q/k/v/out)", 4, &mut || {
+        drop(proj.forward(x.clone()))
+    });
+    time("linear dim->dim (cross-attn q/out)", 2, &mut || {
+        drop(proj.forward(xn.clone()))
+    });
+    time("ffn up dim->ffn + gelu", 1, &mut || {
+        drop(gelu_approximate(up.forward(x.clone())))
+    });
+    time("ffn down ffn->dim", 1, &mut || {
+        drop(down.forward(h_ffn.clone()))
+    });
+    time("self-attention (flash)", 1, &mut || {
+        drop(attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        ))
+    });
+    time("cross-attention (512 keys)", 1, &mut || {
+        drop(attention(
+            qc.clone(),
+            kc.clone(),
+            vc.clone(),
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        ))
+    });
+    time("fp32 layer norm + modulate", 2, &mut || {
+        let normed = fp32_layer_norm(x.clone(), None, None, eps);
+        drop((normed * (modulation.clone() + 1.0) + modulation.clone()).cast(dtype))
+    });
+    time("rms norm q/k", 2, &mut || drop(rms.forward(x.clone())));
+    time("rope q/k", 2, &mut || {
+        drop(apply_rotary_emb_transposed(qh.clone(), &rope))
+    });
+    drop((x, xn, h_ffn, q, k, v));
+
+    // VAE decoder conv3d 3×3×3 with 2 causal frames in front, f32 (Wan2.1: base_dim 96,
+    // dim_mult [1, 2, 4, 4]): latent resolution 384 ch, then ×2, ×4, ×8 with 4 frames.
+    let base = scale.vae_config().base_dim;
+    for (ch, up, t) in [
+        (base * 4, 1, 1),
+        (base * 4, 2, 4),
+        (base * 2, 4, 4),
+        (base, 8, 4),
+    ] {
+        let (h, w) = (lh * up, lw * up);
+        let xv = rnd(vec![ch * (t + 2) * h * w], precision.vae).reshape([1, ch, t + 2, h, w]);
+        let wv = rnd(vec![ch * ch * 27], precision.vae).reshape([ch, ch, 3, 3, 3]);
+        let opts = ConvOptions::new([1, 1, 1], [0, 1, 1], [1, 1, 1], 1);
+        let name = format!("vae conv3d {ch}ch {t}f {h}x{w}");
+        out.push(OpBench {
+            name,
+            per_forward: 0,
+            ms: time_calls::<B, _>(warmup, iters, device, || {
+                drop(conv3d(xv.clone(), wv.clone(), None, opts.clone()))
+            }),
+        });
+    }
+    out
+}
+
 /// Result of [`bench_pipeline`]: wall times in seconds.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineBench {
@@ -267,6 +438,9 @@ pub struct PipelineBench {
     /// Frame hand-off (post-processing to host + the sink) per chunk.
     pub output_s: Vec<f64>,
     pub total_s: f64,
+    /// Largest device memory seen by the allocator at the phase boundaries (text encoder done,
+    /// each chunk's denoise, decode and hand-off); `None` on the CPU backend.
+    pub peak_device_memory: Option<DeviceMemory>,
 }
 
 /// Times the phases from the pipeline's progress events, syncing the device at each boundary.
@@ -281,8 +455,16 @@ impl<B: Backend> PhaseTimer<'_, B> {
         let _ = B::sync(self.device);
         let now = Instant::now();
         let dt = (now - self.last).as_secs_f64();
-        self.last = now;
+        self.sample_memory();
+        self.last = Instant::now();
         dt
+    }
+
+    fn sample_memory(&mut self) {
+        if let Some(now) = device_memory::<B>(self.device) {
+            let peak = self.result.peak_device_memory.get_or_insert(now);
+            *peak = peak.max(now);
+        }
     }
 }
 
@@ -340,20 +522,26 @@ pub fn bench_request(height: u32, width: u32, num_frames: u32) -> GenerationRequ
 
 /// Run the whole Distilled text-to-video pipeline on random weights: text encoder once, then the
 /// chunk loop with decoding, frames to `sink` (pass an MP4 writer to include H.264 encoding).
+/// Each model computes in its `precision` dtype, as [`Precision::for_device`] loads them.
 ///
 /// # Errors
 /// [`PipelineError`] from the run (a sink failure, say).
 pub fn bench_pipeline<B: Backend>(
     scale: ModelScale,
+    precision: Precision,
     req: &GenerationRequest,
     sink: Option<&mut dyn FrameSink>,
     device: &B::Device,
 ) -> Result<PipelineBench, PipelineError> {
-    let transformer: HeliosTransformer3DModel<B> = scale.transformer_config().init(device);
+    let transformer: HeliosTransformer3DModel<B> = scale
+        .transformer_config()
+        .init_with_dtype(device, precision.transformer);
     let vae = AutoencoderKLWan::<B>::new(scale.vae_config(), device).expect("valid config");
+    let vae = PrecisionMapper::apply(vae, precision.vae, &[]);
     let scheduler = scale.scheduler();
     let te_cfg = scale.text_encoder_config();
     let encoder = UMT5EncoderModel::<B>::new(&te_cfg, device).expect("valid config");
+    let encoder = PrecisionMapper::apply(encoder, precision.text_encoder, &[]);
 
     let started = Instant::now();
     let text_len = req.max_sequence_length;
@@ -363,6 +551,8 @@ pub fn bench_pipeline<B: Backend>(
     let prompt_embeds = encoder.forward(ids, mask);
     let _ = B::sync(device);
     let text_encoder_s = started.elapsed().as_secs_f64();
+    // The text encoder's weights and activations are still allocated here.
+    let text_encoder_memory = device_memory::<B>(device);
     drop(encoder);
 
     let mut timer = PhaseTimer::<B> {
@@ -370,6 +560,7 @@ pub fn bench_pipeline<B: Backend>(
         last: Instant::now(),
         result: PipelineBench::default(),
     };
+    timer.result.peak_device_memory = text_encoder_memory;
     let mut noise = SeededNoise::new(req.seed);
     let mut counting = CountingSink {
         frames: 0,
@@ -389,6 +580,7 @@ pub fn bench_pipeline<B: Backend>(
         cancel: CancelToken::new(),
     };
     parts.denoise(req, prompt_embeds, None, &mut ctx, &mut counting)?;
+    timer.sample_memory();
     let mut result = timer.result;
     result.frames = counting.frames;
     result.text_encoder_s = text_encoder_s;

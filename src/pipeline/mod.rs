@@ -11,6 +11,7 @@ pub mod guidance;
 pub mod models;
 pub mod noise;
 pub mod pipelines;
+pub mod precision;
 pub mod progress;
 pub mod request;
 pub mod schedulers;

@@ -3,8 +3,8 @@
 //! The only place that applies key remaps and the PyTorch→Burn adapter (Linear `[out, in]` →
 //! `[in, out]`; `weight` → `gamma` for burn's LayerNorm/BatchNorm/GroupNorm only — RmsNorm
 //! weights and LayerNorm biases are renamed by each model's `KEY_REMAP`). Files are memory-mapped by
-//! `SafetensorsStore` and each tensor is copied out one at a time, cast to the backend's float
-//! dtype on the way, so a checkpoint is never held twice in RAM. Shards (`*.safetensors.index.json`)
+//! `SafetensorsStore` and each tensor is copied out one at a time, cast to the model's compute
+//! dtype on the way (f32 for the modules the reference keeps in f32), so a checkpoint is never held twice in RAM. Shards (`*.safetensors.index.json`)
 //! are applied one after the other.
 //!
 //! Every tensor of the module must come from some file, every tensor of the files must be used
@@ -14,8 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::pipeline::precision::param_dtype;
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Element};
 use burn_store::{
     KeyRemapper, ModuleAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
     TensorSnapshot,
@@ -103,12 +104,19 @@ pub struct KeyMap<'a> {
     pub remap: &'a [(&'a str, &'a str)],
     /// Regexes of checkpoint keys that are deliberately not loaded (e.g. training-only tensors).
     pub ignore: &'a [&'a str],
+    /// Module names whose parameters stay f32 whatever the compute dtype (diffusers'
+    /// `_keep_in_fp32_modules`; see [`crate::pipeline::precision::param_dtype`]).
+    pub keep_in_fp32: &'a [&'a str],
 }
 
-/// Casts every float tensor to the backend's float dtype as it is materialised (bf16 or f32
-/// checkpoints both load into an f32 CPU model or a bf16 CUDA model).
+/// Casts every float tensor as it is materialised to the compute dtype, or to f32 for the
+/// modules kept in f32 (bf16 or f32 checkpoints both load into an f32 CPU model or a bf16 CUDA
+/// model).
 #[derive(Clone)]
-struct CastAdapter(DType);
+struct CastAdapter {
+    compute: DType,
+    keep_in_fp32: Vec<String>,
+}
 
 impl ModuleAdapter for CastAdapter {
     fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
@@ -116,10 +124,15 @@ impl ModuleAdapter for CastAdapter {
             snapshot.dtype,
             DType::F64 | DType::F32 | DType::F16 | DType::BF16
         );
-        if !is_float || snapshot.dtype == self.0 {
+        let keep: Vec<&str> = self.keep_in_fp32.iter().map(String::as_str).collect();
+        let target = param_dtype(
+            snapshot.path_stack.as_deref().unwrap_or_default(),
+            self.compute,
+            &keep,
+        );
+        if !is_float || snapshot.dtype == target {
             return snapshot.clone();
         }
-        let target = self.0;
         let inner = snapshot.clone_data_fn();
         TensorSnapshot::from_closure(
             std::rc::Rc::new(move || Ok(inner()?.convert_dtype(target))),
@@ -146,7 +159,8 @@ impl ModuleAdapter for CastAdapter {
     }
 }
 
-/// Load `files` into `module`, applying `keys`; see the module docs for the checks.
+/// Load `files` into `module`, applying `keys`; float tensors are cast to `dtype` (or f32 under
+/// `keys.keep_in_fp32`). See the module docs for the checks.
 ///
 /// # Errors
 /// [`WeightsError`] naming the tensor and file for a corrupt file, a missing, unexpected or
@@ -155,20 +169,24 @@ pub fn load_module<B: Backend, M: ModuleSnapshot<B>>(
     module: &mut M,
     files: &[PathBuf],
     keys: KeyMap<'_>,
+    dtype: DType,
 ) -> Result<(), WeightsError> {
     let ignore: Vec<regex::Regex> = keys
         .ignore
         .iter()
         .map(|p| regex::Regex::new(p).expect("ignore patterns are static and valid"))
         .collect();
-    let float = <B::FloatElem as Element>::dtype();
+    let cast = CastAdapter {
+        compute: dtype,
+        keep_in_fp32: keys.keep_in_fp32.iter().map(|s| s.to_string()).collect(),
+    };
     let mut applied: BTreeSet<String> = BTreeSet::new();
     let mut missing: Option<BTreeSet<String>> = None;
     for path in files {
         let remapper = KeyRemapper::from_patterns(keys.remap.to_vec())
             .expect("remap patterns are static and valid");
         let mut store = SafetensorsStore::from_file(path.clone())
-            .with_from_adapter(PyTorchToBurnAdapter.chain(CastAdapter(float)))
+            .with_from_adapter(PyTorchToBurnAdapter.chain(cast.clone()))
             .remap(remapper)
             .allow_partial(true)
             .validate(false);

@@ -338,12 +338,11 @@ fn video_response(state: &State, rec: &JobRecord) -> Resp {
 async fn create(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
     let rec = new_job(state, admitted, false, JobKind::Video).await?;
-    let id = enqueue(state, rec, None)?;
-    let rec = state
-        .jobs
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound("Video not found".into()))?;
-    Ok(video_response(state, &rec))
+    // Answer the job as admitted (`queued`): the worker may already have picked it up (or even
+    // finished it) by the time the response is written, and a create answers the creation.
+    let created = rec.clone();
+    enqueue(state, rec, None)?;
+    Ok(video_response(state, &created))
 }
 
 /// `POST /v1/videos/generations`: create, wait until the job is terminal, answer the `Video`

@@ -13,11 +13,15 @@ use safetensors::{Dtype, SafeTensors};
 /// The CPU test backend (f32).
 pub type TestBackend = omni::pipeline::backend::CpuBackend;
 
-/// `tests/fixtures/<rel>`.
+/// `tests/fixtures/<rel>`: under the source tree the test was built from, or, for a test binary
+/// carried to another machine (the GPU box has no Rust), under the current directory.
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = match built.is_dir() {
+        true => built,
+        false => PathBuf::from("tests/fixtures"),
+    };
+    root.join(rel)
 }
 
 /// The shipped tiny Distilled checkpoint folder.

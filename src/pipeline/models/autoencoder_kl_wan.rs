@@ -93,11 +93,12 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, conv3d};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, PadMode};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::precision::device_float_dtype;
 use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
 
 /// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
@@ -400,11 +401,7 @@ impl<B: Backend> WanCausalConv3d<B> {
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T, H, W]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let pt = self.history();
-        let x = if pt > 0 {
-            x.pad([(pt, 0), (0, 0), (0, 0)], PadMode::Constant(0.0))
-        } else {
-            x
-        };
+        let x = if pt > 0 { zero_pad(x, 2, pt, 0) } else { x };
         self.conv(x)
     }
 
@@ -434,12 +431,36 @@ impl<B: Backend> WanCausalConv3d<B> {
         cache.frames = Some(x.clone().narrow(2, t - keep, keep));
         // diffusers: `padding[4] -= cache_x.shape[2]` — zeros for the history not yet seen.
         let x = if history < pt {
-            x.pad([(pt - history, 0), (0, 0), (0, 0)], PadMode::Constant(0.0))
+            zero_pad(x, 2, pt - history, 0)
         } else {
             x
         };
         self.conv(x)
     }
+}
+
+/// `F.pad(x, ..., value=0)` along one axis: `before` zeros in front, `after` behind, in `x`'s
+/// dtype. (burn 0.21's `Tensor::pad` with `PadMode::Constant` fills in the device's default
+/// float dtype, which breaks an f32 VAE on a bf16 device.)
+fn zero_pad<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    axis: usize,
+    before: usize,
+    after: usize,
+) -> Tensor<B, D> {
+    let zeros = |n: usize| {
+        let mut dims = x.dims();
+        dims[axis] = n;
+        Tensor::<B, D>::zeros(dims, (&x.device(), x.dtype()))
+    };
+    let mut parts = Vec::with_capacity(3);
+    if before > 0 {
+        parts.push(zeros(before));
+    }
+    let tail = (after > 0).then(|| zeros(after));
+    parts.push(x);
+    parts.extend(tail);
+    Tensor::cat(parts, axis)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -811,7 +832,7 @@ impl<B: Backend> WanDownsample<B> {
         // [B, C, T, H, W] → [B·T, C, H, W]
         let x = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
         // nn.ZeroPad2d((0, 1, 0, 1)): one zero column on the right, one zero row at the bottom.
-        let x = x.pad([(0, 1), (0, 1)], PadMode::Constant(0.0));
+        let x = zero_pad(zero_pad(x, 2, 0, 1), 3, 0, 1);
         let x = self.resample.forward(x); // [B·T, C, H', W']
         let [_, c2, h2, w2] = x.dims();
         let x = x.reshape([b, t, c2, h2, w2]).permute([0, 2, 1, 3, 4]);
@@ -1112,13 +1133,27 @@ impl<B: Backend> AutoencoderKLWan<B> {
         })
     }
 
-    /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards);
-    /// every tensor of the file is used ([`IGNORED_KEYS`] is empty).
+    /// [`load_with_dtype`](Self::load_with_dtype) in the device's default float dtype.
+    ///
+    /// # Errors
+    /// As [`load_with_dtype`](Self::load_with_dtype).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        Self::load_with_dtype(dir, device, device_float_dtype::<B>(device))
+    }
+
+    /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards),
+    /// weights cast to `dtype` (the pipelines use f32, as diffusers' Helios examples load the
+    /// VAE with `torch_dtype=torch.float32`); every tensor of the file is used
+    /// ([`IGNORED_KEYS`] is empty).
     ///
     /// # Errors
     /// [`LoadError::Config`] for an unreadable or unsupported config, [`LoadError::Weights`] for
     /// missing, unexpected or wrongly shaped tensors.
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+    pub fn load_with_dtype(
+        dir: &Path,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, LoadError> {
         let config_path = dir.join("config.json");
         let (config, _unknown) = read_config::<AutoencoderKLWanConfig>(&config_path)?;
         let mut model = Self::new(config, device).map_err(|message| LoadError::Config {
@@ -1132,7 +1167,9 @@ impl<B: Backend> AutoencoderKLWan<B> {
             KeyMap {
                 remap: KEY_REMAP,
                 ignore: IGNORED_KEYS,
+                keep_in_fp32: &[],
             },
+            dtype,
         )?;
         Ok(model)
     }
@@ -1140,6 +1177,12 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// The parsed `config.json`.
     pub fn config(&self) -> &AutoencoderKLWanConfig {
         &self.config
+    }
+
+    /// The compute dtype (that of the weights). [`encode`](Self::encode) and the decoders cast
+    /// their input to it (diffusers: `.to(self.vae.dtype)`) and return it.
+    pub fn dtype(&self) -> DType {
+        self.post_quant_conv.weight.val().dtype()
     }
 
     fn check_latents(&self, z: &Tensor<B, 5>, name: &str) {
@@ -1176,6 +1219,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
             self.config.in_channels
         );
         assert!(dims[2] >= 1, "`video` has no frames: {dims:?}");
+        let video = video.cast(self.dtype());
         let chunks = 1 + (dims[2] - 1) / 4;
         let mut cache = WanEncoderCache::default();
         let mut outs = Vec::with_capacity(chunks);
@@ -1228,7 +1272,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
     pub fn decode(&self, z: Tensor<B, 5>) -> Tensor<B, 5> {
         self.check_latents(&z, "z");
         let num_frames = z.dims()[2];
-        let x = self.post_quant_conv.forward(z);
+        let x = self.post_quant_conv.forward(z.cast(self.dtype()));
         let mut cache = WanDecoderCache::default();
         let mut outs = Vec::with_capacity(num_frames);
         for i in 0..num_frames {
@@ -1257,7 +1301,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
     ) -> Result<(), E> {
         self.check_latents(&z, "z");
         let num_frames = z.dims()[2];
-        let x = self.post_quant_conv.forward(z);
+        let x = self.post_quant_conv.forward(z.cast(self.dtype()));
         let mut cache = WanDecoderCache::default();
         let mut next = 0;
         for i in 0..num_frames {
@@ -1285,9 +1329,14 @@ impl<B: Backend> AutoencoderKLWan<B> {
         (mean, inv_std)
     }
 
-    fn channel_tensor(&self, v: Vec<f32>, device: &B::Device) -> Tensor<B, 5> {
+    /// `[1, C, 1, 1, 1]` in the dtype of the latents it scales (diffusers
+    /// `.to(latents.device, latents.dtype)`).
+    fn channel_tensor(&self, v: Vec<f32>, like: &Tensor<B, 5>) -> Tensor<B, 5> {
         let c = v.len();
-        Tensor::from_data(TensorData::new(v, [1, c, 1, 1, 1]), device)
+        Tensor::from_data(
+            TensorData::new(v, [1, c, 1, 1, 1]),
+            (&like.device(), like.dtype()),
+        )
     }
 
     /// The pipeline's de-normalisation before decoding:
@@ -1298,9 +1347,12 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// `latents: [B, z_dim, T, H, W]` → same.
     pub fn denormalize(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
         self.check_latents(&latents, "latents");
-        let device = latents.device();
         let (mean, inv_std) = self.latents_mean_inv_std();
-        latents / self.channel_tensor(inv_std, &device) + self.channel_tensor(mean, &device)
+        let (mean, inv_std) = (
+            self.channel_tensor(mean, &latents),
+            self.channel_tensor(inv_std, &latents),
+        );
+        latents / inv_std + mean
     }
 
     /// The inverse, as the pipeline normalises encoded latents: `(latents - mean) * (1 / std)`.
@@ -1309,8 +1361,11 @@ impl<B: Backend> AutoencoderKLWan<B> {
     /// `latents: [B, z_dim, T, H, W]` → same.
     pub fn normalize(&self, latents: Tensor<B, 5>) -> Tensor<B, 5> {
         self.check_latents(&latents, "latents");
-        let device = latents.device();
         let (mean, inv_std) = self.latents_mean_inv_std();
-        (latents - self.channel_tensor(mean, &device)) * self.channel_tensor(inv_std, &device)
+        let (mean, inv_std) = (
+            self.channel_tensor(mean, &latents),
+            self.channel_tensor(inv_std, &latents),
+        );
+        (latents - mean) * inv_std
     }
 }

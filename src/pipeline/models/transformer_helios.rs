@@ -25,12 +25,13 @@
 //!   `indices_hidden_states` is required: diffusers' `None` means `0..T/p_t`. The three history
 //!   terms come together ([`HistoryInputs`]); diffusers accepts them one by one but needs the
 //!   short one for the RoPE grid of the other two.
-//! - **Precision.** The norm, modulation, gating and RoPE arithmetic is cast to f32 exactly where
-//!   diffusers casts (`.float()` / `.type_as`), but the parameters diffusers keeps in f32
-//!   (`_keep_in_fp32_modules`: `time_embedder`, `scale_shift_table`, `norm2`,
-//!   `history_key_scale`) are stored in the backend's float dtype by `weights::load_module` and
-//!   only upcast when used. This is exact on an f32 backend; on bf16 the time embedder runs in
-//!   bf16 where diffusers runs it in f32.
+//! - **Precision** follows diffusers in bf16: the norm, modulation, gating and RoPE arithmetic is
+//!   cast to f32 exactly where diffusers casts (`.float()` / `.type_as`), the parameters of
+//!   [`KEEP_IN_FP32_MODULES`] are stored in f32 (the time embedder runs in f32 and its output is
+//!   cast to the compute dtype), everything else computes in the dtype the model was loaded in
+//!   ([`HeliosTransformer3DModel::dtype`]). Inputs of any float dtype are cast to it on entry;
+//!   the output is in it (diffusers returns the bf16 prediction). `tests/bf16_parity.rs` checks
+//!   this plan against diffusers in bf16.
 //! - Attention is [`burn::tensor::module::attention`] with the default `1/sqrt(head_dim)` scale
 //!   (diffusers: `F.scaled_dot_product_attention`); no mask in either.
 
@@ -46,6 +47,7 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
 use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::precision::{PrecisionMapper, device_float_dtype};
 use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
 
 /// Checkpoint-key renames (`regex`, replacement), applied by `weights::load_module` before the
@@ -64,6 +66,17 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
     // renames `weight` but not `bias` here, so both are renamed explicitly).
     (r"\.norm2\.weight$", ".norm2.gamma"),
     (r"\.norm2\.bias$", ".norm2.beta"),
+];
+
+/// diffusers `HeliosTransformer3DModel._keep_in_fp32_modules`: parameters under a module of
+/// one of these names stay f32 whatever the compute dtype.
+pub const KEEP_IN_FP32_MODULES: &[&str] = &[
+    "time_embedder",
+    "scale_shift_table",
+    "norm1",
+    "norm2",
+    "norm3",
+    "history_key_scale",
 ];
 
 /// Checkpoint keys that are deliberately not loaded (diffusers `_keys_to_ignore_on_load_unexpected`).
@@ -290,6 +303,20 @@ impl HeliosTransformer3DModelConfig {
             config: self.clone(),
         }
     }
+
+    /// [`init`](Self::init) with the parameters cast to `dtype` (f32 for
+    /// [`KEEP_IN_FP32_MODULES`]), as [`HeliosTransformer3DModel::load_with_dtype`] would load
+    /// them: for benchmarks with random weights.
+    ///
+    /// # Panics
+    /// If [`validate`](Self::validate) fails.
+    pub fn init_with_dtype<B: Backend>(
+        &self,
+        device: &B::Device,
+        dtype: DType,
+    ) -> HeliosTransformer3DModel<B> {
+        PrecisionMapper::apply(self.init(device), dtype, KEEP_IN_FP32_MODULES)
+    }
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
@@ -371,7 +398,8 @@ impl<B: Backend> HeliosTimeTextEmbedding<B> {
     /// The timestep half of `HeliosTimeTextEmbedding.forward`.
     ///
     /// # Shapes
-    /// one timestep per row → (`temb: [N, dim]`, `timestep_proj: [N, 6·dim]`)
+    /// One timestep per row → (`temb: [N, dim]`, `timestep_proj: [N, 6·dim]`), both in the
+    /// dtype of `time_proj` (the compute dtype).
     pub fn forward_time(
         &self,
         timestep: &[f32],
@@ -381,10 +409,15 @@ impl<B: Backend> HeliosTimeTextEmbedding<B> {
         let emb = get_timestep_embedding(timestep, self.freq_dim);
         let emb = Tensor::<B, 2>::from_data(
             TensorData::new(emb, [timestep.len(), self.freq_dim]),
-            device,
+            (device, DType::F32),
         );
+        // timestep.to(time_embedder_dtype) (f32, `_keep_in_fp32_modules`)
+        let emb = emb.cast(self.time_embedder.linear_1.weight.val().dtype());
         // temb = self.time_embedder(timestep).type_as(encoder_hidden_states)
-        let temb = self.time_embedder.forward(emb);
+        let temb = self
+            .time_embedder
+            .forward(emb)
+            .cast(self.time_proj.weight.val().dtype());
         // timestep_proj = self.time_proj(self.act_fn(temb))
         let timestep_proj = self.time_proj.forward(silu(temb.clone()));
         (temb, timestep_proj)
@@ -709,7 +742,7 @@ impl<B: Backend> FeedForward<B> {
 
 /// diffusers `FP32LayerNorm` over the last dim: `F.layer_norm(x.float(), w.float(), b.float())`.
 /// Returns f32; callers cast back (`.type_as(hidden_states)`) where diffusers does.
-fn fp32_layer_norm<B: Backend>(
+pub fn fp32_layer_norm<B: Backend>(
     x: Tensor<B, 3>,
     gamma: Option<Tensor<B, 1>>,
     beta: Option<Tensor<B, 1>>,
@@ -1000,12 +1033,26 @@ pub struct HeliosTransformer3DModel<B: Backend> {
 
 impl<B: Backend> HeliosTransformer3DModel<B> {
     /// Load `config.json` and `diffusion_pytorch_model*.safetensors` from a diffusers
-    /// `transformer/` folder; the weights are cast to the backend's float dtype.
+    /// `transformer/` folder, in the device's default float dtype (see
+    /// [`load_with_dtype`](Self::load_with_dtype)).
+    ///
+    /// # Errors
+    /// As [`load_with_dtype`](Self::load_with_dtype).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        Self::load_with_dtype(dir, device, device_float_dtype::<B>(device))
+    }
+
+    /// Load a diffusers `transformer/` folder with the weights cast to `dtype`, except the
+    /// [`KEEP_IN_FP32_MODULES`], which are f32 (diffusers `from_pretrained(torch_dtype=dtype)`).
     ///
     /// # Errors
     /// [`LoadError`] for a missing or unsupported config (the message names the field), missing
     /// weights, or a missing / unexpected / wrongly shaped tensor (named with its file).
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+    pub fn load_with_dtype(
+        dir: &Path,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, LoadError> {
         let config_path = dir.join("config.json");
         let (config, _unknown) = read_config::<HeliosTransformer3DModelConfig>(&config_path)?;
         config.validate().map_err(|message| LoadError::Config {
@@ -1020,7 +1067,9 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             KeyMap {
                 remap: KEY_REMAP,
                 ignore: KEY_IGNORE,
+                keep_in_fp32: KEEP_IN_FP32_MODULES,
             },
+            dtype,
         )?;
         Ok(model)
     }
@@ -1028,6 +1077,11 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
     /// The config the model was built from.
     pub fn config(&self) -> &HeliosTransformer3DModelConfig {
         &self.config
+    }
+
+    /// The compute dtype: that of the weights outside [`KEEP_IN_FP32_MODULES`].
+    pub fn dtype(&self) -> DType {
+        self.proj_out.weight.val().dtype()
     }
 
     /// The text projection (`condition_embedder.text_embedder`) of the prompt embeddings. It
@@ -1045,7 +1099,7 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         );
         self.condition_embedder
             .text_embedder
-            .forward(encoder_hidden_states)
+            .forward(encoder_hidden_states.cast(self.dtype()))
     }
 
     /// One denoiser evaluation: the flow prediction for the noisy chunk.
@@ -1149,6 +1203,7 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             t / p_t
         );
         let device = hidden_states.device();
+        let hidden_states = hidden_states.cast(self.dtype());
         let freqs = [
             rope_freqs(cfg.rope_dim[0], cfg.rope_theta),
             rope_freqs(cfg.rope_dim[1], cfg.rope_theta),
@@ -1259,9 +1314,10 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         );
         let tokens = |x: Tensor<B, 5>| x.flatten::<3>(2, 4).swap_dims(1, 2);
         let half = cfg.attention_head_dim / 2;
+        let dtype = self.dtype();
 
         // 3. Short: patch_short(latents_history_short), RoPE on its own grid (H1, W1).
-        let short = patch_short.forward(hist.latents_history_short.clone());
+        let short = patch_short.forward(hist.latents_history_short.clone().cast(dtype));
         let [_, _, _, h1, w1] = short.dims();
         let short = tokens(short);
         let mut rope_short = RopeTables::new(half);
@@ -1270,7 +1326,7 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         // 4. Mid: patch_mid(pad_for_3d_conv(latents, (2, 4, 4))); RoPE on (H1, W1), replicate
         // padded to (2, 2, 2) and average-pooled by 2.
         let mid = patch_mid.forward(pad_for_3d_conv(
-            hist.latents_history_mid.clone(),
+            hist.latents_history_mid.clone().cast(dtype),
             MID_LATENT_PAD,
         ));
         let mid = tokens(mid);
@@ -1292,7 +1348,7 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
 
         // 5. Long: same with (4, 8, 8) and pool 4.
         let long = patch_long.forward(pad_for_3d_conv(
-            hist.latents_history_long.clone(),
+            hist.latents_history_long.clone().cast(dtype),
             LONG_LATENT_PAD,
         ));
         let long = tokens(long);

@@ -37,6 +37,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::precision::device_float_dtype;
 use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
 
 /// Checkpoint key → module path renames, applied in order (see `weights::KeyMap`).
@@ -543,14 +544,26 @@ impl<B: Backend> UMT5EncoderModel<B> {
         })
     }
 
+    /// [`load_with_dtype`](Self::load_with_dtype) in the device's default float dtype.
+    ///
+    /// # Errors
+    /// As [`load_with_dtype`](Self::load_with_dtype).
+    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+        Self::load_with_dtype(dir, device, device_float_dtype::<B>(device))
+    }
+
     /// Load `dir/config.json` and `dir/model.safetensors` (or its shards), as transformers'
-    /// `save_pretrained` writes them (the pipeline's `text_encoder/` folder). Weights are cast to
-    /// the backend's float dtype.
+    /// `save_pretrained` writes them (the pipeline's `text_encoder/` folder), weights cast to
+    /// `dtype` (all of them: transformers keeps `wo` in f32 only for fp16).
     ///
     /// # Errors
     /// [`LoadError`] naming the file (and tensor) for a missing or invalid config, an unsupported
     /// architecture, or missing, unexpected or mis-shaped weights.
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
+    pub fn load_with_dtype(
+        dir: &Path,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self, LoadError> {
         let config_path = dir.join("config.json");
         let (config, _unknown) = read_config::<UMT5Config>(&config_path)?;
         let mut model = Self::new(&config, device).map_err(|message| LoadError::Config {
@@ -564,7 +577,9 @@ impl<B: Backend> UMT5EncoderModel<B> {
             KeyMap {
                 remap: KEY_REMAP,
                 ignore: IGNORED_KEYS,
+                keep_in_fp32: &[],
             },
+            dtype,
         )?;
         Ok(model)
     }

@@ -33,12 +33,19 @@
 //! - all random draws come from a [`NoiseSource`] by name;
 //! - under CFG-Zero*'s zero-init the two transformer forwards are skipped (diffusers runs them
 //!   and multiplies by 0; the result is the same unless they produce inf/NaN);
-//! - `keep_first_frame = false` is rejected by `resolve` (diffusers 0.42.1 fails on it).
+//! - `keep_first_frame = false` is rejected by `resolve` (diffusers 0.42.1 fails on it);
+//! - guidance (CFG, CFG-Zero*) is computed in f32 on the f32-cast predictions (diffusers combines
+//!   the bf16 predictions in bf16).
+//!
+//! Precision ([`crate::pipeline::precision`]): latents, history, noise and every scheduler step
+//! are f32; the transformer takes and returns its own compute dtype (bf16 on CUDA), its
+//! prediction is cast to f32; the DMD `x0` is rounded to the prediction's dtype as diffusers'
+//! `convert_flow_pred_to_x0` does (`x0_pred.to(original_dtype)`); the VAE gets f32 latents.
 
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
 use crate::pipeline::guidance::Guidance;
@@ -48,6 +55,7 @@ use crate::pipeline::models::transformer_helios::{
 };
 use crate::pipeline::models::umt5::UMT5EncoderModel;
 use crate::pipeline::noise::{NoiseError, NoiseSource};
+use crate::pipeline::precision::Precision;
 use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
 use crate::pipeline::request::{Conditioning, GenerationRequest, ModelDefaults};
 use crate::pipeline::schedulers::scheduling_helios::{
@@ -242,15 +250,30 @@ pub struct HeliosPyramidPipeline<B: Backend> {
 }
 
 impl<B: Backend> HeliosPyramidPipeline<B> {
-    /// Load every component of the checkpoint folder `dir` onto `device`.
+    /// Load every component of the checkpoint folder `dir` onto `device`, with diffusers' bf16
+    /// recipe for the device ([`Precision::for_device`]).
+    ///
+    /// # Errors
+    /// As [`load_with_precision`](Self::load_with_precision).
+    pub fn load(
+        dir: &Path,
+        device: &B::Device,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with_precision(dir, device, Precision::for_device::<B>(device), progress)
+    }
+
+    /// Load every component of the checkpoint folder `dir` onto `device`, each in the dtype
+    /// `precision` gives it.
     ///
     /// # Errors
     /// [`PipelineError::Load`] naming the missing or broken file;
     /// [`PipelineError::Unsupported`] for a checkpoint that is not a Helios Base, Mid or
     /// Distilled pipeline, or whose scheduler class does not fit its pipeline class.
-    pub fn load(
+    pub fn load_with_precision(
         dir: &Path,
         device: &B::Device,
+        precision: Precision,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
         progress.event(Progress::Loading {
@@ -277,7 +300,11 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             component: "text_encoder",
             done: false,
         });
-        let text_encoder = UMT5EncoderModel::load(&component_dir(dir, "text_encoder")?, device)?;
+        let text_encoder = UMT5EncoderModel::load_with_dtype(
+            &component_dir(dir, "text_encoder")?,
+            device,
+            precision.text_encoder,
+        )?;
         progress.event(Progress::Loading {
             component: "text_encoder",
             done: true,
@@ -287,8 +314,11 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             component: "transformer",
             done: false,
         });
-        let transformer =
-            HeliosTransformer3DModel::load(&component_dir(dir, "transformer")?, device)?;
+        let transformer = HeliosTransformer3DModel::load_with_dtype(
+            &component_dir(dir, "transformer")?,
+            device,
+            precision.transformer,
+        )?;
         progress.event(Progress::Loading {
             component: "transformer",
             done: true,
@@ -298,7 +328,8 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             component: "vae",
             done: false,
         });
-        let vae = AutoencoderKLWan::load(&component_dir(dir, "vae")?, device)?;
+        let vae =
+            AutoencoderKLWan::load_with_dtype(&component_dir(dir, "vae")?, device, precision.vae)?;
         progress.event(Progress::Loading {
             component: "vae",
             done: true,
@@ -417,6 +448,8 @@ impl<B: Backend> DenoiseParts<'_, B> {
             ));
         }
         let device = self.device;
+        // Latents, history and noise are f32 whatever the models compute in.
+        let f32_on = (device, DType::F32);
         let (height, width) = (req.height as usize, req.width as usize);
         let (lh, lw) = (
             height / VAE_SCALE_FACTOR_SPATIAL,
@@ -456,7 +489,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
         let mut history_sizes = req.history_sizes.clone();
         history_sizes.sort_unstable_by(|a, b| b.cmp(a));
         let num_history: usize = history_sizes.iter().sum();
-        let mut history = Tensor::<B, 5>::zeros([1, channels, num_history, lh, lw], device);
+        let mut history = Tensor::<B, 5>::zeros([1, channels, num_history, lh, lw], f32_on);
         let [n_long, n_mid, n_1x] = [history_sizes[0], history_sizes[1], history_sizes[2]];
         let idx =
             |start: usize, len: usize| (start as i64..(start + len) as i64).collect::<Vec<_>>();
@@ -505,7 +538,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
             let h_1x = history.clone().narrow(2, n_long + n_mid, n_1x);
             let prefix = image_latents
                 .clone()
-                .unwrap_or_else(|| Tensor::zeros([1, channels, 1, lh, lw], device));
+                .unwrap_or_else(|| Tensor::zeros([1, channels, 1, lh, lw], f32_on));
             let hist = HistoryInputs {
                 latents_history_short: Tensor::cat(vec![prefix, h_1x], 2),
                 latents_history_mid: h_mid,
@@ -529,7 +562,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
             let draw = ctx
                 .noise
                 .standard_normal(&format!("chunk{k}.latents"), &shape)?;
-            let mut latents = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), device);
+            let mut latents = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), f32_on);
             for _ in 1..stages {
                 latents = downsample_half(latents).mul_scalar(2.0);
             }
@@ -560,7 +593,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
                         _ => model_timestep(t) as f32,
                     };
                     let v = if guidance.zero_init_applies(s, i) {
-                        Tensor::zeros(latents.dims(), device)
+                        Tensor::zeros(latents.dims(), f32_on)
                     } else {
                         let forward = |text: &TextContext<B>| {
                             self.transformer.forward_with_context(
@@ -587,7 +620,8 @@ impl<B: Backend> DenoiseParts<'_, B> {
                                 (true, ..) => (forward(&text), neg_text.as_ref().map(forward)),
                                 (false, ..) => (forward(&text), None),
                             };
-                        guidance.apply(v_cond, v_uncond, s, i)
+                        let f32 = |v: Tensor<B, 5>| v.cast(DType::F32);
+                        guidance.apply(f32(v_cond), v_uncond.map(f32), s, i)
                     };
                     latents = match sampler {
                         StageSampler::Dmd(sched) => {
@@ -595,8 +629,12 @@ impl<B: Backend> DenoiseParts<'_, B> {
                                 unreachable!("DMD stages come from the DMD scheduler")
                             };
                             let step = dmd.step_coeffs(sched, i);
-                            // DMD: x0 = x − σ_t·v; re-noise toward the stage start point unless last.
-                            let x0 = latents - v.mul_scalar(step.sigma_t);
+                            // DMD: x0 = x − σ_t·v, rounded to the prediction's dtype
+                            // (`x0_pred.to(original_dtype)`); re-noise toward the stage start
+                            // point unless last.
+                            let x0 = (latents - v.mul_scalar(step.sigma_t))
+                                .cast(self.transformer.dtype())
+                                .cast(DType::F32);
                             match step.next {
                                 Some(sn) => {
                                     x0.mul_scalar(1.0 - sn) + start_points[s].clone().mul_scalar(sn)
@@ -695,7 +733,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
         let device = self.device;
         let video = Tensor::<B, 5>::from_data(
             TensorData::new(pixels.data.clone(), [1, 3, pixels.frames, h, w]),
-            device,
+            (device, DType::F32),
         );
         let (lo_img, hi_img) = (IMAGE_NOISE_SIGMA_MIN, IMAGE_NOISE_SIGMA_MAX);
         let (lo_vid, hi_vid) = (VIDEO_NOISE_SIGMA_MIN, VIDEO_NOISE_SIGMA_MAX);
@@ -744,7 +782,8 @@ impl<B: Backend> DenoiseParts<'_, B> {
         Ok(Some((first, HistoryFill::Frames(Tensor::cat(noisy, 2)))))
     }
 
-    /// `normalize(vae.encode(pixels).latent_dist.sample())` with the sample noise drawn as `name`.
+    /// `normalize(vae.encode(pixels).latent_dist.sample())` with the sample noise drawn as `name`,
+    /// returned in f32 (diffusers: `.to(device=device, dtype=torch.float32)`).
     fn encode_sample(
         &self,
         pixels: Tensor<B, 5>,
@@ -754,10 +793,10 @@ impl<B: Backend> DenoiseParts<'_, B> {
         let (mean, logvar) = self.vae.encode(pixels);
         let dims = mean.dims();
         let eps = ctx.noise.standard_normal(name, &dims)?;
-        let eps = Tensor::<B, 5>::from_data(TensorData::new(eps, dims), self.device);
-        Ok(self
-            .vae
-            .normalize(AutoencoderKLWan::sample(mean, logvar, eps)))
+        let eps =
+            Tensor::<B, 5>::from_data(TensorData::new(eps, dims), (self.device, mean.dtype()));
+        let sample = AutoencoderKLWan::sample(mean, logvar, eps).cast(DType::F32);
+        Ok(self.vae.normalize(sample))
     }
 
     /// `σ·ε + (1−σ)·x` with `frames` σ values (one per latent frame, or one for all when
@@ -776,13 +815,15 @@ impl<B: Backend> DenoiseParts<'_, B> {
         // torch: rand(n) * (max − min) + min in float32.
         let (range, lo) = ((hi - lo) as f32, lo as f32);
         let sigmas: Vec<f32> = u.iter().map(|u| u * range + lo).collect();
-        let sigma =
-            Tensor::<B, 5>::from_data(TensorData::new(sigmas, [1, 1, frames, 1, 1]), self.device);
+        let sigma = Tensor::<B, 5>::from_data(
+            TensorData::new(sigmas, [1, 1, frames, 1, 1]),
+            (self.device, DType::F32),
+        );
         let dims = x.dims();
         let eps = ctx
             .noise
             .standard_normal(&format!("{prefix}.noise"), &dims)?;
-        let eps = Tensor::<B, 5>::from_data(TensorData::new(eps, dims), self.device);
+        let eps = Tensor::<B, 5>::from_data(TensorData::new(eps, dims), (self.device, DType::F32));
         let one_minus = sigma.clone().neg().add_scalar(1.0);
         Ok(sigma * eps + one_minus * x)
     }
@@ -918,10 +959,13 @@ fn block_noise<B: Backend>(
             oi[r] = (0..4).map(|j| zi[j] as f64 * l[r][j]).sum::<f64>() as f32;
         }
     }
-    Tensor::<B, 1>::from_data(TensorData::new(out, [b * c * t * h * w]), device)
-        .reshape([b * c * t, h / 2, w / 2, 2, 2])
-        .swap_dims(2, 3)
-        .reshape([b, c, t, h, w])
+    Tensor::<B, 1>::from_data(
+        TensorData::new(out, [b * c * t * h * w]),
+        (device, DType::F32),
+    )
+    .reshape([b * c * t, h / 2, w / 2, 2, 2])
+    .swap_dims(2, 3)
+    .reshape([b, c, t, h, w])
 }
 
 /// `(video / 2 + 0.5).clamp(0, 1)` and `[1, 3, F, H, W]` → `[F, H, W, 3]`, keeping `keep` frames.
@@ -933,6 +977,7 @@ fn postprocess<B: Backend>(video: Tensor<B, 5>, keep: usize) -> VideoFrames {
         .div_scalar(2.0)
         .add_scalar(0.5)
         .clamp(0.0, 1.0)
+        .cast(DType::F32)
         .reshape([3, keep, h, w])
         .permute([1, 2, 3, 0])
         .into_data()

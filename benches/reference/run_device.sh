@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The issue-5 measurement in one go on a lent GPU box (the `device` tool: CUDA + PyTorch, no Rust, no
+# package registry). Run from the repository root of the carried working tree:
+#
+#   benches/reference/run_device.sh STEP OUT_DIR
+#
+# STEP is one of (each fits in one 600 s device call):
+#   parity    the bf16 parity tests on the GPU (tests/bf16_parity.rs built --features cuda)
+#   omni      omni bench dit / ops / vae / text-encoder / pipeline at the real 14B shapes
+#   compare   benches/reference/time_diffusers.py: diffusers and omni side by side, same GPU, same run
+#
+# Carried files (build them here first, see README "GPU measurement"):
+#   dist/omni          `cargo build --release --features cuda` (stripped by the release profile)
+#   dist/bf16_parity   `cargo test --release --features cuda --test bf16_parity --no-run` binary
+#   dist/wheels/       `pip download --no-deps -d dist/wheels diffusers==0.42.1` (+ transformers and its
+#                      pure-Python deps when the box lacks them; `compare` installs from here offline)
+# Every step writes its console output to OUT_DIR/<step>*.txt; `compare` also writes OUT_DIR/table.md.
+set -euo pipefail
+
+step=${1:?usage: run_device.sh parity|omni|compare OUT_DIR}
+out=${2:?usage: run_device.sh parity|omni|compare OUT_DIR}
+mkdir -p "$out"
+omni=${OMNI:-dist/omni}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 || true
+
+case "$step" in
+parity)
+    # Fixtures are found under ./tests/fixtures (the binary was built on another machine).
+    ${BF16_PARITY:-dist/bf16_parity} --nocapture --test-threads 1 2>&1 | tee "$out/parity.txt"
+    ;;
+omni)
+    {
+        "$omni" bench dit --config helios-14b --warmup 2 --iters 5
+        "$omni" bench ops --config helios-14b --warmup 2 --iters 5
+        "$omni" bench vae --config helios-14b --warmup 1 --iters 3
+        "$omni" bench text-encoder --config helios-14b --warmup 1 --iters 3
+        "$omni" bench pipeline --config helios-14b --preset helios-distilled --num-frames 99
+    } 2>&1 | tee "$out/omni.txt"
+    ;;
+compare)
+    venv=/tmp/omni-bench-venv
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv --system-site-packages "$venv"
+        "$venv/bin/pip" install --no-index --no-deps --find-links dist/wheels dist/wheels/*.whl
+    fi
+    "$venv/bin/python" benches/reference/time_diffusers.py --omni "$omni" --config helios-14b \
+        --pipeline --ops --markdown "$out/table.md" 2>&1 | tee "$out/compare.txt"
+    ;;
+*)
+    echo "unknown step $step: use parity, omni or compare" >&2
+    exit 2
+    ;;
+esac
