@@ -118,3 +118,64 @@ fn a_cancelled_run_stops_before_the_first_step() {
     ));
     assert!(sink.0.is_empty());
 }
+
+/// `omni generate`'s path: prompts encoded by a standalone `PromptEncoder` that is dropped before
+/// the transformer loads, and a pipeline without a resident text encoder (which loads one for
+/// each `call`), both give exactly the frames of the resident pipeline.
+#[test]
+fn on_demand_text_encoder_gives_the_same_frames() {
+    use omni::pipeline::pipelines::pipeline_helios_pyramid::{PromptEncoder, TextEncoderResidency};
+    use omni::pipeline::precision::Precision;
+
+    let device = Default::default();
+    let run = |pipe: &HeliosPyramidPipeline<TestBackend>, embeds| {
+        let mut noise =
+            FileNoise::open(&common::fixture("reference/pipeline_distilled.safetensors")).unwrap();
+        let mut ctx = RunContext {
+            noise: &mut noise,
+            progress: &mut NoProgress,
+            cancel: CancelToken::new(),
+        };
+        let mut sink = Collect::default();
+        match embeds {
+            Some(e) => pipe.call_with_embeds(&distilled_request(), e, &mut ctx, &mut sink),
+            None => pipe.call(&distilled_request(), &mut ctx, &mut sink),
+        }
+        .unwrap();
+        sink.0
+            .into_iter()
+            .flat_map(|f| f.data)
+            .collect::<Vec<f32>>()
+    };
+    let resident =
+        HeliosPyramidPipeline::<TestBackend>::load(&tiny_distilled(), &device, &mut NoProgress)
+            .unwrap();
+    assert!(resident.prompt_encoder.is_some());
+    let want = run(&resident, None);
+    drop(resident);
+
+    let precision = Precision::for_device::<TestBackend>(&device);
+    let embeds = PromptEncoder::<TestBackend>::load(
+        &tiny_distilled(),
+        &device,
+        precision.text_encoder,
+        &mut NoProgress,
+    )
+    .unwrap()
+    .encode_request(&distilled_request(), &mut NoProgress)
+    .unwrap();
+    let on_demand = HeliosPyramidPipeline::<TestBackend>::load_with(
+        &tiny_distilled(),
+        &device,
+        precision,
+        TextEncoderResidency::OnDemand,
+        &mut NoProgress,
+    )
+    .unwrap();
+    assert!(on_demand.prompt_encoder.is_none());
+    assert!(run(&on_demand, Some(embeds)) == want, "pre-encoded prompt");
+    assert!(
+        run(&on_demand, None) == want,
+        "text encoder loaded for the call"
+    );
+}

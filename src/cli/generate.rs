@@ -11,8 +11,10 @@ use omni::media::{VideoReadOptions, load_image, read_video, to_video_tensor_data
 use omni::pipeline::backend::DefaultBackend;
 use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, RunContext, VideoFrames, checkpoint_defaults,
+    FrameSink, HeliosPyramidPipeline, PromptEncoder, RunContext, TextEncoderResidency, VideoFrames,
+    checkpoint_defaults,
 };
+use omni::pipeline::precision::Precision;
 use omni::pipeline::progress::CancelToken;
 use omni::pipeline::request::{
     Conditioning, ConditioningPixels, GenerationRequest, ModelDefaults, Preset, RequestPatch,
@@ -232,15 +234,34 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
 
     let mut bars = BarProgress::new(args.quiet);
     let device = Default::default();
-    let pipe = HeliosPyramidPipeline::<DefaultBackend>::load(&args.model, &device, &mut bars)
+    let precision = Precision::for_device::<DefaultBackend>(&device);
+    // One prompt: encode it first and drop the text encoder (UMT5-XXL is 11 GB in bf16) before
+    // the transformer is loaded, so the two are never in memory together.
+    let embeds = {
+        let encoder = PromptEncoder::<DefaultBackend>::load(
+            &args.model,
+            &device,
+            precision.text_encoder,
+            &mut bars,
+        )
         .with_context(|| format!("loading {}", args.model.display()))?;
+        encoder.encode_request(&req, &mut bars)?
+    };
+    let pipe = HeliosPyramidPipeline::<DefaultBackend>::load_with(
+        &args.model,
+        &device,
+        precision,
+        TextEncoderResidency::OnDemand,
+        &mut bars,
+    )
+    .with_context(|| format!("loading {}", args.model.display()))?;
     let mut sink = Mp4Sink { writer };
     let mut ctx = RunContext {
         noise: noise.as_mut(),
         progress: &mut bars,
         cancel: CancelToken::new(),
     };
-    pipe.call(&req, &mut ctx, &mut sink)?;
+    pipe.call_with_embeds(&req, embeds, &mut ctx, &mut sink)?;
     bars.finish();
     let summary = sink
         .writer

@@ -75,7 +75,7 @@ pub fn document() -> Value {
             "file_name": {"type": ["string", "null"]}, "inference_time_s": {"type": ["number", "null"]},
             "stage_durations": {"type": "object", "additionalProperties": {"type": "number"},
                 "description": "wall seconds per phase: text_encoder, denoise, vae_decode, output"},
-            "peak_memory_mb": {"type": ["number", "null"], "description": "peak resident memory of the server process, MiB"},
+            "peak_memory_mb": {"type": ["number", "null"], "description": "peak memory of the job, MiB: GPU memory in use (CubeCL allocator, sampled at phase ends) on CUDA, else the server process's peak resident memory"},
             "fps": {"type": "integer"}, "num_frames": {"type": "integer"},
         }
     });

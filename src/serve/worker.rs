@@ -14,7 +14,7 @@ use super::jobs::{JobError, JobKind, Jobs, Status, now};
 use super::previews::PreviewCollector;
 use super::reference::decode_kind;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
-use crate::pipeline::backend::DefaultBackend;
+use crate::pipeline::backend::{DefaultBackend, DeviceMemory, device_memory};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::pipelines::pipeline_helios_pyramid::{
     FrameSink, HeliosPyramidPipeline, PipelineError, RunContext, VideoFrames,
@@ -131,6 +131,8 @@ struct JobProgress<'a> {
     mark: Instant,
     /// Seconds per phase, summed over chunks (the `stage_durations` of the job).
     durations: std::collections::BTreeMap<String, f64>,
+    /// Largest GPU memory in use seen at the phase boundaries (`None` on the CPU backend).
+    peak_device: Option<DeviceMemory>,
 }
 
 impl JobProgress<'_> {
@@ -169,6 +171,13 @@ impl ProgressSink for JobProgress<'_> {
             Progress::Decoding { done: true, .. } => self.lap(Some("vae_decode")),
             Progress::FramesReady { .. } => self.lap(Some("output")),
             _ => {}
+        }
+        if matches!(
+            event,
+            Progress::EncodingPrompt { done: true } | Progress::Decoding { .. }
+        ) && let Some(now) = device_memory::<DefaultBackend>(&Default::default())
+        {
+            self.peak_device = Some(self.peak_device.map_or(now, |p| p.max(now)));
         }
         match event {
             Progress::ChunkStarted { chunk, chunks, .. } => {
@@ -257,6 +266,7 @@ fn run_job(
         chunks: req.num_chunks(),
         mark: Instant::now(),
         durations: Default::default(),
+        peak_device: None,
     };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut ctx = RunContext {
@@ -290,7 +300,11 @@ fn run_job(
                     .iter()
                     .map(|(k, v)| (k.clone(), ms(*v)))
                     .collect();
-                let peak_memory_mb = crate::pipeline::bench::peak_rss_bytes()
+                // GPU memory in use when the job ran on CUDA, else the process's peak RSS.
+                let peak_memory_mb = progress
+                    .peak_device
+                    .map(|m| m.bytes_in_use)
+                    .or_else(crate::pipeline::bench::peak_rss_bytes)
                     .map(|b| ms(b as f64 / (1024.0 * 1024.0)));
                 let kept = jobs.update(id, true, |r| {
                     r.status = Status::Completed;

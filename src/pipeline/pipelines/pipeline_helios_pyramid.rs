@@ -42,7 +42,7 @@
 //! prediction is cast to f32; the DMD `x0` is rounded to the prediction's dtype as diffusers'
 //! `convert_flow_pred_to_x0` does (`x0_pred.to(original_dtype)`); the VAE gets f32 latents.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -237,15 +237,123 @@ impl StageSampler {
     }
 }
 
+/// The prompt side of a checkpoint: `tokenizer/` and `text_encoder/` (UMT5), loadable on its own
+/// so that the 11 GB (bf16) encoder can be dropped once the prompts are encoded.
+pub struct PromptEncoder<B: Backend> {
+    pub tokenizer: PromptTokenizer,
+    pub text_encoder: UMT5EncoderModel<B>,
+    device: B::Device,
+}
+
+/// The prompt embeddings one request needs (`[1, max_sequence_length, d_model]` each).
+pub struct PromptEmbeds<B: Backend> {
+    pub prompt_embeds: Tensor<B, 3>,
+    /// Present when `guidance_scale > 1` (CFG).
+    pub negative_prompt_embeds: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> PromptEncoder<B> {
+    /// Load the tokenizer and the text encoder (in `dtype`) of the checkpoint folder `dir`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Load`] naming the missing or broken file.
+    pub fn load(
+        dir: &Path,
+        device: &B::Device,
+        dtype: DType,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        progress.event(Progress::Loading {
+            component: "tokenizer",
+            done: false,
+        });
+        let tokenizer = PromptTokenizer::from_dir(&component_dir(dir, "tokenizer")?)?;
+        progress.event(Progress::Loading {
+            component: "tokenizer",
+            done: true,
+        });
+        progress.event(Progress::Loading {
+            component: "text_encoder",
+            done: false,
+        });
+        let text_encoder =
+            UMT5EncoderModel::load_with_dtype(&component_dir(dir, "text_encoder")?, device, dtype)?;
+        progress.event(Progress::Loading {
+            component: "text_encoder",
+            done: true,
+        });
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            device: device.clone(),
+        })
+    }
+
+    /// Prompt embeddings `[1, max_sequence_length, d_model]` as diffusers' `encode_prompt`.
+    ///
+    /// # Errors
+    /// [`TokenizeError`] when the prompt cannot be tokenized at that length.
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        max_sequence_length: usize,
+    ) -> Result<Tensor<B, 3>, TokenizeError> {
+        encode_prompt(
+            &self.tokenizer,
+            &self.text_encoder,
+            prompt,
+            max_sequence_length,
+            &self.device,
+        )
+    }
+
+    /// Step 3 of `__call__`: the prompt, and the negative prompt when CFG is on
+    /// (`guidance_scale > 1`), with `EncodingPrompt` progress events around it.
+    ///
+    /// # Errors
+    /// [`PipelineError::Tokenize`] when a prompt cannot be tokenized.
+    pub fn encode_request(
+        &self,
+        req: &GenerationRequest,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<PromptEmbeds<B>, PipelineError> {
+        progress.event(Progress::EncodingPrompt { done: false });
+        let prompt_embeds = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
+        let negative_prompt_embeds = match req.guidance_scale > 1.0 {
+            true => Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?),
+            false => None,
+        };
+        progress.event(Progress::EncodingPrompt { done: true });
+        Ok(PromptEmbeds {
+            prompt_embeds,
+            negative_prompt_embeds,
+        })
+    }
+}
+
+/// Whether [`HeliosPyramidPipeline`] keeps the text encoder loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextEncoderResidency {
+    /// Loaded with the pipeline and kept (the server: no reload per request).
+    Resident,
+    /// Not kept: loaded from the checkpoint for each [`HeliosPyramidPipeline::call`] and dropped
+    /// after encoding, or not at all when the caller encodes first with a [`PromptEncoder`] and
+    /// uses [`HeliosPyramidPipeline::call_with_embeds`] (`omni generate`: the encoder and the
+    /// transformer are never in memory together).
+    OnDemand,
+}
+
 /// The loaded Helios pipeline (Base, Mid or Distilled; see [`Variant`]).
 pub struct HeliosPyramidPipeline<B: Backend> {
     pub model_index: ModelIndex,
     pub variant: Variant,
-    pub tokenizer: PromptTokenizer,
-    pub text_encoder: UMT5EncoderModel<B>,
+    /// `None` with [`TextEncoderResidency::OnDemand`].
+    pub prompt_encoder: Option<PromptEncoder<B>>,
     pub transformer: HeliosTransformer3DModel<B>,
     pub vae: AutoencoderKLWan<B>,
     pub scheduler: PipelineScheduler,
+    dir: PathBuf,
+    precision: Precision,
     device: B::Device,
 }
 
@@ -260,20 +368,27 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         device: &B::Device,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with_precision(dir, device, Precision::for_device::<B>(device), progress)
+        Self::load_with(
+            dir,
+            device,
+            Precision::for_device::<B>(device),
+            TextEncoderResidency::Resident,
+            progress,
+        )
     }
 
-    /// Load every component of the checkpoint folder `dir` onto `device`, each in the dtype
-    /// `precision` gives it.
+    /// Load the checkpoint folder `dir` onto `device`, each model in the dtype `precision` gives
+    /// it, the text encoder only with [`TextEncoderResidency::Resident`].
     ///
     /// # Errors
     /// [`PipelineError::Load`] naming the missing or broken file;
     /// [`PipelineError::Unsupported`] for a checkpoint that is not a Helios Base, Mid or
     /// Distilled pipeline, or whose scheduler class does not fit its pipeline class.
-    pub fn load_with_precision(
+    pub fn load_with(
         dir: &Path,
         device: &B::Device,
         precision: Precision,
+        text_encoder: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
         progress.event(Progress::Loading {
@@ -286,29 +401,15 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             done: true,
         });
 
-        progress.event(Progress::Loading {
-            component: "tokenizer",
-            done: false,
-        });
-        let tokenizer = PromptTokenizer::from_dir(&component_dir(dir, "tokenizer")?)?;
-        progress.event(Progress::Loading {
-            component: "tokenizer",
-            done: true,
-        });
-
-        progress.event(Progress::Loading {
-            component: "text_encoder",
-            done: false,
-        });
-        let text_encoder = UMT5EncoderModel::load_with_dtype(
-            &component_dir(dir, "text_encoder")?,
-            device,
-            precision.text_encoder,
-        )?;
-        progress.event(Progress::Loading {
-            component: "text_encoder",
-            done: true,
-        });
+        let prompt_encoder = match text_encoder {
+            TextEncoderResidency::Resident => Some(PromptEncoder::load(
+                dir,
+                device,
+                precision.text_encoder,
+                progress,
+            )?),
+            TextEncoderResidency::OnDemand => None,
+        };
 
         progress.event(Progress::Loading {
             component: "transformer",
@@ -338,13 +439,19 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         Ok(Self {
             model_index,
             variant,
-            tokenizer,
-            text_encoder,
+            prompt_encoder,
             transformer,
             vae,
             scheduler,
+            dir: dir.to_path_buf(),
+            precision,
             device: device.clone(),
         })
+    }
+
+    /// The dtypes the models were loaded in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The request defaults this checkpoint implies.
@@ -352,22 +459,34 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         self.variant.defaults(&self.model_index, &self.scheduler)
     }
 
+    /// Run `f` with the resident [`PromptEncoder`], or with one loaded for the call and dropped
+    /// after it ([`TextEncoderResidency::OnDemand`]).
+    fn with_prompt_encoder<T>(
+        &self,
+        f: impl FnOnce(&PromptEncoder<B>) -> Result<T, PipelineError>,
+    ) -> Result<T, PipelineError> {
+        match &self.prompt_encoder {
+            Some(encoder) => f(encoder),
+            None => f(&PromptEncoder::load(
+                &self.dir,
+                &self.device,
+                self.precision.text_encoder,
+                &mut crate::pipeline::progress::NoProgress,
+            )?),
+        }
+    }
+
     /// Prompt embeddings `[1, max_sequence_length, d_model]` as diffusers' `encode_prompt`.
     ///
     /// # Errors
-    /// [`TokenizeError`] when the prompt cannot be tokenized at that length.
+    /// [`PipelineError::Tokenize`] when the prompt cannot be tokenized at that length;
+    /// [`PipelineError::Load`] when an on-demand text encoder cannot be loaded.
     pub fn encode_prompt(
         &self,
         prompt: &str,
         max_sequence_length: usize,
-    ) -> Result<Tensor<B, 3>, TokenizeError> {
-        encode_prompt(
-            &self.tokenizer,
-            &self.text_encoder,
-            prompt,
-            max_sequence_length,
-            &self.device,
-        )
+    ) -> Result<Tensor<B, 3>, PipelineError> {
+        self.with_prompt_encoder(|e| Ok(e.encode_prompt(prompt, max_sequence_length)?))
     }
 
     /// Generate the video of `req`, handing decoded frames to `sink` chunk by chunk.
@@ -383,15 +502,28 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
         // 3. Encode the prompt (and the negative prompt when CFG is on).
-        ctx.progress.event(Progress::EncodingPrompt { done: false });
-        let prompt_embeds = self.encode_prompt(&req.prompt, req.max_sequence_length)?;
-        let negative_prompt_embeds = match req.guidance_scale > 1.0 {
-            true => Some(self.encode_prompt(&req.negative_prompt, req.max_sequence_length)?),
-            false => None,
-        };
-        ctx.progress.event(Progress::EncodingPrompt { done: true });
-        self.parts()
-            .denoise(req, prompt_embeds, negative_prompt_embeds, ctx, sink)
+        let embeds = self.with_prompt_encoder(|e| e.encode_request(req, &mut *ctx.progress))?;
+        self.call_with_embeds(req, embeds, ctx, sink)
+    }
+
+    /// [`call`](Self::call) from prompt embeddings already made by a [`PromptEncoder`].
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub fn call_with_embeds(
+        &self,
+        req: &GenerationRequest,
+        embeds: PromptEmbeds<B>,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        self.parts().denoise(
+            req,
+            embeds.prompt_embeds,
+            embeds.negative_prompt_embeds,
+            ctx,
+            sink,
+        )
     }
 
     /// The components the denoising loop needs, borrowed.
