@@ -1368,3 +1368,20 @@ fn localai_video_takes_start_image_as_base64() {
         assert_eq!(mp4_shape(&bytes), (128, 64, 33));
     }
 }
+
+/// `keep_text_encoder = false`: the worker loads UMT5 for each request and drops it after
+/// encoding; requests still succeed, and the same seed gives the same video every time.
+#[test]
+fn text_encoder_loaded_per_request_when_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "keep_text_encoder = false\n");
+    let storage = dir.path().join("st");
+    let s = Server::start(&storage, &["--config", cfg.to_str().unwrap()]);
+    let body = json!({"prompt": "a lighthouse", "size": SMALL, "num_frames": 33, "seed": 5});
+    let first = s.post_json("/v1/videos/sync", body.clone());
+    assert_eq!(first.status, 200, "{}", first.text());
+    let second = s.post_json("/v1/videos/sync", body);
+    assert_eq!(second.status, 200, "{}", second.text());
+    assert_eq!(&first.body[4..8], b"ftyp");
+    assert!(first.body == second.body, "same seed, same bytes");
+}

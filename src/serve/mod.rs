@@ -32,7 +32,9 @@ use tokio::net::TcpListener;
 pub use config::{ServeConfig, ServeFile, ServeOverrides};
 pub use error::ApiError;
 
-use crate::pipeline::pipelines::pipeline_helios_pyramid::checkpoint_defaults;
+use crate::pipeline::pipelines::pipeline_helios_pyramid::{
+    TextEncoderResidency, checkpoint_defaults,
+};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,10 @@ pub async fn serve(
         jobs.clone(),
         cfg.limits.max_queued_jobs,
         resume,
+        match cfg.keep_text_encoder {
+            true => TextEncoderResidency::Resident,
+            false => TextEncoderResidency::OnDemand,
+        },
     );
     if let Some(ttl) = cfg.file_ttl_s {
         let jobs = jobs.clone();

@@ -17,8 +17,9 @@ use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
 use crate::pipeline::backend::{DefaultBackend, DeviceMemory, device_memory};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, PipelineError, RunContext, VideoFrames,
+    FrameSink, HeliosPyramidPipeline, PipelineError, RunContext, TextEncoderResidency, VideoFrames,
 };
+use crate::pipeline::precision::Precision;
 use crate::pipeline::progress::{NoProgress, Progress, ProgressSink};
 use crate::pipeline::request::{ModelDefaults, resolve};
 
@@ -44,6 +45,7 @@ impl Worker {
         jobs: Arc<Jobs>,
         capacity: usize,
         resume: Vec<String>,
+        text_encoder: TextEncoderResidency,
     ) -> (Self, oneshot::Receiver<Result<(), String>>) {
         let (tx, rx) = sync_channel::<Job>(capacity);
         let ready = Arc::new(AtomicBool::new(false));
@@ -51,7 +53,18 @@ impl Worker {
         let r = ready.clone();
         std::thread::Builder::new()
             .name("omni-worker".into())
-            .spawn(move || run(model, defaults, jobs, rx, r, resume, loaded_tx))
+            .spawn(move || {
+                run(
+                    model,
+                    defaults,
+                    jobs,
+                    rx,
+                    r,
+                    resume,
+                    text_encoder,
+                    loaded_tx,
+                )
+            })
             .expect("spawning the worker thread");
         (Self { tx, ready }, loaded_rx)
     }
@@ -80,12 +93,18 @@ fn run(
     rx: Receiver<Job>,
     ready: Arc<AtomicBool>,
     resume: Vec<String>,
+    text_encoder: TextEncoderResidency,
     loaded: oneshot::Sender<Result<(), String>>,
 ) {
     let device = Default::default();
     let started = Instant::now();
-    let pipe = match HeliosPyramidPipeline::<DefaultBackend>::load(&model, &device, &mut NoProgress)
-    {
+    let pipe = match HeliosPyramidPipeline::<DefaultBackend>::load_with(
+        &model,
+        &device,
+        Precision::for_device::<DefaultBackend>(&device),
+        text_encoder,
+        &mut NoProgress,
+    ) {
         Ok(p) => p,
         Err(e) => {
             let _ = loaded.send(Err(format!("loading {}: {e}", model.display())));
