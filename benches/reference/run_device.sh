@@ -9,9 +9,10 @@
 #   omni      omni bench dit / ops / vae / text-encoder / pipeline at the real 14B shapes
 #   compare   benches/reference/time_diffusers.py: diffusers and omni side by side, same GPU, same run
 #
-# Carried files (build them here first, see README "GPU measurement"):
-#   dist/omni          `cargo build --release --features cuda` (stripped by the release profile)
-#   dist/bf16_parity   `cargo test --release --features cuda --test bf16_parity --no-run` binary
+# Carried files (build them here first, see README "GPU measurement"), gzipped because the CUDA
+# build is ~75 MB stripped and a call carries 64 MiB at most (gzip -9: ~18 MB):
+#   dist/omni.gz          `cargo build --release --features cuda` (stripped by the release profile)
+#   dist/bf16_parity.gz   `cargo test --release --features cuda --test bf16_parity --no-run` binary
 #   dist/wheels/       `pip download --no-deps -d dist/wheels diffusers==0.42.1` (+ transformers and its
 #                      pure-Python deps when the box lacks them; `compare` installs from here offline)
 # Every step writes its console output to OUT_DIR/<step>*.txt; `compare` also writes OUT_DIR/table.md.
@@ -20,6 +21,11 @@ set -euo pipefail
 step=${1:?usage: run_device.sh parity|omni|compare OUT_DIR}
 out=${2:?usage: run_device.sh parity|omni|compare OUT_DIR}
 mkdir -p "$out"
+for f in dist/omni dist/bf16_parity; do
+    if [ -f "$f.gz" ] && [ ! -x "$f" ]; then
+        gunzip -c "$f.gz" >"$f" && chmod +x "$f"
+    fi
+done
 omni=${OMNI:-dist/omni}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$out/gpu.txt" 2>&1 || true
 

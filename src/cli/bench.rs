@@ -161,6 +161,7 @@ impl FrameSink for Mp4Sink {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
     let device = Default::default();
     match args.command {
         BenchCommand::Dit { common, stage } => {

@@ -232,6 +232,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}; choose an existing, writable folder for -o"))?;
 
+    omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
     let mut bars = BarProgress::new(args.quiet);
     let device = Default::default();
     let precision = Precision::for_device::<DefaultBackend>(&device);

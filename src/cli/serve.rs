@@ -64,6 +64,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         aliases,
     };
     let cfg = ServeConfig::resolve(flags, file, |k| std::env::var(k).ok())?;
+    omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -58,3 +58,57 @@ pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
     let _ = device;
     None
 }
+
+/// Check that the default device can run a kernel before minutes of loading start.
+///
+/// Always `Ok` on the CPU backend. On CUDA, a missing driver or GPU makes CubeCL panic on its
+/// device thread (and the caller with an unrelated `RecvError`); this runs one upload and
+/// read-back under `catch_unwind` with the panic output captured, and returns the first panic
+/// message instead.
+///
+/// # Errors
+/// A one-line message naming the cause (e.g. `Unable to dynamically load the "cuda" shared
+/// library`) and what to do.
+pub fn probe_device() -> Result<(), String> {
+    #[cfg(feature = "cuda")]
+    {
+        use burn::tensor::Tensor;
+        use std::sync::{Arc, Mutex};
+
+        let first: Arc<Mutex<Option<String>>> = Arc::default();
+        let seen = first.clone();
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(msg);
+        }));
+        let ok = std::panic::catch_unwind(|| {
+            let device = Default::default();
+            let t = Tensor::<DefaultBackend, 1>::from_data([1.0f32, 2.0], &device);
+            t.into_data().to_vec::<f32>().is_ok()
+        });
+        std::panic::set_hook(previous);
+        if !matches!(ok, Ok(true)) {
+            let cause = first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| "the device did not answer".into());
+            // cudarc's message lists every library name it tried: keep the first sentence.
+            let cause = cause.split(" - searched").next().unwrap_or(&cause).trim();
+            return Err(format!(
+                "no usable CUDA device: {cause}. This build (--features cuda) needs an NVIDIA GPU \
+                 with its driver (libcuda.so on LD_LIBRARY_PATH); on a machine without one, build \
+                 omni without --features cuda"
+            ));
+        }
+    }
+    Ok(())
+}
