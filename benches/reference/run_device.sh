@@ -7,7 +7,10 @@
 # STEP is one of (each fits in one 600 s device call):
 #   parity    the bf16 parity tests on the GPU (tests/bf16_parity.rs built --features cuda)
 #   omni      omni bench dit / ops / vae / text-encoder / pipeline at the real 14B shapes
-#   compare   benches/reference/time_diffusers.py: diffusers and omni side by side, same GPU, same run
+#   compare   benches/reference/time_diffusers.py: DiT, VAE and per-op rows, diffusers and omni side
+#             by side, same GPU, same run (OUT_DIR/table.md)
+#   compare-pipeline  the same for the Distilled pipeline end to end and its peak GPU memory
+#             (OUT_DIR/table_pipeline.md)
 #
 # Carried files (build them here first, see README "GPU measurement"), gzipped because the CUDA
 # build is ~75 MB stripped and a call carries 64 MiB at most (gzip -9: ~18 MB):
@@ -18,8 +21,9 @@
 # Every step writes its console output to OUT_DIR/<step>*.txt; `compare` also writes OUT_DIR/table.md.
 set -euo pipefail
 
-step=${1:?usage: run_device.sh parity|omni|compare OUT_DIR}
-out=${2:?usage: run_device.sh parity|omni|compare OUT_DIR}
+usage="usage: run_device.sh parity|omni|compare|compare-pipeline OUT_DIR"
+step=${1:?$usage}
+out=${2:?$usage}
 mkdir -p "$out"
 for f in dist/omni dist/bf16_parity; do
     if [ -f "$f.gz" ] && [ ! -x "$f" ]; then
@@ -43,17 +47,22 @@ omni)
         "$omni" bench pipeline --config helios-14b --preset helios-distilled --num-frames 99
     } 2>&1 | tee "$out/omni.txt"
     ;;
-compare)
+compare | compare-pipeline)
     venv=/tmp/omni-bench-venv
     if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv --system-site-packages "$venv"
         "$venv/bin/pip" install --no-index --no-deps --find-links dist/wheels dist/wheels/*.whl
     fi
+    if [ "$step" = compare ]; then
+        what=(--ops --markdown "$out/table.md")
+    else
+        what=(--skip-core --pipeline --markdown "$out/table_pipeline.md")
+    fi
     "$venv/bin/python" benches/reference/time_diffusers.py --omni "$omni" --config helios-14b \
-        --pipeline --ops --markdown "$out/table.md" 2>&1 | tee "$out/compare.txt"
+        "${what[@]}" 2>&1 | tee "$out/$step.txt"
     ;;
 *)
-    echo "unknown step $step: use parity, omni or compare" >&2
+    echo "unknown step $step: use parity, omni, compare or compare-pipeline" >&2
     exit 2
     ;;
 esac
