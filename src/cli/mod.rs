@@ -42,7 +42,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Log to stderr when `RUST_LOG` is set (progress bars are then hidden); warnings otherwise.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // cubecl_common logs a device-thread panic as "Task failed: Any" at warn level; omni
+        // reports the cause itself (`backend::probe_device`).
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cubecl_common=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
