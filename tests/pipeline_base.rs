@@ -73,7 +73,6 @@ fn two_chunk_base_run_matches_diffusers_frames() {
     let (shape, want) = reference.frames01("frames");
     assert_eq!(shape, vec![1, 65, 64, 128, 3]);
     let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
-    let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
     let db = psnr(&got, &want);
     eprintln!("Base decoded frames PSNR vs diffusers: {db:.2} dB");
     assert!(db >= MIN_PSNR_DB, "PSNR {db:.2} dB < {MIN_PSNR_DB} dB");

@@ -40,7 +40,6 @@ fn two_chunk_distilled_run_matches_diffusers_frames() {
         "the last chunk is trimmed to 4k+1 frames in all"
     );
     let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
-    let want: Vec<f32> = want.into_iter().map(|v| v as f32).collect();
     let db = psnr(&got, &want);
     eprintln!("decoded frames PSNR vs diffusers: {db:.2} dB");
     assert!(db >= MIN_PSNR_DB, "PSNR {db:.2} dB < {MIN_PSNR_DB} dB");

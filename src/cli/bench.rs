@@ -8,8 +8,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
 use omni::pipeline::backend::DefaultBackend;
 use omni::pipeline::bench::{
-    H100_BF16_PEAK_FLOPS, ModelScale, bench_dit, bench_ops, bench_pipeline, bench_request,
-    bench_text_encoder, bench_vae, peak_rss_bytes,
+    BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, bench_dit, bench_ops, bench_pipeline,
+    bench_request, bench_text_encoder, bench_vae, peak_rss_bytes,
 };
 use omni::pipeline::pipelines::pipeline_helios_pyramid::{FrameSink, VideoFrames};
 use omni::pipeline::precision::{Precision, parse_dtype};
@@ -63,6 +63,18 @@ impl Common {
             Some(BenchConfig::Tiny) => ModelScale::Tiny,
             None if cfg!(feature = "cuda") => ModelScale::Helios14B,
             None => ModelScale::Tiny,
+        }
+    }
+
+    /// Shapes, dtypes, size and repetitions for the component benchmarks.
+    fn options(&self) -> BenchOptions {
+        BenchOptions {
+            scale: self.scale(),
+            precision: self.precision(),
+            height: self.height,
+            width: self.width,
+            warmup: self.warmup,
+            iters: self.iters,
         }
     }
 
@@ -185,16 +197,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 None => vec![2, 1, 0],
             };
             for s in stages {
-                let r = bench_dit::<DefaultBackend>(
-                    scale,
-                    precision,
-                    common.height,
-                    common.width,
-                    s,
-                    common.warmup,
-                    common.iters,
-                    &device,
-                );
+                let r = bench_dit::<DefaultBackend>(common.options(), s, &device);
                 let (mean, min) = stats(&r.ms);
                 let tflops = r.flops / (mean / 1e3) / 1e12;
                 if common.json {
@@ -223,15 +226,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Vae { common } => {
             let scale = common.scale();
             let precision = common.precision();
-            let ms = bench_vae::<DefaultBackend>(
-                scale,
-                precision,
-                common.height,
-                common.width,
-                common.warmup,
-                common.iters,
-                &device,
-            );
+            let ms = bench_vae::<DefaultBackend>(common.options(), &device);
             let (mean, min) = stats(&ms);
             if common.json {
                 println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
@@ -248,15 +243,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Ops { common } => {
             let scale = common.scale();
             let precision = common.precision();
-            let ops = bench_ops::<DefaultBackend>(
-                scale,
-                precision,
-                common.height,
-                common.width,
-                common.warmup,
-                common.iters,
-                &device,
-            );
+            let ops = bench_ops::<DefaultBackend>(common.options(), &device);
             if common.json {
                 for op in &ops {
                     let (mean, min) = stats(&op.ms);
@@ -302,14 +289,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::TextEncoder { common } => {
             let scale = common.scale();
             let precision = common.precision();
-            let ms = bench_text_encoder::<DefaultBackend>(
-                scale,
-                precision,
-                512,
-                common.warmup,
-                common.iters,
-                &device,
-            );
+            let ms = bench_text_encoder::<DefaultBackend>(common.options(), 512, &device);
             let (mean, min) = stats(&ms);
             if common.json {
                 println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));

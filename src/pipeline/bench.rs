@@ -121,6 +121,21 @@ pub fn dit_forward_flops(
     per_layer * cfg.num_layers as f64
 }
 
+/// What every component benchmark takes: model shapes and dtypes, video size, repetitions.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    pub scale: ModelScale,
+    pub precision: Precision,
+    /// Video height in pixels.
+    pub height: usize,
+    /// Video width in pixels.
+    pub width: usize,
+    /// Untimed runs first (JIT compilation, autotune).
+    pub warmup: usize,
+    /// Timed runs.
+    pub iters: usize,
+}
+
 /// Result of [`bench_dit`].
 #[derive(Debug, Clone)]
 pub struct DitBench {
@@ -138,17 +153,15 @@ pub struct DitBench {
 /// resolution, 1 = half, 0 = quarter; history always at full resolution), `warmup` untimed then
 /// `iters` timed forwards, with random weights (in `precision.transformer`, f32 for the modules
 /// diffusers keeps in f32) and inputs and 512 text tokens.
-#[allow(clippy::too_many_arguments)]
-pub fn bench_dit<B: Backend>(
-    scale: ModelScale,
-    precision: Precision,
-    height: usize,
-    width: usize,
-    stage: usize,
-    warmup: usize,
-    iters: usize,
-    device: &B::Device,
-) -> DitBench {
+pub fn bench_dit<B: Backend>(opts: BenchOptions, stage: usize, device: &B::Device) -> DitBench {
+    let BenchOptions {
+        scale,
+        precision,
+        height,
+        width,
+        warmup,
+        iters,
+    } = opts;
     let cfg = scale.transformer_config();
     let model: HeliosTransformer3DModel<B> = cfg.init_with_dtype(device, precision.transformer);
     let (lh, lw) = (height / 8, width / 8);
@@ -203,15 +216,15 @@ pub fn bench_dit<B: Backend>(
 
 /// Time the VAE decode of one chunk (9 latent frames → 33 video frames) at `height`×`width`.
 /// Returns milliseconds per timed decode; the VAE computes in `precision.vae`.
-pub fn bench_vae<B: Backend>(
-    scale: ModelScale,
-    precision: Precision,
-    height: usize,
-    width: usize,
-    warmup: usize,
-    iters: usize,
-    device: &B::Device,
-) -> Vec<f64> {
+pub fn bench_vae<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<f64> {
+    let BenchOptions {
+        scale,
+        precision,
+        height,
+        width,
+        warmup,
+        iters,
+    } = opts;
     let cfg = scale.vae_config();
     let z_dim = cfg.z_dim;
     let vae = AutoencoderKLWan::<B>::new(cfg, device).expect("embedded config is valid");
@@ -227,13 +240,17 @@ pub fn bench_vae<B: Backend>(
 /// Time the text encoder on one prompt of `tokens` tokens (512 as the pipeline pads).
 /// Returns milliseconds per timed forward; the encoder computes in `precision.text_encoder`.
 pub fn bench_text_encoder<B: Backend>(
-    scale: ModelScale,
-    precision: Precision,
+    opts: BenchOptions,
     tokens: usize,
-    warmup: usize,
-    iters: usize,
     device: &B::Device,
 ) -> Vec<f64> {
+    let BenchOptions {
+        scale,
+        precision,
+        warmup,
+        iters,
+        ..
+    } = opts;
     let cfg = scale.text_encoder_config();
     let encoder = UMT5EncoderModel::<B>::new(&cfg, device).expect("embedded config is valid");
     let encoder = PrecisionMapper::apply(encoder, precision.text_encoder, &[]);
@@ -280,15 +297,15 @@ pub struct OpBench {
 /// norm with modulation, the q/k RMS norms and RoPE, each exactly as the model calls it — and the
 /// VAE decoder's 3×3×3 conv3d at each of its resolutions (f32). Multiplying by
 /// [`OpBench::per_forward`] and summing gives where a DiT forward's time goes.
-pub fn bench_ops<B: Backend>(
-    scale: ModelScale,
-    precision: Precision,
-    height: usize,
-    width: usize,
-    warmup: usize,
-    iters: usize,
-    device: &B::Device,
-) -> Vec<OpBench> {
+pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBench> {
+    let BenchOptions {
+        scale,
+        precision,
+        height,
+        width,
+        warmup,
+        iters,
+    } = opts;
     use burn::nn::{LinearConfig, RmsNormConfig};
     use burn::tensor::DType;
     use burn::tensor::activation::gelu_approximate;

@@ -40,15 +40,6 @@ impl Precision {
             vae: DType::F32,
         }
     }
-
-    /// Everything in `dtype` (e.g. a bf16 VAE for speed, or f32 everywhere).
-    pub fn uniform(dtype: DType) -> Self {
-        Self {
-            transformer: dtype,
-            text_encoder: dtype,
-            vae: dtype,
-        }
-    }
 }
 
 /// The default float dtype of `device` (what `Tensor::from_data(data, device)` creates).

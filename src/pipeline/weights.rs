@@ -140,9 +140,7 @@ impl ModuleAdapter for CastAdapter {
             snapshot.shape.clone(),
             snapshot.path_stack.clone().unwrap_or_default(),
             snapshot.container_stack.clone().unwrap_or_default(),
-            snapshot
-                .tensor_id
-                .unwrap_or_else(burn::module::ParamId::new),
+            snapshot.tensor_id.unwrap_or_default(),
         )
     }
 

@@ -75,17 +75,16 @@ pub async fn serve(
         tracing::info!("re-running {} unfinished job(s)", resume.len());
     }
     let jobs = Arc::new(jobs);
-    let (worker, loaded) = worker::Worker::spawn(
-        cfg.model.clone(),
-        defaults.clone(),
-        jobs.clone(),
-        cfg.limits.max_queued_jobs,
-        resume,
-        match cfg.keep_text_encoder {
+    let model = worker::WorkerModel {
+        dir: cfg.model.clone(),
+        defaults: defaults.clone(),
+        text_encoder: match cfg.keep_text_encoder {
             true => TextEncoderResidency::Resident,
             false => TextEncoderResidency::OnDemand,
         },
-    );
+    };
+    let (worker, loaded) =
+        worker::Worker::spawn(model, jobs.clone(), cfg.limits.max_queued_jobs, resume);
     if let Some(ttl) = cfg.file_ttl_s {
         let jobs = jobs.clone();
         let every = Duration::from_secs((ttl / 2).clamp(1, 60));

@@ -36,16 +36,24 @@ pub struct Worker {
     ready: Arc<AtomicBool>,
 }
 
+/// The model the worker loads and how.
+pub struct WorkerModel {
+    /// Diffusers-format checkpoint folder.
+    pub dir: PathBuf,
+    /// The request defaults of the checkpoint (and preset).
+    pub defaults: ModelDefaults,
+    /// Whether UMT5 stays loaded between jobs (`keep_text_encoder`).
+    pub text_encoder: TextEncoderResidency,
+}
+
 impl Worker {
     /// Start the worker thread. `resume` ids run first. The returned receiver gets the outcome of
     /// loading the model.
     pub fn spawn(
-        model: PathBuf,
-        defaults: ModelDefaults,
+        model: WorkerModel,
         jobs: Arc<Jobs>,
         capacity: usize,
         resume: Vec<String>,
-        text_encoder: TextEncoderResidency,
     ) -> (Self, oneshot::Receiver<Result<(), String>>) {
         let (tx, rx) = sync_channel::<Job>(capacity);
         let ready = Arc::new(AtomicBool::new(false));
@@ -53,18 +61,7 @@ impl Worker {
         let r = ready.clone();
         std::thread::Builder::new()
             .name("omni-worker".into())
-            .spawn(move || {
-                run(
-                    model,
-                    defaults,
-                    jobs,
-                    rx,
-                    r,
-                    resume,
-                    text_encoder,
-                    loaded_tx,
-                )
-            })
+            .spawn(move || run(model, jobs, rx, r, resume, loaded_tx))
             .expect("spawning the worker thread");
         (Self { tx, ready }, loaded_rx)
     }
@@ -87,15 +84,18 @@ impl Worker {
 }
 
 fn run(
-    model: PathBuf,
-    defaults: ModelDefaults,
+    model: WorkerModel,
     jobs: Arc<Jobs>,
     rx: Receiver<Job>,
     ready: Arc<AtomicBool>,
     resume: Vec<String>,
-    text_encoder: TextEncoderResidency,
     loaded: oneshot::Sender<Result<(), String>>,
 ) {
+    let WorkerModel {
+        dir: model,
+        defaults,
+        text_encoder,
+    } = model;
     let device = Default::default();
     let started = Instant::now();
     let pipe = match HeliosPyramidPipeline::<DefaultBackend>::load_with(

@@ -54,7 +54,7 @@ impl Reference {
     /// Whether the file holds `name`.
     pub fn has(&self, name: &str) -> bool {
         let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
-        st.names().iter().any(|n| *n == name)
+        st.names().contains(&name)
     }
 
     /// A tensor as f64 values plus its shape (F32, F64, F16, I64 and I32 files are accepted).
