@@ -6,7 +6,8 @@
 #
 # STEP is one of (each fits in one 600 s device call):
 #   parity    the bf16 parity tests on the GPU (tests/bf16_parity.rs built --features cuda)
-#   omni      omni bench dit / ops / vae / text-encoder / pipeline at the real 14B shapes
+#   omni      omni bench dit and ops at the real 14B shapes (OUT_DIR/omni.txt)
+#   omni-rest omni bench vae, text-encoder and the 99-frame Distilled pipeline (OUT_DIR/omni-rest.txt)
 #   compare   benches/reference/time_diffusers.py: DiT, VAE and per-op rows, diffusers and omni side
 #             by side, same GPU, same run (OUT_DIR/table.md)
 #   compare-pipeline  the same for the Distilled pipeline end to end and its peak GPU memory
@@ -21,7 +22,7 @@
 # Every step writes its console output to OUT_DIR/<step>*.txt; `compare` also writes OUT_DIR/table.md.
 set -euo pipefail
 
-usage="usage: run_device.sh parity|omni|compare|compare-pipeline OUT_DIR"
+usage="usage: run_device.sh parity|omni|omni-rest|compare|compare-pipeline OUT_DIR"
 step=${1:?$usage}
 out=${2:?$usage}
 mkdir -p "$out"
@@ -42,10 +43,14 @@ omni)
     {
         "$omni" bench dit --config helios-14b --warmup 2 --iters 5
         "$omni" bench ops --config helios-14b --warmup 2 --iters 5
+    } 2>&1 | tee "$out/omni.txt"
+    ;;
+omni-rest)
+    {
         "$omni" bench vae --config helios-14b --warmup 1 --iters 3
         "$omni" bench text-encoder --config helios-14b --warmup 1 --iters 3
         "$omni" bench pipeline --config helios-14b --preset helios-distilled --num-frames 99
-    } 2>&1 | tee "$out/omni.txt"
+    } 2>&1 | tee "$out/omni-rest.txt"
     ;;
 compare | compare-pipeline)
     venv=/tmp/omni-bench-venv
@@ -62,7 +67,7 @@ compare | compare-pipeline)
         "${what[@]}" 2>&1 | tee "$out/$step.txt"
     ;;
 *)
-    echo "unknown step $step: use parity, omni, compare or compare-pipeline" >&2
+    echo "unknown step $step: use parity, omni, omni-rest, compare or compare-pipeline" >&2
     exit 2
     ;;
 esac
