@@ -14,7 +14,7 @@ use omni::pipeline::pipelines::pipeline_helios_pyramid::{
     FrameSink, HeliosPyramidPipeline, PromptEncoder, RunContext, TextEncoderResidency, VideoFrames,
     checkpoint_defaults,
 };
-use omni::pipeline::precision::Precision;
+use omni::pipeline::precision::{Precision, parse_dtype};
 use omni::pipeline::progress::CancelToken;
 use omni::pipeline::request::{
     Conditioning, ConditioningPixels, GenerationRequest, ModelDefaults, Preset, RequestPatch,
@@ -89,6 +89,11 @@ pub struct GenerateArgs {
     /// Output MP4 path (written to a temporary file and renamed when complete).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
+    /// VAE compute dtype: f32 (as diffusers' Helios examples load it) or bf16 (faster on a GPU,
+    /// slightly different pixels). The transformer and text encoder use the device's dtype
+    /// (bf16 with --features cuda, f32 on the CPU).
+    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_dtype)]
+    pub vae_dtype: burn::tensor::DType,
     /// Print the resolved request as JSON and exit without generating.
     #[arg(long)]
     pub print_request: bool,
@@ -235,7 +240,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
     let mut bars = BarProgress::new(args.quiet);
     let device = Default::default();
-    let precision = Precision::for_device::<DefaultBackend>(&device);
+    let precision = Precision {
+        vae: args.vae_dtype,
+        ..Precision::for_device::<DefaultBackend>(&device)
+    };
     // One prompt: encode it first and drop the text encoder (UMT5-XXL is 11 GB in bf16) before
     // the transformer is loaded, so the two are never in memory together.
     let embeds = {
