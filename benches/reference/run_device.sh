@@ -58,6 +58,11 @@ compare | compare-pipeline)
         python3 -m venv --system-site-packages "$venv"
         "$venv/bin/pip" install --no-index --no-deps --find-links dist/wheels dist/wheels/*.whl
     fi
+    if ! "$venv/bin/python" -c "import diffusers, transformers" 2>"$out/import-error.txt"; then
+        echo "diffusers/transformers do not import on this box (see $out/import-error.txt): add the" \
+            "missing packages' wheels to dist/wheels here (pip download --no-deps -d dist/wheels PKG)" >&2
+        exit 1
+    fi
     if [ "$step" = compare ]; then
         what=(--ops --markdown "$out/table.md")
     else
