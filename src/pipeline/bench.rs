@@ -154,17 +154,10 @@ pub struct DitBench {
 /// `iters` timed forwards, with random weights (in `precision.transformer`, f32 for the modules
 /// diffusers keeps in f32) and inputs and 512 text tokens.
 pub fn bench_dit<B: Backend>(opts: BenchOptions, stage: usize, device: &B::Device) -> DitBench {
-    let BenchOptions {
-        scale,
-        precision,
-        height,
-        width,
-        warmup,
-        iters,
-    } = opts;
-    let cfg = scale.transformer_config();
-    let model: HeliosTransformer3DModel<B> = cfg.init_with_dtype(device, precision.transformer);
-    let (lh, lw) = (height / 8, width / 8);
+    let cfg = opts.scale.transformer_config();
+    let model: HeliosTransformer3DModel<B> =
+        cfg.init_with_dtype(device, opts.precision.transformer);
+    let (lh, lw) = (opts.height / 8, opts.width / 8);
     let down = 1usize << (2 - stage.min(2));
     let (h, w) = (lh / down, lw / down);
     let c = cfg.in_channels;
@@ -192,19 +185,9 @@ pub fn bench_dit<B: Backend>(opts: BenchOptions, stage: usize, device: &B::Devic
     let history_tokens = 2 * (lh / 2) * (lw / 2)
         + lh.div_ceil(4) * lw.div_ceil(4)
         + 4 * lh.div_ceil(8) * lw.div_ceil(8);
-    let mut ms = Vec::with_capacity(iters);
-    for i in 0..warmup + iters {
-        let _ = B::sync(device);
-        let t0 = Instant::now();
-        let out =
-            model.forward_with_context(hidden.clone(), &[500.0], &text, &indices, Some(&history));
-        let _ = B::sync(device);
-        let dt = t0.elapsed().as_secs_f64() * 1e3;
-        drop(out);
-        if i >= warmup {
-            ms.push(dt);
-        }
-    }
+    let ms = time_calls::<B, _>(&opts, device, || {
+        drop(model.forward_with_context(hidden.clone(), &[500.0], &text, &indices, Some(&history)))
+    });
     DitBench {
         latent: [9, h, w],
         noisy_tokens,
@@ -217,24 +200,16 @@ pub fn bench_dit<B: Backend>(opts: BenchOptions, stage: usize, device: &B::Devic
 /// Time the VAE decode of one chunk (9 latent frames → 33 video frames) at `height`×`width`.
 /// Returns milliseconds per timed decode; the VAE computes in `precision.vae`.
 pub fn bench_vae<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<f64> {
-    let BenchOptions {
-        scale,
-        precision,
-        height,
-        width,
-        warmup,
-        iters,
-    } = opts;
-    let cfg = scale.vae_config();
+    let cfg = opts.scale.vae_config();
     let z_dim = cfg.z_dim;
     let vae = AutoencoderKLWan::<B>::new(cfg, device).expect("embedded config is valid");
-    let vae = PrecisionMapper::apply(vae, precision.vae, &[]);
+    let vae = PrecisionMapper::apply(vae, opts.precision.vae, &[]);
     let z = Tensor::<B, 5>::random(
-        [1, z_dim, 9, height / 8, width / 8],
+        [1, z_dim, 9, opts.height / 8, opts.width / 8],
         Distribution::Normal(0.0, 1.0),
         device,
     );
-    time_calls::<B, _>(warmup, iters, device, || drop(vae.decode(z.clone())))
+    time_calls::<B, _>(&opts, device, || drop(vae.decode(z.clone())))
 }
 
 /// Time the text encoder on one prompt of `tokens` tokens (512 as the pipeline pads).
@@ -244,30 +219,25 @@ pub fn bench_text_encoder<B: Backend>(
     tokens: usize,
     device: &B::Device,
 ) -> Vec<f64> {
-    let BenchOptions {
-        scale,
-        precision,
-        warmup,
-        iters,
-        ..
-    } = opts;
-    let cfg = scale.text_encoder_config();
+    let cfg = opts.scale.text_encoder_config();
     let encoder = UMT5EncoderModel::<B>::new(&cfg, device).expect("embedded config is valid");
-    let encoder = PrecisionMapper::apply(encoder, precision.text_encoder, &[]);
+    let encoder = PrecisionMapper::apply(encoder, opts.precision.text_encoder, &[]);
     let ids: Vec<i64> = (0..tokens as i64).map(|i| 3 + i % 400).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens]), device);
     let mask = Tensor::<B, 2, Int>::ones([1, tokens], device);
-    time_calls::<B, _>(warmup, iters, device, || {
+    time_calls::<B, _>(&opts, device, || {
         drop(encoder.forward(ids.clone(), mask.clone()))
     })
 }
 
+/// `opts.warmup` untimed then `opts.iters` timed calls of `f`, the device synced around each;
+/// milliseconds per timed call.
 fn time_calls<B: Backend, F: FnMut()>(
-    warmup: usize,
-    iters: usize,
+    opts: &BenchOptions,
     device: &B::Device,
     mut f: F,
 ) -> Vec<f64> {
+    let (warmup, iters) = (opts.warmup, opts.iters);
     let mut ms = Vec::with_capacity(iters);
     for i in 0..warmup + iters {
         let _ = B::sync(device);
@@ -298,14 +268,6 @@ pub struct OpBench {
 /// VAE decoder's 3×3×3 conv3d at each of its resolutions (f32). Multiplying by
 /// [`OpBench::per_forward`] and summing gives where a DiT forward's time goes.
 pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBench> {
-    let BenchOptions {
-        scale,
-        precision,
-        height,
-        width,
-        warmup,
-        iters,
-    } = opts;
     use burn::nn::{LinearConfig, RmsNormConfig};
     use burn::tensor::DType;
     use burn::tensor::activation::gelu_approximate;
@@ -316,8 +278,8 @@ pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBe
         RotaryEmbedding, apply_rotary_emb_transposed, fp32_layer_norm,
     };
 
-    let cfg = scale.transformer_config();
-    let dtype = precision.transformer;
+    let cfg = opts.scale.transformer_config();
+    let dtype = opts.precision.transformer;
     let (dim, heads, hd, ffn) = (
         cfg.inner_dim(),
         cfg.num_attention_heads,
@@ -325,7 +287,7 @@ pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBe
         cfg.ffn_dim,
     );
     let layers = cfg.num_layers;
-    let (lh, lw) = (height / 8, width / 8);
+    let (lh, lw) = (opts.height / 8, opts.width / 8);
     let noisy = 9 * (lh / 2) * (lw / 2);
     let seq = noisy
         + 2 * (lh / 2) * (lw / 2)
@@ -373,7 +335,7 @@ pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBe
         out.push(OpBench {
             name: name.to_string(),
             per_forward: per_block * layers,
-            ms: time_calls::<B, _>(warmup, iters, device, f),
+            ms: time_calls::<B, _>(&opts, device, f),
         });
     };
     time("linear dim->dim (self-attn q/k/v/out)", 4, &mut || {
@@ -420,7 +382,7 @@ pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBe
 
     // VAE decoder conv3d 3×3×3 with 2 causal frames in front, f32 (Wan2.1: base_dim 96,
     // dim_mult [1, 2, 4, 4]): latent resolution 384 ch, then ×2, ×4, ×8 with 4 frames.
-    let base = scale.vae_config().base_dim;
+    let base = opts.scale.vae_config().base_dim;
     for (ch, up, t) in [
         (base * 4, 1, 1),
         (base * 4, 2, 4),
@@ -428,15 +390,15 @@ pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBe
         (base, 8, 4),
     ] {
         let (h, w) = (lh * up, lw * up);
-        let xv = rnd(vec![ch * (t + 2) * h * w], precision.vae).reshape([1, ch, t + 2, h, w]);
-        let wv = rnd(vec![ch * ch * 27], precision.vae).reshape([ch, ch, 3, 3, 3]);
-        let opts = ConvOptions::new([1, 1, 1], [0, 1, 1], [1, 1, 1], 1);
+        let xv = rnd(vec![ch * (t + 2) * h * w], opts.precision.vae).reshape([1, ch, t + 2, h, w]);
+        let wv = rnd(vec![ch * ch * 27], opts.precision.vae).reshape([ch, ch, 3, 3, 3]);
+        let conv = ConvOptions::new([1, 1, 1], [0, 1, 1], [1, 1, 1], 1);
         let name = format!("vae conv3d {ch}ch {t}f {h}x{w}");
         out.push(OpBench {
             name,
             per_forward: 0,
-            ms: time_calls::<B, _>(warmup, iters, device, || {
-                drop(conv3d(xv.clone(), wv.clone(), None, opts.clone()))
+            ms: time_calls::<B, _>(&opts, device, || {
+                drop(conv3d(xv.clone(), wv.clone(), None, conv.clone()))
             }),
         });
     }
