@@ -64,10 +64,14 @@ pub fn parse_dtype(name: &str) -> Result<DType, String> {
 /// The dtype a parameter is stored in: f32 when one of the components of its module path
 /// (`blocks.0.norm2.gamma` → `blocks`, `0`, `norm2`, `gamma`) is in `keep_in_fp32`, else
 /// `compute`. This is diffusers' rule (`module_to_keep_in_fp32 in param_name.split(".")`).
-pub fn param_dtype<S: AsRef<str>>(path: &[S], compute: DType, keep_in_fp32: &[&str]) -> DType {
+pub fn param_dtype<S: AsRef<str>, K: AsRef<str>>(
+    path: &[S],
+    compute: DType,
+    keep_in_fp32: &[K],
+) -> DType {
     let keep = path
         .iter()
-        .any(|part| keep_in_fp32.contains(&part.as_ref()));
+        .any(|part| keep_in_fp32.iter().any(|k| k.as_ref() == part.as_ref()));
     if keep { DType::F32 } else { compute }
 }
 

@@ -4,8 +4,8 @@
 //! `[in, out]`; `weight` → `gamma` for burn's LayerNorm/BatchNorm/GroupNorm only — RmsNorm
 //! weights and LayerNorm biases are renamed by each model's `KEY_REMAP`). Files are memory-mapped by
 //! `SafetensorsStore` and each tensor is copied out one at a time, cast to the model's compute
-//! dtype on the way (f32 for the modules the reference keeps in f32), so a checkpoint is never held twice in RAM. Shards (`*.safetensors.index.json`)
-//! are applied one after the other.
+//! dtype on the way (f32 for the modules the reference keeps in f32), so a checkpoint is never
+//! held twice in RAM. Shards (`*.safetensors.index.json`) are applied one after the other.
 //!
 //! Every tensor of the module must come from some file, every tensor of the files must be used
 //! (unless it matches the model's ignore list), and shapes must agree; each failure is a
@@ -124,11 +124,10 @@ impl ModuleAdapter for CastAdapter {
             snapshot.dtype,
             DType::F64 | DType::F32 | DType::F16 | DType::BF16
         );
-        let keep: Vec<&str> = self.keep_in_fp32.iter().map(String::as_str).collect();
         let target = param_dtype(
             snapshot.path_stack.as_deref().unwrap_or_default(),
             self.compute,
-            &keep,
+            &self.keep_in_fp32,
         );
         if !is_float || snapshot.dtype == target {
             return snapshot.clone();
