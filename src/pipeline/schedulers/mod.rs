@@ -1,15 +1,18 @@
 //! Schedulers: host-side f64 tables and step coefficients, one file per diffusers class
 //! (style rule 7). Only the final per-step combination in the pipeline touches tensors.
 //!
-//! * [`scheduling_helios_dmd`]: diffusers `HeliosDMDScheduler` (Helios-Distilled), plus the
-//!   pipeline-side `calculate_shift` (with the stage token count `pyramid_image_seq_len`), stage
-//!   re-noise coefficients and block-noise factor.
+//! * [`scheduling_helios`]: diffusers `HeliosScheduler` (Helios-Base and Helios-Mid).
+//! * [`scheduling_helios_dmd`]: diffusers `HeliosDMDScheduler` (Helios-Distilled).
+//! * [`pyramid`]: what both share, written once: the stage tables, `time_shift`, the shared
+//!   config keys, and the pipeline-side `calculate_shift` (with the stage token count
+//!   `pyramid_image_seq_len`), stage re-noise coefficients and block-noise factor.
 
+pub mod pyramid;
 pub mod scheduling_helios;
 pub mod scheduling_helios_dmd;
 
-pub use scheduling_helios_dmd::{
-    DmdStep, HeliosDMDScheduler, HeliosDMDSchedulerConfig, PredictionType, SchedulerError,
-    StageSchedule, StageTables, TimeShiftType, block_noise_factor, calculate_shift, linspace,
-    model_timestep, pyramid_image_seq_len,
+pub use pyramid::{
+    PredictionType, SchedulerError, StageSchedule, StageTables, TimeShiftType, block_noise_factor,
+    calculate_shift, linspace, model_timestep, pyramid_image_seq_len,
 };
+pub use scheduling_helios_dmd::{DmdStep, HeliosDMDScheduler, HeliosDMDSchedulerConfig};

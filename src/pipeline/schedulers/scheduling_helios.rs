@@ -11,8 +11,10 @@
 //!
 //! The stage tables (`init_sigmas`, `init_sigmas_for_each_stage`) are identical to
 //! `HeliosDMDScheduler`'s and come from [`StageTables`]; `linspace`, `time_shift`,
-//! `calculate_shift` and [`pyramid_image_seq_len`](super::pyramid_image_seq_len) are shared with
-//! [`scheduling_helios_dmd`](super::scheduling_helios_dmd) as well.
+//! `calculate_shift`, the re-noise coefficients and
+//! [`pyramid_image_seq_len`](super::pyramid_image_seq_len) are shared with
+//! [`scheduling_helios_dmd`](super::scheduling_helios_dmd) as well: all live in
+//! [`pyramid`](super::pyramid).
 //!
 //! # The UniPC step as a linear combination
 //! Step `i` gets the latents `x_i` (what the model saw) and the model output `v_i` (flow velocity),
@@ -30,7 +32,7 @@
 //! terms that need a tensor the history does not have yet are always zero.
 //!
 //! # Precision: where diffusers computes in what
-//! * Tables and schedules: as in [`scheduling_helios_dmd`](super::scheduling_helios_dmd). The Base
+//! * Tables and schedules: as in [`pyramid`](super::pyramid). The Base
 //!   pipeline passes `sigmas = np.linspace(0.999, 0, N + 1)[:-1]` (float64), so the Base schedule
 //!   is float64 (`torch.cat` with float32 zeros promotes); the `stages > 1` (Mid) branch is float64
 //!   too. Only `stages == 1` *without* `sigmas` is float32 in diffusers; [`HeliosScheduler::
@@ -74,13 +76,12 @@
 //! step sequences ≤ 1e-5).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use super::scheduling_helios_dmd::{
-    GAMMA_ONE_THIRD_SLACK, PredictionType, SchedulerError, StageSchedule, StageTables,
-    TimeShiftType, calculate_shift, linspace,
+use super::pyramid::{
+    PredictionType, ScheduleEnd, SchedulerError, StageSchedule, StageTables, TimeShiftType,
+    finish_schedule, impl_pyramid_config, integral_usize, single_stage_f32_schedule,
 };
 
 /// `_class_name` a Base / Mid `scheduler_config.json` carries.
@@ -211,71 +212,14 @@ impl Default for HeliosSchedulerConfig {
     }
 }
 
+impl_pyramid_config!(HeliosSchedulerConfig);
+
 impl HeliosSchedulerConfig {
-    /// Parses `scheduler_config.json` text (no validation; [`HeliosScheduler::new`] validates).
-    pub fn from_json_str(text: &str) -> Result<Self, SchedulerError> {
-        serde_json::from_str(text).map_err(|e| SchedulerError::Parse(e.to_string()))
-    }
-
-    /// Reads and parses `scheduler_config.json`.
-    pub fn from_file(path: &Path) -> Result<Self, SchedulerError> {
-        let read_err = |message: String| SchedulerError::Read {
-            path: path.to_path_buf(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| read_err(e.to_string()))
-    }
-
-    /// Unknown keys worth a warning (those not starting with `_`).
-    pub fn unknown_keys(&self) -> Vec<&str> {
-        self.unknown
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !k.starts_with('_'))
-            .collect()
-    }
-
     /// Checks the class name, ranges, option conflicts and unsupported options (see the module
     /// docs).
     pub fn validate(&self) -> Result<(), SchedulerError> {
+        self.keys().validate(CLASS_NAME)?;
         let invalid = |m: String| Err(SchedulerError::Invalid(m));
-        if self.class_name != CLASS_NAME {
-            return Err(SchedulerError::WrongClass {
-                found: self.class_name.clone(),
-                expected: CLASS_NAME,
-            });
-        }
-        if self.num_train_timesteps < 2 {
-            return invalid(format!(
-                "num_train_timesteps must be at least 2, got {}",
-                self.num_train_timesteps
-            ));
-        }
-        if !(self.shift.is_finite() && self.shift > 0.0) {
-            return invalid(format!("shift must be positive, got {}", self.shift));
-        }
-        if self.use_dynamic_shifting && self.shift != 1.0 {
-            return invalid(format!(
-                "shift = {} conflicts with use_dynamic_shifting = true (diffusers asserts shift == 1.0)",
-                self.shift
-            ));
-        }
-        if self.stages == 0 || self.stage_range.len() < self.stages + 1 {
-            return invalid(format!(
-                "stages = {} needs at least 1 stage and stages + 1 stage_range values, got {:?}",
-                self.stages, self.stage_range
-            ));
-        }
-        let range = &self.stage_range[..=self.stages];
-        if range.iter().any(|r| !(0.0..=1.0).contains(r)) || range.windows(2).any(|w| w[1] < w[0]) {
-            return invalid(format!(
-                "stage_range must be non-decreasing within [0, 1], got {range:?}"
-            ));
-        }
-        if !(self.gamma > 0.0 && self.gamma <= 1.0 / 3.0 + GAMMA_ONE_THIRD_SLACK) {
-            return invalid(format!("gamma must lie in (0, 1/3], got {}", self.gamma));
-        }
         if self.thresholding {
             return invalid("thresholding is not supported by HeliosScheduler".to_string());
         }
@@ -293,25 +237,7 @@ impl HeliosSchedulerConfig {
         if self.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
             return invalid("solver_p (a nested predictor scheduler) is not supported".to_string());
         }
-        if self.max_image_seq_len == self.base_image_seq_len {
-            return invalid(format!(
-                "max_image_seq_len and base_image_seq_len are both {}",
-                self.base_image_seq_len
-            ));
-        }
         Ok(())
-    }
-}
-
-/// Accepts a non-negative integer written as `1000` or `1000.0`.
-fn integral_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let v = f64::deserialize(d)?;
-    if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
-        Ok(v as usize)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "expected a non-negative integer, got {v}"
-        )))
     }
 }
 
@@ -327,13 +253,7 @@ impl HeliosScheduler {
     /// `init_sigmas_for_each_stage`).
     pub fn new(config: HeliosSchedulerConfig) -> Result<Self, SchedulerError> {
         config.validate()?;
-        let tables = StageTables::new(
-            config.num_train_timesteps,
-            config.shift,
-            config.stages,
-            &config.stage_range,
-            config.gamma,
-        );
+        let tables = config.keys().stage_tables();
         Ok(Self { config, tables })
     }
 
@@ -347,19 +267,12 @@ impl HeliosScheduler {
         &self.tables
     }
 
-    /// `mu` for `image_seq_len` tokens: [`calculate_shift`] with this config's four keys (the
-    /// pipelines' `self.scheduler.config.get(...)` lookups). Base: `image_seq_len =
-    /// 9·(H/8)·(W/8)/4` (8640 at 384×640 → μ = 1.91917); Mid: per stage, see
+    /// `mu` for `image_seq_len` tokens: [`calculate_shift`](super::calculate_shift) with this
+    /// config's four keys (the pipelines' `self.scheduler.config.get(...)` lookups). Base:
+    /// `image_seq_len = 9·(H/8)·(W/8)/4` (8640 at 384×640 → μ = 1.91917); Mid: per stage, see
     /// [`pyramid_image_seq_len`](super::pyramid_image_seq_len).
     pub fn calculate_shift(&self, image_seq_len: usize) -> f64 {
-        let c = &self.config;
-        calculate_shift(
-            image_seq_len,
-            c.base_image_seq_len,
-            c.max_image_seq_len,
-            c.base_shift,
-            c.max_shift,
-        )
+        self.config.keys().calculate_shift(image_seq_len)
     }
 
     /// diffusers `time_shift(mu, 1.0, sigma)` on a float64 sigma.
@@ -374,15 +287,7 @@ impl HeliosScheduler {
     /// # Panics
     /// If `stage` is 0 or not below `stages`.
     pub fn stage_renoise_coeffs(&self, stage: usize) -> (f64, f64) {
-        assert!(
-            stage >= 1 && stage < self.config.stages,
-            "stage_renoise_coeffs: stage {stage} is not a re-noised stage (1..{})",
-            self.config.stages
-        );
-        let gamma = self.config.gamma;
-        let rho = 1.0 - self.tables.ori_start_sigmas[stage];
-        let alpha = 1.0 / ((1.0 + 1.0 / gamma).sqrt() * (1.0 - rho) + rho);
-        (alpha, alpha * (1.0 - rho) / gamma.sqrt())
+        self.tables.stage_renoise_coeffs(stage, self.config.gamma)
     }
 
     /// Mirrors diffusers `HeliosScheduler.set_timesteps(num_inference_steps, stage_index,
@@ -408,38 +313,19 @@ impl HeliosScheduler {
     ) -> Result<HeliosSolver, SchedulerError> {
         let c = &self.config;
         let n = num_inference_steps;
-        let train = c.num_train_timesteps;
-        let mu = match (c.use_dynamic_shifting, mu) {
-            (true, None) => return Err(SchedulerError::MissingMu),
-            (true, Some(mu)) => Some(mu),
-            (false, _) => None,
-        };
-
+        let mu = c.keys().dynamic_mu(mu)?;
         let schedule = if c.stages == 1 {
             match sigmas {
-                Some(given) => {
-                    if given.len() != n {
-                        return Err(SchedulerError::Invalid(format!(
-                            "set_timesteps got {} sigmas for {n} inference steps",
-                            given.len()
-                        )));
-                    }
-                    let nf = train as f64;
-                    let mut sigmas = given.to_vec();
-                    sigmas.push(0.0);
-                    if let Some(mu) = mu {
-                        for s in sigmas.iter_mut() {
-                            *s = self.time_shift(mu, *s);
-                        }
-                    }
-                    let timesteps = sigmas[..n].iter().map(|s| s * nf).collect();
-                    StageSchedule {
-                        stage_index: 0,
-                        timesteps,
-                        sigmas,
-                    }
-                }
-                None => self.single_stage_f32(n, mu),
+                Some(given) => self.given_sigmas_schedule(given, n, mu)?,
+                None => single_stage_f32_schedule(
+                    c.num_train_timesteps,
+                    c.shift,
+                    c.time_shift_type,
+                    n,
+                    mu,
+                    ScheduleEnd::Keep,
+                    0,
+                ),
             }
         } else {
             if sigmas.is_some() {
@@ -455,68 +341,41 @@ impl HeliosScheduler {
                     stages: c.stages,
                 });
             }
-            let stage_timesteps = &self.tables.timesteps_per_stage[stage];
-            let stage_sigmas = &self.tables.sigmas_per_stage[stage];
-            let mut timesteps = linspace(stage_timesteps[0], stage_timesteps[train - 1], n);
-            let mut sigmas = linspace(stage_sigmas[0], stage_sigmas[train - 1], n);
-            sigmas.push(0.0);
-            if let Some(mu) = mu {
-                for s in sigmas.iter_mut() {
-                    *s = self.time_shift(mu, *s);
-                }
-                let t_min = stage_timesteps
-                    .iter()
-                    .copied()
-                    .fold(f64::INFINITY, f64::min);
-                let t_max = stage_timesteps
-                    .iter()
-                    .copied()
-                    .fold(f64::NEG_INFINITY, f64::max);
-                timesteps = sigmas[..n]
-                    .iter()
-                    .map(|s| t_min + s * (t_max - t_min))
-                    .collect();
-            }
-            StageSchedule {
-                stage_index: stage,
-                timesteps,
-                sigmas,
-            }
+            let shifting = mu.map(|mu| (c.time_shift_type, mu));
+            self.tables
+                .stage_schedule(stage, n, shifting, ScheduleEnd::Keep)
         };
         Ok(HeliosSolver::new(self.config.clone(), schedule))
     }
 
-    /// `stages == 1`, `sigmas=None`: diffusers' float32 branch (`np.linspace(...).astype(float32)`,
-    /// numpy float32 fixed shift, torch float32 dynamic shift), rounded through `f32` where
-    /// diffusers is in float32 (the shift arithmetic is `TimeShiftType`'s, shared with
-    /// `HeliosDMDScheduler`).
-    fn single_stage_f32(&self, n: usize, mu: Option<f64>) -> StageSchedule {
-        let c = &self.config;
-        let nf32 = c.num_train_timesteps as f32;
-        let mut sigmas: Vec<f32> = linspace(1.0, 1.0 / c.num_train_timesteps as f64, n + 1)[..n]
-            .iter()
-            .map(|&s| s as f32)
-            .collect();
-        if c.shift != 1.0 {
-            // numpy float32: m / (m + (1/σ − 1)), the Python scalar rounded to f32.
-            for s in sigmas.iter_mut() {
-                *s = c.time_shift_type.apply_numpy_f32(c.shift, *s);
-            }
+    /// `stages == 1` with the caller's float64 `sigmas` (the Base pipeline's): a 0 appended,
+    /// shifted by `mu` if given, `timesteps = σ·N`.
+    fn given_sigmas_schedule(
+        &self,
+        given: &[f64],
+        n: usize,
+        mu: Option<f64>,
+    ) -> Result<StageSchedule, SchedulerError> {
+        if given.len() != n {
+            return Err(SchedulerError::Invalid(format!(
+                "set_timesteps got {} sigmas for {n} inference steps",
+                given.len()
+            )));
         }
-        let mut timesteps: Vec<f32> = sigmas.iter().map(|s| s * nf32).collect();
-        sigmas.push(0.0);
-        if let Some(mu) = mu {
-            // torch float32: `scalar / tensor` is `tensor.reciprocal() * scalar`.
-            for s in sigmas.iter_mut() {
-                *s = c.time_shift_type.apply_torch_f32(mu, *s);
-            }
-            timesteps = sigmas[..n].iter().map(|s| s * nf32).collect();
-        }
-        StageSchedule {
+        let nf = self.config.num_train_timesteps as f64;
+        let kind = self.config.time_shift_type;
+        let (timesteps, sigmas) = finish_schedule(
+            given.iter().map(|s| s * nf).collect(),
+            given.to_vec(),
+            ScheduleEnd::Keep,
+            mu.map(|mu| move |s| kind.apply(mu, s)),
+            |s| s * nf,
+        );
+        Ok(StageSchedule {
             stage_index: 0,
-            timesteps: timesteps.into_iter().map(f64::from).collect(),
-            sigmas: sigmas.into_iter().map(f64::from).collect(),
-        }
+            timesteps,
+            sigmas,
+        })
     }
 }
 
