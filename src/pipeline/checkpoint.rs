@@ -4,9 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use burn_store::ModuleSnapshot;
 use serde::de::DeserializeOwned;
 
-use super::weights::WeightsError;
+use super::weights::{KeyMap, WeightsError, load_module, resolve_safetensors};
 
 /// A failure while reading a checkpoint folder. Every variant names the file and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,45 @@ pub fn read_config<T: DeserializeOwned>(path: &Path) -> Result<(T, Vec<String>),
         tracing::warn!("{}: unknown config key `{key}` ignored", path.display());
     }
     Ok((value, unknown))
+}
+
+/// Loads one model component folder (`transformer/`, `vae/`, `text_encoder/`) the way
+/// diffusers' and transformers' `from_pretrained` do: `dir/config.json` into `C` (unknown keys
+/// are warned about, see [`read_config`]), then the weights `dir/<weights_stem>.safetensors` or
+/// the shards of `dir/<weights_stem>.safetensors.index.json` are located, `build` checks the
+/// config and allocates the module, and the weights are applied with `keys`, float tensors cast
+/// to `dtype` (or f32 under `keys.keep_in_fp32`; see [`load_module`]).
+///
+/// `weights_stem` is `diffusion_pytorch_model` for diffusers models and `model` for transformers
+/// models. The weights are located before `build` runs, so a folder without weights fails before
+/// a large model is allocated.
+///
+/// # Errors
+/// [`LoadError::Missing`] / [`LoadError::Config`] for an absent or unparsable `config.json`;
+/// [`LoadError::Config`] naming `config.json` with `build`'s message when it rejects the config;
+/// [`LoadError::Weights`] naming the file (and tensor) for absent weights or a missing,
+/// unexpected or wrongly shaped tensor.
+pub fn load_component<B, C, M>(
+    dir: &Path,
+    weights_stem: &str,
+    keys: KeyMap<'_>,
+    dtype: DType,
+    build: impl FnOnce(C) -> Result<M, String>,
+) -> Result<M, LoadError>
+where
+    B: Backend,
+    C: DeserializeOwned,
+    M: ModuleSnapshot<B>,
+{
+    let config_path = dir.join("config.json");
+    let (config, _unknown) = read_config::<C>(&config_path)?;
+    let files = resolve_safetensors(dir, weights_stem)?;
+    let mut model = build(config).map_err(|message| LoadError::Config {
+        path: config_path,
+        message,
+    })?;
+    load_module::<B, M>(&mut model, &files, keys, dtype)?;
+    Ok(model)
 }
 
 /// `<dir>/<sub>` if it is a folder, else [`LoadError::Missing`].

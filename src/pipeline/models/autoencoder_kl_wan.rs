@@ -97,9 +97,9 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::checkpoint::{LoadError, load_component};
 use crate::pipeline::precision::device_float_dtype;
-use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
+use crate::pipeline::weights::KeyMap;
 
 /// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
 pub const CACHE_T: usize = 2;
@@ -139,6 +139,13 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
 /// Checkpoint keys deliberately not loaded: none (encoder, `quant_conv`, `post_quant_conv` and
 /// decoder are all used).
 pub const IGNORED_KEYS: &[&str] = &[];
+
+/// How the checkpoint's keys meet the module tree (all weights in the VAE's dtype).
+pub const KEY_MAP: KeyMap<'static> = KeyMap {
+    remap: KEY_REMAP,
+    ignore: IGNORED_KEYS,
+    keep_in_fp32: &[],
+};
 
 // ---------------------------------------------------------------------------------------------
 // Config
@@ -1154,24 +1161,9 @@ impl<B: Backend> AutoencoderKLWan<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, LoadError> {
-        let config_path = dir.join("config.json");
-        let (config, _unknown) = read_config::<AutoencoderKLWanConfig>(&config_path)?;
-        let mut model = Self::new(config, device).map_err(|message| LoadError::Config {
-            path: config_path.clone(),
-            message,
-        })?;
-        let files = resolve_safetensors(dir, "diffusion_pytorch_model")?;
-        load_module(
-            &mut model,
-            &files,
-            KeyMap {
-                remap: KEY_REMAP,
-                ignore: IGNORED_KEYS,
-                keep_in_fp32: &[],
-            },
-            dtype,
-        )?;
-        Ok(model)
+        load_component(dir, "diffusion_pytorch_model", KEY_MAP, dtype, |config| {
+            Self::new(config, device)
+        })
     }
 
     /// The parsed `config.json`.

@@ -46,9 +46,9 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
-use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::checkpoint::{LoadError, load_component};
 use crate::pipeline::precision::{PrecisionMapper, device_float_dtype};
-use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
+use crate::pipeline::weights::KeyMap;
 
 /// Checkpoint-key renames (`regex`, replacement), applied by `weights::load_module` before the
 /// keys are matched against the module tree.
@@ -81,6 +81,13 @@ pub const KEEP_IN_FP32_MODULES: &[&str] = &[
 
 /// Checkpoint keys that are deliberately not loaded (diffusers `_keys_to_ignore_on_load_unexpected`).
 pub const KEY_IGNORE: &[&str] = &[r"norm_added_q"];
+
+/// How the checkpoint's keys meet the module tree.
+pub const KEY_MAP: KeyMap<'static> = KeyMap {
+    remap: KEY_REMAP,
+    ignore: KEY_IGNORE,
+    keep_in_fp32: KEEP_IN_FP32_MODULES,
+};
 
 /// `HeliosAttention.max_scale`: the largest history-key amplification (`is_amplify_history`).
 const HISTORY_MAX_SCALE: f64 = 10.0;
@@ -1053,25 +1060,16 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, LoadError> {
-        let config_path = dir.join("config.json");
-        let (config, _unknown) = read_config::<HeliosTransformer3DModelConfig>(&config_path)?;
-        config.validate().map_err(|message| LoadError::Config {
-            path: config_path.clone(),
-            message,
-        })?;
-        let files = resolve_safetensors(dir, "diffusion_pytorch_model")?;
-        let mut model = config.init::<B>(device);
-        load_module::<B, _>(
-            &mut model,
-            &files,
-            KeyMap {
-                remap: KEY_REMAP,
-                ignore: KEY_IGNORE,
-                keep_in_fp32: KEEP_IN_FP32_MODULES,
-            },
+        load_component(
+            dir,
+            "diffusion_pytorch_model",
+            KEY_MAP,
             dtype,
-        )?;
-        Ok(model)
+            |config: HeliosTransformer3DModelConfig| {
+                config.validate()?;
+                Ok(config.init(device))
+            },
+        )
     }
 
     /// The config the model was built from.

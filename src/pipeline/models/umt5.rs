@@ -36,9 +36,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::pipeline::checkpoint::{LoadError, read_config};
+use crate::pipeline::checkpoint::{LoadError, load_component};
 use crate::pipeline::precision::device_float_dtype;
-use crate::pipeline::weights::{KeyMap, load_module, resolve_safetensors};
+use crate::pipeline::weights::KeyMap;
 
 /// Checkpoint key → module path renames, applied in order (see `weights::KeyMap`).
 pub const KEY_REMAP: &[(&str, &str)] = &[
@@ -64,6 +64,14 @@ pub const IGNORED_KEYS: &[&str] = &[
     // `shared.weight` (vllm-omni notes the same).
     r"^encoder\.embed_tokens\.weight$",
 ];
+
+/// How the checkpoint's keys meet the module tree (all weights in one dtype: transformers keeps
+/// `wo` in f32 only for fp16).
+pub const KEY_MAP: KeyMap<'static> = KeyMap {
+    remap: KEY_REMAP,
+    ignore: IGNORED_KEYS,
+    keep_in_fp32: &[],
+};
 
 /// Score given to padded keys before the softmax (any value whose `exp` underflows to 0).
 const MASKED_SCORE: f32 = -1.0e30;
@@ -345,17 +353,10 @@ impl<B: Backend> UMT5Attention<B> {
     }
 
     /// # Shapes
-    /// * `x: [B, L, d_model]` (already layer-normed)
-    /// * `buckets: [1, L*L]` relative position buckets
-    /// * `key_padding: [B, H, L, L]`, true where the key is padding
+    /// `x: [B, L, d_model]` (already layer-normed), `mask` as [`SelfAttentionMask`] says.
     ///
     /// Returns `[B, L, d_model]`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        buckets: Tensor<B, 2, Int>,
-        key_padding: Tensor<B, 4, Bool>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &SelfAttentionMask<B>) -> Tensor<B, 3> {
         let [b, l, _] = x.dims();
         let (h, dk) = (self.n_heads, self.d_kv);
         let dtype = x.dtype();
@@ -365,18 +366,28 @@ impl<B: Backend> UMT5Attention<B> {
         let v = heads(self.v.forward(x));
         // scores = q @ k^T (UMT5: scaling = 1.0) + position_bias, masked keys excluded.
         let scores = q.matmul(k.swap_dims(2, 3)).cast(DType::F32); // [B, H, L, L]
-        let bias = self.compute_bias(buckets, l).cast(DType::F32);
+        let bias = self.compute_bias(mask.buckets.clone(), l).cast(DType::F32);
         let masked = if dtype == DType::F16 {
             half::f16::MIN.to_f32()
         } else {
             MASKED_SCORE
         };
-        let scores = (scores + bias).mask_fill(key_padding, masked);
+        let scores = (scores + bias).mask_fill(mask.key_padding.clone(), masked);
         let weights = softmax(scores, 3).cast(dtype);
         let out = weights.matmul(v); // [B, H, L, dk]
         let out = out.swap_dims(1, 2).reshape([b, l, h * dk]);
         self.o.forward(out)
     }
+}
+
+/// What every self-attention layer of one encoder forward shares, computed once by
+/// [`UMT5Stack::forward`] (each layer still applies its own `relative_attention_bias`).
+#[derive(Debug, Clone)]
+pub struct SelfAttentionMask<B: Backend> {
+    /// `[1, L*L]` relative position buckets ([`relative_position_bucket`]).
+    pub buckets: Tensor<B, 2, Int>,
+    /// `[B, H, L, L]`, true where the key is padding.
+    pub key_padding: Tensor<B, 4, Bool>,
 }
 
 /// `UMT5LayerSelfAttention`: pre-norm self-attention with a residual.
@@ -385,6 +396,19 @@ pub struct UMT5LayerSelfAttention<B: Backend> {
     /// Checkpoint `SelfAttention`.
     pub self_attention: UMT5Attention<B>,
     pub layer_norm: UMT5LayerNorm<B>,
+}
+
+impl<B: Backend> UMT5LayerSelfAttention<B> {
+    /// `hidden_states + SelfAttention(layer_norm(hidden_states))` (dropout is inference no-op).
+    ///
+    /// # Shapes
+    /// See [`UMT5Attention::forward`]; returns `[B, L, d_model]`.
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &SelfAttentionMask<B>) -> Tensor<B, 3> {
+        x.clone()
+            + self
+                .self_attention
+                .forward(self.layer_norm.forward(x), mask)
+    }
 }
 
 /// `UMT5DenseGatedActDense`: `wo(act(wi_0 x) * wi_1 x)`.
@@ -413,6 +437,16 @@ pub struct UMT5LayerFF<B: Backend> {
     /// Checkpoint `DenseReluDense`.
     pub dense_relu_dense: UMT5DenseGatedActDense<B>,
     pub layer_norm: UMT5LayerNorm<B>,
+}
+
+impl<B: Backend> UMT5LayerFF<B> {
+    /// `hidden_states + DenseReluDense(layer_norm(hidden_states))`.
+    ///
+    /// # Shapes
+    /// `x: [B, L, d_model]` → `[B, L, d_model]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        x.clone() + self.dense_relu_dense.forward(self.layer_norm.forward(x))
+    }
 }
 
 /// `UMT5Block` (encoder): checkpoint `layer.0` is `layer_0`, `layer.1` is `layer_1`.
@@ -444,19 +478,8 @@ impl<B: Backend> UMT5Block<B> {
 
     /// # Shapes
     /// See [`UMT5Attention::forward`]; returns `[B, L, d_model]`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        buckets: Tensor<B, 2, Int>,
-        key_padding: Tensor<B, 4, Bool>,
-    ) -> Tensor<B, 3> {
-        let attn = &self.layer_0;
-        let x = x.clone()
-            + attn
-                .self_attention
-                .forward(attn.layer_norm.forward(x), buckets, key_padding);
-        let ff = &self.layer_1;
-        x.clone() + ff.dense_relu_dense.forward(ff.layer_norm.forward(x))
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &SelfAttentionMask<B>) -> Tensor<B, 3> {
+        self.layer_1.forward(self.layer_0.forward(x, mask))
     }
 }
 
@@ -500,9 +523,13 @@ impl<B: Backend> UMT5Stack<B> {
             .equal_elem(0)
             .reshape([b, 1, 1, l])
             .expand([b, n_heads, l, l]);
+        let mask = SelfAttentionMask {
+            buckets,
+            key_padding,
+        };
         let mut x = inputs_embeds;
         for block in &self.block {
-            x = block.forward(x, buckets.clone(), key_padding.clone());
+            x = block.forward(x, &mask);
         }
         self.final_layer_norm.forward(x)
     }
@@ -564,24 +591,9 @@ impl<B: Backend> UMT5EncoderModel<B> {
         device: &B::Device,
         dtype: DType,
     ) -> Result<Self, LoadError> {
-        let config_path = dir.join("config.json");
-        let (config, _unknown) = read_config::<UMT5Config>(&config_path)?;
-        let mut model = Self::new(&config, device).map_err(|message| LoadError::Config {
-            path: config_path.clone(),
-            message,
-        })?;
-        let files = resolve_safetensors(dir, "model")?;
-        load_module(
-            &mut model,
-            &files,
-            KeyMap {
-                remap: KEY_REMAP,
-                ignore: IGNORED_KEYS,
-                keep_in_fp32: &[],
-            },
-            dtype,
-        )?;
-        Ok(model)
+        load_component(dir, "model", KEY_MAP, dtype, |config: UMT5Config| {
+            Self::new(&config, device)
+        })
     }
 
     /// The encoder's `last_hidden_state`.
