@@ -8,13 +8,18 @@
 
 use std::time::Instant;
 
+use burn::nn::{LinearConfig, RmsNormConfig};
+use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::module::{attention, conv3d};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 
 use crate::pipeline::backend::{DeviceMemory, device_memory};
 use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use crate::pipeline::models::transformer_helios::{
-    HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs,
+    HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs, RotaryEmbedding,
+    apply_rotary_emb_transposed, fp32_layer_norm,
 };
 use crate::pipeline::models::umt5::{UMT5Config, UMT5EncoderModel};
 use crate::pipeline::noise::SeededNoise;
@@ -48,33 +53,34 @@ struct Configs {
     scheduler: &'static str,
 }
 
+/// [`Configs`] from the four config files of one fixture folder, embedded at compile time:
+/// `fixture_configs!("dir/": "transformer file", "vae file", "text encoder file", "scheduler file")`.
+macro_rules! fixture_configs {
+    ($dir:literal: $transformer:literal, $vae:literal, $text_encoder:literal, $scheduler:literal) => {
+        Configs {
+            transformer: include_str!(concat!("../../tests/fixtures/", $dir, $transformer)),
+            vae: include_str!(concat!("../../tests/fixtures/", $dir, $vae)),
+            text_encoder: include_str!(concat!("../../tests/fixtures/", $dir, $text_encoder)),
+            scheduler: include_str!(concat!("../../tests/fixtures/", $dir, $scheduler)),
+        }
+    };
+}
+
 impl ModelScale {
     fn configs(self) -> Configs {
         match self {
-            ModelScale::Helios14B => Configs {
-                transformer: include_str!(
-                    "../../tests/fixtures/configs/helios-distilled/transformer_config.json"
-                ),
-                vae: include_str!("../../tests/fixtures/configs/helios-distilled/vae_config.json"),
-                text_encoder: include_str!(
-                    "../../tests/fixtures/configs/helios-distilled/text_encoder_config.json"
-                ),
-                scheduler: include_str!(
-                    "../../tests/fixtures/configs/helios-distilled/scheduler_config.json"
-                ),
-            },
-            ModelScale::Tiny => Configs {
-                transformer: include_str!(
-                    "../../tests/fixtures/tiny-helios-distilled/transformer/config.json"
-                ),
-                vae: include_str!("../../tests/fixtures/tiny-helios-distilled/vae/config.json"),
-                text_encoder: include_str!(
-                    "../../tests/fixtures/tiny-helios-distilled/text_encoder/config.json"
-                ),
-                scheduler: include_str!(
-                    "../../tests/fixtures/tiny-helios-distilled/scheduler/scheduler_config.json"
-                ),
-            },
+            ModelScale::Helios14B => fixture_configs!("configs/helios-distilled/":
+                "transformer_config.json",
+                "vae_config.json",
+                "text_encoder_config.json",
+                "scheduler_config.json"
+            ),
+            ModelScale::Tiny => fixture_configs!("tiny-helios-distilled/":
+                "transformer/config.json",
+                "vae/config.json",
+                "text_encoder/config.json",
+                "scheduler/scheduler_config.json"
+            ),
         }
     }
 
@@ -268,141 +274,206 @@ pub struct OpBench {
 /// VAE decoder's 3×3×3 conv3d at each of its resolutions (f32). Multiplying by
 /// [`OpBench::per_forward`] and summing gives where a DiT forward's time goes.
 pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBench> {
-    use burn::nn::{LinearConfig, RmsNormConfig};
-    use burn::tensor::DType;
-    use burn::tensor::activation::gelu_approximate;
-    use burn::tensor::module::{attention, conv3d};
-    use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
-
-    use crate::pipeline::models::transformer_helios::{
-        RotaryEmbedding, apply_rotary_emb_transposed, fp32_layer_norm,
+    let block = BlockBench::<B> {
+        opts: &opts,
+        s: BlockShapes::new(&opts),
+        dtype: opts.precision.transformer,
+        device,
     };
+    let mut out = block.matmuls();
+    out.extend(block.attention());
+    out.extend(block.norms());
+    out.extend(bench_vae_convs::<B>(&opts, device));
+    out
+}
 
-    let cfg = opts.scale.transformer_config();
-    let dtype = opts.precision.transformer;
-    let (dim, heads, hd, ffn) = (
-        cfg.inner_dim(),
-        cfg.num_attention_heads,
-        cfg.attention_head_dim,
-        cfg.ffn_dim,
-    );
-    let layers = cfg.num_layers;
+/// The full-resolution (stage 2) shapes of one DiT block, as [`bench_ops`] times it.
+struct BlockShapes {
+    dim: usize,
+    heads: usize,
+    head_dim: usize,
+    ffn: usize,
+    layers: usize,
+    /// Noisy tokens: 9 latent frames at patch 2×2.
+    noisy: usize,
+    /// Noisy plus history tokens (short 2 frames at 2×2, mid 2 at 2×4×4, long 16 at 4×8×8).
+    seq: usize,
+    eps: f64,
+}
+
+impl BlockShapes {
+    fn new(opts: &BenchOptions) -> Self {
+        let cfg = opts.scale.transformer_config();
+        let (lh, lw) = (opts.height / 8, opts.width / 8);
+        let noisy = 9 * (lh / 2) * (lw / 2);
+        Self {
+            dim: cfg.inner_dim(),
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.attention_head_dim,
+            ffn: cfg.ffn_dim,
+            layers: cfg.num_layers,
+            noisy,
+            seq: noisy
+                + 2 * (lh / 2) * (lw / 2)
+                + lh.div_ceil(4) * lw.div_ceil(4)
+                + 4 * lh.div_ceil(8) * lw.div_ceil(8),
+            eps: cfg.eps,
+        }
+    }
+}
+
+/// A standard-normal tensor of `shape` in `dtype`.
+fn random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    dtype: DType,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::<B, 1>::random(
+        [shape.iter().product::<usize>()],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    )
+    .cast(dtype)
+    .reshape(shape)
+}
+
+/// One [`OpBench`]: `f` timed by [`time_calls`].
+fn time_op<B: Backend>(
+    opts: &BenchOptions,
+    device: &B::Device,
+    name: &str,
+    per_forward: usize,
+    f: impl FnMut(),
+) -> OpBench {
+    OpBench {
+        name: name.to_string(),
+        per_forward,
+        ms: time_calls::<B, _>(opts, device, f),
+    }
+}
+
+/// What the DiT block op benchmarks share: the options, the block shapes, the compute dtype.
+struct BlockBench<'a, B: Backend> {
+    opts: &'a BenchOptions,
+    s: BlockShapes,
+    dtype: DType,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> BlockBench<'_, B> {
+    /// A standard-normal tensor of `shape` in the compute dtype.
+    fn random<const D: usize>(&self, shape: [usize; D]) -> Tensor<B, D> {
+        random::<B, D>(shape, self.dtype, self.device)
+    }
+
+    /// An op each block of a forward runs `per_block` times.
+    fn time(&self, name: &str, per_block: usize, f: impl FnMut()) -> OpBench {
+        time_op::<B>(self.opts, self.device, name, per_block * self.s.layers, f)
+    }
+
+    /// The block's linear layers: attention projections and the FFN.
+    fn matmuls(&self) -> Vec<OpBench> {
+        let (s, dtype, device) = (&self.s, self.dtype, self.device);
+        let linear = |i: usize, o: usize| {
+            PrecisionMapper::apply(LinearConfig::new(i, o).init::<B>(device), dtype, &[])
+        };
+        let x = self.random([1, s.seq, s.dim]);
+        let xn = self.random([1, s.noisy, s.dim]);
+        let h_ffn = self.random([1, s.seq, s.ffn]);
+        let (proj, up, down) = (
+            linear(s.dim, s.dim),
+            linear(s.dim, s.ffn),
+            linear(s.ffn, s.dim),
+        );
+        vec![
+            self.time("linear dim->dim (self-attn q/k/v/out)", 4, || {
+                drop(proj.forward(x.clone()))
+            }),
+            self.time("linear dim->dim (cross-attn q/out)", 2, || {
+                drop(proj.forward(xn.clone()))
+            }),
+            self.time("ffn up dim->ffn + gelu", 1, || {
+                drop(gelu_approximate(up.forward(x.clone())))
+            }),
+            self.time("ffn down ffn->dim", 1, || drop(down.forward(h_ffn.clone()))),
+        ]
+    }
+
+    /// The block's attention cores: self-attention over all tokens, cross-attention from the
+    /// noisy tokens to 512 text tokens.
+    fn attention(&self) -> Vec<OpBench> {
+        let s = &self.s;
+        let heads = |len: usize| self.random([1, s.heads, len, s.head_dim]);
+        let (q, k, v) = (heads(s.seq), heads(s.seq), heads(s.seq));
+        let (qc, kc, vc) = (heads(s.noisy), heads(512), heads(512));
+        let attend = |q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>| {
+            let options = AttentionModuleOptions::default();
+            drop(attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                None,
+                None,
+                options,
+            ))
+        };
+        vec![
+            self.time("self-attention (flash)", 1, || attend(&q, &k, &v)),
+            self.time("cross-attention (512 keys)", 1, || attend(&qc, &kc, &vc)),
+        ]
+    }
+
+    /// The block's normalisations and RoPE: the f32 layer norm with modulation, the q/k RMS
+    /// norms, the rotary embedding of q/k.
+    fn norms(&self) -> Vec<OpBench> {
+        let (s, dtype, device) = (&self.s, self.dtype, self.device);
+        let x = self.random([1, s.seq, s.dim]);
+        let modulation = random::<B, 3>([1, 1, s.dim], DType::F32, device);
+        let rms = PrecisionMapper::apply(RmsNormConfig::new(s.dim).init::<B>(device), dtype, &[]);
+        let qh = self.random([1, s.seq, s.heads, s.head_dim]);
+        let half = [1, s.seq, 1, s.head_dim / 2, 1];
+        let rope = RotaryEmbedding {
+            cos: random::<B, 5>(half, DType::F32, device),
+            sin: random::<B, 5>(half, DType::F32, device),
+        };
+        vec![
+            self.time("fp32 layer norm + modulate", 2, || {
+                let normed = fp32_layer_norm(x.clone(), None, None, s.eps);
+                drop((normed * (modulation.clone() + 1.0) + modulation.clone()).cast(dtype))
+            }),
+            self.time("rms norm q/k", 2, || drop(rms.forward(x.clone()))),
+            self.time("rope q/k", 2, || {
+                drop(apply_rotary_emb_transposed(qh.clone(), &rope))
+            }),
+        ]
+    }
+}
+
+/// VAE decoder conv3d 3×3×3 with 2 causal frames in front, in `precision.vae` (Wan2.1: base_dim
+/// 96, dim_mult [1, 2, 4, 4]): latent resolution 384 ch, then ×2, ×4, ×8 with 4 frames.
+fn bench_vae_convs<B: Backend>(opts: &BenchOptions, device: &B::Device) -> Vec<OpBench> {
     let (lh, lw) = (opts.height / 8, opts.width / 8);
-    let noisy = 9 * (lh / 2) * (lw / 2);
-    let seq = noisy
-        + 2 * (lh / 2) * (lw / 2)
-        + lh.div_ceil(4) * lw.div_ceil(4)
-        + 4 * lh.div_ceil(8) * lw.div_ceil(8);
-    let rnd = |shape: Vec<usize>, dt: DType| {
-        Tensor::<B, 1>::random(
-            [shape.iter().product::<usize>()],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        )
-        .cast(dt)
-    };
-    let r3 = |s: [usize; 3], dt| rnd(s.to_vec(), dt).reshape(s);
-    let r4 = |s: [usize; 4], dt| rnd(s.to_vec(), dt).reshape(s);
-    let linear = |i: usize, o: usize| {
-        PrecisionMapper::apply(LinearConfig::new(i, o).init::<B>(device), dtype, &[])
-    };
-    let x = r3([1, seq, dim], dtype);
-    let xn = r3([1, noisy, dim], dtype);
-    let h_ffn = r3([1, seq, ffn], dtype);
-    let proj = linear(dim, dim);
-    let up = linear(dim, ffn);
-    let down = linear(ffn, dim);
-    let (q, k, v) = (
-        r4([1, heads, seq, hd], dtype),
-        r4([1, heads, seq, hd], dtype),
-        r4([1, heads, seq, hd], dtype),
-    );
-    let (qc, kc, vc) = (
-        r4([1, heads, noisy, hd], dtype),
-        r4([1, heads, 512, hd], dtype),
-        r4([1, heads, 512, hd], dtype),
-    );
-    let modulation = r3([1, 1, dim], DType::F32);
-    let rms = PrecisionMapper::apply(RmsNormConfig::new(dim).init::<B>(device), dtype, &[]);
-    let qh = r4([1, seq, heads, hd], dtype);
-    let rope = RotaryEmbedding {
-        cos: rnd(vec![seq * hd / 2], DType::F32).reshape([1, seq, 1, hd / 2, 1]),
-        sin: rnd(vec![seq * hd / 2], DType::F32).reshape([1, seq, 1, hd / 2, 1]),
-    };
-    let eps = cfg.eps;
-    let mut out = Vec::new();
-    let mut time = |name: &str, per_block: usize, f: &mut dyn FnMut()| {
-        out.push(OpBench {
-            name: name.to_string(),
-            per_forward: per_block * layers,
-            ms: time_calls::<B, _>(&opts, device, f),
-        });
-    };
-    time("linear dim->dim (self-attn q/k/v/out)", 4, &mut || {
-        drop(proj.forward(x.clone()))
-    });
-    time("linear dim->dim (cross-attn q/out)", 2, &mut || {
-        drop(proj.forward(xn.clone()))
-    });
-    time("ffn up dim->ffn + gelu", 1, &mut || {
-        drop(gelu_approximate(up.forward(x.clone())))
-    });
-    time("ffn down ffn->dim", 1, &mut || {
-        drop(down.forward(h_ffn.clone()))
-    });
-    time("self-attention (flash)", 1, &mut || {
-        drop(attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        ))
-    });
-    time("cross-attention (512 keys)", 1, &mut || {
-        drop(attention(
-            qc.clone(),
-            kc.clone(),
-            vc.clone(),
-            None,
-            None,
-            AttentionModuleOptions::default(),
-        ))
-    });
-    time("fp32 layer norm + modulate", 2, &mut || {
-        let normed = fp32_layer_norm(x.clone(), None, None, eps);
-        drop((normed * (modulation.clone() + 1.0) + modulation.clone()).cast(dtype))
-    });
-    time("rms norm q/k", 2, &mut || drop(rms.forward(x.clone())));
-    time("rope q/k", 2, &mut || {
-        drop(apply_rotary_emb_transposed(qh.clone(), &rope))
-    });
-    drop((x, xn, h_ffn, q, k, v));
-
-    // VAE decoder conv3d 3×3×3 with 2 causal frames in front, f32 (Wan2.1: base_dim 96,
-    // dim_mult [1, 2, 4, 4]): latent resolution 384 ch, then ×2, ×4, ×8 with 4 frames.
     let base = opts.scale.vae_config().base_dim;
-    for (ch, up, t) in [
+    let dtype = opts.precision.vae;
+    let levels = [
         (base * 4, 1, 1),
         (base * 4, 2, 4),
         (base * 2, 4, 4),
         (base, 8, 4),
-    ] {
-        let (h, w) = (lh * up, lw * up);
-        let xv = rnd(vec![ch * (t + 2) * h * w], opts.precision.vae).reshape([1, ch, t + 2, h, w]);
-        let wv = rnd(vec![ch * ch * 27], opts.precision.vae).reshape([ch, ch, 3, 3, 3]);
-        let conv = ConvOptions::new([1, 1, 1], [0, 1, 1], [1, 1, 1], 1);
-        let name = format!("vae conv3d {ch}ch {t}f {h}x{w}");
-        out.push(OpBench {
-            name,
-            per_forward: 0,
-            ms: time_calls::<B, _>(&opts, device, || {
+    ];
+    levels
+        .into_iter()
+        .map(|(ch, up, t)| {
+            let (h, w) = (lh * up, lw * up);
+            let xv = random::<B, 5>([1, ch, t + 2, h, w], dtype, device);
+            let wv = random::<B, 5>([ch, ch, 3, 3, 3], dtype, device);
+            let conv = ConvOptions::new([1, 1, 1], [0, 1, 1], [1, 1, 1], 1);
+            let name = format!("vae conv3d {ch}ch {t}f {h}x{w}");
+            time_op::<B>(opts, device, &name, 0, || {
                 drop(conv3d(xv.clone(), wv.clone(), None, conv.clone()))
-            }),
-        });
-    }
-    out
+            })
+        })
+        .collect()
 }
 
 /// Result of [`bench_pipeline`]: wall times in seconds.
