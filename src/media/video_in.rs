@@ -31,7 +31,7 @@ use std::path::Path;
 use openh264::OpenH264API;
 use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
-use re_mp4::{Mp4, StsdBoxContent, TrackKind};
+use re_mp4::{Avc1Box, Mp4, StsdBoxContent, Track, TrackKind};
 
 use super::image_in::{MediaError, RgbImage, read_capped, resize_rgb};
 
@@ -174,8 +174,7 @@ fn collect(reader: VideoReader, opts: &VideoReadOptions) -> Result<DecodedVideo,
 pub struct VideoReader {
     name: String,
     bytes: Vec<u8>,
-    /// Byte range and sync flag of each sample, in decode order.
-    samples: Vec<(std::ops::Range<usize>, bool)>,
+    samples: SampleTable,
     /// SPS and PPS from `avcC`, Annex-B, prepended to every sync sample.
     parameter_sets: Vec<u8>,
     /// Bytes in each AVCC NAL length prefix (1, 2 or 4).
@@ -201,167 +200,29 @@ impl VideoReader {
     /// As [`VideoReader::open`].
     pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<Self, MediaError> {
         let name = name.to_owned();
-        let not_mp4 = |detail: String| MediaError::NotMp4 {
+        let mp4 = parse_mp4(&bytes).map_err(|detail| MediaError::NotMp4 {
             name: name.clone(),
             detail,
-        };
-        if bytes.is_empty() {
-            return Err(not_mp4("the file is empty".into()));
-        }
-        if let Some(container) = sniff_non_mp4(&bytes) {
-            return Err(not_mp4(format!("it is {container}, not an MP4 file")));
-        }
-        if bytes.len() < 8 || !is_iso_bmff_box(&bytes[4..8]) {
-            return Err(not_mp4("it is not an MP4 file".into()));
-        }
-        // `re_mp4` is not hardened against hostile input: turn a panic into an error.
-        let parsed =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Mp4::read_bytes(&bytes)));
-        let mp4 = match parsed {
-            Ok(Ok(mp4)) => mp4,
-            Ok(Err(e)) => {
-                return Err(not_mp4(format!(
-                    "the MP4 structure is invalid or truncated ({e})"
-                )));
-            }
-            Err(_) => {
-                return Err(not_mp4(
-                    "the MP4 structure is invalid or truncated (demuxer panicked)".into(),
-                ));
-            }
-        };
-
-        let video_tracks: Vec<_> = mp4
-            .tracks()
-            .values()
-            // The handler type, not `Track::kind`: re_mp4 leaves `kind` empty for sample
-            // entries it does not know (mp4v, ProRes, ...), which we still want to name.
-            .filter(|t| {
-                t.kind == Some(TrackKind::Video)
-                    || t.trak(&mp4).mdia.hdlr.handler_type.value == *b"vide"
-            })
-            .collect();
-        let Some(track) = video_tracks
-            .iter()
-            .find(|t| {
-                matches!(
-                    t.trak(&mp4).mdia.minf.stbl.stsd.contents,
-                    StsdBoxContent::Avc1(_)
-                )
-            })
-            .or(video_tracks.first())
-        else {
-            return Err(MediaError::NoVideoTrack { name });
-        };
-        let avc1 = match &track.trak(&mp4).mdia.minf.stbl.stsd.contents {
-            StsdBoxContent::Avc1(avc1) => avc1,
-            other => {
-                return Err(MediaError::UnsupportedCodec {
-                    name,
-                    codec: codec_name(other),
-                });
-            }
-        };
-        let avcc = &avc1.avcc.contents;
-        let unsupported = |detail: String| MediaError::UnsupportedProfile {
-            name: name.clone(),
-            detail,
-        };
+        })?;
+        let (track, avc1) = h264_track(&mp4, &name)?;
         let corrupt = |reason: String| MediaError::CorruptVideo {
             name: name.clone(),
             reason,
         };
+        let avcc = &avc1.avcc.contents;
         let Some(sps_nal) = avcc.sequence_parameter_sets.first() else {
             return Err(corrupt("the avcC box holds no SPS".into()));
         };
         let sps = Sps::parse(&sps_nal.bytes)
             .ok_or_else(|| corrupt("the SPS in the avcC box cannot be parsed".into()))?;
-        let profile = profile_name(sps.profile_idc);
-        if sps.chroma_format_idc != 1 {
-            let chroma = match sps.chroma_format_idc {
-                0 => "4:0:0 (monochrome)",
-                2 => "4:2:2",
-                _ => "4:4:4",
-            };
-            return Err(unsupported(format!(
-                "{profile} profile (profile_idc {}) with {chroma} chroma",
-                sps.profile_idc
-            )));
-        }
-        if sps.bit_depth_luma != 8 || sps.bit_depth_chroma != 8 {
-            return Err(unsupported(format!(
-                "{profile} profile (profile_idc {}) with {}-bit samples",
-                sps.profile_idc,
-                sps.bit_depth_luma.max(sps.bit_depth_chroma)
-            )));
-        }
-        if !sps.frame_mbs_only {
-            return Err(unsupported(format!(
-                "{profile} profile (profile_idc {}), interlaced (field or MBAFF coding)",
-                sps.profile_idc
-            )));
-        }
-        if !matches!(sps.profile_idc, 66 | 77 | 100) {
-            return Err(unsupported(format!(
-                "{profile} profile (profile_idc {})",
-                sps.profile_idc
-            )));
-        }
-        if sps.width == 0 || sps.height == 0 {
-            return Err(corrupt(format!(
-                "the SPS gives a {}x{} picture",
-                sps.width, sps.height
-            )));
-        }
-        if sps.width > MAX_VIDEO_SIDE || sps.height > MAX_VIDEO_SIDE {
-            return Err(MediaError::DimensionsTooLarge {
-                name,
-                width: sps.width,
-                height: sps.height,
-                max: MAX_VIDEO_SIDE,
-            });
-        }
+        let profile = check_sps(&sps, &name)?;
         let nal_length_size = avcc.length_size_minus_one as usize + 1;
         if !matches!(nal_length_size, 1 | 2 | 4) {
             return Err(corrupt(format!(
                 "invalid NAL length size {nal_length_size} in avcC"
             )));
         }
-
-        if track.samples.is_empty() {
-            return Err(MediaError::NoFrames { name });
-        }
-        let mut samples = Vec::with_capacity(track.samples.len());
-        let mut total_duration = 0u64;
-        for (i, s) in track.samples.iter().enumerate() {
-            let end = s.offset.checked_add(s.size);
-            match end {
-                Some(end) if end <= bytes.len() as u64 => {}
-                _ => {
-                    return Err(corrupt(format!(
-                        "sample {} lies outside the file (truncated?)",
-                        i + 1
-                    )));
-                }
-            }
-            samples.push((s.byte_range(), s.is_sync));
-            total_duration = total_duration.saturating_add(s.duration);
-        }
-        let fps = if total_duration > 0 && track.timescale > 0 {
-            samples.len() as f64 * track.timescale as f64 / total_duration as f64
-        } else {
-            0.0
-        };
-
-        let mut parameter_sets = Vec::new();
-        for ps in avcc
-            .sequence_parameter_sets
-            .iter()
-            .chain(&avcc.picture_parameter_sets)
-        {
-            parameter_sets.extend_from_slice(&[0, 0, 0, 1]);
-            parameter_sets.extend_from_slice(&ps.bytes);
-        }
+        let (samples, fps) = sample_table(track, bytes.len(), &name)?;
         let info = VideoInfo {
             width: sps.width,
             height: sps.height,
@@ -369,6 +230,7 @@ impl VideoReader {
             fps,
             profile,
         };
+        let parameter_sets = annex_b_parameter_sets(avc1);
         drop(mp4);
         Ok(Self {
             name,
@@ -422,6 +284,168 @@ impl VideoReader {
             decoded_size,
         })
     }
+}
+
+/// Checks that `bytes` look like an MP4 and demuxes them; the error says what they are instead
+/// (naming the container where it can) or why demuxing failed.
+fn parse_mp4(bytes: &[u8]) -> Result<Mp4, String> {
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    if let Some(container) = sniff_non_mp4(bytes) {
+        return Err(format!("it is {container}, not an MP4 file"));
+    }
+    if bytes.len() < 8 || !is_iso_bmff_box(&bytes[4..8]) {
+        return Err("it is not an MP4 file".into());
+    }
+    // `re_mp4` is not hardened against hostile input: turn a panic into an error.
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Mp4::read_bytes(bytes)));
+    match parsed {
+        Ok(Ok(mp4)) => Ok(mp4),
+        Ok(Err(e)) => Err(format!("the MP4 structure is invalid or truncated ({e})")),
+        Err(_) => Err("the MP4 structure is invalid or truncated (demuxer panicked)".into()),
+    }
+}
+
+/// The video track to decode (the first H.264 one, else the first video track, which is then
+/// refused naming its codec) and its `avc1` sample entry.
+fn h264_track<'a>(mp4: &'a Mp4, name: &str) -> Result<(&'a Track, &'a Avc1Box), MediaError> {
+    let video_tracks: Vec<_> = mp4
+        .tracks()
+        .values()
+        // The handler type, not `Track::kind`: re_mp4 leaves `kind` empty for sample
+        // entries it does not know (mp4v, ProRes, ...), which we still want to name.
+        .filter(|t| {
+            t.kind == Some(TrackKind::Video) || t.trak(mp4).mdia.hdlr.handler_type.value == *b"vide"
+        })
+        .collect();
+    let Some(track) = video_tracks
+        .iter()
+        .find(|t| {
+            matches!(
+                t.trak(mp4).mdia.minf.stbl.stsd.contents,
+                StsdBoxContent::Avc1(_)
+            )
+        })
+        .or(video_tracks.first())
+    else {
+        return Err(MediaError::NoVideoTrack { name: name.into() });
+    };
+    match &track.trak(mp4).mdia.minf.stbl.stsd.contents {
+        StsdBoxContent::Avc1(avc1) => Ok((track, avc1)),
+        other => Err(MediaError::UnsupportedCodec {
+            name: name.into(),
+            codec: codec_name(other),
+        }),
+    }
+}
+
+/// Refuses what the decoder or the pipeline cannot take: chroma other than 4:2:0, more than 8
+/// bits, interlacing, profiles other than (Constrained) Baseline, Main and High, an empty or
+/// oversized picture. Returns the profile name.
+fn check_sps(sps: &Sps, name: &str) -> Result<&'static str, MediaError> {
+    let unsupported = |detail: String| MediaError::UnsupportedProfile {
+        name: name.to_owned(),
+        detail,
+    };
+    let profile = profile_name(sps.profile_idc);
+    if sps.chroma_format_idc != 1 {
+        let chroma = match sps.chroma_format_idc {
+            0 => "4:0:0 (monochrome)",
+            2 => "4:2:2",
+            _ => "4:4:4",
+        };
+        return Err(unsupported(format!(
+            "{profile} profile (profile_idc {}) with {chroma} chroma",
+            sps.profile_idc
+        )));
+    }
+    if sps.bit_depth_luma != 8 || sps.bit_depth_chroma != 8 {
+        return Err(unsupported(format!(
+            "{profile} profile (profile_idc {}) with {}-bit samples",
+            sps.profile_idc,
+            sps.bit_depth_luma.max(sps.bit_depth_chroma)
+        )));
+    }
+    if !sps.frame_mbs_only {
+        return Err(unsupported(format!(
+            "{profile} profile (profile_idc {}), interlaced (field or MBAFF coding)",
+            sps.profile_idc
+        )));
+    }
+    if !matches!(sps.profile_idc, 66 | 77 | 100) {
+        return Err(unsupported(format!(
+            "{profile} profile (profile_idc {})",
+            sps.profile_idc
+        )));
+    }
+    if sps.width == 0 || sps.height == 0 {
+        return Err(MediaError::CorruptVideo {
+            name: name.to_owned(),
+            reason: format!("the SPS gives a {}x{} picture", sps.width, sps.height),
+        });
+    }
+    if sps.width > MAX_VIDEO_SIDE || sps.height > MAX_VIDEO_SIDE {
+        return Err(MediaError::DimensionsTooLarge {
+            name: name.to_owned(),
+            width: sps.width,
+            height: sps.height,
+            max: MAX_VIDEO_SIDE,
+        });
+    }
+    Ok(profile)
+}
+
+/// Byte range in the file and sync flag of each sample, in decode order.
+type SampleTable = Vec<(std::ops::Range<usize>, bool)>;
+
+/// The [`SampleTable`] of `track`, checked to lie inside the `file_len` bytes, and the average
+/// frame rate from the sample durations (0 without durations).
+fn sample_table(
+    track: &Track,
+    file_len: usize,
+    name: &str,
+) -> Result<(SampleTable, f64), MediaError> {
+    if track.samples.is_empty() {
+        return Err(MediaError::NoFrames { name: name.into() });
+    }
+    let mut samples = Vec::with_capacity(track.samples.len());
+    let mut total_duration = 0u64;
+    for (i, s) in track.samples.iter().enumerate() {
+        let end = s.offset.checked_add(s.size);
+        match end {
+            Some(end) if end <= file_len as u64 => {}
+            _ => {
+                return Err(MediaError::CorruptVideo {
+                    name: name.to_owned(),
+                    reason: format!("sample {} lies outside the file (truncated?)", i + 1),
+                });
+            }
+        }
+        samples.push((s.byte_range(), s.is_sync));
+        total_duration = total_duration.saturating_add(s.duration);
+    }
+    let fps = if total_duration > 0 && track.timescale > 0 {
+        samples.len() as f64 * track.timescale as f64 / total_duration as f64
+    } else {
+        0.0
+    };
+    Ok((samples, fps))
+}
+
+/// The SPS and PPS of `avcC` in Annex-B (start code before each), to prepend to sync samples.
+fn annex_b_parameter_sets(avc1: &Avc1Box) -> Vec<u8> {
+    let avcc = &avc1.avcc.contents;
+    let mut parameter_sets = Vec::new();
+    for ps in avcc
+        .sequence_parameter_sets
+        .iter()
+        .chain(&avcc.picture_parameter_sets)
+    {
+        parameter_sets.extend_from_slice(&[0, 0, 0, 1]);
+        parameter_sets.extend_from_slice(&ps.bytes);
+    }
+    parameter_sets
 }
 
 /// Streaming decoder over a [`VideoReader`]: yields RGB8 frames (`[height, width, 3]`) in
