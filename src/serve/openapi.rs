@@ -23,19 +23,43 @@ fn id_param(name: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
 }
 
+/// The responses of the three create endpoints: `ok`, or an error envelope.
+fn create_errors(ok: Value) -> Value {
+    json!({
+        "200": ok,
+        "400": err("A bad field (`param` names it) or a model mismatch"),
+        "401": err("Missing or wrong bearer key (when api_keys are set)"),
+        "413": err("Body over max_body_bytes, or a reference file over max_upload_bytes (`param` names it)"),
+        "415": err("Unsupported content type"),
+        "429": err("Job queue full (Retry-After)"),
+    })
+}
+
+fn binary(content_type: &str) -> Value {
+    json!({"description": "OK", "content": {content_type: {"schema": {"type": "string", "format": "binary"}}}})
+}
+
 /// The document.
 pub fn document() -> Value {
-    let create_errors = |ok: Value| {
-        json!({
-            "200": ok,
-            "400": err("A bad field (`param` names it) or a model mismatch"),
-            "401": err("Missing or wrong bearer key (when api_keys are set)"),
-            "413": err("Body over max_body_bytes, or a reference file over max_upload_bytes (`param` names it)"),
-            "415": err("Unsupported content type"),
-            "429": err("Job queue full (Retry-After)"),
-        })
-    };
-    let video_create = json!({
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "omni serve", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "OpenAI Videos / vLLM-Omni / LocalAI compatible video generation (Helios)"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "VideoCreate": video_create_schema(), "Video": video_schema(),
+                "Error": error_schema(), "LocalAIVideo": localai_schema(),
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": paths(),
+    })
+}
+
+/// `VideoCreate`: the body of the create endpoints (JSON, form or multipart).
+fn video_create_schema() -> Value {
+    json!({
         "type": "object", "required": ["prompt"],
         "properties": {
             "prompt": {"type": "string"}, "model": {"type": "string"},
@@ -61,8 +85,12 @@ pub fn document() -> Value {
             "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; remote URLs refused)"},
         },
         "description": "At most one of input_reference, image_reference, video_reference, start_image, reference_url (else 400 naming the second)."
-    });
-    let video = json!({
+    })
+}
+
+/// `Video`: the job object.
+fn video_schema() -> Value {
+    json!({
         "type": "object",
         "properties": {
             "id": {"type": "string"}, "object": {"const": "video"}, "model": {"type": "string"},
@@ -78,14 +106,22 @@ pub fn document() -> Value {
             "peak_memory_mb": {"type": ["number", "null"], "description": "peak memory of the job, MiB: GPU memory in use (CubeCL allocator, sampled at phase ends) on CUDA, else the server process's peak resident memory"},
             "fps": {"type": "integer"}, "num_frames": {"type": "integer"},
         }
-    });
-    let error = json!({
+    })
+}
+
+/// `Error`: the OpenAI error envelope.
+fn error_schema() -> Value {
+    json!({
         "type": "object",
         "properties": {"error": {"type": "object", "properties": {
             "message": {"type": "string"}, "type": {"type": "string"},
             "param": {"type": ["string", "null"]}, "code": {"type": "string"}}}}
-    });
-    let localai = json!({
+    })
+}
+
+/// `LocalAIVideo`: the body of LocalAI's `POST /video`.
+fn localai_schema() -> Value {
+    json!({
         "type": "object",
         "properties": {
             "model": {"type": "string"}, "prompt": {"type": "string"},
@@ -99,65 +135,58 @@ pub fn document() -> Value {
             "cfg_scale": {"type": "number"}, "step": {"type": "integer"},
             "response_format": {"enum": ["url", "b64_json"]},
         }
-    });
-    let binary = |ct: &str| json!({"description": "OK", "content": {ct: {"schema": {"type": "string", "format": "binary"}}}});
+    })
+}
+
+/// Every endpoint.
+fn paths() -> Value {
     json!({
-        "openapi": "3.1.0",
-        "info": {"title": "omni serve", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "OpenAI Videos / vLLM-Omni / LocalAI compatible video generation (Helios)"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"VideoCreate": video_create, "Video": video, "Error": error, "LocalAIVideo": localai},
+        "/v1/videos": {
+            "post": {"summary": "Create a video job (answers at once, status queued)",
+                     "requestBody": create_body(), "responses": create_errors(json_ok("Video"))},
+            "get": {"summary": "List video jobs",
+                    "parameters": [
+                        {"name": "after", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100}},
+                        {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "desc"}}],
+                    "responses": {"200": {"description": "{object: list, data, first_id, last_id, has_more}"}, "400": err("Bad paging parameter")}},
         },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/v1/videos": {
-                "post": {"summary": "Create a video job (answers at once, status queued)",
-                         "requestBody": create_body(), "responses": create_errors(json_ok("Video"))},
-                "get": {"summary": "List video jobs",
-                        "parameters": [
-                            {"name": "after", "in": "query", "schema": {"type": "string"}},
-                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100}},
-                            {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "desc"}}],
-                        "responses": {"200": {"description": "{object: list, data, first_id, last_id, has_more}"}, "400": err("Bad paging parameter")}},
-            },
-            "/v1/videos/sync": {"post": {"summary": "Generate and answer the MP4 (X-Request-Id, X-Model, X-Inference-Time-S)",
-                "requestBody": create_body(), "responses": create_errors(binary("video/mp4"))}},
-            "/v1/videos/generations": {"post": {"summary": "Create and block until the job ends (?wait=false: at once)",
-                "requestBody": create_body(), "responses": create_errors(json_ok("Video"))}},
-            "/v1/videos/{video_id}": {
-                "parameters": [id_param("video_id")],
-                "get": {"summary": "Retrieve (200 also for failed jobs; openai-poll-after-ms while running)",
-                        "responses": {"200": json_ok("Video"), "404": err("Unknown id")}},
-                "delete": {"summary": "Delete (cancels a running job) with its files",
-                           "responses": {"200": {"description": "{id, deleted: true, object: video.deleted}"}, "404": err("Unknown id")}},
-            },
-            "/v1/videos/{video_id}/content": {"get": {
-                "summary": "Download: variant=video (MP4, Range), thumbnail (WebP, middle frame), spritesheet (JPEG, 10 evenly spaced frames, 5 per row)",
-                "parameters": [id_param("video_id"), {"name": "variant", "in": "query", "schema": {"enum": ["video", "thumbnail", "spritesheet"], "default": "video"}}],
-                "responses": {"200": binary("video/mp4"), "206": binary("video/mp4"), "400": err("Unknown variant"),
-                              "404": err("Unknown id or not finished"), "416": {"description": "Range not satisfiable"},
-                              "422": err("The job failed")}}},
-            "/video": {"post": {"summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
-                "responses": {"200": {"description": "{created, id, data: [{index: 0, url | b64_json}]}"}, "400": err("Bad field, undecodable start_image, or end_image"), "500": err("Generation failed")}}},
-            "/generated-videos/{file}": {"get": {"summary": "LocalAI: the MP4 named by a /video url",
-                "parameters": [id_param("file")], "responses": {"200": binary("video/mp4"), "404": err("Unknown file")}}},
-            "/v1/images/generations": {"post": {"summary": "One-frame generation as PNG (blocks); n must be 1",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["prompt"],
-                    "properties": {"prompt": {"type": "string"}, "model": {"type": "string"}, "size": {"type": "string"}, "n": {"const": 1},
-                                   "seed": {"type": "integer"}, "negative_prompt": {"type": "string"},
-                                   "response_format": {"enum": ["url", "b64_json"]}}}}}},
-                "responses": {"200": {"description": "{id, created, data: [{url | b64_json, revised_prompt}]}"}, "400": err("Bad field"), "500": err("Generation failed")}}},
-            "/v1/images/{image_id}/content": {"get": {"summary": "The PNG of an image generation",
-                "parameters": [id_param("image_id")], "responses": {"200": binary("image/png"), "404": err("Unknown id")}}},
-            "/v1/models": {"get": {"summary": "The served model and its aliases", "responses": {"200": {"description": "{object: list, data: [model]}"}}}},
-            "/v1/models/{model}": {"get": {"summary": "One model card", "parameters": [id_param("model")],
-                "responses": {"200": {"description": "model"}, "404": err("Unknown model")}}},
-            "/health": {"get": {"summary": "Liveness (never needs a key)", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
-            "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
-            "/readyz": {"get": {"summary": "503 until the model is loaded", "security": [], "responses": {"200": {"description": "{status: ready}"}, "503": err("Loading")}}},
-            "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-        }
+        "/v1/videos/sync": {"post": {"summary": "Generate and answer the MP4 (X-Request-Id, X-Model, X-Inference-Time-S)",
+            "requestBody": create_body(), "responses": create_errors(binary("video/mp4"))}},
+        "/v1/videos/generations": {"post": {"summary": "Create and block until the job ends (?wait=false: at once)",
+            "requestBody": create_body(), "responses": create_errors(json_ok("Video"))}},
+        "/v1/videos/{video_id}": {
+            "parameters": [id_param("video_id")],
+            "get": {"summary": "Retrieve (200 also for failed jobs; openai-poll-after-ms while running)",
+                    "responses": {"200": json_ok("Video"), "404": err("Unknown id")}},
+            "delete": {"summary": "Delete (cancels a running job) with its files",
+                       "responses": {"200": {"description": "{id, deleted: true, object: video.deleted}"}, "404": err("Unknown id")}},
+        },
+        "/v1/videos/{video_id}/content": {"get": {
+            "summary": "Download: variant=video (MP4, Range), thumbnail (WebP, middle frame), spritesheet (JPEG, 10 evenly spaced frames, 5 per row)",
+            "parameters": [id_param("video_id"), {"name": "variant", "in": "query", "schema": {"enum": ["video", "thumbnail", "spritesheet"], "default": "video"}}],
+            "responses": {"200": binary("video/mp4"), "206": binary("video/mp4"), "400": err("Unknown variant"),
+                          "404": err("Unknown id or not finished"), "416": {"description": "Range not satisfiable"},
+                          "422": err("The job failed")}}},
+        "/video": {"post": {"summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
+            "responses": {"200": {"description": "{created, id, data: [{index: 0, url | b64_json}]}"}, "400": err("Bad field, undecodable start_image, or end_image"), "500": err("Generation failed")}}},
+        "/generated-videos/{file}": {"get": {"summary": "LocalAI: the MP4 named by a /video url",
+            "parameters": [id_param("file")], "responses": {"200": binary("video/mp4"), "404": err("Unknown file")}}},
+        "/v1/images/generations": {"post": {"summary": "One-frame generation as PNG (blocks); n must be 1",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["prompt"],
+                "properties": {"prompt": {"type": "string"}, "model": {"type": "string"}, "size": {"type": "string"}, "n": {"const": 1},
+                               "seed": {"type": "integer"}, "negative_prompt": {"type": "string"},
+                               "response_format": {"enum": ["url", "b64_json"]}}}}}},
+            "responses": {"200": {"description": "{id, created, data: [{url | b64_json, revised_prompt}]}"}, "400": err("Bad field"), "500": err("Generation failed")}}},
+        "/v1/images/{image_id}/content": {"get": {"summary": "The PNG of an image generation",
+            "parameters": [id_param("image_id")], "responses": {"200": binary("image/png"), "404": err("Unknown id")}}},
+        "/v1/models": {"get": {"summary": "The served model and its aliases", "responses": {"200": {"description": "{object: list, data: [model]}"}}}},
+        "/v1/models/{model}": {"get": {"summary": "One model card", "parameters": [id_param("model")],
+            "responses": {"200": {"description": "model"}, "404": err("Unknown model")}}},
+        "/health": {"get": {"summary": "Liveness (never needs a key)", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
+        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
+        "/readyz": {"get": {"summary": "503 until the model is loaded", "security": [], "responses": {"200": {"description": "{status: ready}"}, "503": err("Loading")}}},
+        "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
     })
 }
