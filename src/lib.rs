@@ -3,10 +3,12 @@
 //! Layers (see `shared/reference/style.md` §7):
 //! - [`pipeline`]: checkpoints, models, schedulers and the denoising loop (generic over a Burn backend).
 //! - [`media`]: MP4/H.264 writing (openh264 + mp4).
-//! - [`serve`]: the HTTP server (to come).
+//! - [`serve`]: the HTTP server.
+//! - [`hub`]: models by folder or Hugging Face repo id.
 //!
 //! The command line lives in the binary (`src/main.rs`, `src/cli`).
 
+pub mod hub;
 pub mod media;
 pub mod pipeline;
 pub mod serve;

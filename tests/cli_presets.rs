@@ -5,23 +5,12 @@
 
 mod common;
 
-use common::{PROMPT, assert_one_line_error, copy_dir, omni, stderr};
+use common::{PROMPT, assert_one_line_error, omni, stderr};
 
 use std::path::Path;
 use std::process::Command;
 
-use common::tiny_distilled;
-
-/// Tiny `base` / `mid` checkpoint: tiny Distilled + the committed variant JSONs, in a tempdir.
-fn tiny_variant(variant: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&tiny_distilled(), dir.path());
-    copy_dir(
-        &common::fixture(&format!("tiny-helios-{variant}")),
-        dir.path(),
-    );
-    dir
-}
+use common::{tiny_distilled, tiny_variant};
 
 fn print_request(model: &Path, extra: &[&str]) -> serde_json::Value {
     let out = omni()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::tiny_distilled;
+use common::{PROMPT, assert_one_line_error, hf_cache, tiny_distilled, tiny_variant};
 
 /// A running `omni serve`; killed (SIGKILL) on drop.
 struct Server {
@@ -23,13 +23,26 @@ struct Server {
 impl Server {
     /// Start on `storage` with extra CLI args and wait until `/readyz` is 200.
     fn start(storage: &Path, extra: &[&str]) -> Server {
+        let mut args = vec!["--served-model-name", "tiny-helios"];
+        args.extend_from_slice(extra);
+        Self::start_model(tiny_distilled().as_os_str(), storage, &args, &[])
+    }
+
+    /// Start `omni serve MODEL` (a folder or a repo id) with extra args and environment.
+    fn start_model(
+        model: &std::ffi::OsStr,
+        storage: &Path,
+        extra: &[&str],
+        envs: &[(&str, &std::ffi::OsStr)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_omni"))
             .arg("serve")
-            .arg(tiny_distilled())
-            .args(["--port", "0", "--served-model-name", "tiny-helios"])
+            .arg(model)
+            .args(["--port", "0"])
             .arg("--storage")
             .arg(storage)
             .args(extra)
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -906,9 +919,15 @@ fn localai_video_blocks_and_answers_url_or_b64() {
     let r = s.post_json(
         "/video",
         json!({"model": "tiny-helios", "prompt": "a lake", "width": 128, "height": 64,
-               "num_frames": 33, "fps": 12, "seed": 1, "cfg_scale": 1.0, "step": 4}),
+               "num_frames": 33, "fps": 12, "seed": 1, "cfg_scale": 1.0}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // LocalAI's `step`: Distilled runs a 3-stage pyramid, so one step count cannot be honoured;
+    // it is a 400 naming `step`, not silently dropped.
+    let e = s
+        .post_json("/video", json!({"prompt": "a lake", "step": 4}))
+        .error(400);
+    assert_eq!(e["param"], "step", "{e}");
     let v = r.json();
     assert!(v["created"].as_u64().is_some());
     let id = v["id"].as_str().unwrap();
@@ -1384,4 +1403,99 @@ fn text_encoder_loaded_per_request_when_not_kept() {
     assert_eq!(second.status, 200, "{}", second.text());
     assert_eq!(&first.body[4..8], b"ftyp");
     assert!(first.body == second.body, "same seed, same bytes");
+}
+
+/// Issue 16: over HTTP every field a checkpoint can use reaches it as from the CLI. A Base
+/// server given `num_inference_steps=3` makes the bytes `omni generate --num-inference-steps 3`
+/// makes with the same seed, and not those of 4 steps (so the steps were neither dropped nor
+/// replaced by the default 50).
+#[test]
+fn base_runs_the_requested_steps_over_http_as_the_cli_does() {
+    let model = tiny_variant("base");
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_model(model.path().as_os_str(), &dir.path().join("st"), &[], &[]);
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"prompt": PROMPT, "width": 128, "height": 64, "num_frames": 33, "seed": 5,
+               "num_inference_steps": 3}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let (v, _) = s.wait(&id);
+    assert_eq!(v["status"], "completed", "{v}");
+    let served = s.get(&format!("/v1/videos/{id}/content")).body;
+    let cli = |steps: &str| {
+        let out = dir.path().join(format!("cli-{steps}.mp4"));
+        let status = Command::new(env!("CARGO_BIN_EXE_omni"))
+            .args(["generate", "--model"])
+            .arg(model.path())
+            .args(["--prompt", PROMPT, "--width", "128", "--height", "64"])
+            .args(["--num-frames", "33", "--seed", "5", "--quiet"])
+            .args(["--num-inference-steps", steps, "-o"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    };
+    assert!(
+        served == cli("3"),
+        "the server's 3-step video differs from the CLI's"
+    );
+    assert!(served != cli("4"), "3 and 4 steps made the same video");
+}
+
+#[test]
+fn a_preset_for_another_pipeline_class_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_omni"))
+        .arg("serve")
+        .arg(tiny_distilled())
+        .args(["--preset", "helios-base", "--port", "0", "--storage"])
+        .arg(dir.path().join("st"))
+        .output()
+        .unwrap();
+    let line = assert_one_line_error(&out);
+    assert!(
+        line.contains("HeliosPipeline") && line.contains("HeliosPyramidPipeline"),
+        "{line}"
+    );
+    // The Base checkpoint with the Distilled preset: refused too, not 400 on every request.
+    let base = tiny_variant("base");
+    let out = Command::new(env!("CARGO_BIN_EXE_omni"))
+        .arg("serve")
+        .arg(base.path())
+        .args(["--preset", "helios-distilled", "--port", "0", "--storage"])
+        .arg(dir.path().join("st"))
+        .output()
+        .unwrap();
+    let line = assert_one_line_error(&out);
+    assert!(line.contains("helios-distilled"), "{line}");
+}
+
+/// `omni serve org/name` as vLLM-Omni users start theirs: the repo found offline in the Hugging
+/// Face cache layout, served under its repo id.
+#[test]
+fn serves_a_repo_id_from_the_hugging_face_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = hf_cache(dir.path(), "tiny-org/tiny-helios", &tiny_distilled());
+    let s = Server::start_model(
+        "tiny-org/tiny-helios".as_ref(),
+        &dir.path().join("st"),
+        &[],
+        &[
+            ("HF_HUB_CACHE", cache.as_os_str()),
+            ("HF_HUB_OFFLINE", "1".as_ref()),
+        ],
+    );
+    let models = s.get("/v1/models").json();
+    assert_eq!(models["data"][0]["id"], "tiny-org/tiny-helios", "{models}");
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"model": "tiny-org/tiny-helios", "prompt": "p", "size": "128x64",
+               "num_frames": 33, "seed": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (v, _) = s.wait(r.json()["id"].as_str().unwrap());
+    assert_eq!(v["status"], "completed", "{v}");
 }

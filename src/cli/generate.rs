@@ -1,24 +1,20 @@
 //! `omni generate`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
 
+use omni::hub;
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
-use omni::media::{VideoReadOptions, load_image, read_video, to_video_tensor_data};
-use omni::pipeline::backend::DefaultBackend;
+use omni::pipeline::generator::RunContext;
+use omni::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy};
 use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
-use omni::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, PromptEncoder, RunContext, TextEncoderResidency, VideoFrames,
-    checkpoint_defaults,
-};
-use omni::pipeline::precision::{Precision, parse_dtype};
+use omni::pipeline::precision::Dtype;
 use omni::pipeline::progress::CancelToken;
 use omni::pipeline::request::{
-    Conditioning, ConditioningPixels, GenerationRequest, ModelDefaults, Preset, RequestPatch,
-    resolve,
+    Conditioning, GenerationRequest, MediaSource, ModelDefaults, Preset, RequestPatch, resolve,
 };
 
 use super::progress::BarProgress;
@@ -29,10 +25,12 @@ use super::progress::BarProgress;
 /// CFG-Zero* 5; Distilled steps 2,2,2 without CFG).
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Diffusers-format Helios checkpoint folder (model_index.json, transformer/, vae/,
-    /// text_encoder/, tokenizer/, scheduler/), as `huggingface-cli download` leaves it.
-    #[arg(long, value_name = "DIR")]
-    pub model: PathBuf,
+    /// Diffusers-format checkpoint folder (model_index.json, transformer/, vae/, text_encoder/,
+    /// tokenizer/, scheduler/), or a Hugging Face repo id `org/name[@revision]` looked up in the
+    /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) and downloaded
+    /// when missing (unless HF_HUB_OFFLINE=1).
+    #[arg(long, value_name = "DIR|ORG/NAME")]
+    pub model: String,
     /// What to generate.
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,
@@ -92,8 +90,8 @@ pub struct GenerateArgs {
     /// VAE compute dtype: f32 (as diffusers' Helios examples load it) or bf16 (faster on a GPU,
     /// slightly different pixels). The transformer and text encoder use the device's dtype
     /// (bf16 with --features cuda, f32 on the CPU).
-    #[arg(long, value_name = "DTYPE", default_value = "f32", value_parser = parse_dtype)]
-    pub vae_dtype: burn::tensor::DType,
+    #[arg(long, value_name = "DTYPE", default_value = "f32")]
+    pub vae_dtype: Dtype,
     /// Print the resolved request as JSON and exit without generating.
     #[arg(long)]
     pub print_request: bool,
@@ -127,108 +125,45 @@ impl GenerateArgs {
             layers.push(RequestPatch::from_extra_params(text)?);
         }
         if let Some(name) = &self.preset {
-            let preset = load_preset(name)?;
-            if let Some(pipeline) = &preset.pipeline {
-                let ckpt = match defaults.is_enable_stage2 {
-                    true => "HeliosPyramidPipeline",
-                    false => "HeliosPipeline",
-                };
-                if pipeline != ckpt {
-                    anyhow::bail!(
-                        "preset `{name}` is for {pipeline} checkpoints, but {} holds a {ckpt}",
-                        self.model.display()
-                    );
-                }
-            }
+            let preset = Preset::load(name)?;
+            preset.check(defaults)?;
             layers.push(preset.patch);
         }
         Ok(layers)
     }
-}
 
-/// A built-in preset by name (embedded in the binary), else a TOML file at that path (or
-/// `presets/NAME.toml` under the working directory).
-fn load_preset(name: &str) -> anyhow::Result<Preset> {
-    if let Some(p) = Preset::builtin(name) {
-        return Ok(p);
-    }
-    let candidates = [
-        PathBuf::from(name),
-        Path::new("presets").join(format!("{name}.toml")),
-    ];
-    let Some(path) = candidates.iter().find(|p| p.is_file()) else {
-        anyhow::bail!(
-            "unknown preset `{name}`: not a built-in preset ({}) and no such TOML file",
-            Preset::builtin_names().join(", ")
-        );
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading preset {}", path.display()))?;
-    Preset::parse(&text).with_context(|| format!("reading preset {}", path.display()))
-}
-
-/// Decode `--image` / `--video` to pixels at the output size (before any output file exists).
-fn load_conditioning(args: &GenerateArgs, req: &GenerationRequest) -> anyhow::Result<Conditioning> {
-    let (width, height) = (req.width, req.height);
-    if let Some(path) = &args.image {
-        let img = load_image(path)?;
-        let data = to_video_tensor_data(&img, width, height)?;
-        return Ok(Conditioning::Image(ConditioningPixels {
-            data,
-            frames: 1,
-            height: height as usize,
-            width: width as usize,
-        }));
-    }
-    if let Some(path) = &args.video {
-        let video = read_video(path, &VideoReadOptions::resized(width, height))?;
-        let window = req.window_num_frames();
-        if video.frames.len() < window {
-            anyhow::bail!(
-                "{}: {} frame(s); video-to-video needs at least {window}",
-                path.display(),
-                video.frames.len()
-            );
+    /// Decode `--image` / `--video` to pixels at the output size (before any output file exists).
+    fn conditioning(&self, req: &GenerationRequest) -> anyhow::Result<Conditioning> {
+        let with_path = |p: &PathBuf| format!("reading {}", p.display());
+        if let Some(path) = &self.image {
+            return Conditioning::from_image(MediaSource::File(path), req)
+                .with_context(|| with_path(path));
         }
-        return Ok(Conditioning::Video(ConditioningPixels::from_rgb8_frames(
-            &video.frames,
-            width as usize,
-            height as usize,
-        )));
-    }
-    Ok(Conditioning::None)
-}
-
-/// Feeds decoded chunks to the MP4 writer (float → u8 as diffusers' `export_to_video`).
-struct Mp4Sink {
-    writer: Mp4Writer,
-}
-
-impl FrameSink for Mp4Sink {
-    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
-        self.writer
-            .push_frames_f32(&frames.data)
-            .map_err(|e| e.to_string())
+        if let Some(path) = &self.video {
+            return Conditioning::from_video(MediaSource::File(path), req)
+                .with_context(|| with_path(path));
+        }
+        Ok(Conditioning::None)
     }
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let defaults = checkpoint_defaults(&args.model)
-        .with_context(|| format!("reading checkpoint {}", args.model.display()))?;
-    let req = resolve(&args.layers(&defaults)?, &defaults)?;
+    let model = hub::locate(&args.model)?.dir;
+    let defaults = Generator::defaults_of(&model)
+        .with_context(|| format!("reading checkpoint {}", model.display()))?;
+    let mut req = resolve(&args.layers(&defaults)?, &defaults)?;
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());
     }
-    let mut req = req;
-    req.conditioning = load_conditioning(&args, &req)?;
+    req.conditioning = args.conditioning(&req)?;
     let mut noise: Box<dyn NoiseSource> = match &args.noise_file {
         Some(path) => Box::new(FileNoise::open(path)?),
         None => Box::new(SeededNoise::new(req.seed)),
     };
     // Fails now, before minutes of loading, if the output cannot be written.
-    let writer = Mp4Writer::create(
+    let mut writer = Mp4Writer::create(
         &args.output,
         req.width,
         req.height,
@@ -237,43 +172,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("{e}; choose an existing, writable folder for -o"))?;
 
-    omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
+    Generator::probe_device().map_err(anyhow::Error::msg)?;
     let mut bars = BarProgress::new(args.quiet);
-    let device = Default::default();
-    let precision = Precision {
-        vae: args.vae_dtype,
-        ..Precision::for_device::<DefaultBackend>(&device)
+    // One prompt: the generator encodes it first and drops the text encoder (UMT5-XXL is 11 GB
+    // in bf16) before the transformer is loaded, so the two are never in memory together.
+    let options = GeneratorOptions {
+        load: LoadPolicy::EncodeThenLoad,
+        vae_dtype: Some(args.vae_dtype),
     };
-    // One prompt: encode it first and drop the text encoder (UMT5-XXL is 11 GB in bf16) before
-    // the transformer is loaded, so the two are never in memory together.
-    let embeds = {
-        let encoder = PromptEncoder::<DefaultBackend>::load(
-            &args.model,
-            &device,
-            precision.text_encoder,
-            &mut bars,
-        )
-        .with_context(|| format!("loading {}", args.model.display()))?;
-        encoder.encode_request(&req, &mut bars)?
-    };
-    let pipe = HeliosPyramidPipeline::<DefaultBackend>::load_with(
-        &args.model,
-        &device,
-        precision,
-        TextEncoderResidency::OnDemand,
-        &mut bars,
-    )
-    .with_context(|| format!("loading {}", args.model.display()))?;
-    let mut sink = Mp4Sink { writer };
+    let mut generator = Generator::open(&model, options, &mut bars)
+        .with_context(|| format!("loading {}", model.display()))?;
     let mut ctx = RunContext {
         noise: noise.as_mut(),
         progress: &mut bars,
         cancel: CancelToken::new(),
     };
-    pipe.call_with_embeds(&req, embeds, &mut ctx, &mut sink)?;
+    generator.generate(&req, &mut ctx, &mut writer)?;
     bars.finish();
-    let summary = sink
-        .writer
+    let summary = writer
         .finish()
         .with_context(|| format!("writing {}", args.output.display()))?;
     if !args.quiet {

@@ -6,14 +6,17 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
+use omni::pipeline::generator::Generator;
 use omni::serve::{ServeConfig, ServeFile, ServeOverrides};
 
 /// Arguments of `omni serve`. Flags beat the config file; see `configs/serve.example.toml`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Diffusers-format Helios checkpoint folder (Base, Mid or Distilled) [default: `model` in the config].
-    #[arg(value_name = "MODEL_DIR")]
-    pub model: Option<PathBuf>,
+    /// Diffusers-format checkpoint folder (Helios Base, Mid or Distilled), or a Hugging Face repo
+    /// id `org/name[@revision]` (looked up in the Hugging Face cache, downloaded when missing
+    /// unless HF_HUB_OFFLINE=1) [default: `model` in the config].
+    #[arg(value_name = "MODEL")]
+    pub model: Option<String>,
     /// Preset name (helios-base, helios-mid, helios-distilled) or preset TOML file: request
     /// defaults below the config's [default_request] [default: the checkpoint's own].
     #[arg(long, value_name = "NAME|FILE")]
@@ -31,7 +34,8 @@ pub struct ServeArgs {
     /// VLLM_OMNI_STORAGE_PATH, then the config, then /tmp/omni-storage].
     #[arg(long, value_name = "DIR")]
     pub storage: Option<PathBuf>,
-    /// Model id shown by /v1/models and accepted in requests [default: the model folder's name].
+    /// Model id shown by /v1/models and accepted in requests [default: the repo id, or the
+    /// model folder's name].
     #[arg(long, value_name = "NAME")]
     pub served_model_name: Option<String>,
     /// Another accepted model name (repeatable).
@@ -63,8 +67,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         served_model_name,
         aliases,
     };
-    let cfg = ServeConfig::resolve(flags, file, |k| std::env::var(k).ok())?;
-    omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
+    let cfg = ServeConfig::resolve(
+        flags,
+        file,
+        |k| std::env::var(k).ok(),
+        |spec| omni::hub::locate(spec).map_err(|e| e.to_string()),
+    )?;
+    Generator::probe_device().map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

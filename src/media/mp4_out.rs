@@ -817,3 +817,15 @@ impl Drop for TempFile {
         }
     }
 }
+
+/// The pipeline's chunks straight into the MP4 (float `[0, 1]` → u8 as diffusers'
+/// `export_to_video`): the one frame sink `omni generate`, `omni bench` and the server share.
+impl crate::pipeline::pipelines::pipeline_output::FrameSink for Mp4Writer {
+    fn push_frames(
+        &mut self,
+        frames: crate::pipeline::pipelines::pipeline_output::VideoFrames,
+    ) -> Result<(), String> {
+        self.push_frames_f32(&frames.data)
+            .map_err(|e| e.to_string())
+    }
+}

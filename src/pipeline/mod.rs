@@ -7,11 +7,14 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod error;
+pub mod generator;
 pub mod guidance;
 pub mod models;
 pub mod noise;
 pub mod pipelines;
 pub mod precision;
+pub mod preset;
 pub mod progress;
 pub mod request;
 pub mod schedulers;

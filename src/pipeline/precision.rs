@@ -47,18 +47,46 @@ pub fn device_float_dtype<B: Backend>(device: &B::Device) -> DType {
     get_device_settings::<B>(device).float_dtype.into()
 }
 
+/// A float dtype as the CLI spells it, without naming Burn's `DType` (so clap arguments and
+/// [`crate::pipeline::generator::GeneratorOptions`] stay backend-free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    /// `f32`/`float32`/`fp32`, `bf16`/`bfloat16`, `f16`/`float16`/`fp16`.
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f16" | "float16" | "fp16" => Ok(Self::F16),
+            other => Err(format!("unknown dtype `{other}`: use f32, bf16 or f16")),
+        }
+    }
+}
+
+impl From<Dtype> for DType {
+    fn from(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => DType::F32,
+            Dtype::Bf16 => DType::BF16,
+            Dtype::F16 => DType::F16,
+        }
+    }
+}
+
 /// Parse a dtype name as the CLI and presets spell it: `f32`/`float32`, `bf16`/`bfloat16`,
 /// `f16`/`float16`.
 ///
 /// # Errors
 /// A message listing the accepted names.
 pub fn parse_dtype(name: &str) -> Result<DType, String> {
-    match name.to_ascii_lowercase().as_str() {
-        "f32" | "float32" | "fp32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" | "fp16" => Ok(DType::F16),
-        other => Err(format!("unknown dtype `{other}`: use f32, bf16 or f16")),
-    }
+    name.parse::<Dtype>().map(DType::from)
 }
 
 /// The dtype a parameter is stored in: f32 when one of the components of its module path

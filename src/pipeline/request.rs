@@ -125,90 +125,15 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// A preset file (`presets/NAME.toml`): request keys at the top level, `[model]` naming the
-/// weights (`hf_id`) and the diffusers pipeline class they need (`pipeline`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Preset {
-    pub patch: RequestPatch,
-    pub hf_id: Option<String>,
-    pub pipeline: Option<String>,
-}
-
-/// The presets shipped with omni, embedded so the installed binary finds them anywhere.
-pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
-    (
-        "helios-base",
-        include_str!("../../presets/helios-base.toml"),
-    ),
-    ("helios-mid", include_str!("../../presets/helios-mid.toml")),
-    (
-        "helios-distilled",
-        include_str!("../../presets/helios-distilled.toml"),
-    ),
-];
-
-impl Preset {
-    /// Parses preset TOML text.
-    ///
-    /// # Errors
-    /// [`RequestError`] with `param = "preset"`: bad TOML, an unknown key (the message lists the
-    /// valid keys) or a wrong type.
-    pub fn parse(text: &str) -> Result<Self, RequestError> {
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e| bad("preset", format!("not valid TOML: {e}")))?;
-        let model = match table.remove("model") {
-            None => toml::Table::new(),
-            Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err(bad("preset", "`model` must be a table ([model])")),
-        };
-        let string = |key: &str| -> Result<Option<String>, RequestError> {
-            match model.get(key) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(bad("preset", format!("[model] {key} must be a string"))),
-            }
-        };
-        if let Some(key) = model
-            .keys()
-            .find(|k| !["hf_id", "pipeline"].contains(&k.as_str()))
-        {
-            return Err(bad(
-                "preset",
-                format!("unknown [model] key `{key}`; valid keys: hf_id, pipeline"),
-            ));
-        }
-        let patch = RequestPatch::deserialize(table).map_err(|e| {
-            bad(
-                "preset",
-                format!("{e}; valid keys: {}", RequestPatch::KEYS.join(", ")),
-            )
-        })?;
-        Ok(Self {
-            patch,
-            hf_id: string("hf_id")?,
-            pipeline: string("pipeline")?,
-        })
-    }
-
-    /// The embedded preset `name` (`helios-base`, `helios-mid`, `helios-distilled`).
-    pub fn builtin(name: &str) -> Option<Self> {
-        BUILTIN_PRESETS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, text)| Self::parse(text).expect("embedded presets parse"))
-    }
-
-    /// Names of the embedded presets.
-    pub fn builtin_names() -> Vec<&'static str> {
-        BUILTIN_PRESETS.iter().map(|(n, _)| *n).collect()
-    }
-}
+pub use super::preset::{BUILTIN_PRESETS, Preset};
 
 /// The defaults a checkpoint implies (diffusers `HeliosPyramidPipeline.__call__` defaults, with
 /// the variant's own steps and guidance).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelDefaults {
+    /// The diffusers pipeline class of the checkpoint (`model_index.json` `_class_name`), e.g.
+    /// `HeliosPyramidPipeline`; presets name it to refuse a checkpoint they do not fit.
+    pub pipeline_class: String,
     pub width: u32,
     pub height: u32,
     pub num_frames: u32,
@@ -235,6 +160,7 @@ impl ModelDefaults {
     /// Helios-Distilled: 640x384 at 24 fps, pyramid steps [2, 2, 2], first chunk amplified, no CFG.
     pub fn helios_distilled() -> Self {
         Self {
+            pipeline_class: "HeliosPyramidPipeline".into(),
             width: 640,
             height: 384,
             num_frames: 132,
@@ -270,6 +196,7 @@ impl ModelDefaults {
     /// The pyramid steps list is not used (empty).
     pub fn helios_base() -> Self {
         Self {
+            pipeline_class: "HeliosPipeline".into(),
             guidance_scale: 5.0,
             pyramid_num_inference_steps_list: Vec::new(),
             is_amplify_first_chunk: false,
@@ -280,8 +207,9 @@ impl ModelDefaults {
     }
 }
 
-/// A fully resolved generation request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A fully resolved generation request: what `--print-request` prints, what a server job record
+/// stores and what the worker runs as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRequest {
     pub prompt: String,
     /// Used only when `guidance_scale > 1` (empty string when absent, as diffusers).
@@ -371,6 +299,82 @@ pub enum Conditioning {
     Video(ConditioningPixels),
 }
 
+/// Where a conditioning image or video comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum MediaSource<'a> {
+    /// A file (messages name its path).
+    File(&'a std::path::Path),
+    /// An in-memory upload (messages call it "uploaded image" / "uploaded video").
+    Bytes(&'a [u8]),
+}
+
+/// A conditioning input that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConditioningError {
+    /// Not a decodable image / H.264 MP4 (the message names the file).
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
+    /// A video shorter than one chunk.
+    #[error(
+        "the video has {frames} frame(s); video-to-video needs at least {window} (one chunk of the model)"
+    )]
+    TooShort { frames: usize, window: usize },
+}
+
+impl Conditioning {
+    /// Image-to-video: a PNG, JPEG or WebP stretched to `req`'s output size (Lanczos, as
+    /// diffusers' `VaeImageProcessor`), one frame.
+    ///
+    /// # Errors
+    /// [`ConditioningError::Media`] when the image cannot be read or decoded.
+    pub fn from_image(
+        src: MediaSource<'_>,
+        req: &GenerationRequest,
+    ) -> Result<Self, ConditioningError> {
+        use crate::media::{load_image, load_image_bytes, to_video_tensor_data};
+        let img = match src {
+            MediaSource::File(path) => load_image(path)?,
+            MediaSource::Bytes(bytes) => load_image_bytes(bytes)?,
+        };
+        Ok(Conditioning::Image(ConditioningPixels {
+            data: to_video_tensor_data(&img, req.width, req.height)?,
+            frames: 1,
+            height: req.height as usize,
+            width: req.width as usize,
+        }))
+    }
+
+    /// Video-to-video: an H.264 MP4 whose frames are stretched to `req`'s output size; it needs
+    /// at least one window (`req.window_num_frames()`, 33 frames for Helios).
+    ///
+    /// # Errors
+    /// [`ConditioningError::Media`] when the video cannot be read or decoded,
+    /// [`ConditioningError::TooShort`] when it has fewer frames than one window.
+    pub fn from_video(
+        src: MediaSource<'_>,
+        req: &GenerationRequest,
+    ) -> Result<Self, ConditioningError> {
+        use crate::media::{VideoReadOptions, read_video, read_video_bytes};
+        let opts = VideoReadOptions::resized(req.width, req.height);
+        let video = match src {
+            MediaSource::File(path) => read_video(path, &opts)?,
+            MediaSource::Bytes(bytes) => read_video_bytes(bytes, &opts)?,
+        };
+        let window = req.window_num_frames();
+        if video.frames.len() < window {
+            return Err(ConditioningError::TooShort {
+                frames: video.frames.len(),
+                window,
+            });
+        }
+        Ok(Conditioning::Video(ConditioningPixels::from_rgb8_frames(
+            &video.frames,
+            req.width as usize,
+            req.height as usize,
+        )))
+    }
+}
+
 impl GenerationRequest {
     /// Video frames per chunk: `(num_latent_frames_per_chunk − 1)·4 + 1` (33 for 9 latents).
     pub fn window_num_frames(&self) -> usize {
@@ -398,9 +402,21 @@ macro_rules! pick {
 ///
 /// # Errors
 /// [`RequestError`] naming the field: blank prompt, a size that is not a multiple of
-/// `16·2^(stages−1)`, zero frames or fps, a steps list of the wrong length or with zeros,
-/// guidance outside 0..=20, a bad history size list.
+/// `16·2^(stages−1)`, zero frames or fps, a steps list of the wrong length or with zeros, a
+/// steps knob the checkpoint's sampler does not have (`num_inference_steps` on a pyramid,
+/// `pyramid_num_inference_steps_list` on Base), guidance outside 0..=20, a bad history size list.
 pub fn resolve(
+    layers: &[RequestPatch],
+    defaults: &ModelDefaults,
+) -> Result<GenerationRequest, RequestError> {
+    let req = merge(layers, defaults)?;
+    check_sampler(layers, &req, defaults)?;
+    check_sizes(&req, defaults)?;
+    Ok(req)
+}
+
+/// Each field from the first layer that sets it, else the checkpoint default.
+fn merge(
     layers: &[RequestPatch],
     defaults: &ModelDefaults,
 ) -> Result<GenerationRequest, RequestError> {
@@ -411,7 +427,7 @@ pub fn resolve(
             "the prompt is empty; pass the text to generate from",
         ));
     }
-    let req = GenerationRequest {
+    Ok(GenerationRequest {
         prompt,
         negative_prompt: pick!(layers, negative_prompt).unwrap_or_default(),
         width: pick!(layers, width).unwrap_or(defaults.width),
@@ -441,7 +457,16 @@ pub fn resolve(
         keep_first_frame: pick!(layers, keep_first_frame).unwrap_or(true),
         is_skip_first_chunk: pick!(layers, is_skip_first_chunk).unwrap_or(false),
         conditioning: Conditioning::None,
-    };
+    })
+}
+
+/// The sampler knobs against the checkpoint: pyramid on/off and stage count as the checkpoint
+/// has them, steps in range, and only the steps knob of the sampler the checkpoint runs.
+fn check_sampler(
+    layers: &[RequestPatch],
+    req: &GenerationRequest,
+    defaults: &ModelDefaults,
+) -> Result<(), RequestError> {
     if req.is_enable_stage2 != defaults.is_enable_stage2 {
         return Err(bad(
             "is_enable_stage2",
@@ -470,9 +495,50 @@ pub fn resolve(
             "false is not supported (diffusers 0.42.1 fails on it too: its history split no longer sums to the buffer)",
         ));
     }
-    if req.num_inference_steps == 0 || req.num_inference_steps > 1000 {
-        return Err(bad("num_inference_steps", "must be in 1..=1000"));
+    if !(1..=200).contains(&req.num_inference_steps) {
+        return Err(bad(
+            "num_inference_steps",
+            format!("{} is outside 1..=200", req.num_inference_steps),
+        ));
     }
+    let stages = defaults.pyramid_num_stages;
+    if defaults.is_enable_stage2 && pick!(layers, num_inference_steps).is_some() {
+        return Err(bad(
+            "num_inference_steps",
+            format!(
+                "this checkpoint ({}) runs a {stages}-stage pyramid: set the steps per stage \
+                 with `pyramid_num_inference_steps_list` (e.g. [2, 2, 2]) instead",
+                defaults.pipeline_class
+            ),
+        ));
+    }
+    if !defaults.is_enable_stage2 && pick!(layers, pyramid_num_inference_steps_list).is_some() {
+        return Err(bad(
+            "pyramid_num_inference_steps_list",
+            format!(
+                "this checkpoint ({}) has no pyramid: set `num_inference_steps` instead",
+                defaults.pipeline_class
+            ),
+        ));
+    }
+    let steps = &req.pyramid_num_inference_steps_list;
+    if req.is_enable_stage2 && (steps.len() != stages || steps.iter().any(|&s| s == 0 || s > 200)) {
+        return Err(bad(
+            "pyramid_num_inference_steps_list",
+            format!("{steps:?} must list {stages} step counts, each in 1..=200"),
+        ));
+    }
+    if !(0.0..=20.0).contains(&req.guidance_scale) {
+        return Err(bad(
+            "guidance_scale",
+            format!("{} is outside 0..=20", req.guidance_scale),
+        ));
+    }
+    Ok(())
+}
+
+/// Pixel, frame and history sizes.
+fn check_sizes(req: &GenerationRequest, defaults: &ModelDefaults) -> Result<(), RequestError> {
     let multiple = 16u32 << (defaults.pyramid_num_stages.saturating_sub(1));
     for (param, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % multiple != 0 {
@@ -495,24 +561,6 @@ pub fn resolve(
             format!("{} is outside 1..=240 frames per second", req.fps),
         ));
     }
-    if !(0.0..=20.0).contains(&req.guidance_scale) {
-        return Err(bad(
-            "guidance_scale",
-            format!("{} is outside 0..=20", req.guidance_scale),
-        ));
-    }
-    let steps = &req.pyramid_num_inference_steps_list;
-    if req.is_enable_stage2
-        && (steps.len() != defaults.pyramid_num_stages || steps.iter().any(|&s| s == 0 || s > 200))
-    {
-        return Err(bad(
-            "pyramid_num_inference_steps_list",
-            format!(
-                "{steps:?} must list {} step counts, each in 1..=200",
-                defaults.pyramid_num_stages
-            ),
-        ));
-    }
     if req.history_sizes.len() != 3 || req.history_sizes.contains(&0) {
         return Err(bad(
             "history_sizes",
@@ -528,7 +576,7 @@ pub fn resolve(
     if req.max_sequence_length == 0 || req.max_sequence_length > 4096 {
         return Err(bad("max_sequence_length", "must be in 1..=4096 tokens"));
     }
-    Ok(req)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::hub::Located;
 use crate::pipeline::request::{Preset, RequestPatch};
 
 /// The storage folder used when nothing else names one.
@@ -28,10 +29,15 @@ pub enum ConfigError {
     },
     #[error("parsing {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("no model folder: pass MODEL_DIR or set `model` in the config file")]
+    #[error(
+        "no model: pass MODEL (a folder or a Hugging Face repo id) or set `model` in the config file"
+    )]
     NoModel,
-    #[error("preset `{name}`: {message}")]
-    Preset { name: String, message: String },
+    /// The model name leads nowhere (see [`crate::hub`]).
+    #[error("{0}")]
+    Model(String),
+    #[error("{0}")]
+    Preset(String),
 }
 
 /// The file as written; every key optional.
@@ -40,7 +46,8 @@ pub enum ConfigError {
 pub struct ServeFile {
     pub host: Option<String>,
     pub port: Option<u16>,
-    pub model: Option<PathBuf>,
+    /// A checkpoint folder or a Hugging Face repo id (`org/name[@revision]`).
+    pub model: Option<String>,
     /// A preset name (`helios-base`, `helios-mid`, `helios-distilled`) or preset TOML file: a
     /// request layer below `[default_request]`.
     pub preset: Option<String>,
@@ -129,9 +136,10 @@ impl Default for Limits {
 pub struct ServeConfig {
     pub host: String,
     pub port: u16,
-    /// Diffusers-format Helios checkpoint folder.
+    /// Diffusers-format checkpoint folder (a Hugging Face cache snapshot for a repo id).
     pub model: PathBuf,
-    /// The name `/v1/models` lists and requests' `model` must match (or an alias).
+    /// The name `/v1/models` lists and requests' `model` must match (or an alias); defaults to
+    /// the repo id, or the folder's name.
     pub served_model_name: String,
     pub aliases: Vec<String>,
     /// Bearer keys; empty = no authentication.
@@ -145,12 +153,15 @@ pub struct ServeConfig {
     pub file_ttl_s: Option<u64>,
     pub limits: Limits,
     pub default_request: RequestPatch,
+    /// The preset layer (below `[default_request]`); checked against the checkpoint's pipeline
+    /// class at start-up.
+    pub preset: Option<Preset>,
 }
 
 /// What the command line sets (each `None` = not given).
 #[derive(Debug, Clone, Default)]
 pub struct ServeOverrides {
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     pub preset: Option<String>,
     pub host: Option<String>,
     pub port: Option<u16>,
@@ -160,14 +171,17 @@ pub struct ServeOverrides {
 }
 
 impl ServeConfig {
-    /// Merge flags > environment (`env` looks a variable up) > file > defaults.
+    /// Merge flags > environment (`env` looks a variable up) > file > defaults; `locate` turns
+    /// the model name into a folder ([`crate::hub::locate`] in the binary).
     ///
     /// # Errors
-    /// [`ConfigError::NoModel`] when neither flags nor file name a model folder.
+    /// [`ConfigError::NoModel`] when neither flags nor file name a model,
+    /// [`ConfigError::Model`] when `locate` fails, [`ConfigError::Preset`] for an unknown preset.
     pub fn resolve(
         flags: ServeOverrides,
         file: ServeFile,
         env: impl Fn(&str) -> Option<String>,
+        locate: impl FnOnce(&str) -> Result<Located, String>,
     ) -> Result<Self, ConfigError> {
         let ServeOverrides {
             model,
@@ -203,24 +217,18 @@ impl ServeConfig {
             default_request,
         } = file;
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
-        // request > [default_request] > preset > checkpoint: the preset fills what
-        // `[default_request]` leaves unset.
-        let default_request = match preset.or(f_preset) {
-            Some(name) => under(default_request, load_preset(&name)?.patch),
-            None => default_request,
-        };
+        let Located { dir: model, name } = locate(&model).map_err(ConfigError::Model)?;
+        let preset = preset
+            .or(f_preset)
+            .map(|name| Preset::load(&name).map_err(|e| ConfigError::Preset(e.message)))
+            .transpose()?;
         let non_empty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         let storage = storage
             .or_else(|| non_empty(env(ENV_STORAGE)).map(PathBuf::from))
             .or_else(|| non_empty(env(ENV_STORAGE_DEPRECATED)).map(PathBuf::from))
             .or(f_storage)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE));
-        let served_model_name = served_model_name.or(f_name).unwrap_or_else(|| {
-            model
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "helios".to_string())
-        });
+        let served_model_name = served_model_name.or(f_name).unwrap_or(name);
         let d = Limits::default();
         Ok(Self {
             host: host.or(f_host).unwrap_or_else(|| "127.0.0.1".to_string()),
@@ -247,6 +255,7 @@ impl ServeConfig {
                 poll_after_ms: poll_after_ms.unwrap_or(d.poll_after_ms),
             },
             default_request,
+            preset,
         })
     }
 
@@ -256,45 +265,20 @@ impl ServeConfig {
     }
 }
 
-/// A built-in preset by name, else a preset TOML file at that path.
-fn load_preset(name: &str) -> Result<Preset, ConfigError> {
-    if let Some(p) = Preset::builtin(name) {
-        return Ok(p);
-    }
-    let err = |message: String| ConfigError::Preset {
-        name: name.to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(name).map_err(|e| {
-        err(format!(
-            "not a built-in preset ({}) and not a readable file: {e}",
-            Preset::builtin_names().join(", ")
-        ))
-    })?;
-    Preset::parse(&text).map_err(|e| err(e.to_string()))
-}
-
-/// `top` with every field it leaves unset taken from `base`.
-fn under(top: RequestPatch, base: RequestPatch) -> RequestPatch {
-    let (Ok(serde_json::Value::Object(mut t)), Ok(serde_json::Value::Object(b))) =
-        (serde_json::to_value(&top), serde_json::to_value(&base))
-    else {
-        return top;
-    };
-    for (k, v) in b {
-        if t.get(&k).is_none_or(|x| x.is_null()) {
-            t.insert(k, v);
-        }
-    }
-    serde_json::from_value(serde_json::Value::Object(t)).unwrap_or(top)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn file(text: &str) -> ServeFile {
         toml::from_str(text).unwrap()
+    }
+
+    /// A model name taken as a folder, named after its last component.
+    fn folder(spec: &str) -> Result<Located, String> {
+        Ok(Located {
+            dir: spec.into(),
+            name: spec.rsplit('/').next().unwrap_or(spec).to_string(),
+        })
     }
 
     #[test]
@@ -312,18 +296,19 @@ mod tests {
             ..Default::default()
         };
         let r = |fl, e: &dyn Fn(&str) -> Option<String>| {
-            ServeConfig::resolve(fl, f(), e).unwrap().storage
+            ServeConfig::resolve(fl, f(), e, folder).unwrap().storage
         };
         assert_eq!(r(flags, &both), PathBuf::from("/flag"));
         assert_eq!(r(Default::default(), &both), PathBuf::from("/new"));
         assert_eq!(r(Default::default(), &old), PathBuf::from("/old"));
         assert_eq!(r(Default::default(), &none), PathBuf::from("/file"));
-        let bare = ServeConfig::resolve(Default::default(), file("model = \"m\""), none).unwrap();
+        let bare =
+            ServeConfig::resolve(Default::default(), file("model = \"m\""), none, folder).unwrap();
         assert_eq!(bare.storage, PathBuf::from(DEFAULT_STORAGE));
     }
 
     #[test]
-    fn preset_fills_what_default_request_leaves_unset() {
+    fn preset_is_its_own_layer_and_unknown_presets_are_errors() {
         let c = ServeConfig::resolve(
             ServeOverrides {
                 preset: Some("helios-mid".into()),
@@ -331,19 +316,17 @@ mod tests {
             },
             file("model = \"m\"\n[default_request]\nfps = 12\n"),
             |_| None,
+            folder,
         )
         .unwrap();
-        let preset = Preset::builtin("helios-mid").unwrap().patch;
+        let preset = c.preset.as_ref().unwrap();
+        assert_eq!(preset.name, "helios-mid");
+        assert_eq!(preset.pipeline.as_deref(), Some("HeliosPyramidPipeline"));
+        assert_eq!(c.default_request.fps, Some(12));
         assert_eq!(
-            c.default_request.fps,
-            Some(12),
-            "[default_request] beats the preset"
+            c.default_request.pyramid_num_inference_steps_list, None,
+            "the preset is not folded into [default_request]"
         );
-        assert_eq!(
-            c.default_request.pyramid_num_inference_steps_list,
-            preset.pyramid_num_inference_steps_list
-        );
-        assert!(c.default_request.pyramid_num_inference_steps_list.is_some());
         let err = ServeConfig::resolve(
             ServeOverrides {
                 preset: Some("no-such-preset".into()),
@@ -351,6 +334,7 @@ mod tests {
             },
             file("model = \"m\""),
             |_| None,
+            folder,
         )
         .unwrap_err();
         assert!(err.to_string().contains("helios-distilled"), "{err}");
@@ -365,6 +349,7 @@ mod tests {
                  [default_request]\nwidth = 128\nseed = 7\n",
             ),
             |_| None,
+            folder,
         )
         .unwrap();
         assert_eq!(c.served_model_name, "tiny");
@@ -380,6 +365,7 @@ mod tests {
             Default::default(),
             file("model = \"m\"\nkeep_text_encoder = false\n"),
             |_| None,
+            folder,
         )
         .unwrap();
         assert!(!c.keep_text_encoder);

@@ -1,20 +1,27 @@
-//! The create-video fields (shared/reference/api.md §5.3, the subset Helios-Distilled T2V uses)
-//! → a [`RequestPatch`] layer, then one [`resolve`] with `[default_request]` and the checkpoint.
+//! The create-video body (shared/reference/api.md §5.3) as one typed struct,
+//! [`CreateVideoBody`], converted by one exhaustive function into request layers, then one
+//! [`resolve`] with `[default_request]`, the preset and the checkpoint. The job stores the
+//! resolved [`GenerationRequest`] and the worker runs it as stored: one resolve per job.
 //!
 //! Values may be JSON numbers or strings (forms send strings). Aliases: `cfg_scale` →
-//! `guidance_scale`, `step` → `num_inference_steps`, `video_params.{width,height,num_frames,fps}`
-//! below the top-level fields. `size` (`WxH`) overrides width/height. `num_frames` absent and
-//! `seconds` set → `num_frames = seconds · fps`. `extra_params` (object) is a layer of any
-//! [`RequestPatch`] key below the top-level fields. Unknown fields are ignored. The image / video
-//! reference (`input_reference`, `image_reference`, `start_image`, `reference_url`) is taken out
-//! here and decoded by the caller ([`super::reference`]).
+//! `guidance_scale`, `step` → `num_inference_steps` (errors name the alias the client sent),
+//! `video_params.{width,height,num_frames,fps}` below the top-level fields. `size` (`WxH`)
+//! overrides width/height. `num_frames` absent and `seconds` set → `num_frames = seconds · fps`.
+//! `extra_params` (object, or its JSON text) is a layer of any [`RequestPatch`] key below the
+//! top-level fields. Unknown fields are ignored. The image / video reference (`input_reference`,
+//! `image_reference`, `start_image`, `reference_url`) is taken out here and decoded by the caller
+//! ([`super::reference`]).
 
-use serde_json::{Map, Value};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use super::body::Fields;
 use super::error::ApiError;
 use super::reference::{self, RawReference};
-use crate::pipeline::request::{GenerationRequest, ModelDefaults, RequestPatch, resolve};
+use crate::pipeline::request::{
+    GenerationRequest, ModelDefaults, RequestError, RequestPatch, resolve,
+};
 
 /// An admitted create request.
 #[derive(Debug, Clone)]
@@ -28,133 +35,228 @@ pub struct Admitted {
     pub reference: Option<RawReference>,
 }
 
-/// Validate `fields` and resolve them over `default_request` and `defaults`.
+/// What admission needs from the server: the served names and the lower request layers.
+pub struct AdmitContext<'a> {
+    /// The served model name (echoed when the body names none).
+    pub served: &'a str,
+    /// Whether a requested `model` is the served one or an alias.
+    pub serves: &'a dyn Fn(&str) -> bool,
+    /// `[default_request]` of serve.toml, then the preset: below the body, above the checkpoint.
+    pub lower_layers: &'a [RequestPatch],
+    pub defaults: &'a ModelDefaults,
+    pub max_upload_bytes: usize,
+}
+
+/// The create-video fields omni reads (OpenAI, vLLM-Omni, FastVideo, LocalAI spellings).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateVideoBody {
+    #[serde(deserialize_with = "lenient::string")]
+    pub model: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub prompt: Option<String>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub negative_prompt: Option<String>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub width: Option<u32>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub height: Option<u32>,
+    /// `WxH`; overrides width/height, snapped to the model's pixel grid.
+    #[serde(deserialize_with = "lenient::string")]
+    pub size: Option<String>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub num_frames: Option<u32>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub fps: Option<u32>,
+    /// Duration in seconds (≥ 1); gives `num_frames = seconds · fps` when no frames are asked.
+    #[serde(deserialize_with = "lenient::positive")]
+    pub seconds: Option<u32>,
+    #[serde(deserialize_with = "lenient::integer")]
+    pub seed: Option<u64>,
+    #[serde(deserialize_with = "lenient::float")]
+    pub guidance_scale: Option<f64>,
+    /// LocalAI's name of `guidance_scale`.
+    #[serde(deserialize_with = "lenient::float")]
+    pub cfg_scale: Option<f64>,
+    #[serde(deserialize_with = "lenient::integer")]
+    pub num_inference_steps: Option<usize>,
+    /// LocalAI's name of `num_inference_steps`.
+    #[serde(deserialize_with = "lenient::integer")]
+    pub step: Option<usize>,
+    /// Model knobs: any [`RequestPatch`] key (object, or its JSON text from a form).
+    pub extra_params: Option<RequestPatch>,
+    /// vLLM-Omni / FastVideo `video_params` (object, or its JSON text).
+    pub video_params: Option<VideoParams>,
+    /// Last-frame conditioning (LocalAI): refused, Helios has no such input.
+    pub end_image: Option<Value>,
+}
+
+/// `video_params`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct VideoParams {
+    #[serde(deserialize_with = "lenient::positive")]
+    pub width: Option<u32>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub height: Option<u32>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub num_frames: Option<u32>,
+    #[serde(deserialize_with = "lenient::positive")]
+    pub fps: Option<u32>,
+}
+
+impl CreateVideoBody {
+    /// The typed body of `fields`.
+    ///
+    /// # Errors
+    /// 400 naming the field (`video_params.width` for nested ones) whose value has the wrong
+    /// type or range.
+    pub fn from_fields(fields: &Fields) -> Result<Self, ApiError> {
+        let mut map = fields.map.clone();
+        // Objects may come as their JSON text (vLLM-Omni forms).
+        for key in ["extra_params", "video_params"] {
+            let value = match map.get(key) {
+                Some(Value::String(text)) => serde_json::from_str::<Value>(text)
+                    .map_err(|e| ApiError::invalid(key, format!("not valid JSON: {e}")))?,
+                Some(v) => v.clone(),
+                None => continue,
+            };
+            if !(value.is_object() || value.is_null()) {
+                return Err(ApiError::invalid(key, "must be a JSON object"));
+            }
+            map.insert(key.to_string(), value);
+        }
+        serde_path_to_error::deserialize(Value::Object(map)).map_err(|e| {
+            // `extra_params` keys are model knobs, not API fields: the field is `extra_params`.
+            let param = match e.path().to_string() {
+                p if p.starts_with("extra_params") => "extra_params".to_string(),
+                p => p,
+            };
+            ApiError::invalid(&param, e.into_inner().to_string())
+        })
+    }
+
+    /// The request layers of the body (top-level fields, then `extra_params`), with the alias
+    /// each renamed field arrived under (so errors name what the client sent).
+    ///
+    /// # Errors
+    /// 400 for `end_image`, a blank prompt, a bad `size`.
+    fn layers(self, defaults: &ModelDefaults) -> Result<BodyLayers, ApiError> {
+        let Self {
+            model,
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            size,
+            num_frames,
+            fps,
+            seconds,
+            seed,
+            guidance_scale,
+            cfg_scale,
+            num_inference_steps,
+            step,
+            extra_params,
+            video_params,
+            end_image,
+        } = self;
+        if end_image.is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::invalid(
+                "end_image",
+                "`end_image` (last-frame conditioning) is not supported; send a first frame as `input_reference`, `image_reference` or `start_image`",
+            ));
+        }
+        if prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` is required and must not be blank",
+            ));
+        }
+        let vp = video_params.unwrap_or_default();
+        let (mut width, mut height) = (width.or(vp.width), height.or(vp.height));
+        if let Some(size) = size {
+            // `size` comes from clients that know only their own sizes (the openai SDK's
+            // "720x1280"), so it is snapped to the nearest multiple of the model's pixel grid;
+            // explicit width/height must already be on it.
+            let (w, h) = parse_size(&size)?;
+            let grid = 16u32 << defaults.pyramid_num_stages.saturating_sub(1);
+            (width, height) = (Some(snap(w, grid)), Some(snap(h, grid)));
+        }
+        let mut aliases = Vec::new();
+        if guidance_scale.is_none() && cfg_scale.is_some() {
+            aliases.push(("guidance_scale", "cfg_scale"));
+        }
+        if num_inference_steps.is_none() && step.is_some() {
+            aliases.push(("num_inference_steps", "step"));
+        }
+        let top = RequestPatch {
+            prompt,
+            negative_prompt,
+            width,
+            height,
+            num_frames: num_frames.or(vp.num_frames),
+            fps: fps.or(vp.fps),
+            seed,
+            guidance_scale: guidance_scale.or(cfg_scale),
+            num_inference_steps: num_inference_steps.or(step),
+            ..Default::default()
+        };
+        Ok(BodyLayers {
+            model,
+            seconds,
+            layers: vec![top, extra_params.unwrap_or_default()],
+            aliases,
+        })
+    }
+}
+
+struct BodyLayers {
+    model: Option<String>,
+    seconds: Option<u32>,
+    /// The top-level fields, then `extra_params`.
+    layers: Vec<RequestPatch>,
+    /// (canonical field, the alias the client used).
+    aliases: Vec<(&'static str, &'static str)>,
+}
+
+/// Validate `fields` and resolve them, once, over the lower layers and the checkpoint.
 ///
 /// # Errors
 /// 400 naming the field.
-pub fn admit(
-    fields: &Fields,
-    served: &str,
-    serves: impl Fn(&str) -> bool,
-    default_request: &RequestPatch,
-    defaults: &ModelDefaults,
-    max_upload_bytes: usize,
-) -> Result<Admitted, ApiError> {
-    let m = &fields.map;
-    if m.get("end_image").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::invalid(
-            "end_image",
-            "`end_image` (last-frame conditioning) is not supported; send a first frame as `input_reference`, `image_reference` or `start_image`",
-        ));
-    }
-    let reference = reference::extract(fields, max_upload_bytes)?;
-    let model = match string(m, "model")? {
-        Some(name) if !serves(&name) => {
+pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiError> {
+    let body = CreateVideoBody::from_fields(fields)?;
+    let reference = reference::extract(fields, cx.max_upload_bytes)?;
+    let BodyLayers {
+        model,
+        seconds,
+        mut layers,
+        aliases,
+    } = body.layers(cx.defaults)?;
+    let model = match model {
+        Some(name) if !(cx.serves)(&name) => {
             return Err(ApiError::ModelMismatch {
                 requested: name,
-                served: served.to_string(),
+                served: cx.served.to_string(),
             });
         }
         Some(name) => name,
-        None => served.to_string(),
+        None => cx.served.to_string(),
     };
-    let vp = match m.get("video_params") {
-        None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(o)) => o.clone(),
-        Some(Value::String(s)) => match serde_json::from_str(s) {
-            Ok(Value::Object(o)) => o,
-            _ => return Err(ApiError::invalid("video_params", "must be a JSON object")),
-        },
-        Some(_) => return Err(ApiError::invalid("video_params", "must be a JSON object")),
-    };
-    let prompt = string(m, "prompt")?;
-    if prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
-        return Err(ApiError::invalid(
-            "prompt",
-            "`prompt` is required and must not be blank",
-        ));
-    }
-    let mut width = uint(m, "width", 1)?.or(uint(&vp, "width", 1)?);
-    let mut height = uint(m, "height", 1)?.or(uint(&vp, "height", 1)?);
-    if let Some(size) = string(m, "size")? {
-        // `size` comes from clients that know only their own sizes (the openai SDK's
-        // "720x1280"), so it is snapped to the nearest multiple of the model's pixel grid;
-        // explicit width/height must already be on it.
-        let (w, h) = parse_size(&size)?;
-        let grid = 16u32 << defaults.pyramid_num_stages.saturating_sub(1);
-        (width, height) = (Some(snap(w, grid)), Some(snap(h, grid)));
-    }
-    let num_frames = uint(m, "num_frames", 1)?.or(uint(&vp, "num_frames", 1)?);
-    let fps = uint(m, "fps", 1)?.or(uint(&vp, "fps", 1)?);
-    let seconds = uint(m, "seconds", 1)?;
-    let seed = match m.get("seed") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(
-            as_i128(v)
-                .filter(|s| *s >= 0 && *s <= u64::MAX as i128)
-                .ok_or_else(|| ApiError::invalid("seed", "must be a non-negative integer"))?
-                as u64,
-        ),
-    };
-    let guidance = match float(m, "guidance_scale")? {
-        Some(g) => Some(g),
-        None => float(m, "cfg_scale")?,
-    };
-    if let Some(g) = guidance
-        && !(0.0..=20.0).contains(&g)
+    let from_body = layers.len();
+    layers.extend(cx.lower_layers.iter().cloned());
+    if let Some(s) = seconds
+        && layers[..from_body].iter().all(|l| l.num_frames.is_none())
     {
-        let param = if m.contains_key("guidance_scale") {
-            "guidance_scale"
-        } else {
-            "cfg_scale"
-        };
-        return Err(ApiError::invalid(param, format!("{g} is outside 0..=20")));
-    }
-    // Distilled runs its fixed DMD pyramid ([2,2,2]); `num_inference_steps` is validated and
-    // otherwise ignored (use extra_params.pyramid_num_inference_steps_list to change steps).
-    for param in ["num_inference_steps", "step"] {
-        if let Some(s) = uint(m, param, 0)?
-            && !(1..=200).contains(&s)
-        {
-            return Err(ApiError::invalid(param, format!("{s} is outside 1..=200")));
-        }
-    }
-    let extra = match m.get("extra_params") {
-        None | Some(Value::Null) => RequestPatch::default(),
-        Some(v) => {
-            let v = match v {
-                Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| {
-                    ApiError::invalid("extra_params", format!("not valid JSON: {e}"))
-                })?,
-                other => other.clone(),
-            };
-            if !v.is_object() {
-                return Err(ApiError::invalid("extra_params", "must be a JSON object"));
-            }
-            serde_json::from_value::<RequestPatch>(v)
-                .map_err(|e| ApiError::invalid("extra_params", e.to_string()))?
-        }
-    };
-    let top = RequestPatch {
-        prompt,
-        negative_prompt: string(m, "negative_prompt")?,
-        width,
-        height,
-        num_frames,
-        fps,
-        seed,
-        guidance_scale: guidance,
-        ..Default::default()
-    };
-    let mut layers = vec![top, extra, default_request.clone()];
-    let mut request = resolve(&layers, defaults)?;
-    if seconds.is_some() && layers[..2].iter().all(|l| l.num_frames.is_none()) {
-        layers[0].num_frames = seconds.map(|s| s.saturating_mul(request.fps));
-        request = resolve(&layers, defaults)?;
+        // seconds · fps with the fps the request resolves to (body, default_request, preset or
+        // checkpoint).
+        let fps = layers.iter().find_map(|l| l.fps).unwrap_or(cx.defaults.fps);
+        layers[0].num_frames = Some(s.saturating_mul(fps));
     }
     if layers.iter().all(|l| l.seed.is_none()) {
-        request.seed = rand::random::<u32>() as u64;
+        layers[0].seed = Some(rand::random::<u32>() as u64);
     }
+    let request = resolve(&layers, cx.defaults).map_err(|e| renamed(e, &aliases))?;
     let seconds = match seconds {
         Some(s) => s.to_string(),
         None => {
@@ -168,6 +270,14 @@ pub fn admit(
         seconds,
         reference,
     })
+}
+
+/// A resolve error under the name the client used (`cfg_scale` rather than `guidance_scale`).
+fn renamed(e: RequestError, aliases: &[(&'static str, &'static str)]) -> ApiError {
+    match aliases.iter().find(|(canonical, _)| *canonical == e.param) {
+        Some((_, alias)) => ApiError::invalid(alias, e.message),
+        None => e.into(),
+    }
 }
 
 /// `"640x384"`, `" 640 X 384 "` → (640, 384); both sides positive.
@@ -189,53 +299,70 @@ fn snap(v: u32, grid: u32) -> u32 {
     (((v as u64 + grid as u64 / 2) / grid as u64).max(1) * grid as u64).min(u32::MAX as u64) as u32
 }
 
-fn string(m: &Map<String, Value>, key: &str) -> Result<Option<String>, ApiError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(ApiError::invalid(key, "must be a string")),
-    }
-}
+/// Field deserializers that take what forms and JSON clients send: numbers as JSON numbers or
+/// strings, objects as JSON objects or their JSON text; `null` is absent.
+mod lenient {
+    use super::*;
 
-fn as_i128(v: &Value) -> Option<i128> {
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
+    fn value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        Ok(Option::<Value>::deserialize(d)?.filter(|v| !v.is_null()))
     }
-}
 
-fn uint(m: &Map<String, Value>, key: &str, min: u32) -> Result<Option<u32>, ApiError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            let n = as_i128(v)
-                .ok_or_else(|| ApiError::invalid(key, format!("must be an integer, got {v}")))?;
-            if n < min as i128 || n > u32::MAX as i128 {
-                return Err(ApiError::invalid(
-                    key,
-                    format!("{n} is out of range (minimum {min})"),
-                ));
-            }
-            Ok(Some(n as u32))
+    /// A string (a number is taken as its text).
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match value(d)? {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(D::Error::custom("must be a string")),
         }
     }
-}
 
-fn float(m: &Map<String, Value>, key: &str) -> Result<Option<f64>, ApiError> {
-    let v = match m.get(key) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Number(n)) => n.as_f64(),
-        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
-        Some(_) => None,
-    };
-    match v {
-        Some(f) if f.is_finite() => Ok(Some(f)),
-        _ => Err(ApiError::invalid(key, "must be a finite number")),
+    fn int(v: &Value) -> Option<i128> {
+        match v {
+            Value::Number(n) => n
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| n.as_u64().map(i128::from)),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A non-negative integer that fits `T`.
+    pub fn integer<'de, D: Deserializer<'de>, T: TryFrom<i128>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        let Some(v) = value(d)? else { return Ok(None) };
+        let n = int(&v).ok_or_else(|| D::Error::custom(format!("must be an integer, got {v}")))?;
+        if n < 0 {
+            return Err(D::Error::custom(format!("{n} must not be negative")));
+        }
+        T::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{n} is too large")))
+    }
+
+    /// An integer ≥ 1.
+    pub fn positive<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match integer::<D, u32>(d)? {
+            Some(0) => Err(D::Error::custom("0 is out of range (minimum 1)")),
+            v => Ok(v),
+        }
+    }
+
+    /// A finite number.
+    pub fn float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        let f = match value(d)? {
+            None => return Ok(None),
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+            Some(_) => None,
+        };
+        match f {
+            Some(f) if f.is_finite() => Ok(Some(f)),
+            _ => Err(D::Error::custom("must be a finite number")),
+        }
     }
 }
 
@@ -251,11 +378,13 @@ mod tests {
         };
         admit(
             &fields,
-            "tiny",
-            |n| n == "tiny",
-            default_request,
-            &ModelDefaults::helios_distilled(),
-            1 << 20,
+            &AdmitContext {
+                served: "tiny",
+                serves: &|n| n == "tiny",
+                lower_layers: std::slice::from_ref(default_request),
+                defaults: &ModelDefaults::helios_distilled(),
+                max_upload_bytes: 1 << 20,
+            },
         )
     }
 
@@ -317,12 +446,47 @@ mod tests {
             (json!({"prompt":"p","extra_params":"{nope"}), "extra_params"),
             (json!({"prompt":"p","extra_params":"[1]"}), "extra_params"),
             (json!({"prompt":"p","width":100}), "width"),
+            // Distilled runs a pyramid: a single steps count would be dropped, so it is refused.
+            (json!({"prompt":"p","step":4}), "step"),
+            (
+                json!({"prompt":"p","num_inference_steps":4}),
+                "num_inference_steps",
+            ),
+            (
+                json!({"prompt":"p","video_params":{"width":"wide"}}),
+                "video_params.width",
+            ),
+            (json!({"prompt":"p","seed":-1}), "seed"),
         ] {
             let e = admit_json(body.clone(), &d).unwrap_err();
             assert_eq!(e.body()["error"]["param"], param, "{body}: {e}");
         }
         let e = admit_json(json!({"prompt":"p","model":"other"}), &d).unwrap_err();
         assert!(matches!(e, ApiError::ModelMismatch { .. }));
+    }
+
+    #[test]
+    fn steps_reach_a_base_checkpoint_under_either_name() {
+        let base = ModelDefaults::helios_base();
+        let cx = AdmitContext {
+            served: "tiny",
+            serves: &|n| n == "tiny",
+            lower_layers: &[],
+            defaults: &base,
+            max_upload_bytes: 1 << 20,
+        };
+        for (body, steps) in [
+            (json!({"prompt":"p","num_inference_steps":3}), 3),
+            (json!({"prompt":"p","step":"7"}), 7),
+            (json!({"prompt":"p"}), 50),
+        ] {
+            let fields = Fields {
+                map: body.as_object().unwrap().clone(),
+                uploads: Vec::new(),
+            };
+            let a = admit(&fields, &cx).unwrap();
+            assert_eq!(a.request.num_inference_steps, steps, "{body}");
+        }
     }
 
     #[test]

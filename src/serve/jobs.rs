@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::reference::RefKind;
 use crate::pipeline::progress::CancelToken;
-use crate::pipeline::request::{GenerationRequest, RequestPatch};
+use crate::pipeline::request::GenerationRequest;
 
 /// A job's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,8 +87,9 @@ pub struct JobRecord {
     /// uploaded bytes as sent, decoded again when the job runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<RefKind>,
-    /// The fully resolved request, as a patch with every field set.
-    pub request: RequestPatch,
+    /// The request, resolved once at admission; the worker runs it as stored (also after a
+    /// restart).
+    pub request: GenerationRequest,
     /// `/v1/videos/sync` jobs: never listed, never stored.
     #[serde(skip)]
     pub hidden: bool,
@@ -161,57 +162,6 @@ pub fn valid_id(id: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
-}
-
-/// The request as a patch with every field set (exhaustive, so a new field fails to compile).
-pub fn patch_of(req: &GenerationRequest) -> RequestPatch {
-    let GenerationRequest {
-        prompt,
-        negative_prompt,
-        width,
-        height,
-        num_frames,
-        fps,
-        seed,
-        guidance_scale,
-        pyramid_num_inference_steps_list,
-        is_amplify_first_chunk,
-        history_sizes,
-        num_latent_frames_per_chunk,
-        max_sequence_length,
-        num_inference_steps,
-        is_enable_stage2,
-        pyramid_num_stages,
-        use_cfg_zero_star,
-        use_zero_init,
-        zero_steps,
-        keep_first_frame,
-        is_skip_first_chunk,
-        conditioning: _,
-    } = req.clone();
-    RequestPatch {
-        prompt: Some(prompt),
-        negative_prompt: Some(negative_prompt),
-        width: Some(width),
-        height: Some(height),
-        num_frames: Some(num_frames),
-        fps: Some(fps),
-        seed: Some(seed),
-        guidance_scale: Some(guidance_scale),
-        pyramid_num_inference_steps_list: Some(pyramid_num_inference_steps_list),
-        is_amplify_first_chunk: Some(is_amplify_first_chunk),
-        history_sizes: Some(history_sizes),
-        num_latent_frames_per_chunk: Some(num_latent_frames_per_chunk),
-        max_sequence_length: Some(max_sequence_length),
-        num_inference_steps: Some(num_inference_steps),
-        is_enable_stage2: Some(is_enable_stage2),
-        pyramid_num_stages: Some(pyramid_num_stages),
-        use_cfg_zero_star: Some(use_cfg_zero_star),
-        use_zero_init: Some(use_zero_init),
-        zero_steps: Some(zero_steps),
-        keep_first_frame: Some(keep_first_frame),
-        is_skip_first_chunk: Some(is_skip_first_chunk),
-    }
 }
 
 /// Persistent job records.

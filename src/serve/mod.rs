@@ -32,9 +32,7 @@ use tokio::net::TcpListener;
 pub use config::{ServeConfig, ServeFile, ServeOverrides};
 pub use error::ApiError;
 
-use crate::pipeline::pipelines::pipeline_helios_pyramid::{
-    TextEncoderResidency, checkpoint_defaults,
-};
+use crate::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy};
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +46,9 @@ pub enum ServeError {
         path: String,
         source: std::io::Error,
     },
+    /// The preset does not fit the checkpoint.
+    #[error("{0}")]
+    Preset(String),
     /// The worker could not load the model.
     #[error("{0}")]
     Load(String),
@@ -63,10 +64,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let defaults = checkpoint_defaults(&cfg.model).map_err(|e| ServeError::Model {
+    let defaults = Generator::defaults_of(&cfg.model).map_err(|e| ServeError::Model {
         path: cfg.model.display().to_string(),
         message: e.to_string(),
     })?;
+    // request > [default_request] > preset > checkpoint.
+    let mut lower_layers = vec![cfg.default_request.clone()];
+    if let Some(preset) = &cfg.preset {
+        preset
+            .check(&defaults)
+            .map_err(|e| ServeError::Preset(e.message))?;
+        lower_layers.push(preset.patch.clone());
+    }
     let (jobs, resume) = jobs::Jobs::open(&cfg.storage).map_err(|source| ServeError::Storage {
         path: cfg.storage.display().to_string(),
         source,
@@ -77,10 +86,12 @@ pub async fn serve(
     let jobs = Arc::new(jobs);
     let model = worker::WorkerModel {
         dir: cfg.model.clone(),
-        defaults: defaults.clone(),
-        text_encoder: match cfg.keep_text_encoder {
-            true => TextEncoderResidency::Resident,
-            false => TextEncoderResidency::OnDemand,
+        options: GeneratorOptions {
+            load: match cfg.keep_text_encoder {
+                true => LoadPolicy::KeepAll,
+                false => LoadPolicy::TextEncoderPerRequest,
+            },
+            vae_dtype: None,
         },
     };
     let (worker, loaded) =
@@ -101,6 +112,7 @@ pub async fn serve(
     let state = Arc::new(routes::State {
         cfg,
         defaults,
+        lower_layers,
         jobs,
         worker,
     });

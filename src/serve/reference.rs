@@ -20,8 +20,7 @@ use serde_json::Value;
 
 use super::body::Fields;
 use super::error::ApiError;
-use crate::media::{VideoReadOptions, load_image_bytes, read_video_bytes, to_video_tensor_data};
-use crate::pipeline::request::{Conditioning, ConditioningPixels, GenerationRequest};
+use crate::pipeline::request::{Conditioning, ConditioningError, GenerationRequest, MediaSource};
 
 /// What a stored reference is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -231,11 +230,12 @@ pub fn decode(
     req: &GenerationRequest,
     param: &str,
 ) -> Result<(RefKind, Conditioning), ApiError> {
+    let src = MediaSource::Bytes(bytes);
     let image_err = match hint {
         Some(RefKind::Video) => None,
-        _ => match decode_image(bytes, req) {
+        _ => match Conditioning::from_image(src, req) {
             Ok(c) => return Ok((RefKind::Image, c)),
-            Err(e) => Some(e),
+            Err(e) => Some(e.to_string()),
         },
     };
     if hint == Some(RefKind::Image) {
@@ -247,16 +247,10 @@ pub fn decode(
             ),
         ));
     }
-    match decode_video(bytes, req) {
+    match Conditioning::from_video(src, req) {
         Ok(c) => Ok((RefKind::Video, c)),
-        Err(VideoErr::TooShort(n, window)) => Err(ApiError::invalid(
-            param,
-            format!(
-                "the video has {n} frame(s); video-to-video needs at least {window} \
-                 (one chunk of the model)"
-            ),
-        )),
-        Err(VideoErr::Decode(e)) => Err(ApiError::invalid(
+        Err(e @ ConditioningError::TooShort { .. }) => Err(ApiError::invalid(param, e.to_string())),
+        Err(ConditioningError::Media(e)) => Err(ApiError::invalid(
             param,
             match image_err {
                 Some(ie) => format!(
@@ -278,36 +272,6 @@ pub fn decode_kind(
     req: &GenerationRequest,
 ) -> Result<Conditioning, ApiError> {
     decode(bytes, Some(kind), req, "input_reference").map(|(_, c)| c)
-}
-
-fn decode_image(bytes: &[u8], req: &GenerationRequest) -> Result<Conditioning, String> {
-    let img = load_image_bytes(bytes).map_err(|e| e.to_string())?;
-    let data = to_video_tensor_data(&img, req.width, req.height).map_err(|e| e.to_string())?;
-    Ok(Conditioning::Image(ConditioningPixels {
-        data,
-        frames: 1,
-        height: req.height as usize,
-        width: req.width as usize,
-    }))
-}
-
-enum VideoErr {
-    TooShort(usize, usize),
-    Decode(String),
-}
-
-fn decode_video(bytes: &[u8], req: &GenerationRequest) -> Result<Conditioning, VideoErr> {
-    let video = read_video_bytes(bytes, &VideoReadOptions::resized(req.width, req.height))
-        .map_err(|e| VideoErr::Decode(e.to_string()))?;
-    let window = req.window_num_frames();
-    if video.frames.len() < window {
-        return Err(VideoErr::TooShort(video.frames.len(), window));
-    }
-    Ok(Conditioning::Video(ConditioningPixels::from_rgb8_frames(
-        &video.frames,
-        req.width as usize,
-        req.height as usize,
-    )))
 }
 
 #[cfg(test)]

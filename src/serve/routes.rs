@@ -14,18 +14,20 @@ use tokio::sync::oneshot;
 
 use super::body;
 use super::config::ServeConfig;
-use super::create::{Admitted, admit};
+use super::create::{AdmitContext, Admitted, admit};
 use super::error::ApiError;
-use super::jobs::{JobKind, JobRecord, Jobs, Status, new_id, now, patch_of, valid_id};
+use super::jobs::{JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
 use super::openapi;
 use super::reference;
 use super::worker::{Job, Worker};
-use crate::pipeline::request::ModelDefaults;
+use crate::pipeline::request::{ModelDefaults, RequestPatch};
 
 /// What every handler can see.
 pub struct State {
     pub cfg: ServeConfig,
     pub defaults: ModelDefaults,
+    /// The request layers below the body: `[default_request]`, then the preset's.
+    pub lower_layers: Vec<RequestPatch>,
     pub jobs: Arc<Jobs>,
     pub worker: Worker,
 }
@@ -234,11 +236,13 @@ fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiErr
     let cfg = &state.cfg;
     admit(
         fields,
-        &cfg.served_model_name,
-        |n| cfg.serves(n),
-        &cfg.default_request,
-        &state.defaults,
-        cfg.limits.max_upload_bytes,
+        &AdmitContext {
+            served: &cfg.served_model_name,
+            serves: &|n| cfg.serves(n),
+            lower_layers: &state.lower_layers,
+            defaults: &state.defaults,
+            max_upload_bytes: cfg.limits.max_upload_bytes,
+        },
     )
 }
 
@@ -254,8 +258,7 @@ async fn new_job(
     let reference = a.reference.take();
     let mut rec = new_record(state, a, hidden, kind);
     if let Some(r) = reference {
-        let req =
-            crate::pipeline::request::resolve(std::slice::from_ref(&rec.request), &state.defaults)?;
+        let req = rec.request.clone();
         let path = state.jobs.input_path(&rec.id);
         let kind = tokio::task::spawn_blocking(move || {
             let (kind, _pixels) = reference::decode(&r.bytes, r.hint, &req, &r.param)?;
@@ -295,7 +298,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         peak_memory_mb: None,
         kind,
         input: None,
-        request: patch_of(r),
+        request: a.request.clone(),
         hidden,
         cancel: Default::default(),
     }

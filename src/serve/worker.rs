@@ -14,14 +14,11 @@ use super::jobs::{JobError, JobKind, Jobs, Status, now};
 use super::previews::PreviewCollector;
 use super::reference::decode_kind;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
-use crate::pipeline::backend::{DefaultBackend, DeviceMemory, device_memory};
+use crate::pipeline::backend::DeviceMemory;
+use crate::pipeline::error::PipelineError;
+use crate::pipeline::generator::{FrameSink, Generator, GeneratorOptions, RunContext, VideoFrames};
 use crate::pipeline::noise::SeededNoise;
-use crate::pipeline::pipelines::pipeline_helios_pyramid::{
-    FrameSink, HeliosPyramidPipeline, PipelineError, RunContext, TextEncoderResidency, VideoFrames,
-};
-use crate::pipeline::precision::Precision;
 use crate::pipeline::progress::{NoProgress, Progress, ProgressSink};
-use crate::pipeline::request::{ModelDefaults, resolve};
 
 /// A job for the worker; `done` fires once the job reached a terminal state (or vanished).
 pub struct Job {
@@ -40,10 +37,9 @@ pub struct Worker {
 pub struct WorkerModel {
     /// Diffusers-format checkpoint folder.
     pub dir: PathBuf,
-    /// The request defaults of the checkpoint (and preset).
-    pub defaults: ModelDefaults,
-    /// Whether UMT5 stays loaded between jobs (`keep_text_encoder`).
-    pub text_encoder: TextEncoderResidency,
+    /// Load policy ([`LoadPolicy::KeepAll`], or [`LoadPolicy::TextEncoderPerRequest`] with
+    /// `keep_text_encoder = false`).
+    pub options: GeneratorOptions,
 }
 
 impl Worker {
@@ -91,23 +87,11 @@ fn run(
     resume: Vec<String>,
     loaded: oneshot::Sender<Result<(), String>>,
 ) {
-    let WorkerModel {
-        dir: model,
-        defaults,
-        text_encoder,
-    } = model;
-    let device = Default::default();
     let started = Instant::now();
-    let pipe = match HeliosPyramidPipeline::<DefaultBackend>::load_with(
-        &model,
-        &device,
-        Precision::for_device::<DefaultBackend>(&device),
-        text_encoder,
-        &mut NoProgress,
-    ) {
-        Ok(p) => p,
+    let mut generator = match Generator::open(&model.dir, model.options, &mut NoProgress) {
+        Ok(g) => g,
         Err(e) => {
-            let _ = loaded.send(Err(format!("loading {}: {e}", model.display())));
+            let _ = loaded.send(Err(format!("loading {}: {e}", model.dir.display())));
             return;
         }
     };
@@ -115,10 +99,10 @@ fn run(
     ready.store(true, Ordering::SeqCst);
     let _ = loaded.send(Ok(()));
     for id in resume {
-        run_job(&pipe, &defaults, &jobs, &id);
+        run_job(&mut generator, &jobs, &id);
     }
     while let Ok(job) = rx.recv() {
-        run_job(&pipe, &defaults, &jobs, &job.id);
+        run_job(&mut generator, &jobs, &job.id);
         if let Some(done) = job.done {
             let _ = done.send(());
         }
@@ -134,9 +118,7 @@ struct Mp4Sink {
 impl FrameSink for Mp4Sink {
     fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
         self.previews.push(&frames);
-        self.writer
-            .push_frames_f32(&frames.data)
-            .map_err(|e| e.to_string())
+        self.writer.push_frames(frames)
     }
 }
 
@@ -194,7 +176,7 @@ impl ProgressSink for JobProgress<'_> {
         if matches!(
             event,
             Progress::EncodingPrompt { done: true } | Progress::Decoding { .. }
-        ) && let Some(now) = device_memory::<DefaultBackend>(&Default::default())
+        ) && let Some(now) = Generator::device_memory()
         {
             self.peak_device = Some(self.peak_device.map_or(now, |p| p.max(now)));
         }
@@ -212,30 +194,25 @@ impl ProgressSink for JobProgress<'_> {
     }
 }
 
-fn run_job(
-    pipe: &HeliosPyramidPipeline<DefaultBackend>,
-    defaults: &ModelDefaults,
-    jobs: &Jobs,
-    id: &str,
-) {
+/// Marks the job failed with `code` and a message safe to show.
+fn fail(jobs: &Jobs, id: &str, code: &str, message: String) {
+    jobs.update(id, true, |r| {
+        r.status = Status::Failed;
+        r.completed_at = Some(now());
+        r.error = Some(JobError {
+            code: code.to_string(),
+            message,
+        });
+    });
+}
+
+/// Run the stored request of job `id` and record the outcome.
+fn run_job(generator: &mut Generator, jobs: &Jobs, id: &str) {
     let Some(rec) = jobs.get(id) else { return };
     if rec.cancel.is_cancelled() || rec.status.is_terminal() {
         return;
     }
-    let fail = |code: &str, message: String| {
-        jobs.update(id, true, |r| {
-            r.status = Status::Failed;
-            r.completed_at = Some(now());
-            r.error = Some(JobError {
-                code: code.to_string(),
-                message,
-            });
-        });
-    };
-    let mut req = match resolve(std::slice::from_ref(&rec.request), defaults) {
-        Ok(r) => r,
-        Err(e) => return fail("invalid_request", e.to_string()),
-    };
+    let mut req = rec.request.clone();
     if let Some(kind) = rec.input {
         // The reference as uploaded, decoded again here (the admission check decoded it once;
         // after a restart this is the only copy).
@@ -243,15 +220,13 @@ fn run_job(
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("job {id}: reading its input reference: {e}");
-                return fail(
-                    "input_missing",
-                    "the job's input reference is no longer in storage".into(),
-                );
+                let message = "the job's input reference is no longer in storage";
+                return fail(jobs, id, "input_missing", message.into());
             }
         };
         match decode_kind(&bytes, kind, &req) {
             Ok(c) => req.conditioning = c,
-            Err(e) => return fail("invalid_input", e.to_string()),
+            Err(e) => return fail(jobs, id, "invalid_input", e.to_string()),
         }
     }
     jobs.update(id, true, |r| {
@@ -260,9 +235,8 @@ fn run_job(
         r.progress = 1;
     });
     let started = Instant::now();
-    let path = jobs.video_path(id);
     let writer = match Mp4Writer::create(
-        &path,
+        &jobs.video_path(id),
         req.width,
         req.height,
         req.fps,
@@ -271,7 +245,8 @@ fn run_job(
         Ok(w) => w,
         Err(e) => {
             tracing::error!("job {id}: {e}");
-            return fail("internal_error", "could not create the output file".into());
+            let message = "could not create the output file";
+            return fail(jobs, id, "internal_error", message.into());
         }
     };
     let mut sink = Mp4Sink {
@@ -293,71 +268,79 @@ fn run_job(
             progress: &mut progress,
             cancel: rec.cancel.clone(),
         };
-        pipe.call(&req, &mut ctx, &mut sink)
+        generator.generate(&req, &mut ctx, &mut sink)
     }));
     match outcome {
-        Ok(Ok(_)) => match sink.writer.finish() {
-            Ok(_) => {
-                let png = (rec.kind == JobKind::Image).then(|| jobs.image_path(id));
-                if let Err(e) = sink.previews.write(
-                    &jobs.thumbnail_path(id),
-                    &jobs.spritesheet_path(id),
-                    png.as_deref(),
-                ) {
-                    tracing::error!("job {id}: previews: {e}");
-                    jobs.remove_files(id);
-                    return fail(
-                        "internal_error",
-                        "could not write the preview images".into(),
-                    );
-                }
-                let secs = started.elapsed().as_secs_f64();
-                let file = format!("{id}.mp4");
-                let ms = |s: f64| (s * 1000.0).round() / 1000.0;
-                let stage_durations = progress
-                    .durations
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ms(*v)))
-                    .collect();
-                // GPU memory in use when the job ran on CUDA, else the process's peak RSS.
-                let peak_memory_mb = progress
-                    .peak_device
-                    .map(|m| m.bytes_in_use)
-                    .or_else(crate::pipeline::bench::peak_rss_bytes)
-                    .map(|b| ms(b as f64 / (1024.0 * 1024.0)));
-                let kept = jobs.update(id, true, |r| {
-                    r.status = Status::Completed;
-                    r.progress = 100;
-                    r.completed_at = Some(now());
-                    r.file_name = Some(file);
-                    r.inference_time_s = Some(ms(secs));
-                    r.stage_durations = stage_durations;
-                    r.peak_memory_mb = peak_memory_mb;
-                });
-                if kept.is_none() {
-                    // Deleted while finishing.
-                    jobs.remove_files(id);
-                }
-            }
-            Err(e) => {
-                tracing::error!("job {id}: finishing the MP4: {e}");
-                fail("internal_error", "could not write the video file".into());
-            }
-        },
+        Ok(Ok(_)) => complete(jobs, &rec, sink, progress, started),
         Ok(Err(PipelineError::Cancelled)) => {
             drop(sink);
             jobs.remove_files(id);
         }
         Ok(Err(e)) => {
             tracing::error!("job {id} failed: {e}");
-            fail("generation_failed", e.to_string());
+            fail(jobs, id, "generation_failed", e.to_string());
         }
         Err(_) => {
             tracing::error!("job {id}: the pipeline panicked");
-            fail(
-                "internal_error",
-                "the generation stopped on an internal error".into(),
-            );
+            let message = "the generation stopped on an internal error";
+            fail(jobs, id, "internal_error", message.into());
         }
+    }
+}
+
+/// Finish the MP4 and the previews of a generated job and mark it completed.
+fn complete(
+    jobs: &Jobs,
+    rec: &super::jobs::JobRecord,
+    sink: Mp4Sink,
+    progress: JobProgress<'_>,
+    started: Instant,
+) {
+    let id = rec.id.as_str();
+    if let Err(e) = sink.writer.finish() {
+        tracing::error!("job {id}: finishing the MP4: {e}");
+        return fail(
+            jobs,
+            id,
+            "internal_error",
+            "could not write the video file".into(),
+        );
+    }
+    let png = (rec.kind == JobKind::Image).then(|| jobs.image_path(id));
+    if let Err(e) = sink.previews.write(
+        &jobs.thumbnail_path(id),
+        &jobs.spritesheet_path(id),
+        png.as_deref(),
+    ) {
+        tracing::error!("job {id}: previews: {e}");
+        jobs.remove_files(id);
+        let message = "could not write the preview images";
+        return fail(jobs, id, "internal_error", message.into());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ms = |s: f64| (s * 1000.0).round() / 1000.0;
+    let stage_durations = progress
+        .durations
+        .iter()
+        .map(|(k, v)| (k.clone(), ms(*v)))
+        .collect();
+    // GPU memory in use when the job ran on CUDA, else the process's peak RSS.
+    let peak_memory_mb = progress
+        .peak_device
+        .map(|m| m.bytes_in_use)
+        .or_else(crate::pipeline::bench::peak_rss_bytes)
+        .map(|b| ms(b as f64 / (1024.0 * 1024.0)));
+    let kept = jobs.update(id, true, |r| {
+        r.status = Status::Completed;
+        r.progress = 100;
+        r.completed_at = Some(now());
+        r.file_name = Some(format!("{id}.mp4"));
+        r.inference_time_s = Some(ms(secs));
+        r.stage_durations = stage_durations;
+        r.peak_memory_mb = peak_memory_mb;
+    });
+    if kept.is_none() {
+        // Deleted while finishing.
+        jobs.remove_files(id);
     }
 }

@@ -249,3 +249,54 @@ pub fn input_frames(reference: &Reference, name: &str) -> (Vec<Vec<u8>>, usize, 
     let frames = bytes.chunks_exact(h * w * 3).map(|c| c.to_vec()).collect();
     (frames, w, h)
 }
+
+/// A tiny checkpoint of another variant (`base`, `mid`): the tiny Distilled weights plus that
+/// variant's committed `model_index.json` and scheduler config, in a temporary folder.
+pub fn tiny_variant(variant: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&tiny_distilled(), dir.path());
+    copy_dir(&fixture(&format!("tiny-helios-{variant}")), dir.path());
+    dir
+}
+
+/// The commit hash the fake Hugging Face cache files its snapshot under.
+pub const HF_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A Hugging Face hub cache (as `huggingface-cli download` leaves it) holding `checkpoint` as
+/// the repo `repo_id`: `models--org--name/refs/main` → [`HF_COMMIT`],
+/// `snapshots/<commit>/<file>` symlinks into `blobs/`. Returns the cache folder (the value of
+/// `HF_HUB_CACHE`).
+pub fn hf_cache(root: &Path, repo_id: &str, checkpoint: &Path) -> PathBuf {
+    let cache = root.join("hub");
+    let repo = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let blobs = repo.join("blobs");
+    let snapshot = repo.join("snapshots").join(HF_COMMIT);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), HF_COMMIT).unwrap();
+    std::fs::create_dir_all(&blobs).unwrap();
+    let mut files = Vec::new();
+    list_files(checkpoint, Path::new(""), &mut files);
+    for (n, rel) in files.iter().enumerate() {
+        let blob = format!("{n:064x}");
+        std::fs::copy(checkpoint.join(rel), blobs.join(&blob)).unwrap();
+        let link = snapshot.join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        // Relative, as huggingface_hub makes them: ../../blobs/<hash> from the snapshot root.
+        let up = "../".repeat(rel.components().count() + 1);
+        std::os::unix::fs::symlink(format!("{up}blobs/{blob}"), &link).unwrap();
+        assert!(link.is_file(), "{} does not resolve", link.display());
+    }
+    cache
+}
+
+fn list_files(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir.join(rel)).unwrap() {
+        let entry = entry.unwrap();
+        let r = rel.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            list_files(dir, &r, out);
+        } else {
+            out.push(r);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! [`Generator`]: the one door `omni generate`, `omni serve` and `omni bench pipeline` use to
+//! run a checkpoint. It owns the backend (CPU `Flex`, or `Cuda<bf16>` with `--features cuda`),
+//! the load order and the text-encoder residency; callers hand it a resolved
+//! [`GenerationRequest`], a [`RunContext`] and a [`FrameSink`], and never name a Burn type.
+//!
+//! The checkpoint's `model_index.json` `_class_name` picks the pipeline through one registry,
+//! [`PIPELINES`] (diffusers' `DiffusionPipeline.from_pretrained` does the same with its class
+//! lookup): adding a model family is a new file under `pipelines/` and one registry line.
+
+use std::path::Path;
+
+use super::backend::{DefaultBackend, DeviceMemory, device_memory};
+use super::checkpoint::{LoadError, read_config};
+use super::error::PipelineError;
+pub use super::pipelines::pipeline_helios_pyramid::RunContext;
+use super::pipelines::pipeline_helios_pyramid::{
+    HeliosPyramidPipeline, PromptEncoder, TextEncoderResidency, checkpoint_defaults,
+};
+pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
+use super::precision::{Dtype, Precision};
+use super::progress::ProgressSink;
+use super::request::{GenerationRequest, ModelDefaults};
+
+/// When the models are loaded and whether the text encoder stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadPolicy {
+    /// Everything loaded by [`Generator::open`], the text encoder kept between requests (the
+    /// server's default: no reload per request).
+    #[default]
+    KeepAll,
+    /// Transformer and VAE loaded by [`Generator::open`]; the text encoder loaded for each
+    /// request and dropped after encoding (`keep_text_encoder = false`: frees ~11 GB of GPU
+    /// memory in bf16 for a reload per request).
+    TextEncoderPerRequest,
+    /// One-shot (`omni generate`): `open` reads the configs only; the first
+    /// [`Generator::generate`] encodes the prompt, drops the text encoder, then loads the
+    /// transformer and VAE, so UMT5-XXL and the transformer are never in memory together.
+    EncodeThenLoad,
+}
+
+/// How [`Generator::open`] loads a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GeneratorOptions {
+    pub load: LoadPolicy,
+    /// VAE compute dtype; `None` = diffusers' recipe (f32, as the Helios examples load it).
+    pub vae_dtype: Option<Dtype>,
+}
+
+/// A loaded (or, with [`LoadPolicy::EncodeThenLoad`], ready-to-load) pipeline of one family.
+pub trait DiffusionPipeline {
+    /// Run one resolved request, handing decoded frames to `sink` chunk by chunk; returns the
+    /// number of frames delivered.
+    ///
+    /// # Errors
+    /// [`PipelineError`]: a load failure (lazy loading), unsupported settings, a missing noise
+    /// draw, a sink failure, cancellation.
+    fn generate(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError>;
+}
+
+/// How a registry line opens a checkpoint folder.
+pub type OpenFn = fn(
+    &Path,
+    &GeneratorOptions,
+    &mut dyn ProgressSink,
+) -> Result<Box<dyn DiffusionPipeline>, PipelineError>;
+
+/// One registry line: a diffusers pipeline class and how to read and open it.
+pub struct PipelineEntry {
+    /// `model_index.json` `_class_name`.
+    pub class_name: &'static str,
+    /// The request defaults of a checkpoint folder, from its small JSON files only.
+    pub defaults: fn(&Path) -> Result<ModelDefaults, PipelineError>,
+    /// Open the checkpoint folder.
+    pub open: OpenFn,
+}
+
+/// Every pipeline class this build runs.
+pub const PIPELINES: &[PipelineEntry] = &[
+    PipelineEntry {
+        class_name: "HeliosPipeline",
+        defaults: checkpoint_defaults,
+        open: Helios::open,
+    },
+    PipelineEntry {
+        class_name: "HeliosPyramidPipeline",
+        defaults: checkpoint_defaults,
+        open: Helios::open,
+    },
+];
+
+/// The registry line for the checkpoint folder `dir`.
+///
+/// # Errors
+/// [`PipelineError::Load`] when the folder or `model_index.json` is missing or unreadable;
+/// [`PipelineError::Unsupported`] for a class not in [`PIPELINES`] (the message lists them).
+pub fn pipeline_entry(dir: &Path) -> Result<&'static PipelineEntry, PipelineError> {
+    if !dir.is_dir() {
+        return Err(LoadError::Missing {
+            path: dir.to_path_buf(),
+            what: "the checkpoint folder".into(),
+        }
+        .into());
+    }
+    #[derive(serde::Deserialize)]
+    struct ClassName {
+        #[serde(rename = "_class_name")]
+        class_name: String,
+        #[serde(flatten)]
+        _rest: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let path = dir.join("model_index.json");
+    let (ClassName { class_name, .. }, _) = read_config::<ClassName>(&path)?;
+    PIPELINES
+        .iter()
+        .find(|e| e.class_name == class_name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = PIPELINES.iter().map(|e| e.class_name).collect();
+            PipelineError::Unsupported(format!(
+                "{}: `{class_name}` is not a pipeline this build runs ({})",
+                path.display(),
+                known.join(", ")
+            ))
+        })
+}
+
+/// A checkpoint ready to generate.
+pub struct Generator {
+    pipeline: Box<dyn DiffusionPipeline>,
+    defaults: ModelDefaults,
+}
+
+impl Generator {
+    /// The request defaults of the checkpoint folder `dir` without loading any weights (lets a
+    /// caller resolve and validate a request first).
+    ///
+    /// # Errors
+    /// As [`pipeline_entry`], and the family's config checks (e.g. a scheduler class that does
+    /// not fit the pipeline class).
+    pub fn defaults_of(dir: &Path) -> Result<ModelDefaults, PipelineError> {
+        (pipeline_entry(dir)?.defaults)(dir)
+    }
+
+    /// Open the checkpoint folder `dir` as `options` says, reporting loading to `progress`.
+    ///
+    /// # Errors
+    /// [`PipelineError::Load`] naming a missing or broken file; [`PipelineError::Unsupported`]
+    /// for a checkpoint this build does not run.
+    pub fn open(
+        dir: &Path,
+        options: GeneratorOptions,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        let entry = pipeline_entry(dir)?;
+        let defaults = (entry.defaults)(dir)?;
+        let pipeline = (entry.open)(dir, &options, progress)?;
+        Ok(Self { pipeline, defaults })
+    }
+
+    /// The checkpoint's request defaults (the lowest layer of every request).
+    pub fn defaults(&self) -> &ModelDefaults {
+        &self.defaults
+    }
+
+    /// Generate the video of `req` (resolved against [`defaults`](Self::defaults)).
+    ///
+    /// # Errors
+    /// As [`DiffusionPipeline::generate`].
+    pub fn generate(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        self.pipeline.generate(req, ctx, sink)
+    }
+
+    /// GPU memory in use now on the build's device (`None` on the CPU backend).
+    pub fn device_memory() -> Option<DeviceMemory> {
+        device_memory::<DefaultBackend>(&Default::default())
+    }
+
+    /// Check that the backend's device works (a CUDA build on a machine without a driver or
+    /// GPU fails here, in one line, before minutes of loading).
+    ///
+    /// # Errors
+    /// A message saying what is missing.
+    pub fn probe_device() -> Result<(), String> {
+        super::backend::probe_device()
+    }
+}
+
+/// The Helios family (Base, Mid, Distilled) on the build's backend.
+struct Helios {
+    dir: std::path::PathBuf,
+    policy: LoadPolicy,
+    precision: Precision,
+    /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
+    pipe: Option<HeliosPyramidPipeline<DefaultBackend>>,
+}
+
+impl Helios {
+    fn open(
+        dir: &Path,
+        options: &GeneratorOptions,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
+        let device = Default::default();
+        let mut precision = Precision::for_device::<DefaultBackend>(&device);
+        if let Some(vae) = options.vae_dtype {
+            precision.vae = vae.into();
+        }
+        let mut helios = Self {
+            dir: dir.to_path_buf(),
+            policy: options.load,
+            precision,
+            pipe: None,
+        };
+        if options.load != LoadPolicy::EncodeThenLoad {
+            helios.load(progress)?;
+        }
+        Ok(Box::new(helios))
+    }
+
+    fn load(&mut self, progress: &mut dyn ProgressSink) -> Result<(), PipelineError> {
+        let residency = match self.policy {
+            LoadPolicy::KeepAll => TextEncoderResidency::Resident,
+            _ => TextEncoderResidency::OnDemand,
+        };
+        self.pipe = Some(HeliosPyramidPipeline::load_with(
+            &self.dir,
+            &Default::default(),
+            self.precision,
+            residency,
+            progress,
+        )?);
+        Ok(())
+    }
+}
+
+impl DiffusionPipeline for Helios {
+    fn generate(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        if let Some(pipe) = &self.pipe {
+            return pipe.call(req, ctx, sink);
+        }
+        // EncodeThenLoad: the prompt first, then the text encoder goes before the transformer
+        // is loaded.
+        let embeds = {
+            let encoder = PromptEncoder::<DefaultBackend>::load(
+                &self.dir,
+                &Default::default(),
+                self.precision.text_encoder,
+                &mut *ctx.progress,
+            )?;
+            encoder.encode_request(req, &mut *ctx.progress)?
+        };
+        self.load(&mut *ctx.progress)?;
+        let pipe = self.pipe.as_ref().expect("loaded above");
+        pipe.call_with_embeds(req, embeds, ctx, sink)
+    }
+}
