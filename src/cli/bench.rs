@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
-use omni::pipeline::backend::DefaultBackend;
+use omni::pipeline::bench::on_default_device as bench;
 use omni::pipeline::bench::{
-    BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, bench_dit, bench_ops, bench_pipeline,
-    bench_request, bench_text_encoder, bench_vae, peak_rss_bytes,
+    BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, PipelineBench, bench_request, peak_rss_bytes,
 };
-use omni::pipeline::pipelines::pipeline_helios_pyramid::{FrameSink, VideoFrames};
-use omni::pipeline::precision::{Precision, parse_dtype};
+use omni::pipeline::generator::{FrameSink, Generator};
+use omni::pipeline::precision::{Dtype, Precision};
 
 /// Model shapes to benchmark.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -49,11 +48,11 @@ pub struct Common {
     /// Compute dtype of the transformer and text encoder: f32, bf16 or f16 [default: the
     /// device's, bf16 with --features cuda, f32 on the CPU]. The modules diffusers keeps in f32
     /// stay f32.
-    #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<burn::tensor::DType>,
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
     /// Compute dtype of the VAE (diffusers' Helios examples load it in float32).
-    #[arg(long, value_parser = parse_dtype, default_value = "f32")]
-    pub vae_dtype: burn::tensor::DType,
+    #[arg(long, default_value = "f32")]
+    pub vae_dtype: Dtype,
 }
 
 impl Common {
@@ -80,13 +79,7 @@ impl Common {
 
     /// The models' dtypes on the default device, with `--dtype` / `--vae-dtype` applied.
     fn precision(&self) -> Precision {
-        let mut p = Precision::for_device::<DefaultBackend>(&Default::default());
-        if let Some(dtype) = self.dtype {
-            p.transformer = dtype;
-            p.text_encoder = dtype;
-        }
-        p.vae = self.vae_dtype;
-        p
+        bench::precision(self.dtype, self.vae_dtype)
     }
 }
 
@@ -162,223 +155,241 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-struct Mp4Sink(Mp4Writer);
-
-impl FrameSink for Mp4Sink {
-    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
-        self.0
-            .push_frames_f32(&frames.data)
-            .map_err(|e| e.to_string())
-    }
-}
-
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    omni::pipeline::backend::probe_device().map_err(anyhow::Error::msg)?;
-    let device = Default::default();
+    Generator::probe_device().map_err(anyhow::Error::msg)?;
     match args.command {
-        BenchCommand::Dit { common, stage } => {
-            let scale = common.scale();
-            let precision = common.precision();
-            if !common.json {
-                println!(
-                    "DiT forward, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
-                    common.width,
-                    common.height,
-                    device_name(&precision),
-                    common.warmup,
-                    common.iters
-                );
-                println!(
-                    "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU"
-                );
-            }
-            let stages: Vec<usize> = match stage {
-                Some(s) => vec![s.min(2)],
-                None => vec![2, 1, 0],
-            };
-            for s in stages {
-                let r = bench_dit::<DefaultBackend>(common.options(), s, &device);
-                let (mean, min) = stats(&r.ms);
-                let tflops = r.flops / (mean / 1e3) / 1e12;
-                if common.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"stage": s, "tokens": r.noisy_tokens + r.history_tokens,
-                            "noisy_tokens": r.noisy_tokens, "ms_mean": mean, "ms_min": min,
-                            "tflop": r.flops / 1e12, "tflops": tflops,
-                            "mfu": tflops * 1e12 / H100_BF16_PEAK_FLOPS})
-                    );
-                    continue;
-                }
-                println!(
-                    "{s:>5}  {:>3}x{}x{:<7}  {:>6} ({}+{})  {mean:>9.1}  {min:>7.1}  {:>5.1}  {tflops:>7.2}  {:>5.1}%",
-                    r.latent[0],
-                    r.latent[1],
-                    r.latent[2],
-                    r.noisy_tokens + r.history_tokens,
-                    r.noisy_tokens,
-                    r.history_tokens,
-                    r.flops / 1e12,
-                    100.0 * tflops * 1e12 / H100_BF16_PEAK_FLOPS
-                );
-            }
-        }
-        BenchCommand::Vae { common } => {
-            let scale = common.scale();
-            let precision = common.precision();
-            let ms = bench_vae::<DefaultBackend>(common.options(), &device);
-            let (mean, min) = stats(&ms);
-            if common.json {
-                println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
-                return Ok(());
-            }
-            println!(
-                "VAE decode of one chunk (9 latent -> 33 video frames), {scale:?}, {}x{}, device {}: mean {mean:.1} ms, min {min:.1} ms ({:.1} frames/s)",
-                common.width,
-                common.height,
-                device_name(&precision),
-                33.0 / (mean / 1e3)
-            );
-        }
-        BenchCommand::Ops { common } => {
-            let scale = common.scale();
-            let precision = common.precision();
-            let ops = bench_ops::<DefaultBackend>(common.options(), &device);
-            if common.json {
-                for op in &ops {
-                    let (mean, min) = stats(&op.ms);
-                    println!(
-                        "{}",
-                        serde_json::json!({"op": op.name, "ms_mean": mean, "ms_min": min,
-                            "per_forward": op.per_forward})
-                    );
-                }
-                return Ok(());
-            }
-            println!(
-                "DiT / VAE ops at the full-resolution shapes, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
-                common.width,
-                common.height,
-                device_name(&precision),
-                common.warmup,
-                common.iters
-            );
-            println!(
-                "{:<44} {:>9} {:>9} {:>12} {:>14}",
-                "op", "ms(mean)", "ms(min)", "per forward", "ms per forward"
-            );
-            let total: f64 = ops
-                .iter()
-                .map(|op| stats(&op.ms).1 * op.per_forward as f64)
-                .sum();
-            for op in &ops {
-                let (mean, min) = stats(&op.ms);
-                let share = min * op.per_forward as f64;
-                println!(
-                    "{:<44} {mean:>9.2} {min:>9.2} {:>12} {:>9.1} ({:>4.1}%)",
-                    op.name,
-                    op.per_forward,
-                    share,
-                    100.0 * share / total.max(f64::MIN_POSITIVE)
-                );
-            }
-            println!(
-                "sum over one DiT forward (stage 2): {total:.1} ms (compare `omni bench dit --stage 2`; the rest is glue: cat/narrow, residual adds, patch embedding)"
-            );
-        }
-        BenchCommand::TextEncoder { common } => {
-            let scale = common.scale();
-            let precision = common.precision();
-            let ms = bench_text_encoder::<DefaultBackend>(common.options(), 512, &device);
-            let (mean, min) = stats(&ms);
-            if common.json {
-                println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
-                return Ok(());
-            }
-            println!(
-                "text encoder on 512 tokens, {scale:?}, device {}: mean {mean:.1} ms, min {min:.1} ms",
-                device_name(&precision)
-            );
-        }
+        BenchCommand::Dit { common, stage } => dit(&common, stage),
+        BenchCommand::Vae { common } => vae(&common),
+        BenchCommand::Ops { common } => ops(&common),
+        BenchCommand::TextEncoder { common } => text_encoder(&common),
         BenchCommand::Pipeline {
             common,
             preset,
             num_frames,
             output,
-        } => {
-            anyhow::ensure!(
-                preset == "helios-distilled",
-                "unknown preset `{preset}`: only helios-distilled can be benchmarked so far"
-            );
-            let scale = common.scale();
-            let precision = common.precision();
-            let req = bench_request(common.height as u32, common.width as u32, num_frames);
-            let mut writer = match &output {
-                Some(path) => Some(Mp4Sink(Mp4Writer::create(
-                    path,
-                    req.width,
-                    req.height,
-                    req.fps,
-                    EncodeOptions::default(),
-                )?)),
-                None => None,
-            };
-            let r = bench_pipeline::<DefaultBackend>(
-                scale,
-                precision,
-                &req,
-                writer.as_mut().map(|w| w as &mut dyn FrameSink),
-                &device,
-            )?;
-            if let Some(Mp4Sink(w)) = writer {
-                w.finish()?;
-            }
-            let sum = |v: &[f64]| v.iter().sum::<f64>();
-            if common.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"frames": r.frames, "total_s": r.total_s,
-                        "fps": r.frames as f64 / r.total_s, "text_encoder_s": r.text_encoder_s,
-                        "denoise_s": sum(&r.denoise_s), "decode_s": sum(&r.decode_s),
-                        "output_s": sum(&r.output_s),
-                        "peak_gpu_gib": r.peak_device_memory.map(|m| gib(m.bytes_in_use)),
-                        "peak_gpu_reserved_gib": r.peak_device_memory.map(|m| gib(m.bytes_reserved)),
-                        "peak_rss_mib": peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))})
-                );
-                return Ok(());
-            }
-            println!(
-                "Distilled T2V, {scale:?}, {}x{}, {} frames requested -> {} frames in {} chunks, device {}",
-                req.width,
-                req.height,
-                num_frames,
-                r.frames,
-                r.denoise_s.len(),
-                device_name(&precision)
-            );
-            println!(
-                "end to end {:.2} s = {:.2} frames/s (text encoder {:.2} s, denoise {:.2} s, VAE decode {:.2} s, output {:.2} s)",
-                r.total_s,
-                r.frames as f64 / r.total_s,
-                r.text_encoder_s,
-                sum(&r.denoise_s),
-                sum(&r.decode_s),
-                sum(&r.output_s)
-            );
-            for (k, (d, v)) in r.denoise_s.iter().zip(&r.decode_s).enumerate() {
-                println!("  chunk {k}: denoise {d:.2} s, decode {v:.2} s");
-            }
-            if let Some(rss) = peak_rss_bytes() {
-                println!("peak RSS {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
-            }
-            if let Some(m) = r.peak_device_memory {
-                println!(
-                    "peak GPU memory (allocator, sampled at phase ends): {:.2} GiB in use, {:.2} GiB reserved",
-                    gib(m.bytes_in_use),
-                    gib(m.bytes_reserved)
-                );
-            }
-        }
+        } => pipeline(&common, &preset, num_frames, output.as_deref())?,
     }
     Ok(())
+}
+
+/// `omni bench dit`: one table row (or JSON line) per pyramid stage.
+fn dit(common: &Common, stage: Option<usize>) {
+    let scale = common.scale();
+    if !common.json {
+        println!(
+            "DiT forward, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
+            common.width,
+            common.height,
+            device_name(&common.precision()),
+            common.warmup,
+            common.iters
+        );
+        println!(
+            "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU"
+        );
+    }
+    let stages: Vec<usize> = match stage {
+        Some(s) => vec![s.min(2)],
+        None => vec![2, 1, 0],
+    };
+    for s in stages {
+        let r = bench::dit(common.options(), s);
+        let (mean, min) = stats(&r.ms);
+        let tflops = r.flops / (mean / 1e3) / 1e12;
+        if common.json {
+            println!(
+                "{}",
+                serde_json::json!({"stage": s, "tokens": r.noisy_tokens + r.history_tokens,
+                    "noisy_tokens": r.noisy_tokens, "ms_mean": mean, "ms_min": min,
+                    "tflop": r.flops / 1e12, "tflops": tflops,
+                    "mfu": tflops * 1e12 / H100_BF16_PEAK_FLOPS})
+            );
+            continue;
+        }
+        println!(
+            "{s:>5}  {:>3}x{}x{:<7}  {:>6} ({}+{})  {mean:>9.1}  {min:>7.1}  {:>5.1}  {tflops:>7.2}  {:>5.1}%",
+            r.latent[0],
+            r.latent[1],
+            r.latent[2],
+            r.noisy_tokens + r.history_tokens,
+            r.noisy_tokens,
+            r.history_tokens,
+            r.flops / 1e12,
+            100.0 * tflops * 1e12 / H100_BF16_PEAK_FLOPS
+        );
+    }
+}
+
+/// Mean and min of timed runs, as one JSON line (`--json`) or `None` to print prose.
+fn json_or_stats(common: &Common, ms: &[f64]) -> Option<(f64, f64)> {
+    let (mean, min) = stats(ms);
+    if common.json {
+        println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
+        return None;
+    }
+    Some((mean, min))
+}
+
+/// `omni bench vae`: one chunk's decode.
+fn vae(common: &Common) {
+    let Some((mean, min)) = json_or_stats(common, &bench::vae(common.options())) else {
+        return;
+    };
+    println!(
+        "VAE decode of one chunk (9 latent -> 33 video frames), {:?}, {}x{}, device {}: mean {mean:.1} ms, min {min:.1} ms ({:.1} frames/s)",
+        common.scale(),
+        common.width,
+        common.height,
+        device_name(&common.precision()),
+        33.0 / (mean / 1e3)
+    );
+}
+
+/// `omni bench text-encoder`: UMT5 on 512 tokens.
+fn text_encoder(common: &Common) {
+    let ms = bench::text_encoder(common.options(), 512);
+    let Some((mean, min)) = json_or_stats(common, &ms) else {
+        return;
+    };
+    println!(
+        "text encoder on 512 tokens, {:?}, device {}: mean {mean:.1} ms, min {min:.1} ms",
+        common.scale(),
+        device_name(&common.precision())
+    );
+}
+
+/// `omni bench ops`: where a forward's time goes, op by op.
+fn ops(common: &Common) {
+    let ops = bench::ops(common.options());
+    if common.json {
+        for op in &ops {
+            let (mean, min) = stats(&op.ms);
+            println!(
+                "{}",
+                serde_json::json!({"op": op.name, "ms_mean": mean, "ms_min": min,
+                    "per_forward": op.per_forward})
+            );
+        }
+        return;
+    }
+    println!(
+        "DiT / VAE ops at the full-resolution shapes, {:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
+        common.scale(),
+        common.width,
+        common.height,
+        device_name(&common.precision()),
+        common.warmup,
+        common.iters
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>12} {:>14}",
+        "op", "ms(mean)", "ms(min)", "per forward", "ms per forward"
+    );
+    let total: f64 = ops
+        .iter()
+        .map(|op| stats(&op.ms).1 * op.per_forward as f64)
+        .sum();
+    for op in &ops {
+        let (mean, min) = stats(&op.ms);
+        let share = min * op.per_forward as f64;
+        println!(
+            "{:<44} {mean:>9.2} {min:>9.2} {:>12} {:>9.1} ({:>4.1}%)",
+            op.name,
+            op.per_forward,
+            share,
+            100.0 * share / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!(
+        "sum over one DiT forward (stage 2): {total:.1} ms (compare `omni bench dit --stage 2`; the rest is glue: cat/narrow, residual adds, patch embedding)"
+    );
+}
+
+/// `omni bench pipeline`: a whole Distilled run, optionally encoded to `output`.
+fn pipeline(
+    common: &Common,
+    preset: &str,
+    num_frames: u32,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        preset == "helios-distilled",
+        "unknown preset `{preset}`: only helios-distilled can be benchmarked so far"
+    );
+    let precision = common.precision();
+    let req = bench_request(common.height as u32, common.width as u32, num_frames);
+    let mut writer = match output {
+        Some(path) => Some(Mp4Writer::create(
+            path,
+            req.width,
+            req.height,
+            req.fps,
+            EncodeOptions::default(),
+        )?),
+        None => None,
+    };
+    let r = bench::pipeline(
+        common.scale(),
+        precision,
+        &req,
+        writer.as_mut().map(|w| w as &mut dyn FrameSink),
+    )?;
+    if let Some(w) = writer {
+        w.finish()?;
+    }
+    match common.json {
+        true => print_pipeline_json(&r),
+        false => print_pipeline(common, &r, num_frames, &precision),
+    }
+    Ok(())
+}
+
+fn print_pipeline_json(r: &PipelineBench) {
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    println!(
+        "{}",
+        serde_json::json!({"frames": r.frames, "total_s": r.total_s,
+            "fps": r.frames as f64 / r.total_s, "text_encoder_s": r.text_encoder_s,
+            "denoise_s": sum(&r.denoise_s), "decode_s": sum(&r.decode_s),
+            "output_s": sum(&r.output_s),
+            "peak_gpu_gib": r.peak_device_memory.map(|m| gib(m.bytes_in_use)),
+            "peak_gpu_reserved_gib": r.peak_device_memory.map(|m| gib(m.bytes_reserved)),
+            "peak_rss_mib": peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))})
+    );
+}
+
+fn print_pipeline(common: &Common, r: &PipelineBench, num_frames: u32, precision: &Precision) {
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    println!(
+        "Distilled T2V, {:?}, {}x{}, {} frames requested -> {} frames in {} chunks, device {}",
+        common.scale(),
+        common.width,
+        common.height,
+        num_frames,
+        r.frames,
+        r.denoise_s.len(),
+        device_name(precision)
+    );
+    println!(
+        "end to end {:.2} s = {:.2} frames/s (text encoder {:.2} s, denoise {:.2} s, VAE decode {:.2} s, output {:.2} s)",
+        r.total_s,
+        r.frames as f64 / r.total_s,
+        r.text_encoder_s,
+        sum(&r.denoise_s),
+        sum(&r.decode_s),
+        sum(&r.output_s)
+    );
+    for (k, (d, v)) in r.denoise_s.iter().zip(&r.decode_s).enumerate() {
+        println!("  chunk {k}: denoise {d:.2} s, decode {v:.2} s");
+    }
+    if let Some(rss) = peak_rss_bytes() {
+        println!("peak RSS {:.1} MiB", rss as f64 / (1024.0 * 1024.0));
+    }
+    if let Some(m) = r.peak_device_memory {
+        println!(
+            "peak GPU memory (allocator, sampled at phase ends): {:.2} GiB in use, {:.2} GiB reserved",
+            gib(m.bytes_in_use),
+            gib(m.bytes_reserved)
+        );
+    }
 }

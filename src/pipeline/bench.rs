@@ -673,3 +673,56 @@ mod tests {
         assert_eq!(ModelScale::Helios14B.transformer_config().num_layers, 40);
     }
 }
+
+/// The benchmarks on the build's backend ([`crate::pipeline::backend::DefaultBackend`]) and its
+/// default device: what `omni bench` runs, so the CLI names no Burn type.
+pub mod on_default_device {
+    use super::*;
+    use crate::pipeline::backend::DefaultBackend;
+    use crate::pipeline::precision::Dtype;
+
+    /// diffusers' recipe on the default device, with the transformer and text encoder in
+    /// `dtype` when given, and the VAE in `vae`.
+    pub fn precision(dtype: Option<Dtype>, vae: Dtype) -> Precision {
+        let mut p = Precision::for_device::<DefaultBackend>(&Default::default());
+        if let Some(dtype) = dtype {
+            p.transformer = dtype.into();
+            p.text_encoder = dtype.into();
+        }
+        p.vae = vae.into();
+        p
+    }
+
+    /// [`bench_dit`] on the default device.
+    pub fn dit(opts: BenchOptions, stage: usize) -> DitBench {
+        bench_dit::<DefaultBackend>(opts, stage, &Default::default())
+    }
+
+    /// [`bench_vae`] on the default device.
+    pub fn vae(opts: BenchOptions) -> Vec<f64> {
+        bench_vae::<DefaultBackend>(opts, &Default::default())
+    }
+
+    /// [`bench_ops`] on the default device.
+    pub fn ops(opts: BenchOptions) -> Vec<OpBench> {
+        bench_ops::<DefaultBackend>(opts, &Default::default())
+    }
+
+    /// [`bench_text_encoder`] on the default device.
+    pub fn text_encoder(opts: BenchOptions, tokens: usize) -> Vec<f64> {
+        bench_text_encoder::<DefaultBackend>(opts, tokens, &Default::default())
+    }
+
+    /// [`bench_pipeline`] on the default device.
+    ///
+    /// # Errors
+    /// As [`bench_pipeline`].
+    pub fn pipeline(
+        scale: ModelScale,
+        precision: Precision,
+        req: &GenerationRequest,
+        sink: Option<&mut dyn FrameSink>,
+    ) -> Result<PipelineBench, PipelineError> {
+        bench_pipeline::<DefaultBackend>(scale, precision, req, sink, &Default::default())
+    }
+}

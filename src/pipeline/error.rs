@@ -22,7 +22,7 @@ pub enum PipelineError {
     /// The prompt could not be tokenized.
     #[error(transparent)]
     Tokenize(#[from] TokenizeError),
-    /// The run was cancelled through its [`CancelToken`].
+    /// The run was cancelled through its [`CancelToken`](crate::pipeline::progress::CancelToken).
     #[error("cancelled")]
     Cancelled,
 }

@@ -1,8 +1,13 @@
 //! The Helios pipeline: checkpoint loading, models, schedulers and the chunked denoising loop.
 //!
-//! Everything here is generic over a Burn [`Backend`](burn::tensor::backend::Backend); the CLI and
-//! the server pick the backend ([`backend::DefaultBackend`]). This layer never prints, parses
-//! arguments or reads the environment: progress goes through [`progress::ProgressSink`].
+//! The models, schedulers and pipelines are generic over a Burn
+//! [`Backend`](burn::tensor::backend::Backend). The CLI and the server reach them through one
+//! non-generic door, [`generator::Generator`], which owns the backend
+//! ([`backend::DefaultBackend`]), the load order and the text-encoder residency, and picks the
+//! pipeline from the checkpoint's `model_index.json` `_class_name` ([`generator::PIPELINES`]).
+//! Requests are resolved once ([`request::resolve`], with [`preset::Preset`] as a layer). This
+//! layer never prints, parses arguments or reads the environment: progress goes through
+//! [`progress::ProgressSink`].
 
 pub mod backend;
 pub mod bench;

@@ -37,7 +37,7 @@ pub struct Worker {
 pub struct WorkerModel {
     /// Diffusers-format checkpoint folder.
     pub dir: PathBuf,
-    /// Load policy ([`LoadPolicy::KeepAll`], or [`LoadPolicy::TextEncoderPerRequest`] with
+    /// Load policy ([`LoadPolicy::KeepAll`](crate::pipeline::generator::LoadPolicy::KeepAll), or [`LoadPolicy::TextEncoderPerRequest`](crate::pipeline::generator::LoadPolicy::TextEncoderPerRequest) with
     /// `keep_text_encoder = false`).
     pub options: GeneratorOptions,
 }

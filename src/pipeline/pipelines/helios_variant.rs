@@ -210,7 +210,7 @@ fn read_model_index(dir: &Path) -> Result<ModelIndex, PipelineError> {
 /// (cheap: lets a caller validate a request before loading any weights).
 ///
 /// # Errors
-/// As [`HeliosPyramidPipeline::load`] for `model_index.json` and the scheduler config.
+/// As [`HeliosPyramidPipeline::load`](super::pipeline_helios_pyramid::HeliosPyramidPipeline::load) for `model_index.json` and the scheduler config.
 pub fn checkpoint_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     let (model_index, variant, scheduler) = read_checkpoint_configs(dir)?;
     Ok(variant.defaults(&model_index, &scheduler))

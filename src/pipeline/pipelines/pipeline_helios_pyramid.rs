@@ -6,8 +6,8 @@
 //! The loaded type [`HeliosPyramidPipeline`] runs every variant: [`Variant`] is read from the
 //! checkpoint (`model_index.json` `_class_name` and flags, `scheduler_config.json` `_class_name`)
 //! and the scheduler is a [`PipelineScheduler`] (DMD or UniPC/Euler). The chunk loop
-//! ([`DenoiseParts::denoise`]) is one loop with a per-stage sampler ([`StageSampler`]): DMD
-//! steps, or `HeliosScheduler` steps through [`SolverHistory`]; Base is the one-stage case.
+//! ([`DenoiseParts::denoise`]) is one loop of named steps with a per-stage sampler
+//! ([`StageSampler`]: DMD steps, or `HeliosScheduler` UniPC steps); Base is the one-stage case.
 //!
 //! Steps, numbered as in `__call__`:
 //! 1. check inputs ([`crate::pipeline::request::resolve`] already did);
@@ -69,8 +69,8 @@ use super::pipeline_output::postprocess;
 pub use super::pipeline_output::{FrameSink, VideoFrames};
 pub use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
 use super::pyramid_latents::{block_noise, downsample_half, upsample_nearest_2x};
-use super::stage_sampler::StageSampler;
 pub use crate::pipeline::error::PipelineError;
+use crate::pipeline::schedulers::stage_sampler::StageSampler;
 
 /// Latent channels ↔ pixels: the Wan VAE compresses 4× in time and 8× in space.
 const VAE_SCALE_FACTOR_TEMPORAL: usize = 4;
@@ -102,7 +102,7 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
     /// recipe for the device ([`Precision::for_device`]).
     ///
     /// # Errors
-    /// As [`load_with_precision`](Self::load_with_precision).
+    /// As [`load_with`](Self::load_with).
     pub fn load(
         dir: &Path,
         device: &B::Device,

@@ -109,14 +109,14 @@ impl<B: Backend> PromptEncoder<B> {
     }
 }
 
-/// Whether [`HeliosPyramidPipeline`] keeps the text encoder loaded.
+/// Whether [`HeliosPyramidPipeline`](super::pipeline_helios_pyramid::HeliosPyramidPipeline) keeps the text encoder loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextEncoderResidency {
     /// Loaded with the pipeline and kept (the server: no reload per request).
     Resident,
-    /// Not kept: loaded from the checkpoint for each [`HeliosPyramidPipeline::call`] and dropped
+    /// Not kept: loaded from the checkpoint for each [`HeliosPyramidPipeline::call`](super::pipeline_helios_pyramid::HeliosPyramidPipeline::call) and dropped
     /// after encoding, or not at all when the caller encodes first with a [`PromptEncoder`] and
-    /// uses [`HeliosPyramidPipeline::call_with_embeds`] (`omni generate`: the encoder and the
+    /// uses [`HeliosPyramidPipeline::call_with_embeds`](super::pipeline_helios_pyramid::HeliosPyramidPipeline::call_with_embeds) (`omni generate`: the encoder and the
     /// transformer are never in memory together).
     OnDemand,
 }

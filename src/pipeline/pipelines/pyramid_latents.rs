@@ -1,19 +1,8 @@
 //! Tensor helpers of the pyramid sampler: 2× down/up-sampling of latents between stages, the
-//! correlated block noise of the stage re-noise (diffusers `sample_block_noise`), and the
-//! weighted sums of the UniPC solver.
+//! correlated block noise of the stage re-noise (diffusers `sample_block_noise`).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-
-/// `Σ c_k·t_k` for `SolverHistory::step`, each weight rounded to the tensor dtype first.
-pub(super) fn combine<B: Backend>(terms: &[(f64, &Tensor<B, 5>)]) -> Tensor<B, 5> {
-    let (c0, t0) = terms[0];
-    terms[1..]
-        .iter()
-        .fold(t0.clone().mul_scalar(c0 as f32), |acc, (c, t)| {
-            acc + (*t).clone().mul_scalar(*c as f32)
-        })
-}
 
 /// `F.interpolate(x, size=(h/2, w/2), mode="bilinear")` per frame, which for an exact halving
 /// (align_corners=False, no antialias) is the mean of each 2×2 block.

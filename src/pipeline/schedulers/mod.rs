@@ -1,15 +1,17 @@
 //! Schedulers: host-side f64 tables and step coefficients, one file per diffusers class
-//! (style rule 7). Only the final per-step combination in the pipeline touches tensors.
+//! (style rule 7). Only [`stage_sampler`], the per-step combination, touches tensors.
 //!
 //! * [`scheduling_helios`]: diffusers `HeliosScheduler` (Helios-Base and Helios-Mid).
 //! * [`scheduling_helios_dmd`]: diffusers `HeliosDMDScheduler` (Helios-Distilled).
 //! * [`pyramid`]: what both share, written once: the stage tables, `time_shift`, the shared
 //!   config keys, and the pipeline-side `calculate_shift` (with the stage token count
 //!   `pyramid_image_seq_len`), stage re-noise coefficients and block-noise factor.
+//! * [`stage_sampler`]: one stage of one chunk as `step(i, x, v)` (DMD or UniPC).
 
 pub mod pyramid;
 pub mod scheduling_helios;
 pub mod scheduling_helios_dmd;
+pub mod stage_sampler;
 
 pub use pyramid::{
     PredictionType, SchedulerError, StageSchedule, StageTables, TimeShiftType, block_noise_factor,

@@ -23,7 +23,7 @@
 //!   [`TimeShiftType::apply`]).
 //! * The `stages == 1` branch of `set_timesteps` without `sigmas` starts from
 //!   `np.linspace(...).astype(np.float32)`, so everything downstream of it is `float32` in
-//!   diffusers; [`single_stage_f32_schedule`] rounds through `f32` at the same points (the Helios
+//!   diffusers; `single_stage_f32_schedule` rounds through `f32` at the same points (the Helios
 //!   checkpoints use `stages = 3`, or pass float64 `sigmas`).
 //! * `sample_block_noise` builds and factors the covariance in `float32`;
 //!   [`block_noise_factor`] works in `f64` (see there for the differences).

@@ -6,9 +6,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-use super::pyramid_latents::combine;
-use crate::pipeline::schedulers::scheduling_helios::{HeliosSolver, SolverHistory};
-use crate::pipeline::schedulers::scheduling_helios_dmd::{HeliosDMDScheduler, StageSchedule};
+use super::scheduling_helios::{HeliosSolver, SolverHistory};
+use super::scheduling_helios_dmd::{HeliosDMDScheduler, StageSchedule};
 
 /// The sampler of one pyramid stage (Base: the one full-resolution stage).
 #[allow(clippy::large_enum_variant)] // a handful per chunk; boxing buys nothing
@@ -93,4 +92,14 @@ impl<B: Backend> StageSampler<B> {
             }
         }
     }
+}
+
+/// `Σ c_k·t_k` for `SolverHistory::step`, each weight rounded to the tensor dtype first.
+fn combine<B: Backend>(terms: &[(f64, &Tensor<B, 5>)]) -> Tensor<B, 5> {
+    let (c0, t0) = terms[0];
+    terms[1..]
+        .iter()
+        .fold(t0.clone().mul_scalar(c0 as f32), |acc, (c, t)| {
+            acc + (*t).clone().mul_scalar(*c as f32)
+        })
 }
