@@ -120,3 +120,56 @@ pub fn component_dir(dir: &Path, sub: &str) -> Result<PathBuf, LoadError> {
         })
     }
 }
+
+/// Writes a model's two inherent loaders into its `impl<B: Backend> Model<B>` block:
+/// `load_with_dtype(dir, device, dtype)`, which is [`load_component`] with the model's weights
+/// stem, [`KeyMap`](super::weights::KeyMap) and build step (the documentation given before
+/// `weights` is this method's), and `load(dir, device)`, the same in the device's default float
+/// dtype ([`device_float_dtype`](super::precision::device_float_dtype)).
+///
+/// ```ignore
+/// impl<B: Backend> UMT5EncoderModel<B> {
+///     load_methods! {
+///         /// Load `dir/config.json` and `dir/model.safetensors` …
+///         weights "model", keys KEY_MAP,
+///         build |config: UMT5Config, device| Self::new(&config, device)
+///     }
+/// }
+/// ```
+/// `build` returns `Result<Self, String>`; an `Err` becomes [`LoadError::Config`] naming
+/// `config.json`.
+macro_rules! load_methods {
+    (
+        $(#[$doc:meta])*
+        weights $stem:literal, keys $keys:expr,
+        build |$config:ident: $config_ty:ty, $device:ident| $build:expr
+    ) => {
+        /// [`load_with_dtype`](Self::load_with_dtype) in the device's default float dtype.
+        ///
+        /// # Errors
+        /// As [`load_with_dtype`](Self::load_with_dtype).
+        pub fn load(
+            dir: &std::path::Path,
+            device: &B::Device,
+        ) -> Result<Self, $crate::pipeline::checkpoint::LoadError> {
+            let dtype = $crate::pipeline::precision::device_float_dtype::<B>(device);
+            Self::load_with_dtype(dir, device, dtype)
+        }
+
+        $(#[$doc])*
+        pub fn load_with_dtype(
+            dir: &std::path::Path,
+            $device: &B::Device,
+            dtype: burn::tensor::DType,
+        ) -> Result<Self, $crate::pipeline::checkpoint::LoadError> {
+            $crate::pipeline::checkpoint::load_component(
+                dir,
+                $stem,
+                $keys,
+                dtype,
+                |$config: $config_ty| $build,
+            )
+        }
+    };
+}
+pub(crate) use load_methods;

@@ -85,8 +85,6 @@
 //! Flex): decode max abs error 8e-6 on `[1,3,9,32,48]`; encode (`[1,3,9,32,48]` →
 //! `[1,16,3,4,6]`) mean / logvar / sample 1.5e-6, single-frame image 1.2e-6.
 
-use std::path::Path;
-
 use burn::module::{Initializer, Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -97,8 +95,7 @@ use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::checkpoint::{LoadError, load_component};
-use crate::pipeline::precision::device_float_dtype;
+use crate::pipeline::checkpoint::load_methods;
 use crate::pipeline::weights::KeyMap;
 
 /// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
@@ -1140,30 +1137,20 @@ impl<B: Backend> AutoencoderKLWan<B> {
         })
     }
 
-    /// [`load_with_dtype`](Self::load_with_dtype) in the device's default float dtype.
-    ///
-    /// # Errors
-    /// As [`load_with_dtype`](Self::load_with_dtype).
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
-        Self::load_with_dtype(dir, device, device_float_dtype::<B>(device))
-    }
-
-    /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards),
-    /// weights cast to `dtype` (the pipelines use f32, as diffusers' Helios examples load the
-    /// VAE with `torch_dtype=torch.float32`); every tensor of the file is used
-    /// ([`IGNORED_KEYS`] is empty).
-    ///
-    /// # Errors
-    /// [`LoadError::Config`] for an unreadable or unsupported config, [`LoadError::Weights`] for
-    /// missing, unexpected or wrongly shaped tensors.
-    pub fn load_with_dtype(
-        dir: &Path,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, LoadError> {
-        load_component(dir, "diffusion_pytorch_model", KEY_MAP, dtype, |config| {
-            Self::new(config, device)
-        })
+    load_methods! {
+        /// Loads `dir/config.json` and `dir/diffusion_pytorch_model.safetensors` (or its shards),
+        /// weights cast to `dtype` (the pipelines use f32, as diffusers' Helios examples load the
+        /// VAE with `torch_dtype=torch.float32`); every tensor of the file is used
+        /// ([`IGNORED_KEYS`] is empty).
+        ///
+        /// # Errors
+        /// [`LoadError::Config`] for an unreadable or unsupported config, [`LoadError::Weights`]
+        /// for missing, unexpected or wrongly shaped tensors.
+        ///
+        /// [`LoadError::Config`]: crate::pipeline::checkpoint::LoadError::Config
+        /// [`LoadError::Weights`]: crate::pipeline::checkpoint::LoadError::Weights
+        weights "diffusion_pytorch_model", keys KEY_MAP,
+        build |config: AutoencoderKLWanConfig, device| Self::new(config, device)
     }
 
     /// The parsed `config.json`.

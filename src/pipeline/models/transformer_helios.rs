@@ -35,8 +35,6 @@
 //! - Attention is [`burn::tensor::module::attention`] with the default `1/sqrt(head_dim)` scale
 //!   (diffusers: `F.scaled_dot_product_attention`); no mask in either.
 
-use std::path::Path;
-
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
@@ -46,8 +44,8 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
-use crate::pipeline::checkpoint::{LoadError, load_component};
-use crate::pipeline::precision::{PrecisionMapper, device_float_dtype};
+use crate::pipeline::checkpoint::load_methods;
+use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
 /// Checkpoint-key renames (`regex`, replacement), applied by `weights::load_module` before the
@@ -1039,37 +1037,22 @@ pub struct HeliosTransformer3DModel<B: Backend> {
 }
 
 impl<B: Backend> HeliosTransformer3DModel<B> {
-    /// Load `config.json` and `diffusion_pytorch_model*.safetensors` from a diffusers
-    /// `transformer/` folder, in the device's default float dtype (see
-    /// [`load_with_dtype`](Self::load_with_dtype)).
-    ///
-    /// # Errors
-    /// As [`load_with_dtype`](Self::load_with_dtype).
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
-        Self::load_with_dtype(dir, device, device_float_dtype::<B>(device))
-    }
-
-    /// Load a diffusers `transformer/` folder with the weights cast to `dtype`, except the
-    /// [`KEEP_IN_FP32_MODULES`], which are f32 (diffusers `from_pretrained(torch_dtype=dtype)`).
-    ///
-    /// # Errors
-    /// [`LoadError`] for a missing or unsupported config (the message names the field), missing
-    /// weights, or a missing / unexpected / wrongly shaped tensor (named with its file).
-    pub fn load_with_dtype(
-        dir: &Path,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, LoadError> {
-        load_component(
-            dir,
-            "diffusion_pytorch_model",
-            KEY_MAP,
-            dtype,
-            |config: HeliosTransformer3DModelConfig| {
-                config.validate()?;
-                Ok(config.init(device))
-            },
-        )
+    load_methods! {
+        /// Load `config.json` and `diffusion_pytorch_model*.safetensors` from a diffusers
+        /// `transformer/` folder with the weights cast to `dtype`, except the
+        /// [`KEEP_IN_FP32_MODULES`], which are f32 (diffusers `from_pretrained(torch_dtype=dtype)`).
+        /// [`load`](Self::load) is the same in the device's default float dtype.
+        ///
+        /// # Errors
+        /// [`LoadError`] for a missing or unsupported config (the message names the field), missing
+        /// weights, or a missing / unexpected / wrongly shaped tensor (named with its file).
+        ///
+        /// [`LoadError`]: crate::pipeline::checkpoint::LoadError
+        weights "diffusion_pytorch_model", keys KEY_MAP,
+        build |config: HeliosTransformer3DModelConfig, device| {
+            config.validate()?;
+            Ok(config.init(device))
+        }
     }
 
     /// The config the model was built from.

@@ -27,8 +27,6 @@
 //! * `config.json`'s `dense_act_fn` is ignored, as `UMT5Config.__post_init__` ignores it: the
 //!   activation comes from `feed_forward_proj` (`"gated-gelu"` means the tanh `gelu_new`).
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu_approximate, relu, silu, softmax};
@@ -36,8 +34,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::pipeline::checkpoint::{LoadError, load_component};
-use crate::pipeline::precision::device_float_dtype;
+use crate::pipeline::checkpoint::load_methods;
 use crate::pipeline::weights::KeyMap;
 
 /// Checkpoint key → module path renames, applied in order (see `weights::KeyMap`).
@@ -571,29 +568,18 @@ impl<B: Backend> UMT5EncoderModel<B> {
         })
     }
 
-    /// [`load_with_dtype`](Self::load_with_dtype) in the device's default float dtype.
-    ///
-    /// # Errors
-    /// As [`load_with_dtype`](Self::load_with_dtype).
-    pub fn load(dir: &Path, device: &B::Device) -> Result<Self, LoadError> {
-        Self::load_with_dtype(dir, device, device_float_dtype::<B>(device))
-    }
-
-    /// Load `dir/config.json` and `dir/model.safetensors` (or its shards), as transformers'
-    /// `save_pretrained` writes them (the pipeline's `text_encoder/` folder), weights cast to
-    /// `dtype` (all of them: transformers keeps `wo` in f32 only for fp16).
-    ///
-    /// # Errors
-    /// [`LoadError`] naming the file (and tensor) for a missing or invalid config, an unsupported
-    /// architecture, or missing, unexpected or mis-shaped weights.
-    pub fn load_with_dtype(
-        dir: &Path,
-        device: &B::Device,
-        dtype: DType,
-    ) -> Result<Self, LoadError> {
-        load_component(dir, "model", KEY_MAP, dtype, |config: UMT5Config| {
-            Self::new(&config, device)
-        })
+    load_methods! {
+        /// Load `dir/config.json` and `dir/model.safetensors` (or its shards), as transformers'
+        /// `save_pretrained` writes them (the pipeline's `text_encoder/` folder), weights cast to
+        /// `dtype` (all of them: transformers keeps `wo` in f32 only for fp16).
+        ///
+        /// # Errors
+        /// [`LoadError`] naming the file (and tensor) for a missing or invalid config, an
+        /// unsupported architecture, or missing, unexpected or mis-shaped weights.
+        ///
+        /// [`LoadError`]: crate::pipeline::checkpoint::LoadError
+        weights "model", keys KEY_MAP,
+        build |config: UMT5Config, device| Self::new(&config, device)
     }
 
     /// The encoder's `last_hidden_state`.
