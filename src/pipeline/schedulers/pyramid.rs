@@ -146,8 +146,8 @@ pub enum PredictionType {
 /// The `scheduler_config.json` keys `HeliosScheduler` and `HeliosDMDScheduler` share (plus the
 /// four `calculate_shift` keys the pipelines read with `config.get`), borrowed from either config.
 ///
-/// Both configs are read as shipped, flat, so each declares these fields itself; this view (built
-/// by [`impl_pyramid_config!`]) is what the shared checks, tables and `calculate_shift` read.
+/// Both configs are read as shipped, flat; [`pyramid_config!`] declares these fields in each and
+/// builds this view, which is what the shared checks, tables and `calculate_shift` read.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PyramidKeys<'a> {
     pub class_name: &'a str,
@@ -255,12 +255,101 @@ impl PyramidKeys<'_> {
     }
 }
 
-/// Writes the methods both scheduler configs share into an `impl` of `$config`, which must have
-/// the [`PyramidKeys`] fields under their JSON names plus `unknown` (the flattened leftover keys).
-/// A macro because the two configs are separate flat structs (they are read as shipped and built
-/// with struct literals), so no shared field type or trait can reach the fields.
-macro_rules! impl_pyramid_config {
-    ($config:ty) => {
+/// Declares a scheduler config struct with the keys both schedulers share, written once here
+/// with their docs and defaults, followed by the scheduler's own keys, then `unknown` (the
+/// flattened leftover keys); its `Default` impl (the shared defaults, each own key's `= value`,
+/// and `class_name` = the given class); and the methods both configs share.
+///
+/// A macro because both configs are flat structs (they are read as shipped and built with struct
+/// literals), so no shared field type or trait can hold the shared keys.
+///
+/// ```ignore
+/// pyramid_config! {
+///     class CLASS_NAME;
+///     /// struct docs
+///     pub struct HeliosDMDSchedulerConfig {
+///         /// Default [`TimeShiftType::Linear`].
+///         pub time_shift_type: TimeShiftType = TimeShiftType::Linear,
+///     }
+/// }
+/// ```
+macro_rules! pyramid_config {
+    (
+        class $class:ident;
+        $(#[$meta:meta])*
+        pub struct $config:ident {
+            $( $(#[$field_meta:meta])* pub $field:ident: $ty:ty = $default:expr, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+        #[serde(default)]
+        pub struct $config {
+            /// `_class_name`; must be the scheduler's class name (checked by
+            /// [`validate`](Self::validate)).
+            #[serde(rename = "_class_name")]
+            pub class_name: String,
+            /// `_diffusers_version` that wrote the file (informational).
+            #[serde(rename = "_diffusers_version")]
+            pub diffusers_version: Option<String>,
+            /// Training timesteps `N` (table length). Default 1000.
+            #[serde(deserialize_with = "crate::pipeline::schedulers::pyramid::integral_usize")]
+            pub num_train_timesteps: usize,
+            /// Fixed flow shift of the global table (`shift·σ/(1+(shift−1)σ)`). Default 1.0; must
+            /// be 1.0 with `use_dynamic_shifting`.
+            pub shift: f64,
+            /// Number of pyramid stages: 1 for Base, 3 for Mid and Distilled. Default 3.
+            #[serde(deserialize_with = "crate::pipeline::schedulers::pyramid::integral_usize")]
+            pub stages: usize,
+            /// Stage boundaries as fractions of the global table, `stages + 1` values (extra
+            /// trailing values are ignored, as in diffusers). Default `[0, 1/3, 2/3, 1]`.
+            pub stage_range: Vec<f64>,
+            /// Block-noise correlation γ (used by stage re-noising and the start-sigma
+            /// correction). Default 1/3; must lie in `(0, 1/3]`.
+            pub gamma: f64,
+            /// Default `flow_prediction` (the only accepted value).
+            pub prediction_type: $crate::pipeline::schedulers::pyramid::PredictionType,
+            /// Resolution-dependent shift of the sigmas by `mu`. Default false (the shipped
+            /// Distilled config turns it on).
+            pub use_dynamic_shifting: bool,
+            /// `calculate_shift` `base_seq_len` (pipeline fallback 256).
+            pub base_image_seq_len: f64,
+            /// `calculate_shift` `max_seq_len` (pipeline fallback 4096).
+            pub max_image_seq_len: f64,
+            /// `calculate_shift` `base_shift` (pipeline fallback 0.5).
+            pub base_shift: f64,
+            /// `calculate_shift` `max_shift` (pipeline fallback 1.15).
+            pub max_shift: f64,
+            $( $(#[$field_meta])* pub $field: $ty, )*
+            /// Every key not listed above, with its value.
+            #[serde(flatten)]
+            pub unknown: std::collections::BTreeMap<String, serde_json::Value>,
+        }
+
+        impl Default for $config {
+            /// The diffusers `__init__` defaults, plus the pipelines' `calculate_shift` fallbacks.
+            fn default() -> Self {
+                Self {
+                    class_name: $class.to_string(),
+                    diffusers_version: None,
+                    num_train_timesteps: 1000,
+                    shift: 1.0,
+                    stages: 3,
+                    stage_range: vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
+                    gamma: 1.0 / 3.0,
+                    prediction_type:
+                        $crate::pipeline::schedulers::pyramid::PredictionType::FlowPrediction,
+                    use_dynamic_shifting: false,
+                    base_image_seq_len: 256.0,
+                    max_image_seq_len: 4096.0,
+                    base_shift: 0.5,
+                    max_shift: 1.15,
+                    $( $field: $default, )*
+                    unknown: std::collections::BTreeMap::new(),
+                }
+            }
+        }
+
         impl $config {
             /// Parses `scheduler_config.json` text. Does not validate (see
             /// [`validate`](Self::validate), which the scheduler's `new` calls).
@@ -306,7 +395,7 @@ macro_rules! impl_pyramid_config {
         }
     };
 }
-pub(super) use impl_pyramid_config;
+pub(super) use pyramid_config;
 
 /// Parses a scheduler config from JSON text.
 pub(super) fn parse_config<T: DeserializeOwned>(text: &str) -> Result<T, SchedulerError> {

@@ -75,13 +75,11 @@
 //! The parity tests are in `tests/scheduler_helios.rs` (tables against diffusers' own ≤ 1e-10,
 //! step sequences ≤ 1e-5).
 
-use std::collections::BTreeMap;
-
 use serde::Deserialize;
 
 use super::pyramid::{
-    PredictionType, ScheduleEnd, SchedulerError, StageSchedule, StageTables, TimeShiftType,
-    finish_schedule, impl_pyramid_config, integral_usize, single_stage_f32_schedule,
+    ScheduleEnd, SchedulerError, StageSchedule, StageTables, TimeShiftType, finish_schedule,
+    integral_usize, pyramid_config, single_stage_f32_schedule,
 };
 
 /// `_class_name` a Base / Mid `scheduler_config.json` carries.
@@ -112,107 +110,42 @@ pub enum SolverType {
     Bh2,
 }
 
-/// `scheduler/scheduler_config.json` of a Base or Mid checkpoint, read as shipped.
-///
-/// Key names are the JSON keys; defaults are the diffusers `HeliosScheduler.__init__` defaults
-/// and, for the four `calculate_shift` keys, the `config.get(..., default)` fallbacks of the
-/// pipelines. Integers written as floats (`1000.0`) are accepted. Unknown keys land in
-/// [`unknown`](Self::unknown).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct HeliosSchedulerConfig {
-    /// `_class_name`; must be `"HeliosScheduler"`.
-    #[serde(rename = "_class_name")]
-    pub class_name: String,
-    /// `_diffusers_version` that wrote the file (informational).
-    #[serde(rename = "_diffusers_version")]
-    pub diffusers_version: Option<String>,
-    /// Training timesteps `N`. Default 1000.
-    #[serde(deserialize_with = "integral_usize")]
-    pub num_train_timesteps: usize,
-    /// Fixed flow shift of the global table. Default 1.0; must be 1.0 with dynamic shifting.
-    pub shift: f64,
-    /// Number of pyramid stages: 1 for Base, 3 for Mid. Default 3.
-    #[serde(deserialize_with = "integral_usize")]
-    pub stages: usize,
-    /// Stage boundaries, `stages + 1` fractions of the global table. Default `[0, 1/3, 2/3, 1]`.
-    pub stage_range: Vec<f64>,
-    /// Block-noise correlation γ. Default 1/3; must lie in `(0, 1/3]`.
-    pub gamma: f64,
-    /// Not supported (must be false; diffusers' `HeliosScheduler` has no `_threshold_sample`).
-    pub thresholding: bool,
-    /// Default `flow_prediction` (the only accepted value).
-    pub prediction_type: PredictionType,
-    /// UniPC order, 1 or 2 here. Default 2.
-    #[serde(deserialize_with = "integral_usize")]
-    pub solver_order: usize,
-    /// UniPC data prediction. Default true (the only value diffusers can run with flow prediction).
-    pub predict_x0: bool,
-    /// Default [`SolverType::Bh2`].
-    pub solver_type: SolverType,
-    /// Lower the order on the last steps (`order ≤ steps left`). Default true.
-    pub lower_order_final: bool,
-    /// Steps `k` after which no corrector runs (diffusers skips the corrector of step `k + 1`).
-    /// Default empty.
-    pub disable_corrector: Vec<usize>,
-    /// A nested predictor scheduler in diffusers; must be null here.
-    pub solver_p: Option<serde_json::Value>,
-    /// `alpha = 1 − σ`, `sigma = max(σ, 1e-8)` (true, the default) or the VP mapping
-    /// `alpha = 1/√(σ²+1)`, `sigma = σ·alpha`.
-    pub use_flow_sigmas: bool,
-    /// Default [`SchedulerType::Unipc`].
-    pub scheduler_type: SchedulerType,
-    /// Resolution-dependent shift of the sigmas by `mu`. Default false.
-    pub use_dynamic_shifting: bool,
-    /// Default [`TimeShiftType::Exponential`] (unlike the DMD scheduler's linear default).
-    pub time_shift_type: TimeShiftType,
-    /// `calculate_shift` `base_seq_len` (pipeline fallback 256).
-    pub base_image_seq_len: f64,
-    /// `calculate_shift` `max_seq_len` (pipeline fallback 4096).
-    pub max_image_seq_len: f64,
-    /// `calculate_shift` `base_shift` (pipeline fallback 0.5).
-    pub base_shift: f64,
-    /// `calculate_shift` `max_shift` (pipeline fallback 1.15).
-    pub max_shift: f64,
-    /// Every key not listed above, with its value.
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, serde_json::Value>,
-}
-
-impl Default for HeliosSchedulerConfig {
-    /// diffusers `HeliosScheduler.__init__` defaults, plus the pipelines' `calculate_shift`
-    /// fallbacks.
-    fn default() -> Self {
-        Self {
-            class_name: CLASS_NAME.to_string(),
-            diffusers_version: None,
-            num_train_timesteps: 1000,
-            shift: 1.0,
-            stages: 3,
-            stage_range: vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
-            gamma: 1.0 / 3.0,
-            thresholding: false,
-            prediction_type: PredictionType::FlowPrediction,
-            solver_order: 2,
-            predict_x0: true,
-            solver_type: SolverType::Bh2,
-            lower_order_final: true,
-            disable_corrector: Vec::new(),
-            solver_p: None,
-            use_flow_sigmas: true,
-            scheduler_type: SchedulerType::Unipc,
-            use_dynamic_shifting: false,
-            time_shift_type: TimeShiftType::Exponential,
-            base_image_seq_len: 256.0,
-            max_image_seq_len: 4096.0,
-            base_shift: 0.5,
-            max_shift: 1.15,
-            unknown: BTreeMap::new(),
-        }
+pyramid_config! {
+    class CLASS_NAME;
+    /// `scheduler/scheduler_config.json` of a Base or Mid checkpoint, read as shipped.
+    ///
+    /// Key names are the JSON keys; defaults are the diffusers `HeliosScheduler.__init__` defaults
+    /// and, for the four `calculate_shift` keys, the `config.get(..., default)` fallbacks of the
+    /// pipelines. Integers written as floats (`1000.0`) are accepted. The keys shared with
+    /// `HeliosDMDSchedulerConfig` are declared by [`pyramid_config!`](super::pyramid); the ones
+    /// below are `HeliosScheduler`'s own. Unknown keys land in [`unknown`](Self::unknown).
+    pub struct HeliosSchedulerConfig {
+        /// Not supported (must be false; diffusers' `HeliosScheduler` has no `_threshold_sample`).
+        pub thresholding: bool = false,
+        /// UniPC order, 1 or 2 here. Default 2.
+        #[serde(deserialize_with = "integral_usize")]
+        pub solver_order: usize = 2,
+        /// UniPC data prediction. Default true (the only value diffusers can run with flow
+        /// prediction).
+        pub predict_x0: bool = true,
+        /// Default [`SolverType::Bh2`].
+        pub solver_type: SolverType = SolverType::Bh2,
+        /// Lower the order on the last steps (`order ≤ steps left`). Default true.
+        pub lower_order_final: bool = true,
+        /// Steps `k` after which no corrector runs (diffusers skips the corrector of step `k + 1`).
+        /// Default empty.
+        pub disable_corrector: Vec<usize> = Vec::new(),
+        /// A nested predictor scheduler in diffusers; must be null here.
+        pub solver_p: Option<serde_json::Value> = None,
+        /// `alpha = 1 − σ`, `sigma = max(σ, 1e-8)` (true, the default) or the VP mapping
+        /// `alpha = 1/√(σ²+1)`, `sigma = σ·alpha`.
+        pub use_flow_sigmas: bool = true,
+        /// Default [`SchedulerType::Unipc`].
+        pub scheduler_type: SchedulerType = SchedulerType::Unipc,
+        /// Default [`TimeShiftType::Exponential`] (unlike the DMD scheduler's linear default).
+        pub time_shift_type: TimeShiftType = TimeShiftType::Exponential,
     }
 }
-
-impl_pyramid_config!(HeliosSchedulerConfig);
 
 impl HeliosSchedulerConfig {
     /// Checks the class name, ranges, option conflicts and unsupported options (see the module

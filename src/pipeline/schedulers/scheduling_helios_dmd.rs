@@ -24,13 +24,9 @@
 //!
 //! The parity tests are in `tests/scheduler_dmd.rs` (tables against diffusers' own, ≤ 1e-10).
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
 use super::pyramid::{
-    PredictionType, ScheduleEnd, SchedulerError, StageTables, TimeShiftType, impl_pyramid_config,
-    integral_usize, single_stage_f32_schedule,
+    ScheduleEnd, SchedulerError, StageTables, TimeShiftType, pyramid_config,
+    single_stage_f32_schedule,
 };
 // The pipeline and `omni bench` import these from here; they are shared with `HeliosScheduler`.
 pub use super::pyramid::{
@@ -40,89 +36,27 @@ pub use super::pyramid::{
 /// `_class_name` a DMD `scheduler_config.json` must carry.
 pub const CLASS_NAME: &str = "HeliosDMDScheduler";
 
-/// `scheduler/scheduler_config.json` of a DMD (Helios-Distilled) checkpoint, read as shipped.
-///
-/// Key names are the JSON keys; defaults are the diffusers `HeliosDMDScheduler.__init__` defaults
-/// and, for the four `calculate_shift` keys, the `config.get(..., default)` fallbacks of
-/// `HeliosPyramidPipeline.__call__`. Integers written as floats (`1000.0`) are accepted. Keys this
-/// struct does not know land in [`unknown`](Self::unknown); [`unknown_keys`](Self::unknown_keys)
-/// lists the ones a caller should warn about.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct HeliosDMDSchedulerConfig {
-    /// `_class_name`; must be `"HeliosDMDScheduler"` (checked by [`validate`](Self::validate)).
-    #[serde(rename = "_class_name")]
-    pub class_name: String,
-    /// `_diffusers_version` that wrote the file (informational).
-    #[serde(rename = "_diffusers_version")]
-    pub diffusers_version: Option<String>,
-    /// Training timesteps `N` (table length). Default 1000.
-    #[serde(deserialize_with = "integral_usize")]
-    pub num_train_timesteps: usize,
-    /// Fixed flow shift of the global table (`shift·σ/(1+(shift−1)σ)`). Default 1.0; must be 1.0
-    /// with `use_dynamic_shifting`.
-    pub shift: f64,
-    /// Number of pyramid stages. Default 3.
-    #[serde(deserialize_with = "integral_usize")]
-    pub stages: usize,
-    /// Stage boundaries as fractions of the global table, `stages + 1` values (extra trailing
-    /// values are ignored, as in diffusers). Default `[0, 1/3, 2/3, 1]`.
-    pub stage_range: Vec<f64>,
-    /// Block-noise correlation γ (used by stage re-noising and the start-sigma correction).
-    /// Default 1/3; must lie in `(0, 1/3]`.
-    pub gamma: f64,
-    /// Default `flow_prediction` (the only accepted value).
-    pub prediction_type: PredictionType,
-    /// Stored by diffusers, never read by the DMD scheduler. Default true.
-    pub use_flow_sigmas: bool,
-    /// Resolution-dependent shift of the stage sigmas by `mu`. Default false (the shipped
-    /// Distilled config turns it on).
-    pub use_dynamic_shifting: bool,
-    /// Default [`TimeShiftType::Linear`].
-    pub time_shift_type: TimeShiftType,
-    /// Not a diffusers `HeliosDMDScheduler` argument (diffusers warns and drops it); vllm-omni
-    /// keys "distilled" off `"dmd"`. Accepted if absent or `"dmd"`.
-    pub scheduler_type: Option<String>,
-    /// `calculate_shift` `base_seq_len` (pipeline fallback 256).
-    pub base_image_seq_len: f64,
-    /// `calculate_shift` `max_seq_len` (pipeline fallback 4096).
-    pub max_image_seq_len: f64,
-    /// `calculate_shift` `base_shift` (pipeline fallback 0.5).
-    pub base_shift: f64,
-    /// `calculate_shift` `max_shift` (pipeline fallback 1.15).
-    pub max_shift: f64,
-    /// Every key not listed above, with its value.
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, serde_json::Value>,
-}
-
-impl Default for HeliosDMDSchedulerConfig {
-    /// diffusers `HeliosDMDScheduler.__init__` defaults, plus the pipeline's `calculate_shift`
-    /// fallbacks.
-    fn default() -> Self {
-        Self {
-            class_name: CLASS_NAME.to_string(),
-            diffusers_version: None,
-            num_train_timesteps: 1000,
-            shift: 1.0,
-            stages: 3,
-            stage_range: vec![0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0],
-            gamma: 1.0 / 3.0,
-            prediction_type: PredictionType::FlowPrediction,
-            use_flow_sigmas: true,
-            use_dynamic_shifting: false,
-            time_shift_type: TimeShiftType::Linear,
-            scheduler_type: None,
-            base_image_seq_len: 256.0,
-            max_image_seq_len: 4096.0,
-            base_shift: 0.5,
-            max_shift: 1.15,
-            unknown: BTreeMap::new(),
-        }
+pyramid_config! {
+    class CLASS_NAME;
+    /// `scheduler/scheduler_config.json` of a DMD (Helios-Distilled) checkpoint, read as shipped.
+    ///
+    /// Key names are the JSON keys; defaults are the diffusers `HeliosDMDScheduler.__init__`
+    /// defaults and, for the four `calculate_shift` keys, the `config.get(..., default)` fallbacks
+    /// of `HeliosPyramidPipeline.__call__`. Integers written as floats (`1000.0`) are accepted. The
+    /// keys shared with `HeliosSchedulerConfig` are declared by
+    /// [`pyramid_config!`](super::pyramid); the ones below are `HeliosDMDScheduler`'s own. Keys
+    /// this struct does not know land in [`unknown`](Self::unknown);
+    /// [`unknown_keys`](Self::unknown_keys) lists the ones a caller should warn about.
+    pub struct HeliosDMDSchedulerConfig {
+        /// Stored by diffusers, never read by the DMD scheduler. Default true.
+        pub use_flow_sigmas: bool = true,
+        /// Default [`TimeShiftType::Linear`].
+        pub time_shift_type: TimeShiftType = TimeShiftType::Linear,
+        /// Not a diffusers `HeliosDMDScheduler` argument (diffusers warns and drops it); vllm-omni
+        /// keys "distilled" off `"dmd"`. Accepted if absent or `"dmd"`.
+        pub scheduler_type: Option<String> = None,
     }
 }
-
-impl_pyramid_config!(HeliosDMDSchedulerConfig);
 
 impl HeliosDMDSchedulerConfig {
     /// Checks the class name, ranges and option conflicts (the shared keys as in
