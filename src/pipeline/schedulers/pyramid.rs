@@ -397,6 +397,73 @@ macro_rules! pyramid_config {
 }
 pub(super) use pyramid_config;
 
+/// Declares a scheduler struct holding its validated `$config` and the [`StageTables`] built
+/// from it, with the methods both schedulers share: `new`, `config`, `tables`, `calculate_shift`,
+/// `time_shift` and `stage_renoise_coeffs`. `$config` comes from [`pyramid_config!`] and has a
+/// `validate` method.
+macro_rules! pyramid_scheduler {
+    (
+        $(#[$meta:meta])*
+        pub struct $scheduler:ident($config:ident);
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub struct $scheduler {
+            config: $config,
+            tables: $crate::pipeline::schedulers::pyramid::StageTables,
+        }
+
+        impl $scheduler {
+            /// Validates `config` (its `validate`) and builds the stage tables (diffusers
+            /// `__init__` → `init_sigmas_for_each_stage`).
+            pub fn new(
+                config: $config,
+            ) -> Result<Self, $crate::pipeline::schedulers::pyramid::SchedulerError> {
+                config.validate()?;
+                let tables = config.keys().stage_tables();
+                Ok(Self { config, tables })
+            }
+
+            /// The (validated) config.
+            pub fn config(&self) -> &$config {
+                &self.config
+            }
+
+            /// The stage tables built at construction.
+            pub fn tables(&self) -> &$crate::pipeline::schedulers::pyramid::StageTables {
+                &self.tables
+            }
+
+            /// `mu` for `image_seq_len` tokens: [`calculate_shift`](super::calculate_shift) with
+            /// this config's `base_image_seq_len`, `max_image_seq_len`, `base_shift`,
+            /// `max_shift` (the pipelines' `self.scheduler.config.get(...)` lookups). Base:
+            /// `image_seq_len = 9·(H/8)·(W/8)/4` (8640 at 384×640 → μ = 1.91917); Mid and
+            /// Distilled: per stage, see [`pyramid_image_seq_len`](super::pyramid_image_seq_len).
+            pub fn calculate_shift(&self, image_seq_len: usize) -> f64 {
+                self.config.keys().calculate_shift(image_seq_len)
+            }
+
+            /// diffusers `time_shift(mu, 1.0, sigma)` with this config's `time_shift_type`, on a
+            /// float64 sigma ([`TimeShiftType::apply`](super::TimeShiftType::apply)).
+            pub fn time_shift(&self, mu: f64, sigma: f64) -> f64 {
+                self.config.time_shift_type.apply(mu, sigma)
+            }
+
+            /// `(alpha, beta)` of the stage-start re-noise `x = alpha·upsample(x) +
+            /// beta·block_noise` ([`StageTables::stage_renoise_coeffs`](
+            /// super::StageTables::stage_renoise_coeffs) with this config's `gamma`), mirroring
+            /// `HeliosPyramidPipeline.__call__` for `stage_idx > 0`.
+            ///
+            /// # Panics
+            /// If `stage` is 0 (stage 0 is never re-noised) or not below `stages`.
+            pub fn stage_renoise_coeffs(&self, stage: usize) -> (f64, f64) {
+                self.tables.stage_renoise_coeffs(stage, self.config.gamma)
+            }
+        }
+    };
+}
+pub(super) use pyramid_scheduler;
+
 /// Parses a scheduler config from JSON text.
 pub(super) fn parse_config<T: DeserializeOwned>(text: &str) -> Result<T, SchedulerError> {
     serde_json::from_str(text).map_err(|e| SchedulerError::Parse(e.to_string()))

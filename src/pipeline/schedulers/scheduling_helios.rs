@@ -78,8 +78,8 @@
 use serde::Deserialize;
 
 use super::pyramid::{
-    ScheduleEnd, SchedulerError, StageSchedule, StageTables, TimeShiftType, finish_schedule,
-    integral_usize, pyramid_config, single_stage_f32_schedule,
+    ScheduleEnd, SchedulerError, StageSchedule, TimeShiftType, finish_schedule, integral_usize,
+    pyramid_config, pyramid_scheduler, single_stage_f32_schedule,
 };
 
 /// `_class_name` a Base / Mid `scheduler_config.json` carries.
@@ -174,55 +174,12 @@ impl HeliosSchedulerConfig {
     }
 }
 
-/// diffusers `HeliosScheduler`: stage tables, schedules and step coefficients.
-#[derive(Debug, Clone)]
-pub struct HeliosScheduler {
-    config: HeliosSchedulerConfig,
-    tables: StageTables,
+pyramid_scheduler! {
+    /// diffusers `HeliosScheduler`: stage tables, schedules and step coefficients.
+    pub struct HeliosScheduler(HeliosSchedulerConfig);
 }
 
 impl HeliosScheduler {
-    /// Validates `config` and builds the stage tables (diffusers `__init__` →
-    /// `init_sigmas_for_each_stage`).
-    pub fn new(config: HeliosSchedulerConfig) -> Result<Self, SchedulerError> {
-        config.validate()?;
-        let tables = config.keys().stage_tables();
-        Ok(Self { config, tables })
-    }
-
-    /// The (validated) config.
-    pub fn config(&self) -> &HeliosSchedulerConfig {
-        &self.config
-    }
-
-    /// The stage tables built at construction.
-    pub fn tables(&self) -> &StageTables {
-        &self.tables
-    }
-
-    /// `mu` for `image_seq_len` tokens: [`calculate_shift`](super::calculate_shift) with this
-    /// config's four keys (the pipelines' `self.scheduler.config.get(...)` lookups). Base:
-    /// `image_seq_len = 9·(H/8)·(W/8)/4` (8640 at 384×640 → μ = 1.91917); Mid: per stage, see
-    /// [`pyramid_image_seq_len`](super::pyramid_image_seq_len).
-    pub fn calculate_shift(&self, image_seq_len: usize) -> f64 {
-        self.config.keys().calculate_shift(image_seq_len)
-    }
-
-    /// diffusers `time_shift(mu, 1.0, sigma)` on a float64 sigma.
-    pub fn time_shift(&self, mu: f64, sigma: f64) -> f64 {
-        self.config.time_shift_type.apply(mu, sigma)
-    }
-
-    /// `(alpha, beta)` of the pyramid stage-start re-noise (same formula as
-    /// [`HeliosDMDScheduler::stage_renoise_coeffs`](super::HeliosDMDScheduler::stage_renoise_coeffs)
-    /// on this scheduler's `ori_start_sigmas` and `gamma`).
-    ///
-    /// # Panics
-    /// If `stage` is 0 or not below `stages`.
-    pub fn stage_renoise_coeffs(&self, stage: usize) -> (f64, f64) {
-        self.tables.stage_renoise_coeffs(stage, self.config.gamma)
-    }
-
     /// Mirrors diffusers `HeliosScheduler.set_timesteps(num_inference_steps, stage_index,
     /// sigmas=sigmas, mu=mu)` and returns the schedule with a fresh solver history.
     ///

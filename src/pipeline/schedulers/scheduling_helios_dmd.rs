@@ -25,7 +25,7 @@
 //! The parity tests are in `tests/scheduler_dmd.rs` (tables against diffusers' own, ≤ 1e-10).
 
 use super::pyramid::{
-    ScheduleEnd, SchedulerError, StageTables, TimeShiftType, pyramid_config,
+    ScheduleEnd, SchedulerError, TimeShiftType, pyramid_config, pyramid_scheduler,
     single_stage_f32_schedule,
 };
 // The pipeline and `omni bench` import these from here; they are shared with `HeliosScheduler`.
@@ -113,49 +113,16 @@ fn argmin_timestep(timesteps: &[f64], t: f64) -> usize {
     best
 }
 
-/// diffusers `HeliosDMDScheduler`: pyramid-stage tables (`init_sigmas_for_each_stage`),
-/// per-stage schedules (`set_timesteps`) and the DMD step as coefficients (`step`).
-#[derive(Debug, Clone)]
-pub struct HeliosDMDScheduler {
-    config: HeliosDMDSchedulerConfig,
-    tables: StageTables,
+pyramid_scheduler! {
+    /// diffusers `HeliosDMDScheduler`: pyramid-stage tables (`init_sigmas_for_each_stage`),
+    /// per-stage schedules (`set_timesteps`) and the DMD step as coefficients (`step`).
+    pub struct HeliosDMDScheduler(HeliosDMDSchedulerConfig);
 }
 
 impl HeliosDMDScheduler {
-    /// Validates `config` ([`HeliosDMDSchedulerConfig::validate`]) and builds the stage tables
-    /// (diffusers `__init__` → `init_sigmas_for_each_stage`).
-    pub fn new(config: HeliosDMDSchedulerConfig) -> Result<Self, SchedulerError> {
-        config.validate()?;
-        let tables = config.keys().stage_tables();
-        Ok(Self { config, tables })
-    }
-
-    /// The (validated) config.
-    pub fn config(&self) -> &HeliosDMDSchedulerConfig {
-        &self.config
-    }
-
-    /// The stage tables built at construction.
-    pub fn tables(&self) -> &StageTables {
-        &self.tables
-    }
-
     /// `ori_start_sigmas`, `[stages]` (0.999, 0.666333, 0.333666 for the default config).
     pub fn ori_start_sigmas(&self) -> &[f64] {
         &self.tables.ori_start_sigmas
-    }
-
-    /// `mu` for a stage with `image_seq_len` tokens: [`calculate_shift`](super::calculate_shift) with this config's
-    /// `base_image_seq_len`, `max_image_seq_len`, `base_shift`, `max_shift` (the pipeline's
-    /// `self.scheduler.config.get(...)` lookups).
-    pub fn calculate_shift(&self, image_seq_len: usize) -> f64 {
-        self.config.keys().calculate_shift(image_seq_len)
-    }
-
-    /// diffusers `time_shift(mu, 1.0, sigma)` with this config's `time_shift_type`, on a float64
-    /// sigma ([`TimeShiftType::apply`]).
-    pub fn time_shift(&self, mu: f64, sigma: f64) -> f64 {
-        self.config.time_shift_type.apply(mu, sigma)
     }
 
     /// The schedule of one pyramid stage; mirrors diffusers `HeliosDMDScheduler.set_timesteps(
@@ -209,16 +176,6 @@ impl HeliosDMDScheduler {
             self.tables
                 .stage_schedule(stage_index, n, shifting, ScheduleEnd::DmdDrop)
         })
-    }
-
-    /// `(alpha, beta)` of the stage-start re-noise `x = alpha·upsample(x) + beta·block_noise`
-    /// ([`StageTables::stage_renoise_coeffs`] with this config's `gamma`), mirroring
-    /// `HeliosPyramidPipeline.__call__` for `stage_idx > 0`.
-    ///
-    /// # Panics
-    /// If `stage` is 0 (stage 0 is never re-noised) or not below `stages`.
-    pub fn stage_renoise_coeffs(&self, stage: usize) -> (f64, f64) {
-        self.tables.stage_renoise_coeffs(stage, self.config.gamma)
     }
 
     /// The DMD update of step `i` of `schedule` as scalars; mirrors `HeliosDMDScheduler.step(
