@@ -173,3 +173,16 @@ macro_rules! load_methods {
     };
 }
 pub(crate) use load_methods;
+
+/// Config check: returns `Err("<field> must be positive")` from the calling `validate` for the
+/// first listed integer field of `$config` that is 0. `require_positive!(self: d_model, d_ff)`.
+macro_rules! require_positive {
+    ($config:ident: $($field:ident),+ $(,)?) => {
+        $(
+            if $config.$field == 0 {
+                return Err(concat!(stringify!($field), " must be positive").into());
+            }
+        )+
+    };
+}
+pub(crate) use require_positive;

@@ -315,15 +315,9 @@ impl AutoencoderKLWanConfig {
 
 /// The input frames one [`WanCausalConv3d`] keeps between calls: diffusers' `feat_cache[idx]`
 /// (the last ≤ [`CACHE_T`] frames of everything the conv has seen; empty at the start).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CausalConvCache<B: Backend> {
     frames: Option<Tensor<B, 5>>,
-}
-
-impl<B: Backend> Default for CausalConvCache<B> {
-    fn default() -> Self {
-        Self { frames: None }
-    }
 }
 
 impl<B: Backend> CausalConvCache<B> {
@@ -522,19 +516,10 @@ pub struct WanResidualBlock<B: Backend> {
 }
 
 /// The two cached convs of one [`WanResidualBlock`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ResidualBlockCache<B: Backend> {
     pub conv1: CausalConvCache<B>,
     pub conv2: CausalConvCache<B>,
-}
-
-impl<B: Backend> Default for ResidualBlockCache<B> {
-    fn default() -> Self {
-        Self {
-            conv1: CausalConvCache::default(),
-            conv2: CausalConvCache::default(),
-        }
-    }
 }
 
 impl<B: Backend> WanResidualBlock<B> {
@@ -716,20 +701,11 @@ pub struct WanUpBlock<B: Backend> {
 }
 
 /// The cache of one [`WanUpBlock`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct UpBlockCache<B: Backend> {
     pub resnets: Vec<ResidualBlockCache<B>>,
     /// The `upsample3d` `time_conv` slot (see [`WanResample::forward`]).
     pub time_conv: Option<CausalConvCache<B>>,
-}
-
-impl<B: Backend> Default for UpBlockCache<B> {
-    fn default() -> Self {
-        Self {
-            resnets: Vec::new(),
-            time_conv: None,
-        }
-    }
 }
 
 impl<B: Backend> WanUpBlock<B> {
@@ -790,15 +766,9 @@ pub struct WanDownsample<B: Backend> {
 ///
 /// diffusers stores the whole first chunk (`feat_cache[idx] = x.clone()`) but only ever reads
 /// its last frame (`feat_cache[idx][:, :, -1:]`), so keeping one frame is the same.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TimeDownsampleCache<B: Backend> {
     last: Option<Tensor<B, 5>>,
-}
-
-impl<B: Backend> Default for TimeDownsampleCache<B> {
-    fn default() -> Self {
-        Self { last: None }
-    }
 }
 
 impl<B: Backend> TimeDownsampleCache<B> {
@@ -871,19 +841,10 @@ pub enum WanDownLayer<B: Backend> {
 
 /// The cache of one [`WanDownLayer`]: `resnet` is used by `Residual` layers, `time_conv` by
 /// `downsample3d` layers; the rest stays empty.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DownLayerCache<B: Backend> {
     pub resnet: ResidualBlockCache<B>,
     pub time_conv: TimeDownsampleCache<B>,
-}
-
-impl<B: Backend> Default for DownLayerCache<B> {
-    fn default() -> Self {
-        Self {
-            resnet: ResidualBlockCache::default(),
-            time_conv: TimeDownsampleCache::default(),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -904,23 +865,12 @@ pub struct WanEncoder3d<B: Backend> {
 /// All causal state of one encode (diffusers `_enc_feat_map` + `_enc_conv_idx`); see the module
 /// docs for the slot mapping. Start each independent encode from
 /// [`WanEncoderCache::default`] (diffusers' `clear_cache`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WanEncoderCache<B: Backend> {
     pub conv_in: CausalConvCache<B>,
     pub down_blocks: Vec<DownLayerCache<B>>,
     pub mid_block: Vec<ResidualBlockCache<B>>,
     pub conv_out: CausalConvCache<B>,
-}
-
-impl<B: Backend> Default for WanEncoderCache<B> {
-    fn default() -> Self {
-        Self {
-            conv_in: CausalConvCache::default(),
-            down_blocks: Vec::new(),
-            mid_block: Vec::new(),
-            conv_out: CausalConvCache::default(),
-        }
-    }
 }
 
 impl<B: Backend> WanEncoder3d<B> {
@@ -1016,23 +966,12 @@ pub struct WanDecoder3d<B: Backend> {
 /// All causal state of one decode (diffusers `_feat_map` + `_conv_idx`); see the module docs for
 /// the slot mapping. Start each independent decode from [`WanDecoderCache::default`] (diffusers'
 /// `clear_cache`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct WanDecoderCache<B: Backend> {
     pub conv_in: CausalConvCache<B>,
     pub mid_block: Vec<ResidualBlockCache<B>>,
     pub up_blocks: Vec<UpBlockCache<B>>,
     pub conv_out: CausalConvCache<B>,
-}
-
-impl<B: Backend> Default for WanDecoderCache<B> {
-    fn default() -> Self {
-        Self {
-            conv_in: CausalConvCache::default(),
-            mid_block: Vec::new(),
-            up_blocks: Vec::new(),
-            conv_out: CausalConvCache::default(),
-        }
-    }
 }
 
 impl<B: Backend> WanDecoder3d<B> {

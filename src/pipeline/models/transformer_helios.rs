@@ -44,7 +44,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
-use crate::pipeline::checkpoint::load_methods;
+use crate::pipeline::checkpoint::{load_methods, require_positive};
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
@@ -214,19 +214,9 @@ impl HeliosTransformer3DModelConfig {
         if self.patch_size.contains(&0) {
             return Err(format!("patch_size {:?} has a zero entry", self.patch_size));
         }
-        if self.num_attention_heads == 0 || self.attention_head_dim == 0 {
-            return Err("num_attention_heads and attention_head_dim must be positive".into());
-        }
-        for (name, v) in [
-            ("in_channels", self.in_channels),
-            ("text_dim", self.text_dim),
-            ("freq_dim", self.freq_dim),
-            ("ffn_dim", self.ffn_dim),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
+        require_positive!(
+            self: num_attention_heads, attention_head_dim, in_channels, text_dim, freq_dim, ffn_dim
+        );
         if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(format!("eps must be positive, got {}", self.eps));
         }

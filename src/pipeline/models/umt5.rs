@@ -34,7 +34,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
-use crate::pipeline::checkpoint::load_methods;
+use crate::pipeline::checkpoint::{load_methods, require_positive};
 use crate::pipeline::weights::KeyMap;
 
 /// Checkpoint key → module path renames, applied in order (see `weights::KeyMap`).
@@ -214,17 +214,7 @@ impl UMT5Config {
         if self.is_decoder {
             return Err("is_decoder is true: only the UMT5 encoder is supported".into());
         }
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("d_model", self.d_model),
-            ("d_kv", self.d_kv),
-            ("d_ff", self.d_ff),
-            ("num_heads", self.num_heads),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be positive"));
-            }
-        }
+        require_positive!(self: vocab_size, d_model, d_kv, d_ff, num_heads);
         if self.relative_attention_num_buckets < 4 {
             return Err(format!(
                 "relative_attention_num_buckets = {} is too small (at least 4)",
