@@ -174,16 +174,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// `omni bench dit`: one table row (or JSON line) per pyramid stage.
 fn dit(common: &Common, stage: Option<usize>) {
-    let scale = common.scale();
     if !common.json {
-        println!(
-            "DiT forward, {scale:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
-            common.width,
-            common.height,
-            device_name(&common.precision()),
-            common.warmup,
-            common.iters
-        );
+        print_header(common, "DiT forward");
         println!(
             "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU"
         );
@@ -218,6 +210,19 @@ fn dit(common: &Common, stage: Option<usize>) {
             100.0 * tflops * 1e12 / H100_BF16_PEAK_FLOPS
         );
     }
+}
+
+/// `{what}, {scale}, {W}x{H} pixels, device {..}, {warmup} warm-up + {iters} timed`.
+fn print_header(common: &Common, what: &str) {
+    println!(
+        "{what}, {:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
+        common.scale(),
+        common.width,
+        common.height,
+        device_name(&common.precision()),
+        common.warmup,
+        common.iters
+    );
 }
 
 /// Mean and min of timed runs, as one JSON line (`--json`) or `None` to print prose.
@@ -272,15 +277,7 @@ fn ops(common: &Common) {
         }
         return;
     }
-    println!(
-        "DiT / VAE ops at the full-resolution shapes, {:?}, {}x{} pixels, device {}, {} warm-up + {} timed",
-        common.scale(),
-        common.width,
-        common.height,
-        device_name(&common.precision()),
-        common.warmup,
-        common.iters
-    );
+    print_header(common, "DiT / VAE ops at the full-resolution shapes");
     println!(
         "{:<44} {:>9} {:>9} {:>12} {:>14}",
         "op", "ms(mean)", "ms(min)", "per forward", "ms per forward"

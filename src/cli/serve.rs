@@ -12,60 +12,18 @@ use omni::serve::{ServeConfig, ServeFile, ServeOverrides};
 /// Arguments of `omni serve`. Flags beat the config file; see `configs/serve.example.toml`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Diffusers-format checkpoint folder (Helios Base, Mid or Distilled), or a Hugging Face repo
-    /// id `org/name[@revision]` (looked up in the Hugging Face cache, downloaded when missing
-    /// unless HF_HUB_OFFLINE=1) [default: `model` in the config].
-    #[arg(value_name = "MODEL")]
-    pub model: Option<String>,
-    /// Preset name (helios-base, helios-mid, helios-distilled) or preset TOML file: request
-    /// defaults below the config's [default_request] [default: the checkpoint's own].
-    #[arg(long, value_name = "NAME|FILE")]
-    pub preset: Option<String>,
+    #[command(flatten)]
+    pub flags: ServeOverrides,
     /// TOML config file (keys documented in configs/serve.example.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1].
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// Port; 0 picks a free one (the bound address is printed on stdout) [default: 8000].
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
-    /// Folder for job records and videos [default: env VLLM_OMNI_SERVER_STORAGE__PATH, then
-    /// VLLM_OMNI_STORAGE_PATH, then the config, then /tmp/omni-storage].
-    #[arg(long, value_name = "DIR")]
-    pub storage: Option<PathBuf>,
-    /// Model id shown by /v1/models and accepted in requests [default: the repo id, or the
-    /// model folder's name].
-    #[arg(long, value_name = "NAME")]
-    pub served_model_name: Option<String>,
-    /// Another accepted model name (repeatable).
-    #[arg(long = "alias", value_name = "NAME")]
-    pub aliases: Vec<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let ServeArgs {
-        model,
-        preset,
-        config,
-        host,
-        port,
-        storage,
-        served_model_name,
-        aliases,
-    } = args;
+    let ServeArgs { flags, config } = args;
     let file = match &config {
         Some(path) => ServeFile::read(path)?,
         None => ServeFile::default(),
-    };
-    let flags = ServeOverrides {
-        model,
-        preset,
-        host,
-        port,
-        storage,
-        served_model_name,
-        aliases,
     };
     let cfg = ServeConfig::resolve(
         flags,

@@ -40,6 +40,28 @@ pub trait ProgressSink {
     fn event(&mut self, event: Progress);
 }
 
+/// Run `load` between the `Loading { component, done: false }` and `{ done: true }` events (the
+/// second only when it succeeds).
+///
+/// # Errors
+/// Whatever `load` returns.
+pub fn loading<T, E>(
+    progress: &mut dyn ProgressSink,
+    component: &'static str,
+    load: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    progress.event(Progress::Loading {
+        component,
+        done: false,
+    });
+    let loaded = load()?;
+    progress.event(Progress::Loading {
+        component,
+        done: true,
+    });
+    Ok(loaded)
+}
+
 /// A sink that ignores every event.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoProgress;

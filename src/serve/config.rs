@@ -61,7 +61,7 @@ pub struct ServeFile {
     #[serde(default)]
     pub storage: StorageFile,
     #[serde(default)]
-    pub limits: LimitsFile,
+    pub limits: Limits,
     /// A request layer between the HTTP request and the checkpoint defaults.
     #[serde(default)]
     pub default_request: RequestPatch,
@@ -73,17 +73,6 @@ pub struct ServeFile {
 pub struct StorageFile {
     pub path: Option<PathBuf>,
     pub file_ttl_s: Option<u64>,
-}
-
-/// `[limits]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsFile {
-    pub max_body_bytes: Option<usize>,
-    pub max_upload_bytes: Option<usize>,
-    pub max_queued_jobs: Option<usize>,
-    pub sync_timeout_s: Option<u64>,
-    pub poll_after_ms: Option<u64>,
 }
 
 impl ServeFile {
@@ -103,8 +92,9 @@ impl ServeFile {
     }
 }
 
-/// Limits with their defaults.
-#[derive(Debug, Clone, PartialEq)]
+/// `[limits]`, each key defaulting to [`Limits::default`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest accepted request body (bytes); larger → 413.
     pub max_body_bytes: usize,
@@ -158,15 +148,34 @@ pub struct ServeConfig {
     pub preset: Option<Preset>,
 }
 
-/// What the command line sets (each `None` = not given).
-#[derive(Debug, Clone, Default)]
+/// What the command line sets (each `None` = not given); the flags of `omni serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeOverrides {
+    /// Diffusers-format checkpoint folder (Helios Base, Mid or Distilled), or a Hugging Face repo
+    /// id `org/name[@revision]` (looked up in the Hugging Face cache, downloaded when missing
+    /// unless HF_HUB_OFFLINE=1) [default: `model` in the config].
+    #[arg(value_name = "MODEL")]
     pub model: Option<String>,
+    /// Preset name (helios-base, helios-mid, helios-distilled) or preset TOML file: request
+    /// defaults below the config's [default_request] [default: the checkpoint's own].
+    #[arg(long, value_name = "NAME|FILE")]
     pub preset: Option<String>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// Port; 0 picks a free one (the bound address is printed on stdout) [default: 8000].
+    #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Folder for job records and videos [default: env VLLM_OMNI_SERVER_STORAGE__PATH, then
+    /// VLLM_OMNI_STORAGE_PATH, then the config, then /tmp/omni-storage].
+    #[arg(long, value_name = "DIR")]
     pub storage: Option<PathBuf>,
+    /// Model id shown by /v1/models and accepted in requests [default: the repo id, or the
+    /// model folder's name].
+    #[arg(long, value_name = "NAME")]
     pub served_model_name: Option<String>,
+    /// Another accepted model name (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
 }
 
@@ -206,14 +215,7 @@ impl ServeConfig {
                     path: f_storage,
                     file_ttl_s,
                 },
-            limits:
-                LimitsFile {
-                    max_body_bytes,
-                    max_upload_bytes,
-                    max_queued_jobs,
-                    sync_timeout_s,
-                    poll_after_ms,
-                },
+            limits,
             default_request,
         } = file;
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
@@ -229,7 +231,6 @@ impl ServeConfig {
             .or(f_storage)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE));
         let served_model_name = served_model_name.or(f_name).unwrap_or(name);
-        let d = Limits::default();
         Ok(Self {
             host: host.or(f_host).unwrap_or_else(|| "127.0.0.1".to_string()),
             port: port.or(f_port).unwrap_or(8000),
@@ -248,11 +249,8 @@ impl ServeConfig {
                 .or(file_ttl_s)
                 .filter(|t| *t > 0),
             limits: Limits {
-                max_body_bytes: max_body_bytes.unwrap_or(d.max_body_bytes),
-                max_upload_bytes: max_upload_bytes.unwrap_or(d.max_upload_bytes),
-                max_queued_jobs: max_queued_jobs.unwrap_or(d.max_queued_jobs).max(1),
-                sync_timeout_s: sync_timeout_s.unwrap_or(d.sync_timeout_s),
-                poll_after_ms: poll_after_ms.unwrap_or(d.poll_after_ms),
+                max_queued_jobs: limits.max_queued_jobs.max(1),
+                ..limits
             },
             default_request,
             preset,
@@ -309,16 +307,14 @@ mod tests {
 
     #[test]
     fn preset_is_its_own_layer_and_unknown_presets_are_errors() {
-        let c = ServeConfig::resolve(
-            ServeOverrides {
-                preset: Some("helios-mid".into()),
+        let with_preset = |name: &str, text: &str| {
+            let flags = ServeOverrides {
+                preset: Some(name.into()),
                 ..Default::default()
-            },
-            file("model = \"m\"\n[default_request]\nfps = 12\n"),
-            |_| None,
-            folder,
-        )
-        .unwrap();
+            };
+            ServeConfig::resolve(flags, file(text), |_| None, folder)
+        };
+        let c = with_preset("helios-mid", "model = \"m\"\n[default_request]\nfps = 12\n").unwrap();
         let preset = c.preset.as_ref().unwrap();
         assert_eq!(preset.name, "helios-mid");
         assert_eq!(preset.pipeline.as_deref(), Some("HeliosPyramidPipeline"));
@@ -327,16 +323,7 @@ mod tests {
             c.default_request.pyramid_num_inference_steps_list, None,
             "the preset is not folded into [default_request]"
         );
-        let err = ServeConfig::resolve(
-            ServeOverrides {
-                preset: Some("no-such-preset".into()),
-                ..Default::default()
-            },
-            file("model = \"m\""),
-            |_| None,
-            folder,
-        )
-        .unwrap_err();
+        let err = with_preset("no-such-preset", "model = \"m\"").unwrap_err();
         assert!(err.to_string().contains("helios-distilled"), "{err}");
     }
 

@@ -225,11 +225,23 @@ async fn read_body(
     Ok((ct, body))
 }
 
+/// The body as fields, whatever its encoding.
+async fn read_fields(state: &State, req: Request<Incoming>) -> Result<body::Fields, ApiError> {
+    let (ct, bytes) = read_body(state, req).await?;
+    body::parse(ct.as_deref(), bytes).await
+}
+
 /// Parse, validate and resolve a create body.
 async fn admit_body(state: &State, req: Request<Incoming>) -> Result<Admitted, ApiError> {
-    let (ct, bytes) = read_body(state, req).await?;
-    let fields = body::parse(ct.as_deref(), bytes).await?;
-    admit_fields(state, &fields)
+    admit_fields(state, &read_fields(state, req).await?)
+}
+
+/// A generated file as base64 (`b64_json` answers).
+async fn file_base64(path: std::path::PathBuf, what: &str) -> Result<String, ApiError> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|_| ApiError::Internal(format!("the generated {what} is missing")))?;
+    Ok(base64(&bytes))
 }
 
 fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiError> {
@@ -651,17 +663,14 @@ async fn run_blocking(state: &State, rec: JobRecord) -> Result<JobRecord, ApiErr
 /// (or `b64_json`). The job is an ordinary video job: listed, downloadable, deletable.
 async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let base = base_url(&req);
-    let (ct, bytes) = read_body(state, req).await?;
-    let fields = body::parse(ct.as_deref(), bytes).await?;
+    let fields = read_fields(state, req).await?;
     let b64 = b64_requested(&fields)?;
     let admitted = admit_fields(state, &fields)?;
     let rec = new_job(state, admitted, false, JobKind::Video).await?;
     let rec = run_blocking(state, rec).await?;
     let item = if b64 {
-        let bytes = tokio::fs::read(state.jobs.video_path(&rec.id))
-            .await
-            .map_err(|_| ApiError::Internal("the generated file is missing".into()))?;
-        json!({"index": 0, "b64_json": base64(&bytes)})
+        let b64 = file_base64(state.jobs.video_path(&rec.id), "file").await?;
+        json!({"index": 0, "b64_json": b64})
     } else {
         json!({"index": 0, "url": format!("{base}/generated-videos/{}.mp4", rec.id)})
     };
@@ -674,8 +683,7 @@ async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, Ap
 /// `POST /v1/images/generations`: a one-frame generation (the first frame of one chunk) as PNG.
 async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let base = base_url(&req);
-    let (ct, bytes) = read_body(state, req).await?;
-    let mut fields = body::parse(ct.as_deref(), bytes).await?;
+    let mut fields = read_fields(state, req).await?;
     if let Some(n) = fields.map.get("n").filter(|v| !v.is_null())
         && n.as_u64() != Some(1)
         && n.as_str() != Some("1")
@@ -704,10 +712,8 @@ async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp
     let rec = new_job(state, admitted, false, JobKind::Image).await?;
     let rec = run_blocking(state, rec).await?;
     let item = if b64 {
-        let bytes = tokio::fs::read(state.jobs.image_path(&rec.id))
-            .await
-            .map_err(|_| ApiError::Internal("the generated image is missing".into()))?;
-        json!({"b64_json": base64(&bytes), "revised_prompt": prompt})
+        let b64 = file_base64(state.jobs.image_path(&rec.id), "image").await?;
+        json!({"b64_json": b64, "revised_prompt": prompt})
     } else {
         json!({"url": format!("{base}/v1/images/{}/content", rec.id), "revised_prompt": prompt})
     };

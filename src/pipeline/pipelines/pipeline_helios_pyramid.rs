@@ -55,7 +55,7 @@ use crate::pipeline::models::transformer_helios::{
 };
 use crate::pipeline::noise::NoiseSource;
 use crate::pipeline::precision::Precision;
-use crate::pipeline::progress::{CancelToken, Progress, ProgressSink};
+use crate::pipeline::progress::{CancelToken, Progress, ProgressSink, loading};
 use crate::pipeline::request::{GenerationRequest, ModelDefaults};
 use crate::pipeline::schedulers::scheduling_helios_dmd::{
     block_noise_factor, model_timestep, pyramid_image_seq_len,
@@ -131,15 +131,8 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         text_encoder: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        progress.event(Progress::Loading {
-            component: "scheduler",
-            done: false,
-        });
-        let (model_index, variant, scheduler) = read_checkpoint_configs(dir)?;
-        progress.event(Progress::Loading {
-            component: "scheduler",
-            done: true,
-        });
+        let (model_index, variant, scheduler) =
+            loading(progress, "scheduler", || read_checkpoint_configs(dir))?;
 
         let prompt_encoder = match text_encoder {
             TextEncoderResidency::Resident => Some(PromptEncoder::load(
@@ -151,30 +144,21 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             TextEncoderResidency::OnDemand => None,
         };
 
-        progress.event(Progress::Loading {
-            component: "transformer",
-            done: false,
-        });
-        let transformer = HeliosTransformer3DModel::load_with_dtype(
-            &component_dir(dir, "transformer")?,
-            device,
-            precision.transformer,
-        )?;
-        progress.event(Progress::Loading {
-            component: "transformer",
-            done: true,
-        });
+        let transformer = loading(progress, "transformer", || {
+            Ok::<_, PipelineError>(HeliosTransformer3DModel::load_with_dtype(
+                &component_dir(dir, "transformer")?,
+                device,
+                precision.transformer,
+            )?)
+        })?;
 
-        progress.event(Progress::Loading {
-            component: "vae",
-            done: false,
-        });
-        let vae =
-            AutoencoderKLWan::load_with_dtype(&component_dir(dir, "vae")?, device, precision.vae)?;
-        progress.event(Progress::Loading {
-            component: "vae",
-            done: true,
-        });
+        let vae = loading(progress, "vae", || {
+            Ok::<_, PipelineError>(AutoencoderKLWan::load_with_dtype(
+                &component_dir(dir, "vae")?,
+                device,
+                precision.vae,
+            )?)
+        })?;
 
         Ok(Self {
             model_index,

@@ -10,7 +10,7 @@ use burn::tensor::{DType, Tensor};
 use crate::pipeline::checkpoint::component_dir;
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::models::umt5::UMT5EncoderModel;
-use crate::pipeline::progress::{Progress, ProgressSink};
+use crate::pipeline::progress::{Progress, ProgressSink, loading};
 use crate::pipeline::request::GenerationRequest;
 use crate::pipeline::text_encoding::encode_prompt;
 use crate::pipeline::tokenizer::{PromptTokenizer, TokenizeError};
@@ -41,25 +41,19 @@ impl<B: Backend> PromptEncoder<B> {
         dtype: DType,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        progress.event(Progress::Loading {
-            component: "tokenizer",
-            done: false,
-        });
-        let tokenizer = PromptTokenizer::from_dir(&component_dir(dir, "tokenizer")?)?;
-        progress.event(Progress::Loading {
-            component: "tokenizer",
-            done: true,
-        });
-        progress.event(Progress::Loading {
-            component: "text_encoder",
-            done: false,
-        });
-        let text_encoder =
-            UMT5EncoderModel::load_with_dtype(&component_dir(dir, "text_encoder")?, device, dtype)?;
-        progress.event(Progress::Loading {
-            component: "text_encoder",
-            done: true,
-        });
+        let tokenizer = loading(progress, "tokenizer", || {
+            Ok::<_, PipelineError>(PromptTokenizer::from_dir(&component_dir(
+                dir,
+                "tokenizer",
+            )?)?)
+        })?;
+        let text_encoder = loading(progress, "text_encoder", || {
+            Ok::<_, PipelineError>(UMT5EncoderModel::load_with_dtype(
+                &component_dir(dir, "text_encoder")?,
+                device,
+                dtype,
+            )?)
+        })?;
         Ok(Self {
             tokenizer,
             text_encoder,
