@@ -1499,3 +1499,159 @@ fn serves_a_repo_id_from_the_hugging_face_cache() {
     let (v, _) = s.wait(r.json()["id"].as_str().unwrap());
     assert_eq!(v["status"], "completed", "{v}");
 }
+
+/// Issue 9 (1, 2, 7): requests that would exhaust memory or run for days are a 400 naming the
+/// field (as the client sent it) and its limit, before any job exists; the server goes on.
+#[test]
+fn requests_over_the_work_budget_are_400_and_the_server_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("st"), &[]);
+    for (body, param) in [
+        (
+            json!({"prompt": "p", "extra_params": {"history_sizes": [100000, 100000, 100000]}}),
+            "history_sizes",
+        ),
+        (
+            json!({"prompt": "p", "size": SMALL,
+                   "extra_params": {"num_latent_frames_per_chunk": 1000000}}),
+            "num_latent_frames_per_chunk",
+        ),
+        (
+            json!({"prompt": "p", "num_frames": 1000000000}),
+            "num_frames",
+        ),
+        (json!({"prompt": "p", "seconds": 1000000000}), "seconds"),
+        (json!({"prompt": "p", "size": "99999x99999"}), "width"),
+        (json!({"prompt": "p", "width": 4294967295u32}), "width"),
+    ] {
+        let e = s.post_json("/v1/videos", body.clone()).error(400);
+        assert_eq!(e["param"], param, "{body}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("limit") || param == "width",
+            "{e}"
+        );
+    }
+    assert_eq!(
+        s.get("/v1/videos").json()["data"].as_array().unwrap().len(),
+        0
+    );
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+    );
+    let (v, _) = s.wait(r.json()["id"].as_str().unwrap());
+    assert_eq!(v["status"], "completed", "{v}");
+}
+
+/// Issue 9 (3): a deleted queued job gives its queue slot back at once.
+#[test]
+fn deleted_queued_jobs_free_their_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nmax_queued_jobs = 2\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    let long = json!({"prompt": "p", "size": SMALL, "num_frames": 33 * 40});
+    let running = s.post_json("/v1/videos", long.clone()).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.get(&format!("/v1/videos/{running}")).json()["status"] != "in_progress" {
+        assert!(Instant::now() < deadline, "the first job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _round in 0..3 {
+        let queued: Vec<String> = (0..2)
+            .map(|_| {
+                let r = s.post_json("/v1/videos", long.clone());
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.json()["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(s.post_json("/v1/videos", long.clone()).status, 429);
+        for id in queued {
+            assert_eq!(s.delete(&format!("/v1/videos/{id}")).status, 200);
+        }
+    }
+    s.delete(&format!("/v1/videos/{running}"));
+}
+
+/// Issue 9 (1): a job the server died under `max_attempts` times is failed with
+/// `worker_crashed` at the next start instead of taking the server down again; one it died
+/// under fewer times runs again.
+#[test]
+fn a_job_the_server_died_under_twice_fails_instead_of_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let ids: Vec<String> = {
+        let s = Server::start(&storage, &[]);
+        (0..2)
+            .map(|i| {
+                let r = s.post_json(
+                    "/v1/videos",
+                    json!({"prompt": format!("p{i}"), "size": SMALL, "num_frames": 33}),
+                );
+                let id = r.json()["id"].as_str().unwrap().to_string();
+                assert_eq!(s.wait(&id).0["status"], "completed");
+                id
+            })
+            .collect()
+    };
+    // As the records look after the process died mid-job (once, twice).
+    for (id, attempts) in ids.iter().zip([2, 1]) {
+        let path = storage.join("jobs").join(format!("{id}.json"));
+        let mut rec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        rec["status"] = json!("in_progress");
+        rec["attempts"] = json!(attempts);
+        for k in ["completed_at", "file_name"] {
+            rec[k] = Value::Null;
+        }
+        std::fs::write(&path, rec.to_string()).unwrap();
+    }
+    let s = Server::start(&storage, &[]);
+    let v = s.get(&format!("/v1/videos/{}", ids[0])).json();
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["error"]["code"], "worker_crashed", "{v}");
+    let (v, _) = s.wait(&ids[1]);
+    assert_eq!(v["status"], "completed", "{v}");
+}
+
+/// Issue 9 (4): a client that never finishes its headers (slowloris) is cut off after
+/// `header_read_timeout_s`, and others are served meanwhile.
+#[test]
+fn slow_headers_are_cut_off_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nheader_read_timeout_s = 1\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            c
+        })
+        .collect();
+    assert_eq!(
+        s.get("/health").status,
+        200,
+        "served while 20 clients dawdle"
+    );
+    let started = Instant::now();
+    for c in &mut slow {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 256];
+        // Closed by the server: EOF (or a 408 first), or a reset; not a read timeout.
+        match c.read(&mut buf) {
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            }
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "slow clients held for {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.get("/health").status, 200);
+}

@@ -14,7 +14,8 @@ use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
 use omni::pipeline::precision::Dtype;
 use omni::pipeline::progress::CancelToken;
 use omni::pipeline::request::{
-    Conditioning, GenerationRequest, MediaSource, ModelDefaults, Preset, RequestPatch, resolve,
+    Conditioning, GenerationRequest, MediaSource, ModelDefaults, Preset, RequestPatch, WorkBudget,
+    resolve,
 };
 
 use super::progress::BarProgress;
@@ -153,6 +154,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let defaults = Generator::defaults_of(&model)
         .with_context(|| format!("reading checkpoint {}", model.display()))?;
     let mut req = resolve(&args.layers(&defaults)?, &defaults)?;
+    WorkBudget::default().check(&req)?;
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());

@@ -547,7 +547,9 @@ fn check_sizes(req: &GenerationRequest, defaults: &ModelDefaults) -> Result<(), 
                 format!(
                     "{v} is not a positive multiple of {multiple} pixels (required by the {}-stage pyramid); try {}",
                     defaults.pyramid_num_stages,
-                    (v.max(1)).div_ceil(multiple) * multiple
+                    // Nearest multiple at or above, without overflowing (4294967295 → 4294967232).
+                    ((v.max(1) as u64).div_ceil(multiple as u64) * multiple as u64)
+                        .min((u32::MAX / multiple * multiple) as u64)
                 ),
             ));
         }
@@ -577,6 +579,91 @@ fn check_sizes(req: &GenerationRequest, defaults: &ModelDefaults) -> Result<(), 
         return Err(bad("max_sequence_length", "must be in 1..=4096 tokens"));
     }
     Ok(())
+}
+
+/// How much work one request may ask for: checked after [`resolve`], at admission by the server
+/// (`[limits.budget]` of serve.toml) and before loading by `omni generate`, so a request that
+/// would exhaust memory or run for days is a 400 / one-line error naming the field, never an
+/// aborted process. The defaults fit a 640x384 Helios video of several minutes and the largest
+/// frame the H.264 encoder takes (level 5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkBudget {
+    /// Most frames one request may ask for (`num_frames`, or `seconds · fps`).
+    pub max_num_frames: u32,
+    /// Longest side of a frame, pixels (H.264 level 5.2: 3840).
+    pub max_long_side: u32,
+    /// Shortest side of a frame, pixels (H.264 level 5.2: 2160).
+    pub max_short_side: u32,
+    /// Most latent frames the history may hold (`sum(history_sizes)`).
+    pub max_history_frames: usize,
+    /// Most latent frames per chunk (`num_latent_frames_per_chunk`).
+    pub max_latent_frames_per_chunk: usize,
+}
+
+impl Default for WorkBudget {
+    fn default() -> Self {
+        Self {
+            max_num_frames: 24 * 60 * 10,
+            max_long_side: crate::media::mp4_out::MAX_LONG_SIDE,
+            max_short_side: crate::media::mp4_out::MAX_SHORT_SIDE,
+            max_history_frames: 256,
+            max_latent_frames_per_chunk: 64,
+        }
+    }
+}
+
+impl WorkBudget {
+    /// Whether `req` stays within the budget.
+    ///
+    /// # Errors
+    /// [`RequestError`] naming the first field over its limit and the limit.
+    pub fn check(&self, req: &GenerationRequest) -> Result<(), RequestError> {
+        let over = |param: &'static str, what: String, limit: String| {
+            Err(bad(
+                param,
+                format!("{what} is over this server's limit of {limit}"),
+            ))
+        };
+        if req.num_frames > self.max_num_frames {
+            return over(
+                "num_frames",
+                format!("{} frames", req.num_frames),
+                format!("{} frames", self.max_num_frames),
+            );
+        }
+        let (long, short) = (req.width.max(req.height), req.width.min(req.height));
+        if long > self.max_long_side || short > self.max_short_side {
+            let param = match (req.width >= req.height, long > self.max_long_side) {
+                (true, true) | (false, false) => "width",
+                _ => "height",
+            };
+            return over(
+                param,
+                format!("{}x{} pixels", req.width, req.height),
+                format!(
+                    "{}x{} (either orientation)",
+                    self.max_long_side, self.max_short_side
+                ),
+            );
+        }
+        let history: usize = req.history_sizes.iter().sum();
+        if history > self.max_history_frames {
+            return over(
+                "history_sizes",
+                format!("{:?} ({history} latent frames)", req.history_sizes),
+                format!("{} latent frames in all", self.max_history_frames),
+            );
+        }
+        if req.num_latent_frames_per_chunk > self.max_latent_frames_per_chunk {
+            return over(
+                "num_latent_frames_per_chunk",
+                format!("{} latent frames", req.num_latent_frames_per_chunk),
+                format!("{}", self.max_latent_frames_per_chunk),
+            );
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +716,65 @@ mod tests {
                 .param,
             "prompt"
         );
+    }
+
+    #[test]
+    fn the_work_budget_names_the_field_over_its_limit() {
+        let budget = WorkBudget::default();
+        let ok = resolve(&[with_prompt()], &ModelDefaults::helios_distilled()).unwrap();
+        budget.check(&ok).unwrap();
+        for (patch, param) in [
+            (
+                RequestPatch {
+                    history_sizes: Some(vec![100000, 100000, 100000]),
+                    ..with_prompt()
+                },
+                "history_sizes",
+            ),
+            (
+                RequestPatch {
+                    num_latent_frames_per_chunk: Some(1000000),
+                    ..with_prompt()
+                },
+                "num_latent_frames_per_chunk",
+            ),
+            (
+                RequestPatch {
+                    num_frames: Some(1000000000),
+                    ..with_prompt()
+                },
+                "num_frames",
+            ),
+            (
+                RequestPatch {
+                    width: Some(3840),
+                    height: Some(2176),
+                    ..with_prompt()
+                },
+                "height",
+            ),
+            (
+                RequestPatch {
+                    width: Some(99968),
+                    height: Some(64),
+                    ..with_prompt()
+                },
+                "width",
+            ),
+        ] {
+            let req = resolve(&[patch], &ModelDefaults::helios_distilled()).unwrap();
+            assert_eq!(budget.check(&req).unwrap_err().param, param);
+        }
+    }
+
+    #[test]
+    fn a_huge_width_suggests_a_real_multiple() {
+        let p = RequestPatch {
+            width: Some(u32::MAX),
+            ..with_prompt()
+        };
+        let e = resolve(&[p], &ModelDefaults::helios_distilled()).unwrap_err();
+        assert!(e.message.contains("try 4294967232"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::hub::Located;
-use crate::pipeline::request::{Preset, RequestPatch};
+use crate::pipeline::request::{Preset, RequestPatch, WorkBudget};
 
 /// The storage folder used when nothing else names one.
 pub const DEFAULT_STORAGE: &str = "/tmp/omni-storage";
@@ -107,6 +107,17 @@ pub struct Limits {
     pub sync_timeout_s: u64,
     /// The `openai-poll-after-ms` hint on unfinished jobs.
     pub poll_after_ms: u64,
+    /// Seconds a connection may take to send a request's headers, and may sit idle between
+    /// keep-alive requests, before it is closed (slowloris).
+    pub header_read_timeout_s: f64,
+    /// Connections served at once; more are closed at accept (each costs a file descriptor).
+    pub max_connections: usize,
+    /// Times the worker may start one job before it is failed with `worker_crashed` (a job
+    /// the process died under, every time, is not retried forever).
+    pub max_attempts: u32,
+    /// `[limits.budget]`: the most work one request may ask for (frames, frame size, history,
+    /// chunk length); over it → 400 naming the field.
+    pub budget: WorkBudget,
 }
 
 impl Default for Limits {
@@ -117,6 +128,10 @@ impl Default for Limits {
             max_queued_jobs: 16,
             sync_timeout_s: 600,
             poll_after_ms: 1000,
+            max_attempts: 2,
+            header_read_timeout_s: 10.0,
+            max_connections: 512,
+            budget: WorkBudget::default(),
         }
     }
 }
@@ -250,6 +265,12 @@ impl ServeConfig {
                 .filter(|t| *t > 0),
             limits: Limits {
                 max_queued_jobs: limits.max_queued_jobs.max(1),
+                max_attempts: limits.max_attempts.max(1),
+                max_connections: limits.max_connections.max(1),
+                header_read_timeout_s: match limits.header_read_timeout_s {
+                    t if t.is_finite() => t.clamp(0.1, 3600.0),
+                    _ => Limits::default().header_read_timeout_s,
+                },
                 ..limits
             },
             default_request,

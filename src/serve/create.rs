@@ -20,7 +20,7 @@ use super::body::Fields;
 use super::error::ApiError;
 use super::reference::{self, RawReference};
 use crate::pipeline::request::{
-    GenerationRequest, ModelDefaults, RequestError, RequestPatch, resolve,
+    GenerationRequest, ModelDefaults, RequestError, RequestPatch, WorkBudget, resolve,
 };
 
 /// An admitted create request.
@@ -44,6 +44,8 @@ pub struct AdmitContext<'a> {
     /// `[default_request]` of serve.toml, then the preset: below the body, above the checkpoint.
     pub lower_layers: &'a [RequestPatch],
     pub defaults: &'a ModelDefaults,
+    /// The most work one request may ask for (`[limits.budget]`).
+    pub budget: &'a WorkBudget,
     pub max_upload_bytes: usize,
 }
 
@@ -231,7 +233,7 @@ pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiErro
         model,
         seconds,
         mut layers,
-        aliases,
+        mut aliases,
     } = body.layers(cx.defaults)?;
     let model = match model {
         Some(name) if !(cx.serves)(&name) => {
@@ -252,11 +254,14 @@ pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiErro
         // checkpoint).
         let fps = layers.iter().find_map(|l| l.fps).unwrap_or(cx.defaults.fps);
         layers[0].num_frames = Some(s.saturating_mul(fps));
+        aliases.push(("num_frames", "seconds"));
     }
     if layers.iter().all(|l| l.seed.is_none()) {
         layers[0].seed = Some(rand::random::<u32>() as u64);
     }
-    let request = resolve(&layers, cx.defaults).map_err(|e| renamed(e, &aliases))?;
+    let request = resolve(&layers, cx.defaults)
+        .and_then(|r| cx.budget.check(&r).map(|()| r))
+        .map_err(|e| renamed(e, &aliases))?;
     let seconds = match seconds {
         Some(s) => s.to_string(),
         None => {
@@ -383,6 +388,7 @@ mod tests {
                 serves: &|n| n == "tiny",
                 lower_layers: std::slice::from_ref(default_request),
                 defaults: &ModelDefaults::helios_distilled(),
+                budget: &WorkBudget::default(),
                 max_upload_bytes: 1 << 20,
             },
         )
@@ -457,6 +463,14 @@ mod tests {
                 "video_params.width",
             ),
             (json!({"prompt":"p","seed":-1}), "seed"),
+            // The work budget, naming the field the client sent.
+            (json!({"prompt":"p","seconds":1000000000}), "seconds"),
+            (json!({"prompt":"p","num_frames":1000000000}), "num_frames"),
+            (json!({"prompt":"p","size":"99999x99999"}), "width"),
+            (
+                json!({"prompt":"p","extra_params":{"history_sizes":[100000,100000,100000]}}),
+                "history_sizes",
+            ),
         ] {
             let e = admit_json(body.clone(), &d).unwrap_err();
             assert_eq!(e.body()["error"]["param"], param, "{body}: {e}");
@@ -473,6 +487,7 @@ mod tests {
             serves: &|n| n == "tiny",
             lower_layers: &[],
             defaults: &base,
+            budget: &WorkBudget::default(),
             max_upload_bytes: 1 << 20,
         };
         for (body, steps) in [

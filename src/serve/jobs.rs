@@ -83,6 +83,10 @@ pub struct JobRecord {
     pub peak_memory_mb: Option<f64>,
     #[serde(default)]
     pub kind: JobKind,
+    /// How many times the worker started this job (persisted before each start, so a job that
+    /// takes the process down is not retried forever; see [`Jobs::open`]).
+    #[serde(default)]
+    pub attempts: u32,
     /// Image-to-video / video-to-video: the kind of the reference stored as `<id>.input` (the
     /// uploaded bytes as sent, decoded again when the job runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -257,11 +261,14 @@ struct Inner {
 
 impl Jobs {
     /// Open the table on `storage`, loading stored records. Returns the table and the ids of
-    /// unfinished jobs (to queue again), oldest first.
+    /// unfinished jobs (to queue again), oldest first. A job the worker already started
+    /// `max_attempts` times without finishing (the process died under it each time) is marked
+    /// failed with `error.code = "worker_crashed"` instead, so one bad job cannot crash-loop the
+    /// server.
     ///
     /// # Errors
     /// The storage folder cannot be created.
-    pub fn open(storage: &Path) -> std::io::Result<(Self, Vec<String>)> {
+    pub fn open(storage: &Path, max_attempts: u32) -> std::io::Result<(Self, Vec<String>)> {
         std::fs::create_dir_all(storage)?;
         let store = JsonDirStore::open(storage)?;
         let mut map = HashMap::new();
@@ -282,6 +289,23 @@ impl Jobs {
                     code: "file_missing".into(),
                     message: "the video file is no longer in storage".into(),
                 });
+            }
+            if !rec.status.is_terminal() && rec.attempts >= max_attempts {
+                tracing::warn!(
+                    "job {} was started {} time(s) and the server stopped under it each time; failing it",
+                    rec.id,
+                    rec.attempts
+                );
+                rec.status = Status::Failed;
+                rec.completed_at = Some(now());
+                rec.error = Some(JobError {
+                    code: "worker_crashed".into(),
+                    message: format!(
+                        "the server stopped while running this job {} time(s); it is not retried again",
+                        rec.attempts
+                    ),
+                });
+                let _ = store.put(&rec);
             }
             if !rec.status.is_terminal() {
                 rec.status = Status::Queued;
@@ -325,6 +349,26 @@ impl Jobs {
     pub fn insert(&self, rec: JobRecord) {
         self.persist(&rec);
         self.lock().map.insert(rec.id.clone(), rec);
+    }
+
+    /// Add a new queued record unless `max` jobs are already waiting (queued, not yet picked
+    /// up by the worker); the count is of the table, so a deleted or expired job frees its slot
+    /// at once. Returns whether it was added.
+    pub fn insert_queued(&self, rec: JobRecord, max: usize) -> bool {
+        {
+            let mut g = self.lock();
+            let waiting = g
+                .map
+                .values()
+                .filter(|r| r.status == Status::Queued)
+                .count();
+            if waiting >= max {
+                return false;
+            }
+            g.map.insert(rec.id.clone(), rec.clone());
+        }
+        self.persist(&rec);
+        true
     }
 
     /// A copy of the record.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
@@ -76,10 +76,13 @@ pub async fn serve(
             .map_err(|e| ServeError::Preset(e.message))?;
         lower_layers.push(preset.patch.clone());
     }
-    let (jobs, resume) = jobs::Jobs::open(&cfg.storage).map_err(|source| ServeError::Storage {
-        path: cfg.storage.display().to_string(),
-        source,
-    })?;
+    let (jobs, resume) =
+        jobs::Jobs::open(&cfg.storage, cfg.limits.max_attempts).map_err(|source| {
+            ServeError::Storage {
+                path: cfg.storage.display().to_string(),
+                source,
+            }
+        })?;
     if !resume.is_empty() {
         tracing::info!("re-running {} unfinished job(s)", resume.len());
     }
@@ -94,8 +97,7 @@ pub async fn serve(
             vae_dtype: None,
         },
     };
-    let (worker, loaded) =
-        worker::Worker::spawn(model, jobs.clone(), cfg.limits.max_queued_jobs, resume);
+    let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), resume);
     if let Some(ttl) = cfg.file_ttl_s {
         let jobs = jobs.clone();
         let every = Duration::from_secs((ttl / 2).clamp(1, 60));
@@ -117,6 +119,9 @@ pub async fn serve(
         worker,
     });
     let graceful = GracefulShutdown::new();
+    let max_connections = state.cfg.limits.max_connections;
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let header_timeout = Duration::from_secs_f64(state.cfg.limits.header_read_timeout_s);
     tokio::pin!(shutdown);
     let mut loaded = Some(loaded);
     loop {
@@ -130,14 +135,26 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // Past `max_connections` the connection is closed at once (the client may retry);
+                // the header-read timeout closes connections that never finish their headers
+                // (slowloris) or sit idle between keep-alive requests.
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!("{max_connections} connections open; refusing one");
+                    drop(stream);
+                    continue;
+                };
                 let st = state.clone();
-                let conn = http1::Builder::new().serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req| routes::handle(st.clone(), req)),
-                );
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| routes::handle(st.clone(), req)),
+                    );
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = fut.await;
+                    drop(permit);
                 });
             }
             r = async { loaded.as_mut().expect("guarded").await }, if loaded.is_some() => {

@@ -253,6 +253,7 @@ fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiErr
             serves: &|n| cfg.serves(n),
             lower_layers: &state.lower_layers,
             defaults: &state.defaults,
+            budget: &cfg.limits.budget,
             max_upload_bytes: cfg.limits.max_upload_bytes,
         },
     )
@@ -310,6 +311,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         peak_memory_mb: None,
         kind,
         input: None,
+        attempts: 0,
         request: a.request.clone(),
         hidden,
         cancel: Default::default(),
@@ -323,20 +325,20 @@ fn enqueue(
     done: Option<oneshot::Sender<()>>,
 ) -> Result<String, ApiError> {
     let id = rec.id.clone();
-    state.jobs.insert(rec);
-    match state.worker.submit(Job {
+    let max = state.cfg.limits.max_queued_jobs;
+    if !state.jobs.insert_queued(rec, max) {
+        return Err(ApiError::QueueFull(max));
+    }
+    if !state.worker.submit(Job {
         id: id.clone(),
         done,
     }) {
-        Ok(()) => Ok(id),
-        Err(full) => {
-            state.jobs.remove(&id);
-            Err(match full {
-                true => ApiError::QueueFull(state.cfg.limits.max_queued_jobs),
-                false => ApiError::Unavailable("the generation worker stopped".into()),
-            })
-        }
+        state.jobs.remove(&id);
+        return Err(ApiError::Unavailable(
+            "the generation worker stopped".into(),
+        ));
     }
+    Ok(id)
 }
 
 fn video_response(state: &State, rec: &JobRecord) -> Resp {

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -29,7 +29,7 @@ pub struct Job {
 /// The async side's handle on the worker.
 #[derive(Clone)]
 pub struct Worker {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
     ready: Arc<AtomicBool>,
 }
 
@@ -48,10 +48,9 @@ impl Worker {
     pub fn spawn(
         model: WorkerModel,
         jobs: Arc<Jobs>,
-        capacity: usize,
         resume: Vec<String>,
     ) -> (Self, oneshot::Receiver<Result<(), String>>) {
-        let (tx, rx) = sync_channel::<Job>(capacity);
+        let (tx, rx) = channel::<Job>();
         let ready = Arc::new(AtomicBool::new(false));
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let r = ready.clone();
@@ -67,15 +66,12 @@ impl Worker {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Queue a job without blocking.
+    /// Hand a job to the worker (the queue limit is the job table's: see
+    /// [`Jobs::insert_queued`](super::jobs::Jobs::insert_queued)).
     ///
-    /// # Errors
-    /// `Err(true)` when the queue is full, `Err(false)` when the worker is gone.
-    pub fn submit(&self, job: Job) -> Result<(), bool> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => true,
-            TrySendError::Disconnected(_) => false,
-        })
+    /// Returns false when the worker thread is gone.
+    pub fn submit(&self, job: Job) -> bool {
+        self.tx.send(job).is_ok()
     }
 }
 
@@ -229,10 +225,13 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, id: &str) {
             Err(e) => return fail(jobs, id, "invalid_input", e.to_string()),
         }
     }
+    // Persisted before the work starts: if the process dies under this job, the next start
+    // knows how often it tried (crash-loop safety, `Jobs::open`).
     jobs.update(id, true, |r| {
         r.status = Status::InProgress;
         r.started_at = Some(now());
         r.progress = 1;
+        r.attempts += 1;
     });
     let started = Instant::now();
     let writer = match Mp4Writer::create(
