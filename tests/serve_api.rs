@@ -1655,3 +1655,49 @@ fn slow_headers_are_cut_off_while_others_are_served() {
     );
     assert_eq!(s.get("/health").status, 200);
 }
+
+/// Issue 9 (9): the auth scheme is case-insensitive, 405 says what is allowed, 416 carries the
+/// envelope, and a text field that is not UTF-8 is a 400 naming it (not mojibake).
+#[test]
+fn protocol_details_allow_416_bearer_case_and_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "api_keys = [\"sk-test\"]\n");
+    let s = Server::start(&dir.path().join("st"), &["--config", cfg.to_str().unwrap()]);
+    let auth = [("Authorization", "bearer sk-test")];
+    assert_eq!(s.request("GET", "/v1/models", &auth, b"").status, 200);
+    let r = s.request("PUT", "/v1/videos/sync", &auth, b"");
+    r.error(405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    let r = s.request("PATCH", "/v1/videos", &auth, b"");
+    r.error(405);
+    assert_eq!(r.header("allow"), Some("GET, POST"));
+
+    let (ct, body) = multipart(&[("prompt", "a lake"), ("size", SMALL), ("num_frames", "33")]);
+    let r = s.request("POST", "/v1/videos", &[auth[0], ("Content-Type", &ct)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.request("GET", &format!("/v1/videos/{id}"), &auth, b"").json()["status"] != "completed" {
+        assert!(Instant::now() < deadline, "job never completed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = s.request(
+        "GET",
+        &format!("/v1/videos/{id}/content"),
+        &[auth[0], ("Range", "bytes=999999999-")],
+        b"",
+    );
+    assert_eq!(r.error(416)["code"], "range_not_satisfiable");
+    assert!(r.header("content-range").unwrap().starts_with("bytes */"));
+
+    let boundary = "omniTestBoundary7MA4YWxk";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(b"\xff\xfe bad\r\n");
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = s.request("POST", "/v1/videos", &[auth[0], ("Content-Type", &ct)], &body);
+    assert_eq!(r.error(400)["param"], "prompt");
+}

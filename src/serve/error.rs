@@ -24,9 +24,12 @@ pub enum ApiError {
     /// Unknown route, id or file (404).
     #[error("{0}")]
     NotFound(String),
-    /// The route exists, the method does not (405).
-    #[error("Method {0} is not allowed here.")]
-    MethodNotAllowed(String),
+    /// The route exists, the method does not (405, with `Allow`: the methods it takes).
+    #[error("Method {method} is not allowed here; use {allow}.")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    /// A `Range` outside the file (416, with `Content-Range: bytes */{0}`).
+    #[error("The requested range is not satisfiable; the file is {0} bytes.")]
+    RangeNotSatisfiable(u64),
     /// The job failed, so there is no content (422).
     #[error("Video generation failed. Check job status for error details.")]
     JobFailed,
@@ -79,7 +82,8 @@ impl ApiError {
             ApiError::Invalid { .. } | ApiError::ModelMismatch { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::JobFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) | ApiError::UploadTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -97,7 +101,8 @@ impl ApiError {
         match self {
             ApiError::Invalid { .. }
             | ApiError::ModelMismatch { .. }
-            | ApiError::MethodNotAllowed(_)
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::RangeNotSatisfiable(_)
             | ApiError::JobFailed
             | ApiError::TooLarge(_)
             | ApiError::UploadTooLarge { .. }
@@ -118,7 +123,8 @@ impl ApiError {
             ApiError::ModelMismatch { .. } => "model_mismatch",
             ApiError::Unauthorized => "invalid_api_key",
             ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::JobFailed => "generation_failed",
             ApiError::TooLarge(_) => "request_too_large",
             ApiError::UploadTooLarge { .. } => "file_too_large",

@@ -58,9 +58,19 @@ pub fn error_response(e: &ApiError) -> Resp {
         _ => tracing::debug!("{} {e}", e.status()),
     }
     let mut r = json_response(e.status(), &e.body());
-    if let ApiError::QueueFull(_) = e {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    let h = r.headers_mut();
+    match e {
+        ApiError::QueueFull(_) => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        ApiError::MethodNotAllowed { allow, .. } => {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        ApiError::RangeNotSatisfiable(len) => {
+            let v = HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii");
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        _ => {}
     }
     r
 }
@@ -79,11 +89,15 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     let method = req.method().clone();
+    let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allow,
+    };
     let only = |m: Method| -> Result<(), ApiError> {
-        if method == m {
-            Ok(())
-        } else {
-            Err(ApiError::MethodNotAllowed(method.to_string()))
+        match (method == m, m) {
+            (true, _) => Ok(()),
+            (false, Method::POST) => Err(not_allowed("POST")),
+            (false, _) => Err(not_allowed("GET")),
         }
     };
     match segs.as_slice() {
@@ -127,10 +141,8 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
             }
         }
         ["v1", "videos"] if method == Method::POST => create(state, req).await,
-        ["v1", "videos"] => {
-            only(Method::GET)?;
-            list(state, req.uri().query())
-        }
+        ["v1", "videos"] if method == Method::GET => list(state, req.uri().query()),
+        ["v1", "videos"] => Err(not_allowed("GET, POST")),
         ["v1", "videos", "sync"] => {
             only(Method::POST)?;
             sync(state, req).await
@@ -142,7 +154,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ["v1", "videos", id] => match method {
             Method::GET => retrieve(state, id),
             Method::DELETE => delete(state, id),
-            _ => Err(ApiError::MethodNotAllowed(method.to_string())),
+            _ => Err(not_allowed("GET, DELETE")),
         },
         ["v1", "videos", id, "content"] => {
             only(Method::GET)?;
@@ -178,8 +190,10 @@ fn authorize(cfg: &ServeConfig, req: &Request<Incoming>) -> Result<(), ApiError>
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.trim().split_once(' '))
+        // The auth scheme is case-insensitive (RFC 7235 §2.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     match given {
         Some(k) if cfg.api_keys.iter().any(|a| a == k) => Ok(()),
         _ => Err(ApiError::Unauthorized),
@@ -585,15 +599,7 @@ async fn serve_video(
             Bytes::from(bytes).slice(a as usize..=b as usize),
             Some(format!("bytes {a}-{b}/{len}")),
         ),
-        Some(Err(())) => {
-            let mut r = Response::new(Full::new(Bytes::new()));
-            *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
-            );
-            return Ok(r);
-        }
+        Some(Err(())) => return Err(ApiError::RangeNotSatisfiable(len)),
     };
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = status;

@@ -144,22 +144,17 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
             TextEncoderResidency::OnDemand => None,
         };
 
+        let sub = |name: &str| component_dir(dir, name);
         let transformer = loading(progress, "transformer", || {
-            Ok::<_, PipelineError>(HeliosTransformer3DModel::load_with_dtype(
-                &component_dir(dir, "transformer")?,
+            HeliosTransformer3DModel::load_with_dtype(
+                &sub("transformer")?,
                 device,
                 precision.transformer,
-            )?)
+            )
         })?;
-
         let vae = loading(progress, "vae", || {
-            Ok::<_, PipelineError>(AutoencoderKLWan::load_with_dtype(
-                &component_dir(dir, "vae")?,
-                device,
-                precision.vae,
-            )?)
+            AutoencoderKLWan::load_with_dtype(&sub("vae")?, device, precision.vae)
         })?;
-
         Ok(Self {
             model_index,
             variant,

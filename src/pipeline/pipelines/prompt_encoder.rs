@@ -41,18 +41,12 @@ impl<B: Backend> PromptEncoder<B> {
         dtype: DType,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
+        let sub = |name: &str| component_dir(dir, name);
         let tokenizer = loading(progress, "tokenizer", || {
-            Ok::<_, PipelineError>(PromptTokenizer::from_dir(&component_dir(
-                dir,
-                "tokenizer",
-            )?)?)
+            PromptTokenizer::from_dir(&sub("tokenizer")?)
         })?;
         let text_encoder = loading(progress, "text_encoder", || {
-            Ok::<_, PipelineError>(UMT5EncoderModel::load_with_dtype(
-                &component_dir(dir, "text_encoder")?,
-                device,
-                dtype,
-            )?)
+            UMT5EncoderModel::load_with_dtype(&sub("text_encoder")?, device, dtype)
         })?;
         Ok(Self {
             tokenizer,
