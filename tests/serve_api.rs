@@ -1673,11 +1673,20 @@ fn protocol_details_allow_416_bearer_case_and_utf8() {
     assert_eq!(r.header("allow"), Some("GET, POST"));
 
     let (ct, body) = multipart(&[("prompt", "a lake"), ("size", SMALL), ("num_frames", "33")]);
-    let r = s.request("POST", "/v1/videos", &[auth[0], ("Content-Type", &ct)], &body);
+    let r = s.request(
+        "POST",
+        "/v1/videos",
+        &[auth[0], ("Content-Type", &ct)],
+        &body,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while s.request("GET", &format!("/v1/videos/{id}"), &auth, b"").json()["status"] != "completed" {
+    while s
+        .request("GET", &format!("/v1/videos/{id}"), &auth, b"")
+        .json()["status"]
+        != "completed"
+    {
         assert!(Instant::now() < deadline, "job never completed");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1691,13 +1700,17 @@ fn protocol_details_allow_416_bearer_case_and_utf8() {
     assert!(r.header("content-range").unwrap().starts_with("bytes */"));
 
     let boundary = "omniTestBoundary7MA4YWxk";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n"
-    )
-    .into_bytes();
+    let mut body =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n")
+            .into_bytes();
     body.extend_from_slice(b"\xff\xfe bad\r\n");
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let r = s.request("POST", "/v1/videos", &[auth[0], ("Content-Type", &ct)], &body);
+    let r = s.request(
+        "POST",
+        "/v1/videos",
+        &[auth[0], ("Content-Type", &ct)],
+        &body,
+    );
     assert_eq!(r.error(400)["param"], "prompt");
 }

@@ -95,9 +95,8 @@ async fn parse_multipart(content_type: &str, body: Bytes) -> Result<Fields, ApiE
         } else {
             // Text fields must be UTF-8 (as JSON bodies must): no BOM sniffing, no U+FFFD.
             let bytes = field.bytes().await.map_err(bad)?;
-            let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
-                ApiError::invalid(&name, "is not valid UTF-8 text; send UTF-8")
-            })?;
+            let text = String::from_utf8(bytes.to_vec())
+                .map_err(|_| ApiError::invalid(&name, "is not valid UTF-8 text; send UTF-8"))?;
             pairs.push((name, text));
         }
     }
