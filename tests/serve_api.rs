@@ -1714,3 +1714,42 @@ fn protocol_details_allow_416_bearer_case_and_utf8() {
     );
     assert_eq!(r.error(400)["param"], "prompt");
 }
+
+/// Issue 9 (5): what a killed run leaves behind (temporary MP4s and previews, inputs of finished
+/// or unknown jobs) is removed at the next start; a completed job's files and foreign files stay.
+#[test]
+fn files_nothing_needs_are_swept_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let id = {
+        let s = Server::start(&storage, &[]);
+        let r = s.post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+        );
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(s.wait(&id).0["status"], "completed");
+        id
+    };
+    let kept_before = files_of(&storage, &id);
+    let unknown = "video_0123456789abcdef0123456789abcdef";
+    let orphans = [
+        format!(".{id}.mp4.4242.0.tmp"),
+        format!("{id}.spritesheet.tmp"),
+        format!("{id}.input"),
+        format!("{unknown}.input"),
+        format!("{unknown}.mp4"),
+    ];
+    for f in &orphans {
+        std::fs::write(storage.join(f), b"x").unwrap();
+    }
+    std::fs::write(storage.join("notes.txt"), b"mine").unwrap();
+    let s = Server::start(&storage, &[]);
+    for f in &orphans {
+        assert!(!storage.join(f).exists(), "{f} survived the start-up sweep");
+    }
+    assert!(storage.join("notes.txt").exists());
+    assert_eq!(files_of(&storage, &id), kept_before);
+    let r = s.get(&format!("/v1/videos/{id}/content"));
+    assert_eq!((r.status, &r.body[4..8]), (200, &b"ftyp"[..]));
+}

@@ -168,6 +168,37 @@ pub fn valid_id(id: &str) -> bool {
     })
 }
 
+/// Remove what a killed or failed run left in `storage`: temporary files (`*.tmp`: an MP4 or
+/// preview being written when the process died), and files of a job that has no record, or
+/// whose record does not need them (an input once the job is finished, outputs of a job that
+/// is not completed).
+fn sweep_orphans(storage: &Path, records: &HashMap<String, JobRecord>) {
+    let Ok(entries) = std::fs::read_dir(storage) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan = match name.split_once('.') {
+            _ if name.ends_with(".tmp") => true,
+            Some((id, ext)) if valid_id(id) => match records.get(id) {
+                None => true,
+                Some(rec) if ext == "input" => rec.status.is_terminal(),
+                Some(rec) => rec.status != Status::Completed,
+            },
+            _ => false,
+        };
+        if orphan {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed orphaned file {name}"),
+                Err(e) => tracing::warn!("removing orphaned file {name}: {e}"),
+            }
+        }
+    }
+}
+
 /// Persistent job records.
 pub trait Store: Send + Sync {
     /// Every stored record.
@@ -315,6 +346,7 @@ impl Jobs {
             }
             map.insert(rec.id.clone(), rec);
         }
+        sweep_orphans(storage, &map);
         Ok((
             Self {
                 storage: storage.to_path_buf(),
