@@ -1753,3 +1753,30 @@ fn files_nothing_needs_are_swept_at_start() {
     let r = s.get(&format!("/v1/videos/{id}/content"));
     assert_eq!((r.status, &r.body[4..8]), (200, &b"ftyp"[..]));
 }
+
+/// Issue 9 (6): when the job record cannot be stored the create is a 507 with the envelope and
+/// no job exists, never a 200 for a job that is then lost; once storage works again, so do jobs.
+#[test]
+fn a_job_that_cannot_be_stored_is_507_not_a_lost_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let s = Server::start(&storage, &[]);
+    // Storage that fails writes: the records folder replaced by a plain file.
+    let jobs = storage.join("jobs");
+    std::fs::rename(&jobs, storage.join("jobs.away")).unwrap();
+    std::fs::write(&jobs, b"not a folder").unwrap();
+    let body = json!({"prompt": "p", "size": SMALL, "num_frames": 33});
+    let e = s.post_json("/v1/videos", body.clone()).error(507);
+    assert_eq!(e["code"], "insufficient_storage", "{e}");
+    assert_eq!(
+        s.get("/v1/videos").json()["data"].as_array().unwrap().len(),
+        0,
+        "no job was admitted"
+    );
+    std::fs::remove_file(&jobs).unwrap();
+    std::fs::rename(storage.join("jobs.away"), &jobs).unwrap();
+    let r = s.post_json("/v1/videos", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (v, _) = s.wait(r.json()["id"].as_str().unwrap());
+    assert_eq!(v["status"], "completed", "{v}");
+}

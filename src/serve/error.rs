@@ -57,6 +57,9 @@ pub enum ApiError {
     /// The model is not loaded (yet) or the worker is gone (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The job could not be stored (507): nothing was queued.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A server-side failure; the message is safe to show (500).
     #[error("{0}")]
     Internal(String),
@@ -84,6 +87,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::JobFailed => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) | ApiError::UploadTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -110,9 +114,10 @@ impl ApiError {
             ApiError::Unauthorized => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::QueueFull(_) => "rate_limit_error",
-            ApiError::Timeout(_) | ApiError::Unavailable(_) | ApiError::Internal(_) => {
-                "server_error"
-            }
+            ApiError::Timeout(_)
+            | ApiError::Unavailable(_)
+            | ApiError::Internal(_)
+            | ApiError::InsufficientStorage(_) => "server_error",
         }
     }
 
@@ -133,6 +138,7 @@ impl ApiError {
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
         }
     }
 

@@ -199,6 +199,15 @@ fn sweep_orphans(storage: &Path, records: &HashMap<String, JobRecord>) {
     }
 }
 
+/// Why [`Jobs::insert_queued`] did not take a job.
+#[derive(Debug)]
+pub enum Admission {
+    /// The queue is full.
+    Full,
+    /// The record could not be stored (disk full, storage gone).
+    Storage(std::io::Error),
+}
+
 /// Persistent job records.
 pub trait Store: Send + Sync {
     /// Every stored record.
@@ -385,8 +394,13 @@ impl Jobs {
 
     /// Add a new queued record unless `max` jobs are already waiting (queued, not yet picked
     /// up by the worker); the count is of the table, so a deleted or expired job frees its slot
-    /// at once. Returns whether it was added.
-    pub fn insert_queued(&self, rec: JobRecord, max: usize) -> bool {
+    /// at once. The record is written to the store before this returns (synced), so an admitted
+    /// job survives a crash.
+    ///
+    /// # Errors
+    /// [`Admission::Full`] with `max` waiting; [`Admission::Storage`] when the record cannot be
+    /// written (the job is then not in the table either).
+    pub fn insert_queued(&self, rec: JobRecord, max: usize) -> Result<(), Admission> {
         {
             let mut g = self.lock();
             let waiting = g
@@ -395,12 +409,18 @@ impl Jobs {
                 .filter(|r| r.status == Status::Queued)
                 .count();
             if waiting >= max {
-                return false;
+                return Err(Admission::Full);
             }
             g.map.insert(rec.id.clone(), rec.clone());
         }
-        self.persist(&rec);
-        true
+        if !rec.hidden
+            && let Err(e) = self.store.put(&rec)
+        {
+            tracing::error!("storing job {}: {e}", rec.id);
+            self.lock().map.remove(&rec.id);
+            return Err(Admission::Storage(e));
+        }
+        Ok(())
     }
 
     /// A copy of the record.

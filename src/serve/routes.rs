@@ -16,7 +16,7 @@ use super::body;
 use super::config::ServeConfig;
 use super::create::{AdmitContext, Admitted, admit};
 use super::error::ApiError;
-use super::jobs::{JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
+use super::jobs::{Admission, JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
 use super::openapi;
 use super::reference;
 use super::worker::{Job, Worker};
@@ -54,7 +54,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, I
 /// The error envelope (with `Retry-After` on 429).
 pub fn error_response(e: &ApiError) -> Resp {
     match e {
-        ApiError::Internal(_) | ApiError::Timeout(_) => tracing::warn!("{} {e}", e.status()),
+        ApiError::Internal(_) | ApiError::Timeout(_) | ApiError::InsufficientStorage(_) => {
+            tracing::warn!("{} {e}", e.status())
+        }
         _ => tracing::debug!("{} {e}", e.status()),
     }
     let mut r = json_response(e.status(), &e.body());
@@ -291,7 +293,7 @@ async fn new_job(
             let (kind, _pixels) = reference::decode(&r.bytes, r.hint, &req, &r.param)?;
             std::fs::write(&path, &r.bytes).map_err(|e| {
                 tracing::error!("writing {}: {e}", path.display());
-                ApiError::Internal("could not store the reference file".into())
+                ApiError::InsufficientStorage("could not store the reference file".into())
             })?;
             Ok::<_, ApiError>(kind)
         })
@@ -340,8 +342,15 @@ fn enqueue(
 ) -> Result<String, ApiError> {
     let id = rec.id.clone();
     let max = state.cfg.limits.max_queued_jobs;
-    if !state.jobs.insert_queued(rec, max) {
-        return Err(ApiError::QueueFull(max));
+    match state.jobs.insert_queued(rec, max) {
+        Ok(()) => {}
+        Err(Admission::Full) => return Err(ApiError::QueueFull(max)),
+        Err(Admission::Storage(_)) => {
+            state.jobs.remove_files(&id);
+            return Err(ApiError::InsufficientStorage(
+                "the server could not store the job; free space in its storage folder".into(),
+            ));
+        }
     }
     if !state.worker.submit(Job {
         id: id.clone(),
