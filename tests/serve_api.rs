@@ -764,16 +764,34 @@ fn a_failed_job_is_200_failed_and_the_server_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("st");
     let s = Server::start(&storage, &[]);
-    // Without its storage folder the output cannot be created: the job fails, not the server.
+    // Without its storage folder a job cannot be stored: 507 at admission (issue 9 item 6:
+    // never a 200 for a job that is then lost).
     std::fs::remove_dir_all(&storage).unwrap();
     let small = json!({"prompt": "p", "size": SMALL, "num_frames": 33});
-    let id = s.post_json("/v1/videos", small.clone()).json()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(s.post_json("/v1/videos", small.clone()).status, 507);
+    std::fs::create_dir_all(storage.join("jobs")).unwrap();
+    // A job that fails while it runs: its stored input reference vanishes while it waits
+    // behind a long job.
+    let long = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 33 * 40}),
+    );
+    let long = long.json()["id"].as_str().unwrap().to_string();
+    let (ct, body) = multipart_file(
+        &[("prompt", "p"), ("size", SMALL), ("num_frames", "33")],
+        "input_reference",
+        "first.png",
+        "image/png",
+        &png_bytes(128, 64),
+    );
+    let r = create_multipart(&s, &ct, &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(storage.join(format!("{id}.input"))).unwrap();
+    s.delete(&format!("/v1/videos/{long}"));
     let (v, _) = s.wait(&id);
     assert_eq!(v["status"], "failed", "{v}");
-    assert!(v["error"]["code"].as_str().is_some(), "{v}");
+    assert_eq!(v["error"]["code"], "input_missing", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -782,7 +800,6 @@ fn a_failed_job_is_200_failed_and_the_server_goes_on() {
     let e = s.get(&format!("/v1/videos/{id}/content")).error(422);
     assert_eq!(e["code"], "generation_failed");
     assert_eq!(s.get("/health").status, 200);
-    std::fs::create_dir_all(storage.join("jobs")).unwrap();
     let id = s.post_json("/v1/videos", small).json()["id"]
         .as_str()
         .unwrap()
