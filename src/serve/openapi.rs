@@ -27,11 +27,13 @@ fn id_param(name: &str) -> Value {
 fn create_errors(ok: Value) -> Value {
     json!({
         "200": ok,
-        "400": err("A bad field (`param` names it) or a model mismatch"),
+        "400": err("A bad field (`param` names it; over the work budget too) or a model mismatch"),
         "401": err("Missing or wrong bearer key (when api_keys are set)"),
+        "405": err("Another method (the Allow header lists the right ones)"),
         "413": err("Body over max_body_bytes, or a reference file over max_upload_bytes (`param` names it)"),
         "415": err("Unsupported content type"),
         "429": err("Job queue full (Retry-After)"),
+        "507": err("The job could not be stored; nothing was queued"),
     })
 }
 
@@ -166,7 +168,7 @@ fn paths() -> Value {
             "summary": "Download: variant=video (MP4, Range), thumbnail (WebP, middle frame), spritesheet (JPEG, 10 evenly spaced frames, 5 per row)",
             "parameters": [id_param("video_id"), {"name": "variant", "in": "query", "schema": {"enum": ["video", "thumbnail", "spritesheet"], "default": "video"}}],
             "responses": {"200": binary("video/mp4"), "206": binary("video/mp4"), "400": err("Unknown variant"),
-                          "404": err("Unknown id or not finished"), "416": {"description": "Range not satisfiable"},
+                          "404": err("Unknown id or not finished"), "416": err("Range not satisfiable (Content-Range: bytes */length)"),
                           "422": err("The job failed")}}},
         "/video": {"post": {"summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
