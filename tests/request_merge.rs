@@ -141,7 +141,7 @@ fn knobs_that_do_not_fit_the_checkpoint_are_errors() {
 fn builtin_presets_parse_and_bad_presets_are_errors() {
     for name in Preset::builtin_names() {
         let p = Preset::builtin(name).unwrap();
-        assert!(p.hf_id.unwrap().starts_with("BestWishYsh/Helios-"));
+        assert!(p.model.hf_id.unwrap().starts_with("BestWishYsh/Helios-"));
     }
     assert!(Preset::builtin("helios-large").is_none());
     let e = Preset::parse("widht = 3").unwrap_err();

@@ -1730,6 +1730,17 @@ fn protocol_details_allow_416_bearer_case_and_utf8() {
         &body,
     );
     assert_eq!(r.error(400)["param"], "prompt");
+    let form = [
+        auth[0],
+        ("Content-Type", "application/x-www-form-urlencoded"),
+    ];
+    let r = s.request(
+        "POST",
+        "/v1/videos",
+        &form,
+        b"size=128x64&prompt=%FF%FE+bad",
+    );
+    assert_eq!(r.error(400)["param"], "prompt");
 }
 
 /// Issue 9 (5): what a killed run leaves behind (temporary MP4s and previews, inputs of finished
@@ -1746,6 +1757,17 @@ fn files_nothing_needs_are_swept_at_start() {
         );
         let id = r.json()["id"].as_str().unwrap().to_string();
         assert_eq!(s.wait(&id).0["status"], "completed");
+        // The record reaches the disk just after the status is visible: wait for it before the
+        // kill, so the restart sees a completed job.
+        let record = storage.join("jobs").join(format!("{id}.json"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&record).is_ok_and(|t| t.contains("\"completed\"")) {
+            assert!(
+                Instant::now() < deadline,
+                "the completed record never reached the disk"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         id
     };
     let kept_before = files_of(&storage, &id);

@@ -20,10 +20,8 @@ pub struct Preset {
     /// The built-in name or the file it was read from (for messages).
     pub name: String,
     pub patch: RequestPatch,
-    /// The Hugging Face repo id of the weights the preset was written for.
-    pub hf_id: Option<String>,
-    /// The diffusers pipeline class (`model_index.json` `_class_name`) it was written for.
-    pub pipeline: Option<String>,
+    /// `[model]`: the weights it was written for.
+    pub model: PresetModel,
 }
 
 /// The presets shipped with omni, embedded so the installed binary finds them anywhere.
@@ -40,11 +38,13 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
 ];
 
 /// `[model]` of a preset file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ModelTable {
-    hf_id: Option<String>,
-    pipeline: Option<String>,
+pub struct PresetModel {
+    /// The Hugging Face repo id of the weights the preset was written for.
+    pub hf_id: Option<String>,
+    /// The diffusers pipeline class (`model_index.json` `_class_name`) it was written for.
+    pub pipeline: Option<String>,
 }
 
 fn bad(message: impl Into<String>) -> RequestError {
@@ -65,8 +65,8 @@ impl Preset {
             .parse()
             .map_err(|e| bad(format!("not valid TOML: {e}")))?;
         let model = match table.remove("model") {
-            None => ModelTable::default(),
-            Some(toml::Value::Table(t)) => ModelTable::deserialize(t)
+            None => PresetModel::default(),
+            Some(toml::Value::Table(t)) => PresetModel::deserialize(t)
                 .map_err(|e| bad(format!("[model]: {e}; valid keys: hf_id, pipeline")))?,
             Some(_) => return Err(bad("`model` must be a table ([model])")),
         };
@@ -79,8 +79,7 @@ impl Preset {
         Ok(Self {
             name: String::new(),
             patch,
-            hf_id: model.hf_id,
-            pipeline: model.pipeline,
+            model,
         })
     }
 
@@ -136,7 +135,7 @@ impl Preset {
     /// # Errors
     /// [`RequestError`] with `param = "preset"`, naming both classes.
     pub fn check(&self, defaults: &ModelDefaults) -> Result<(), RequestError> {
-        match &self.pipeline {
+        match &self.model.pipeline {
             Some(pipeline) if *pipeline != defaults.pipeline_class => Err(bad(format!(
                 "preset `{}` is for {pipeline} checkpoints, but the model is a {}; pick a \
                  preset for {} or drop --preset",

@@ -24,70 +24,95 @@ fn bad(param: &'static str, message: impl Into<String>) -> RequestError {
     }
 }
 
-/// One layer of request settings; `None` means "not set here".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RequestPatch {
-    pub prompt: Option<String>,
-    pub negative_prompt: Option<String>,
-    /// Output width in pixels.
-    pub width: Option<u32>,
-    /// Output height in pixels.
-    pub height: Option<u32>,
-    /// Requested frames; the pipeline makes `ceil(n/33)` chunks of 33 and trims to `4k+1`.
-    pub num_frames: Option<u32>,
+/// Declares every request field once, with its doc: the optional layer [`RequestPatch`], the
+/// resolved [`GenerationRequest`], [`RequestPatch::KEYS`] and the per-field merge (as diffusers'
+/// `register_to_config` makes one signature the schema). A new field is one line here.
+macro_rules! request_fields {
+    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty, )*) => {
+        /// One layer of request settings; `None` means "not set here".
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RequestPatch {
+            $( $(#[doc = $doc])* pub $name: Option<$ty>, )*
+        }
+
+        /// A fully resolved generation request: what `--print-request` prints, what a server
+        /// job record stores and what the worker runs as stored.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub struct GenerationRequest {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            /// Image-to-video or video-to-video input, already decoded and at the output size
+            /// (the pipeline reads no files; the CLI and the server decode them). Not part of
+            /// the JSON.
+            #[serde(skip)]
+            pub conditioning: Conditioning,
+        }
+
+        impl RequestPatch {
+            /// Every key a patch accepts (TOML presets, `--extra-params`, HTTP `extra_params`).
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($name)),*];
+        }
+
+        /// Each field from the first layer that sets it, else from `template`.
+        fn pick_fields(layers: &[RequestPatch], template: &GenerationRequest) -> GenerationRequest {
+            GenerationRequest {
+                $( $name: layers
+                    .iter()
+                    .find_map(|l| l.$name.clone())
+                    .unwrap_or_else(|| template.$name.clone()), )*
+                conditioning: Conditioning::None,
+            }
+        }
+    };
+}
+
+request_fields! {
+    /// What to generate (required, not blank).
+    prompt: String,
+    /// What to avoid; used only when `guidance_scale > 1` (empty when absent, as diffusers).
+    negative_prompt: String,
+    /// Output width in pixels; a multiple of 16·2^(stages−1) (64 for 3 stages).
+    width: u32,
+    /// Output height in pixels; a multiple of 16·2^(stages−1) (64 for 3 stages).
+    height: u32,
+    /// Requested frames; the pipeline makes `ceil(n/33)` chunks of 33 and trims to `4k+1`
+    /// ([`GenerationRequest::output_frames`]).
+    num_frames: u32,
     /// Frames per second of the MP4.
-    pub fps: Option<u32>,
-    pub seed: Option<u64>,
-    pub guidance_scale: Option<f64>,
-    pub pyramid_num_inference_steps_list: Option<Vec<usize>>,
-    pub is_amplify_first_chunk: Option<bool>,
-    pub history_sizes: Option<Vec<usize>>,
-    pub num_latent_frames_per_chunk: Option<usize>,
-    pub max_sequence_length: Option<usize>,
+    fps: u32,
+    /// Seed of the random draws.
+    seed: u64,
+    /// Classifier-free guidance scale; 1 disables CFG.
+    guidance_scale: f64,
+    /// Denoising steps per pyramid stage (Mid, Distilled).
+    pyramid_num_inference_steps_list: Vec<usize>,
+    /// Twice the steps on the first chunk (Distilled's DMD).
+    is_amplify_first_chunk: bool,
+    /// Latent frames of history `[long, mid, short]`.
+    history_sizes: Vec<usize>,
+    /// Latent frames per chunk (9 → 33 video frames).
+    num_latent_frames_per_chunk: usize,
+    /// Prompt tokens (UMT5), padded.
+    max_sequence_length: usize,
     /// Denoising steps of the one-stage sampler (Helios-Base, `HeliosPipeline`).
-    pub num_inference_steps: Option<usize>,
+    num_inference_steps: usize,
     /// Run the pyramid (stage 2) sampler: true for Mid/Distilled checkpoints, false for Base.
-    pub is_enable_stage2: Option<bool>,
-    /// Number of pyramid stages; must match the checkpoint's scheduler.
-    pub pyramid_num_stages: Option<usize>,
+    is_enable_stage2: bool,
+    /// Number of pyramid stages; must match the checkpoint's scheduler (1 for Base).
+    pyramid_num_stages: usize,
     /// CFG-Zero* instead of standard CFG (the `is_cfg_zero_star` pipeline flag; Mid).
-    pub use_cfg_zero_star: Option<bool>,
+    use_cfg_zero_star: bool,
     /// CFG-Zero* zero-init of the first `zero_steps + 1` steps of pyramid stage 0.
-    pub use_zero_init: Option<bool>,
-    pub zero_steps: Option<usize>,
+    use_zero_init: bool,
+    /// See `use_zero_init`.
+    zero_steps: usize,
     /// Keep the first latent frame as the history anchor (only `true` is supported).
-    pub keep_first_frame: Option<bool>,
+    keep_first_frame: bool,
     /// Take the anchor frame from the second chunk instead of the first.
-    pub is_skip_first_chunk: Option<bool>,
+    is_skip_first_chunk: bool,
 }
 
 impl RequestPatch {
-    /// Every key a patch accepts (TOML presets, `--extra-params`, HTTP `extra_params`).
-    pub const KEYS: &'static [&'static str] = &[
-        "prompt",
-        "negative_prompt",
-        "width",
-        "height",
-        "num_frames",
-        "fps",
-        "seed",
-        "guidance_scale",
-        "pyramid_num_inference_steps_list",
-        "is_amplify_first_chunk",
-        "history_sizes",
-        "num_latent_frames_per_chunk",
-        "max_sequence_length",
-        "num_inference_steps",
-        "is_enable_stage2",
-        "pyramid_num_stages",
-        "use_cfg_zero_star",
-        "use_zero_init",
-        "zero_steps",
-        "keep_first_frame",
-        "is_skip_first_chunk",
-    ];
-
     /// A patch from vLLM-Omni-style `extra_params` JSON text (`--extra-params`).
     ///
     /// # Errors
@@ -125,125 +150,87 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-pub use super::preset::{BUILTIN_PRESETS, Preset};
+pub use super::preset::{BUILTIN_PRESETS, Preset, PresetModel};
 
 /// The defaults a checkpoint implies (diffusers `HeliosPyramidPipeline.__call__` defaults, with
-/// the variant's own steps and guidance).
+/// the variant's own steps and guidance): the lowest layer of every request, as a complete
+/// request (its `prompt` is empty) plus the pipeline class. Reads of its fields go to that
+/// request (`defaults.width`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelDefaults {
     /// The diffusers pipeline class of the checkpoint (`model_index.json` `_class_name`), e.g.
     /// `HeliosPyramidPipeline`; presets name it to refuse a checkpoint they do not fit.
     pub pipeline_class: String,
-    pub width: u32,
-    pub height: u32,
-    pub num_frames: u32,
-    pub fps: u32,
-    pub guidance_scale: f64,
-    pub pyramid_num_inference_steps_list: Vec<usize>,
-    pub is_amplify_first_chunk: bool,
-    pub history_sizes: Vec<usize>,
-    pub num_latent_frames_per_chunk: usize,
-    pub max_sequence_length: usize,
-    /// Number of pyramid stages of the scheduler (3 for Mid and Distilled, 1 for Base).
-    pub pyramid_num_stages: usize,
-    /// Steps of the one-stage (Base) sampler.
-    pub num_inference_steps: usize,
-    /// Whether the checkpoint runs the pyramid sampler (`HeliosPyramidPipeline`).
-    pub is_enable_stage2: bool,
-    /// The checkpoint's `is_cfg_zero_star` flag.
-    pub use_cfg_zero_star: bool,
-    pub use_zero_init: bool,
-    pub zero_steps: usize,
+    /// Every field's default.
+    pub request: GenerationRequest,
+}
+
+impl std::ops::Deref for ModelDefaults {
+    type Target = GenerationRequest;
+
+    fn deref(&self) -> &GenerationRequest {
+        &self.request
+    }
 }
 
 impl ModelDefaults {
-    /// Helios-Distilled: 640x384 at 24 fps, pyramid steps [2, 2, 2], first chunk amplified, no CFG.
+    /// Helios-Distilled: 640x384 at 24 fps, 132 frames, pyramid steps [2, 2, 2], first chunk
+    /// amplified, no CFG, history [16, 2, 1], 9 latent frames per chunk, 512 prompt tokens.
     pub fn helios_distilled() -> Self {
         Self {
             pipeline_class: "HeliosPyramidPipeline".into(),
-            width: 640,
-            height: 384,
-            num_frames: 132,
-            fps: 24,
-            guidance_scale: 1.0,
-            pyramid_num_inference_steps_list: vec![2, 2, 2],
-            is_amplify_first_chunk: true,
-            history_sizes: vec![16, 2, 1],
-            num_latent_frames_per_chunk: 9,
-            max_sequence_length: 512,
-            pyramid_num_stages: 3,
-            num_inference_steps: 50,
-            is_enable_stage2: true,
-            use_cfg_zero_star: false,
-            use_zero_init: true,
-            zero_steps: 1,
+            request: GenerationRequest {
+                prompt: String::new(),
+                negative_prompt: String::new(),
+                width: 640,
+                height: 384,
+                num_frames: 132,
+                fps: 24,
+                seed: 0,
+                guidance_scale: 1.0,
+                pyramid_num_inference_steps_list: vec![2, 2, 2],
+                is_amplify_first_chunk: true,
+                history_sizes: vec![16, 2, 1],
+                num_latent_frames_per_chunk: 9,
+                max_sequence_length: 512,
+                num_inference_steps: 50,
+                is_enable_stage2: true,
+                pyramid_num_stages: 3,
+                use_cfg_zero_star: false,
+                use_zero_init: true,
+                zero_steps: 1,
+                keep_first_frame: true,
+                is_skip_first_chunk: false,
+                conditioning: Conditioning::None,
+            },
         }
     }
 
     /// Helios-Mid: pyramid steps [20, 20, 20], CFG-Zero* 5.0 with zero-init of the first
     /// `zero_steps + 1 = 2` steps of stage 0, no amplified first chunk.
     pub fn helios_mid() -> Self {
-        Self {
-            guidance_scale: 5.0,
-            pyramid_num_inference_steps_list: vec![20, 20, 20],
-            is_amplify_first_chunk: false,
-            use_cfg_zero_star: true,
-            ..Self::helios_distilled()
-        }
+        let mut d = Self::helios_distilled();
+        let r = &mut d.request;
+        r.guidance_scale = 5.0;
+        r.pyramid_num_inference_steps_list = vec![20, 20, 20];
+        r.is_amplify_first_chunk = false;
+        r.use_cfg_zero_star = true;
+        d
     }
 
     /// Helios-Base: one full-resolution stage, 50 UniPC steps, CFG 5.0 with the negative prompt.
     /// The pyramid steps list is not used (empty).
     pub fn helios_base() -> Self {
-        Self {
-            pipeline_class: "HeliosPipeline".into(),
-            guidance_scale: 5.0,
-            pyramid_num_inference_steps_list: Vec::new(),
-            is_amplify_first_chunk: false,
-            pyramid_num_stages: 1,
-            is_enable_stage2: false,
-            ..Self::helios_distilled()
-        }
+        let mut d = Self::helios_distilled();
+        d.pipeline_class = "HeliosPipeline".into();
+        let r = &mut d.request;
+        r.guidance_scale = 5.0;
+        r.pyramid_num_inference_steps_list = Vec::new();
+        r.is_amplify_first_chunk = false;
+        r.pyramid_num_stages = 1;
+        r.is_enable_stage2 = false;
+        d
     }
-}
-
-/// A fully resolved generation request: what `--print-request` prints, what a server job record
-/// stores and what the worker runs as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GenerationRequest {
-    pub prompt: String,
-    /// Used only when `guidance_scale > 1` (empty string when absent, as diffusers).
-    pub negative_prompt: String,
-    /// Pixels; a multiple of 16·2^(stages−1) (64 for 3 stages).
-    pub width: u32,
-    /// Pixels; a multiple of 16·2^(stages−1) (64 for 3 stages).
-    pub height: u32,
-    /// Requested frames (the output has `trimmed_frames()` frames).
-    pub num_frames: u32,
-    /// Frames per second.
-    pub fps: u32,
-    pub seed: u64,
-    pub guidance_scale: f64,
-    pub pyramid_num_inference_steps_list: Vec<usize>,
-    pub is_amplify_first_chunk: bool,
-    pub history_sizes: Vec<usize>,
-    pub num_latent_frames_per_chunk: usize,
-    pub max_sequence_length: usize,
-    /// Steps of the one-stage sampler (Base; unused by the pyramid).
-    pub num_inference_steps: usize,
-    /// Pyramid sampler (Mid, Distilled) or one full-resolution stage (Base).
-    pub is_enable_stage2: bool,
-    /// Pyramid stages (1 when `is_enable_stage2` is false).
-    pub pyramid_num_stages: usize,
-    pub use_cfg_zero_star: bool,
-    pub use_zero_init: bool,
-    pub zero_steps: usize,
-    pub keep_first_frame: bool,
-    pub is_skip_first_chunk: bool,
-    /// Image-to-video or video-to-video input, already decoded and at the output size (the
-    /// pipeline reads no files; the CLI and the server decode them). Not part of the JSON.
-    #[serde(skip)]
-    pub conditioning: Conditioning,
 }
 
 /// Decoded pixels of a conditioning input: `data` is `[3, frames, height, width]` row-major
@@ -392,12 +379,6 @@ impl GenerationRequest {
     }
 }
 
-macro_rules! pick {
-    ($layers:expr, $field:ident) => {
-        $layers.iter().find_map(|l| l.$field.clone())
-    };
-}
-
 /// Merge `layers` (highest precedence first) over `defaults` and validate.
 ///
 /// # Errors
@@ -415,49 +396,20 @@ pub fn resolve(
     Ok(req)
 }
 
-/// Each field from the first layer that sets it, else the checkpoint default.
+/// Each field from the first layer that sets it, else the checkpoint default; the prompt must
+/// not be blank.
 fn merge(
     layers: &[RequestPatch],
     defaults: &ModelDefaults,
 ) -> Result<GenerationRequest, RequestError> {
-    let prompt = pick!(layers, prompt).unwrap_or_default();
-    if prompt.trim().is_empty() {
+    let req = pick_fields(layers, &defaults.request);
+    if req.prompt.trim().is_empty() {
         return Err(bad(
             "prompt",
             "the prompt is empty; pass the text to generate from",
         ));
     }
-    Ok(GenerationRequest {
-        prompt,
-        negative_prompt: pick!(layers, negative_prompt).unwrap_or_default(),
-        width: pick!(layers, width).unwrap_or(defaults.width),
-        height: pick!(layers, height).unwrap_or(defaults.height),
-        num_frames: pick!(layers, num_frames).unwrap_or(defaults.num_frames),
-        fps: pick!(layers, fps).unwrap_or(defaults.fps),
-        seed: pick!(layers, seed).unwrap_or(0),
-        guidance_scale: pick!(layers, guidance_scale).unwrap_or(defaults.guidance_scale),
-        pyramid_num_inference_steps_list: pick!(layers, pyramid_num_inference_steps_list)
-            .unwrap_or_else(|| defaults.pyramid_num_inference_steps_list.clone()),
-        is_amplify_first_chunk: pick!(layers, is_amplify_first_chunk)
-            .unwrap_or(defaults.is_amplify_first_chunk),
-        history_sizes: pick!(layers, history_sizes)
-            .unwrap_or_else(|| defaults.history_sizes.clone()),
-        num_latent_frames_per_chunk: pick!(layers, num_latent_frames_per_chunk)
-            .unwrap_or(defaults.num_latent_frames_per_chunk),
-        max_sequence_length: pick!(layers, max_sequence_length)
-            .unwrap_or(defaults.max_sequence_length),
-        num_inference_steps: pick!(layers, num_inference_steps)
-            .unwrap_or(defaults.num_inference_steps),
-        is_enable_stage2: pick!(layers, is_enable_stage2).unwrap_or(defaults.is_enable_stage2),
-        pyramid_num_stages: pick!(layers, pyramid_num_stages)
-            .unwrap_or(defaults.pyramid_num_stages),
-        use_cfg_zero_star: pick!(layers, use_cfg_zero_star).unwrap_or(defaults.use_cfg_zero_star),
-        use_zero_init: pick!(layers, use_zero_init).unwrap_or(defaults.use_zero_init),
-        zero_steps: pick!(layers, zero_steps).unwrap_or(defaults.zero_steps),
-        keep_first_frame: pick!(layers, keep_first_frame).unwrap_or(true),
-        is_skip_first_chunk: pick!(layers, is_skip_first_chunk).unwrap_or(false),
-        conditioning: Conditioning::None,
-    })
+    Ok(req)
 }
 
 /// The sampler knobs against the checkpoint: pyramid on/off and stage count as the checkpoint
@@ -502,7 +454,7 @@ fn check_sampler(
         ));
     }
     let stages = defaults.pyramid_num_stages;
-    if defaults.is_enable_stage2 && pick!(layers, num_inference_steps).is_some() {
+    if defaults.is_enable_stage2 && layers.iter().any(|l| l.num_inference_steps.is_some()) {
         return Err(bad(
             "num_inference_steps",
             format!(
@@ -512,7 +464,11 @@ fn check_sampler(
             ),
         ));
     }
-    if !defaults.is_enable_stage2 && pick!(layers, pyramid_num_inference_steps_list).is_some() {
+    if !defaults.is_enable_stage2
+        && layers
+            .iter()
+            .any(|l| l.pyramid_num_inference_steps_list.is_some())
+    {
         return Err(bad(
             "pyramid_num_inference_steps_list",
             format!(

@@ -44,6 +44,7 @@ pub async fn parse(content_type: Option<&str>, body: Bytes) -> Result<Fields, Ap
         "" if body.iter().all(|b| b.is_ascii_whitespace()) => Ok(Fields::default()),
         "application/json" | "" => parse_json(&body),
         "application/x-www-form-urlencoded" => {
+            check_form_utf8(&body)?;
             let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
                 .map_err(|e| ApiError::invalid("body", format!("malformed form body: {e}")))?;
             Ok(Fields {
@@ -54,6 +55,23 @@ pub async fn parse(content_type: Option<&str>, body: Bytes) -> Result<Fields, Ap
         "multipart/form-data" => parse_multipart(ct, body).await,
         _ => Err(ApiError::UnsupportedMediaType(essence)),
     }
+}
+
+/// Form values must be UTF-8 once percent-decoded, as JSON bodies must (`serde_urlencoded`
+/// would replace bad bytes with U+FFFD): 400 naming the field otherwise.
+fn check_form_utf8(body: &[u8]) -> Result<(), ApiError> {
+    for pair in body.split(|b| *b == b'&') {
+        let decoded: Vec<u8> = percent_encoding::percent_decode(pair).collect();
+        if std::str::from_utf8(&decoded).is_err() {
+            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+            let name = percent_encoding::percent_decode(name).decode_utf8_lossy();
+            return Err(ApiError::invalid(
+                &name,
+                "is not valid UTF-8 text; send UTF-8",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_json(body: &[u8]) -> Result<Fields, ApiError> {

@@ -338,7 +338,10 @@ mod tests {
         let c = with_preset("helios-mid", "model = \"m\"\n[default_request]\nfps = 12\n").unwrap();
         let preset = c.preset.as_ref().unwrap();
         assert_eq!(preset.name, "helios-mid");
-        assert_eq!(preset.pipeline.as_deref(), Some("HeliosPyramidPipeline"));
+        assert_eq!(
+            preset.model.pipeline.as_deref(),
+            Some("HeliosPyramidPipeline")
+        );
         assert_eq!(c.default_request.fps, Some(12));
         assert_eq!(
             c.default_request.pyramid_num_inference_steps_list, None,

@@ -305,7 +305,6 @@ async fn new_job(
 }
 
 fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRecord {
-    let r = &a.request;
     JobRecord {
         id: new_id(kind),
         seq: state.jobs.next_seq(),
@@ -315,11 +314,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         created_at: now(),
         started_at: None,
         completed_at: None,
-        prompt: r.prompt.clone(),
         seconds: a.seconds,
-        size: format!("{}x{}", r.width, r.height),
-        fps: r.fps,
-        num_frames: r.output_frames(),
         error: None,
         file_name: None,
         inference_time_s: None,
@@ -328,7 +323,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         kind,
         input: None,
         attempts: 0,
-        request: a.request.clone(),
+        request: a.request,
         hidden,
         cancel: Default::default(),
     }

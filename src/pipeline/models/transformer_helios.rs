@@ -1026,6 +1026,17 @@ pub struct HeliosTransformer3DModel<B: Backend> {
     config: HeliosTransformer3DModelConfig,
 }
 
+/// The inputs of one forward with a precomputed [`TextContext`]: the noisy latents
+/// `[B, C, T, H, W]`, one timestep per batch row, the prompt context, the RoPE frame indices of
+/// the noisy frames and the history.
+pub type ForwardInputs<'a, B> = (
+    Tensor<B, 5>,
+    &'a [f32],
+    &'a TextContext<B>,
+    &'a [i64],
+    Option<&'a HistoryInputs<B>>,
+);
+
 impl<B: Backend> HeliosTransformer3DModel<B> {
     load_methods! {
         /// Load `config.json` and `diffusion_pytorch_model*.safetensors` from a diffusers
@@ -1134,6 +1145,28 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         indices_hidden_states: &[i64],
         history: Option<&HistoryInputs<B>>,
     ) -> Tensor<B, 5> {
+        let inputs = (
+            hidden_states,
+            timestep,
+            text,
+            indices_hidden_states,
+            history,
+        );
+        self.forward_stoppable(inputs, &|| false)
+            .expect("never stopped")
+    }
+
+    /// [`forward_with_context`](Self::forward_with_context) that checks `stop` before each
+    /// transformer block and gives up (`None`) as soon as it says so: a cancelled request frees
+    /// the device within one block, not one whole forward.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward).
+    pub fn forward_stoppable(
+        &self,
+        (hidden_states, timestep, text, indices_hidden_states, history): ForwardInputs<'_, B>,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<Tensor<B, 5>> {
         let cfg = &self.config;
         let dim = cfg.inner_dim();
         let [p_t, p_h, p_w] = cfg.patch_size;
@@ -1221,6 +1254,9 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         // 6. Transformer blocks
         let mut x = x;
         for (block, kv) in self.blocks.iter().zip(&text.cross_kv) {
+            if stop() {
+                return None;
+            }
             x = block.forward(x, kv, &cond, &rotary_emb);
         }
 
@@ -1232,9 +1268,11 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         // 8. Unpatchify
         // reshape(B, T', H', W', p_t, p_h, p_w, C) → permute(0, 7, 1, 4, 2, 5, 3, 6)
         let c_out = cfg.out_channels();
-        x.reshape([b, tp, hp, wp, p_t, p_h, p_w, c_out])
-            .permute([0, 7, 1, 4, 2, 5, 3, 6])
-            .reshape([b, c_out, tp * p_t, hp * p_h, wp * p_w])
+        Some(
+            x.reshape([b, tp, hp, wp, p_t, p_h, p_w, c_out])
+                .permute([0, 7, 1, 4, 2, 5, 3, 6])
+                .reshape([b, c_out, tp * p_t, hp * p_h, wp * p_w]),
+        )
     }
 
     /// Patch-embed the three history terms and build their RoPE tables.

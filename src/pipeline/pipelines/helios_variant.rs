@@ -47,24 +47,22 @@ impl Variant {
         model_index: &ModelIndex,
         scheduler: &PipelineScheduler,
     ) -> ModelDefaults {
-        let base = match self {
+        let mut d = match self {
             Variant::Base => ModelDefaults::helios_base(),
-            Variant::Mid => ModelDefaults {
-                use_cfg_zero_star: model_index.is_cfg_zero_star,
-                ..ModelDefaults::helios_mid()
-            },
+            Variant::Mid => ModelDefaults::helios_mid(),
             Variant::Distilled => ModelDefaults::helios_distilled(),
         };
-        let stages = scheduler.stages();
-        let mut steps = base.pyramid_num_inference_steps_list.clone();
+        let r = &mut d.request;
+        if self == Variant::Mid {
+            r.use_cfg_zero_star = model_index.is_cfg_zero_star;
+        }
+        r.pyramid_num_stages = scheduler.stages();
         if self != Variant::Base {
-            steps.resize(stages, *steps.last().unwrap_or(&2));
+            let last = *r.pyramid_num_inference_steps_list.last().unwrap_or(&2);
+            r.pyramid_num_inference_steps_list
+                .resize(r.pyramid_num_stages, last);
         }
-        ModelDefaults {
-            pyramid_num_stages: stages,
-            pyramid_num_inference_steps_list: steps,
-            ..base
-        }
+        d
     }
 }
 

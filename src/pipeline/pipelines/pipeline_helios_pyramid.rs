@@ -408,7 +408,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
                     true => Tensor::zeros(latents.dims(), (self.device, DType::F32)),
                     false => {
                         let inputs = (texts, &hist, hist_cfg.as_ref(), &history.indices_hidden[..]);
-                        self.predict(&latents, t, (s, i), &plan.guidance, inputs)
+                        self.predict(&latents, t, (s, i), &plan.guidance, inputs, &ctx.cancel)?
                     }
                 };
                 latents = sampler.step(i, latents, v);
@@ -473,36 +473,33 @@ impl<B: Backend> DenoiseParts<'_, B> {
         (stage, i): (usize, usize),
         guidance: &Guidance,
         (texts, hist, hist_cfg, indices_hidden): PredictInputs<'_, B>,
-    ) -> Tensor<B, 5> {
+        cancel: &CancelToken,
+    ) -> Result<Tensor<B, 5>, PipelineError> {
         // Base: `t.expand(B)` (float); pyramid: `.to(torch.int64)` (truncation).
         let t_model = match self.variant {
             Variant::Base => t as f32,
             _ => model_timestep(t) as f32,
         };
-        let f32 = |v: Tensor<B, 5>| v.cast(DType::F32);
-        match (&texts.cfg, hist_cfg) {
-            (Some(text_cfg), Some(hist_cfg)) => {
-                let out = self.transformer.forward_with_context(
-                    Tensor::cat(vec![latents.clone(), latents.clone()], 0),
-                    &[t_model, t_model],
-                    text_cfg,
-                    indices_hidden,
-                    Some(hist_cfg),
-                );
-                let (cond, uncond) = (out.clone().narrow(0, 0, 1), out.narrow(0, 1, 1));
-                guidance.apply(f32(cond), Some(f32(uncond)), stage, i)
-            }
-            _ => {
-                let cond = self.transformer.forward_with_context(
-                    latents.clone(),
-                    &[t_model],
-                    &texts.cond,
-                    indices_hidden,
-                    Some(hist),
-                );
-                guidance.apply(f32(cond), None, stage, i)
-            }
-        }
+        // Under CFG one batch of two rows, [cond, uncond]; else the cond row alone.
+        let (batch, ts, text, hist) = match (&texts.cfg, hist_cfg) {
+            (Some(text_cfg), Some(hist_cfg)) => (
+                Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+                vec![t_model; 2],
+                text_cfg,
+                hist_cfg,
+            ),
+            _ => (latents.clone(), vec![t_model], &texts.cond, hist),
+        };
+        // Checked before every transformer block: DELETE frees the worker within one block.
+        let out = self
+            .transformer
+            .forward_stoppable((batch, &ts, text, indices_hidden, Some(hist)), &|| {
+                cancel.is_cancelled()
+            })
+            .ok_or(PipelineError::Cancelled)?
+            .cast(DType::F32);
+        let uncond = (out.dims()[0] == 2).then(|| out.clone().narrow(0, 1, 1));
+        Ok(guidance.apply(out.narrow(0, 0, 1), uncond, stage, i))
     }
 
     /// VAE-decode chunk `k` and hand its first `keep` frames to `sink`; returns how many.
@@ -518,7 +515,18 @@ impl<B: Backend> DenoiseParts<'_, B> {
             chunk: k,
             done: false,
         });
-        let video = self.vae.decode(self.vae.denormalize(latents));
+        // Frame by frame (the causal decoder's own loop), stopping at once when cancelled.
+        let mut parts = Vec::new();
+        let cancel = ctx.cancel.clone();
+        self.vae
+            .decode_streaming(self.vae.denormalize(latents), |_, frames| {
+                if cancel.is_cancelled() {
+                    return Err(PipelineError::Cancelled);
+                }
+                parts.push(frames);
+                Ok(())
+            })?;
+        let video = Tensor::cat(parts, 2);
         ctx.progress.event(Progress::Decoding {
             chunk: k,
             done: true,
