@@ -7,8 +7,9 @@
 //! commit hash, `snapshots/<commit>/` the files (symlinks into `blobs/`). The cache is
 //! `HF_HUB_CACHE`, else `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub` (huggingface_hub's order). A repo that is not cached is
-//! downloaded with the `hf-hub` crate, with progress bars, unless `HF_HUB_OFFLINE` is set; with
-//! no network the error says so in one line.
+//! downloaded with the `hf-hub` crate, with progress bars, unless `HF_HUB_OFFLINE` is set
+//! (`HF_TOKEN` for gated or private repos, `HF_ENDPOINT` for a mirror); with no network the
+//! error says so in one line.
 
 use std::path::{Path, PathBuf};
 
@@ -135,7 +136,11 @@ pub fn locate_with(spec: &str, env: impl Fn(&str) -> Option<String>) -> Result<L
             cache: cache.display().to_string(),
         });
     }
-    download(&cache, &id, &revision).map(located)
+    let hub = Hub {
+        endpoint: env("HF_ENDPOINT").filter(|v| !v.trim().is_empty()),
+        token: env("HF_TOKEN").filter(|v| !v.trim().is_empty()),
+    };
+    download(&cache, &id, &revision, hub).map(located)
 }
 
 /// The snapshot folder of `id` at `revision` when the cache holds its `model_index.json`.
@@ -158,17 +163,29 @@ fn cached_snapshot(cache: &Path, id: &str, revision: &str) -> Option<PathBuf> {
         .then_some(snapshot)
 }
 
+/// Where to download from, as huggingface_hub reads it: `HF_ENDPOINT` (a mirror) and
+/// `HF_TOKEN` (gated or private repos).
+struct Hub {
+    endpoint: Option<String>,
+    token: Option<String>,
+}
+
 /// Download every file of the repo into the cache (progress bars on stderr).
-fn download(cache: &Path, id: &str, revision: &str) -> Result<PathBuf, HubError> {
+fn download(cache: &Path, id: &str, revision: &str, hub: Hub) -> Result<PathBuf, HubError> {
     let err = |e: hf_hub::api::sync::ApiError| HubError::Download {
         id: id.to_string(),
         cache: cache.display().to_string(),
         message: e.to_string(),
     };
-    let api = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
-        .with_progress(true)
-        .build()
-        .map_err(err)?;
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
+        .with_progress(true);
+    if let Some(endpoint) = hub.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if hub.token.is_some() {
+        builder = builder.with_token(hub.token);
+    }
+    let api = builder.build().map_err(err)?;
     let repo = api.repo(Repo::with_revision(
         id.to_string(),
         RepoType::Model,

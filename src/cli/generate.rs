@@ -29,7 +29,7 @@ pub struct GenerateArgs {
     /// Diffusers-format checkpoint folder (model_index.json, transformer/, vae/, text_encoder/,
     /// tokenizer/, scheduler/), or a Hugging Face repo id `org/name[@revision]` looked up in the
     /// Hugging Face cache (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub) and downloaded
-    /// when missing (unless HF_HUB_OFFLINE=1).
+    /// when missing (HF_TOKEN for gated repos, HF_ENDPOINT for a mirror; not with HF_HUB_OFFLINE=1).
     #[arg(long, value_name = "DIR|ORG/NAME")]
     pub model: String,
     /// What to generate.

@@ -168,7 +168,7 @@ pub struct ServeConfig {
 pub struct ServeOverrides {
     /// Diffusers-format checkpoint folder (Helios Base, Mid or Distilled), or a Hugging Face repo
     /// id `org/name[@revision]` (looked up in the Hugging Face cache, downloaded when missing
-    /// unless HF_HUB_OFFLINE=1) [default: `model` in the config].
+    /// unless HF_HUB_OFFLINE=1; HF_TOKEN for gated repos) [default: `model` in the config].
     #[arg(value_name = "MODEL")]
     pub model: Option<String>,
     /// Preset name (helios-base, helios-mid, helios-distilled) or preset TOML file: request
