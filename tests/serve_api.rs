@@ -1067,6 +1067,23 @@ fn openapi_describes_every_endpoint() {
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
+    // With api_keys set, the document asks for the bearer key on the key routes (and lists
+    // their 401), and on none of the probes.
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(doc["paths"]["/v1/videos"]["post"]["security"], json!([{"bearer": []}]));
+    assert!(doc["paths"]["/v1/videos/{video_id}"]["delete"]["responses"]["401"].is_object());
+    assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([]));
+    assert!(doc["paths"]["/health"]["get"]["responses"].get("401").is_none());
+    // Every content type the download answers, and the bounds of the loaded model.
+    let content = &doc["paths"]["/v1/videos/{video_id}/content"]["get"]["responses"]["200"]["content"];
+    for ct in ["video/mp4", "image/webp", "image/jpeg"] {
+        assert!(content.get(ct).is_some(), "{ct}: {content}");
+    }
+    let create = &doc["components"]["schemas"]["VideoCreate"]["properties"];
+    assert_eq!(create["prompt"]["minLength"], 1);
+    assert_eq!(create["width"]["x-multiple-of"], 64, "{}", create["width"]);
+    assert_eq!(create["model"]["enum"], json!(["tiny-helios"]), "the served name");
+    assert!(create.get("num_inference_steps").is_none(), "a pyramid checkpoint takes no num_inference_steps");
     // The LocalAI and image routes are guarded like /v1.
     s.post_json("/video", json!({"prompt": "p"})).error(401);
     s.get("/generated-videos/x.mp4").error(401);
@@ -1215,7 +1232,10 @@ fn image_to_video_from_an_upload_or_an_image_reference() {
 #[test]
 fn bad_references_are_400_with_param_and_create_no_job() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[limits]\nmax_upload_bytes = 4096\n");
+    let cfg = write_config(
+        dir.path(),
+        "[limits]\nmax_upload_bytes = 4096\nmax_reference_pixels = 10000\n",
+    );
     let s = Server::start(dir.path(), &["--config", cfg.to_str().unwrap()]);
     let png = png_bytes(16, 16);
     let data_url = format!("data:image/png;base64,{}", b64_encode(&png));
@@ -1252,6 +1272,24 @@ fn bad_references_are_400_with_param_and_create_no_job() {
         e["message"].as_str().unwrap().contains("not a valid image"),
         "{e}"
     );
+
+    // Over max_reference_pixels by its header (128x128 = 16384 > 10000): refused before decoding,
+    // as an upload and as base64.
+    let mut big = Vec::new();
+    image::RgbImage::from_pixel(128, 128, image::Rgb([9, 9, 9]))
+        .write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png)
+        .unwrap();
+    assert!(big.len() < 4096, "a flat PNG is small: {} bytes", big.len());
+    let (ct, body) = multipart_file(&[("prompt", "p")], "input_reference", "big.png", "image/png", &big);
+    let e = create_multipart(&s, &ct, &body).error(400);
+    assert_eq!(e["param"], "input_reference", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("128x128") && msg.contains("max_reference_pixels"), "{e}");
+    let e = s
+        .post_json("/v1/videos", json!({"prompt": "p", "start_image": b64_encode(&big)}))
+        .error(400);
+    assert_eq!(e["param"], "start_image", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("max_reference_pixels"), "{e}");
 
     // A video shorter than one chunk.
     let short = mp4_bytes(5, "128x64");

@@ -187,6 +187,21 @@ pub fn load_image_bytes(bytes: &[u8]) -> Result<RgbImage, MediaError> {
     decode_image(bytes, "uploaded image")
 }
 
+/// The width and height an image file declares in its header, pixels, read without decoding
+/// the pixels (cheap even for a decompression bomb); `None` when the bytes are not a PNG, JPEG
+/// or WebP header this can read.
+pub fn image_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()?;
+    match reader.format() {
+        Some(ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP) => {
+            reader.into_dimensions().ok()
+        }
+        _ => None,
+    }
+}
+
 /// Resizes `img` to `width x height` as diffusers' `VaeImageProcessor.preprocess` does (see the
 /// module docs: Lanczos stretch, no aspect-ratio preservation) and returns it as `f32` in
 /// `[-1, 1]` (`2 * v / 255 - 1`).

@@ -5,9 +5,11 @@ pub mod image_in;
 pub mod mp4_out;
 pub mod video_in;
 
-pub use image_in::{MediaError, load_image, load_image_bytes, to_video_tensor_data};
+pub use image_in::{
+    MediaError, image_dimensions, load_image, load_image_bytes, to_video_tensor_data,
+};
 pub use mp4_out::{
     Complexity, EncodeOptions, Mp4Error, Mp4Summary, Mp4Writer, default_bitrate_bps,
     frame_f32_to_rgb8,
 };
-pub use video_in::{DecodedVideo, VideoReadOptions, read_video, read_video_bytes};
+pub use video_in::{DecodedVideo, VideoReadOptions, VideoReader, read_video, read_video_bytes};

@@ -412,6 +412,13 @@ fn merge(
     Ok(req)
 }
 
+/// What a request that sets nothing resolves to under `layers` (e.g. `[default_request]` and a
+/// preset) over the checkpoint's defaults: the `default`s a server documents. Its `prompt` is
+/// whatever the layers set (usually empty).
+pub fn defaults_under(layers: &[RequestPatch], defaults: &ModelDefaults) -> GenerationRequest {
+    pick_fields(layers, &defaults.request)
+}
+
 /// The sampler knobs against the checkpoint: pyramid on/off and stage count as the checkpoint
 /// has them, steps in range, and only the steps knob of the sampler the checkpoint runs.
 fn check_sampler(

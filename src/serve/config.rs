@@ -101,6 +101,12 @@ pub struct Limits {
     /// Largest accepted reference file (`input_reference` upload or a decoded data URL /
     /// base64 image), bytes; larger → 413.
     pub max_upload_bytes: usize,
+    /// Largest reference image or video frame, pixels (width × height from the file's header,
+    /// checked before any pixel is decoded); larger → 400 naming the field.
+    pub max_reference_pixels: u64,
+    /// Reference files decoded at once at admission; more wait for a slot (a client that goes
+    /// away while waiting costs nothing).
+    pub max_concurrent_decodes: usize,
     /// Jobs waiting behind the running one; more → 429.
     pub max_queued_jobs: usize,
     /// `POST /v1/videos/sync` gives up (504) after this many seconds.
@@ -125,6 +131,9 @@ impl Default for Limits {
         Self {
             max_body_bytes: 32 << 20,
             max_upload_bytes: 16 << 20,
+            // 6144x4096: a 25-megapixel photo; decoding it takes a few seconds on one core.
+            max_reference_pixels: 6144 * 4096,
+            max_concurrent_decodes: 2,
             max_queued_jobs: 16,
             sync_timeout_s: 600,
             poll_after_ms: 1000,
@@ -267,6 +276,7 @@ impl ServeConfig {
                 max_queued_jobs: limits.max_queued_jobs.max(1),
                 max_attempts: limits.max_attempts.max(1),
                 max_connections: limits.max_connections.max(1),
+                max_concurrent_decodes: limits.max_concurrent_decodes.max(1),
                 header_read_timeout_s: match limits.header_read_timeout_s {
                     t if t.is_finite() => t.clamp(0.1, 3600.0),
                     _ => Limits::default().header_read_timeout_s,

@@ -111,12 +111,16 @@ pub async fn serve(
             }
         });
     }
+    let decodes = Arc::new(tokio::sync::Semaphore::new(
+        cfg.limits.max_concurrent_decodes,
+    ));
     let state = Arc::new(routes::State {
         cfg,
         defaults,
         lower_layers,
         jobs,
         worker,
+        decodes,
     });
     let graceful = GracefulShutdown::new();
     let max_connections = state.cfg.limits.max_connections;

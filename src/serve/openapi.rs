@@ -1,6 +1,49 @@
-//! `GET /openapi.json`: a hand-written OpenAPI 3.1 description of every endpoint.
+//! `GET /openapi.json`: the OpenAPI 3.1 description of the running server, built from the route
+//! table ([`ROUTES`]: every row and method, and nothing else) and the live configuration: bearer
+//! auth and its 401s only when `api_keys` is set, the served model names, the model's pixel grid
+//! and the `[limits.budget]` bounds. Rules that span fields (long/short side, `seconds · fps`
+//! against the frame budget, the history sum) are stated in `description`s; a request inside the
+//! per-field bounds may still get a 400 naming the field for them.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use super::routes::{Access, ROUTES, State};
+use crate::pipeline::request::{GenerationRequest, RequestPatch, WorkBudget};
+
+/// What the document describes: the parts of the running server's configuration it depends on.
+#[derive(Debug, Clone)]
+pub struct Described {
+    /// `api_keys` is set: key routes need `Authorization: Bearer <key>` (else 401).
+    pub auth: bool,
+    /// The served model name, then its aliases (`model` must be one of them).
+    pub models: Vec<String>,
+    /// What an empty request resolves to (`[default_request]` and the preset over the
+    /// checkpoint's defaults): the `default`s of the fields.
+    pub defaults: GenerationRequest,
+    /// The checkpoint runs the pyramid sampler (steps per stage) rather than one stage.
+    pub pyramid: bool,
+    /// Pixel grid of width/height: 16·2^(stages−1) pixels.
+    pub grid: u32,
+    pub budget: WorkBudget,
+}
+
+impl Described {
+    /// The running server's.
+    pub fn of(state: &State) -> Self {
+        let defaults = crate::pipeline::request::defaults_under(&state.lower_layers, &state.defaults);
+        Described {
+            auth: !state.cfg.api_keys.is_empty(),
+            models: std::iter::once(&state.cfg.served_model_name)
+                .chain(&state.cfg.aliases)
+                .cloned()
+                .collect(),
+            pyramid: state.defaults.is_enable_stage2,
+            grid: 16u32 << state.defaults.pyramid_num_stages.saturating_sub(1),
+            defaults,
+            budget: state.cfg.limits.budget,
+        }
+    }
+}
 
 fn err(desc: &str) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
@@ -8,6 +51,18 @@ fn err(desc: &str) -> Value {
 
 fn json_ok(schema: &str) -> Value {
     json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn json_any(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"type": "object"}}}})
+}
+
+fn binary(content_types: &[&str]) -> Value {
+    let content: Map<String, Value> = content_types
+        .iter()
+        .map(|ct| (ct.to_string(), json!({"schema": {"type": "string", "format": "binary"}})))
+        .collect();
+    json!({"description": "OK", "content": content})
 }
 
 fn create_body() -> Value {
@@ -23,71 +78,299 @@ fn id_param(name: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
 }
 
-/// The responses of the three create endpoints: `ok`, or an error envelope.
-fn create_errors(ok: Value) -> Value {
+const SERVER_ERRORS: &str = "Server-side failure (500, or the generation failed on a blocking endpoint), model not loaded or worker gone (503), /sync past sync_timeout_s (504), the job could not be stored (507)";
+
+/// The responses of the endpoints that admit a generation: `ok`, or an error envelope.
+fn create_responses(ok: Value) -> Value {
     json!({
         "200": ok,
         "400": err("A bad field (`param` names it; over the work budget too) or a model mismatch"),
-        "401": err("Missing or wrong bearer key (when api_keys are set)"),
-        "405": err("Another method (the Allow header lists the right ones)"),
         "413": err("Body over max_body_bytes, or a reference file over max_upload_bytes (`param` names it)"),
         "415": err("Unsupported content type"),
         "429": err("Job queue full (Retry-After)"),
-        "507": err("The job could not be stored; nothing was queued"),
+        "5XX": err(SERVER_ERRORS),
     })
 }
 
-fn binary(content_type: &str) -> Value {
-    json!({"description": "OK", "content": {content_type: {"schema": {"type": "string", "format": "binary"}}}})
+/// The operation `method` of route `path`; `None` for a row or method the document does not know
+/// (a test keeps this in step with [`ROUTES`]).
+fn operation(path: &str, method: &str) -> Option<Value> {
+    let op = match (path, method) {
+        ("/health" | "/healthz", "GET") => json!({"summary": "Liveness (never needs a key)",
+            "responses": {"200": json_any("{status: ok}")}}),
+        ("/readyz", "GET") => json!({"summary": "503 until the model is loaded (never needs a key)",
+            "responses": {"200": json_any("{status: ready}"), "503": err("Loading")}}),
+        ("/openapi.json", "GET") => json!({"summary": "This document (never needs a key)",
+            "responses": {"200": json_any("OpenAPI 3.1")}}),
+        ("/v1/models", "GET") => json!({"summary": "The served model and its aliases",
+            "responses": {"200": json_any("{object: list, data: [model]}")}}),
+        ("/v1/models/{model}", "GET") => json!({"summary": "One model card",
+            "parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": json_any("model"), "404": err("Unknown model")}}),
+        ("/v1/videos", "POST") => json!({"summary": "Create a video job (answers at once, status queued)",
+            "operationId": "createVideo",
+            "requestBody": create_body(), "responses": create_responses(json_ok("Video")),
+            "links": video_links()}),
+        ("/v1/videos", "GET") => json!({"summary": "List video jobs",
+            "parameters": [
+                {"name": "after", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": ["integer", "string"], "minimum": 0, "maximum": 100, "pattern": "^(\\+?[0-9]{1,20})?$"},
+                 "description": "page size, 0..=100 (default: all); empty = absent"},
+                {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc", ""], "default": "desc"}}],
+            "responses": {"200": json_any("{object: list, data, first_id, last_id, has_more}"),
+                          "400": err("Bad paging parameter")}}),
+        ("/v1/videos/sync", "POST") => json!({
+            "summary": "Generate and answer the MP4 (X-Request-Id, X-Model, X-Inference-Time-S)",
+            "requestBody": create_body(), "responses": create_responses(binary(&["video/mp4"]))}),
+        ("/v1/videos/generations", "POST") => json!({
+            "summary": "Create and block until the job ends (?wait=false: at once)",
+            "operationId": "createVideoAndWait",
+            "parameters": [{"name": "wait", "in": "query", "schema": {"type": "string"},
+                "description": "`false`: answer at once; anything else waits"}],
+            "requestBody": create_body(), "responses": create_responses(json_ok("Video")),
+            "links": video_links()}),
+        ("/v1/videos/{video_id}", "GET") => json!({
+            "summary": "Retrieve (200 also for failed jobs; openai-poll-after-ms while running)",
+            "operationId": "retrieveVideo", "parameters": [id_param("video_id")],
+            "responses": {"200": json_ok("Video"), "404": err("Unknown id")}}),
+        ("/v1/videos/{video_id}", "DELETE") => json!({
+            "summary": "Delete (cancels a running job) with its files",
+            "operationId": "deleteVideo", "parameters": [id_param("video_id")],
+            "responses": {"200": json_any("{id, deleted: true, object: video.deleted}"), "404": err("Unknown id")}}),
+        ("/v1/videos/{video_id}/content", "GET") => json!({
+            "summary": "Download: variant=video (MP4, Range), thumbnail (WebP, middle frame), spritesheet (JPEG, 10 evenly spaced frames, 5 per row)",
+            "operationId": "downloadVideoContent",
+            "parameters": [id_param("video_id"),
+                {"name": "variant", "in": "query", "schema": {"enum": ["video", "thumbnail", "spritesheet", ""], "default": "video"},
+                 "description": "empty = video"},
+                {"name": "Range", "in": "header", "schema": {"type": "string"}, "description": "bytes=a-b, bytes=a- or bytes=-n (video only)"}],
+            "responses": {"200": binary(&["video/mp4", "image/webp", "image/jpeg"]),
+                          "206": binary(&["video/mp4"]), "400": err("Unknown variant"),
+                          "404": err("Unknown id or not finished"),
+                          "416": err("Range not satisfiable (Content-Range: bytes */length)"),
+                          "422": err("The job failed")}}),
+        ("/video", "POST") => json!({
+            "summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
+            "responses": create_responses(json_any("{created, id, data: [{index: 0, url | b64_json}]}"))}),
+        ("/generated-videos/{file}", "GET") => json!({"summary": "LocalAI: the MP4 named by a /video url",
+            "parameters": [id_param("file")],
+            "responses": {"200": binary(&["video/mp4"]), "206": binary(&["video/mp4"]),
+                          "404": err("Unknown file"), "416": err("Range not satisfiable"), "422": err("The job failed")}}),
+        ("/v1/images/generations", "POST") => json!({"summary": "One-frame generation as PNG (blocks); n must be 1",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImageCreate"}}}},
+            "responses": create_responses(json_any("{id, created, data: [{url | b64_json, revised_prompt}]}"))}),
+        ("/v1/images/{image_id}/content", "GET") => json!({"summary": "The PNG of an image generation",
+            "parameters": [id_param("image_id")],
+            "responses": {"200": binary(&["image/png"]), "404": err("Unknown id or not finished"), "422": err("The job failed")}}),
+        _ => return None,
+    };
+    Some(op)
 }
 
-/// The document.
-pub fn document() -> Value {
+/// Links from a created `Video` to the operations that take its id (stateful testing, clients).
+fn video_links() -> Value {
+    let by_id = json!({"video_id": "$response.body#/id"});
+    json!({"200": {
+        "RetrieveVideo": {"operationId": "retrieveVideo", "parameters": by_id},
+        "DeleteVideo": {"operationId": "deleteVideo", "parameters": by_id},
+        "DownloadVideoContent": {"operationId": "downloadVideoContent", "parameters": by_id},
+    }})
+}
+
+/// The document of the server `d` describes.
+pub fn document(d: &Described) -> Value {
+    let mut paths = Map::new();
+    for row in ROUTES {
+        let mut item = Map::new();
+        for method in row.methods() {
+            let mut op = operation(row.path, method)
+                .unwrap_or_else(|| json!({"summary": "undocumented"}));
+            let secured = d.auth && row.access == Access::Key;
+            op["security"] = match secured {
+                true => json!([{"bearer": []}]),
+                false => json!([]),
+            };
+            if secured {
+                op["responses"]["401"] = err("Missing or wrong bearer key");
+            }
+            item.insert(method.to_ascii_lowercase(), op);
+        }
+        paths.insert(row.path.to_string(), Value::Object(item));
+    }
+    // Links name operations by id; the `links` of a response live under its status code.
+    for (_, item) in paths.iter_mut() {
+        for (_, op) in item.as_object_mut().into_iter().flatten() {
+            if let Some(links) = op.as_object_mut().and_then(|o| o.remove("links")) {
+                for (status, l) in links.as_object().into_iter().flatten() {
+                    op["responses"][status]["links"] = l.clone();
+                }
+            }
+        }
+    }
+    let mut components = json!({
+        "schemas": {
+            "VideoCreate": video_create_schema(d), "Video": video_schema(),
+            "Error": error_schema(), "LocalAIVideo": localai_schema(d),
+            "ImageCreate": image_create_schema(d),
+        },
+    });
+    if d.auth {
+        components["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "omni serve", "version": env!("CARGO_PKG_VERSION"),
                  "description": "OpenAI Videos / vLLM-Omni / LocalAI compatible video generation (Helios)"},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "VideoCreate": video_create_schema(), "Video": video_schema(),
-                "Error": error_schema(), "LocalAIVideo": localai_schema(),
-            },
-        },
-        "security": [{"bearer": []}],
-        "paths": paths(),
+        "components": components,
+        "paths": paths,
     })
 }
 
+/// A non-blank string (the server trims it; blank is a 400); a number is taken as its text.
+fn non_blank() -> Value {
+    json!({"type": ["string", "number"], "minLength": 1, "pattern": "\\S"})
+}
+
+/// Text of an integer as forms send it: `" +0042 "` parses, `"1.5"` does not; an empty form
+/// field is absent.
+const INTEGER_TEXT: &str = "^(\\s*\\+?[0-9]{1,20}\\s*)?$";
+
+/// An optional integer field as the body parser takes it: a JSON number or its text, `null` =
+/// absent, at least `min`, at most `max` (the type's range, or a bound the server checks on
+/// this field whatever other fields say). Rules that depend on other fields go in `x-` keys and
+/// the description.
+fn int_field(min: u64, max: u64) -> Value {
+    json!({"type": ["integer", "string", "null"], "minimum": min, "maximum": max, "pattern": INTEGER_TEXT})
+}
+
+/// An optional number field (JSON number or its text; `null` = absent).
+fn number_field() -> Value {
+    json!({"type": ["number", "string", "null"], "pattern": "^(\\s*[-+]?([0-9]+\\.?[0-9]*|\\.[0-9]+)([eE][-+]?[0-9]+)?\\s*)?$"})
+}
+
+fn with(mut v: Value, extra: Value) -> Value {
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    v
+}
+
+/// Width or height in pixels: positive at parse time; the grid and the side limits apply to
+/// the resolved size (`size` beats width/height), so they are `x-` keys.
+fn side(d: &Described, default: u32) -> Value {
+    with(int_field(1, u32::MAX as u64), json!({"default": default,
+        "x-multiple-of": d.grid, "x-maximum-long-side": d.budget.max_long_side,
+        "x-maximum-short-side": d.budget.max_short_side,
+        "description": format!("pixels, a multiple of {}; the longer side at most {} and the shorter at most {} (else 400 naming it); `size` beats it",
+            d.grid, d.budget.max_long_side, d.budget.max_short_side)}))
+}
+
+/// The per-field schemas shared by the create bodies (top-level fields: the highest layer).
+fn common_fields(d: &Described) -> Map<String, Value> {
+    let r = &d.defaults;
+    let u32_max = u32::MAX as u64;
+    let mut m = Map::new();
+    m.insert("prompt".into(), non_blank());
+    m.insert("model".into(), json!({"enum": d.models, "default": d.models[0]}));
+    m.insert("negative_prompt".into(), json!({"type": ["string", "number", "null"], "default": r.negative_prompt}));
+    m.insert("width".into(), side(d, r.width));
+    m.insert("height".into(), side(d, r.height));
+    m.insert("size".into(), json!({"type": ["string", "number", "null"],
+        "pattern": "^(\\s*\\+?[0-9]*[1-9][0-9]*\\s*[xX]\\s*\\+?[0-9]*[1-9][0-9]*\\s*)?$",
+        "x-multiple-of": d.grid,
+        "description": format!("WxH in pixels (e.g. 640x384); beats width/height; each side snapped to the nearest multiple of {}, then the width/height limits apply", d.grid)}));
+    m.insert("num_frames".into(), with(int_field(1, d.budget.max_num_frames as u64), json!({"default": r.num_frames,
+        "description": "frames; made in chunks of 33 and trimmed to 4k+1; beats seconds"})));
+    m.insert("fps".into(), with(int_field(1, 240), json!({"default": r.fps, "description": "frames per second"})));
+    m.insert("seconds".into(), with(int_field(1, u32_max), json!({
+        "description": format!("duration in seconds: num_frames = seconds·fps when num_frames is absent (at most {} frames, else 400 naming seconds)", d.budget.max_num_frames)})));
+    m.insert("seed".into(), with(int_field(0, u64::MAX), json!({"description": "random when absent"})));
+    m.insert("guidance_scale".into(), with(number_field(), json!({"minimum": 0, "maximum": 20, "default": r.guidance_scale})));
+    m.insert("cfg_scale".into(), with(number_field(), json!({"description": "alias of guidance_scale (used when guidance_scale is absent; 0..=20)"})));
+    if !d.pyramid {
+        m.insert("num_inference_steps".into(), with(int_field(1, 200), json!({"default": r.num_inference_steps})));
+        m.insert("step".into(), with(int_field(0, u64::MAX), json!({"description": "alias of num_inference_steps (used when it is absent; 1..=200)"})));
+    }
+    m
+}
+
+/// `extra_params`: one schema per [`RequestPatch`] key (plain JSON types, unknown keys a 400).
+/// Keys the top-level fields beat are typed only; the keys only this layer sets are bounded as
+/// the server checks them, and the ones the checkpoint fixes are `const`.
+fn extra_params_schema(d: &Described) -> Value {
+    let r = &d.defaults;
+    let as_json = serde_json::to_value(r).unwrap_or_default();
+    let uint = |max: u64| json!({"type": "integer", "minimum": 0, "maximum": max});
+    let mut props = Map::new();
+    for key in RequestPatch::KEYS {
+        let schema = match *key {
+            "prompt" | "negative_prompt" => json!({"type": "string"}),
+            "width" | "height" | "num_frames" | "fps" => uint(u32::MAX as u64),
+            "seed" | "num_inference_steps" if !d.pyramid || *key == "seed" => uint(u64::MAX),
+            "guidance_scale" => json!({"type": "number"}),
+            "pyramid_num_inference_steps_list" if d.pyramid => json!({"type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": 200},
+                "minItems": r.pyramid_num_stages, "maxItems": r.pyramid_num_stages,
+                "description": "steps per pyramid stage"}),
+            "num_inference_steps" | "pyramid_num_inference_steps_list" => continue,
+            "is_enable_stage2" => json!({"const": r.is_enable_stage2}),
+            "pyramid_num_stages" => json!({"const": r.pyramid_num_stages}),
+            "keep_first_frame" => json!({"const": true}),
+            "is_amplify_first_chunk" | "use_cfg_zero_star" | "use_zero_init" | "is_skip_first_chunk" => {
+                json!({"type": "boolean"})
+            }
+            "history_sizes" => json!({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
+                "minItems": 3, "maxItems": 3,
+                "description": format!("latent frames [long, mid, short]; at most {} in all (else 400)", d.budget.max_history_frames)}),
+            "num_latent_frames_per_chunk" => json!({"type": "integer", "minimum": 1,
+                "maximum": d.budget.max_latent_frames_per_chunk}),
+            "max_sequence_length" => json!({"type": "integer", "minimum": 1, "maximum": 4096}),
+            "zero_steps" => uint(u64::MAX),
+            other => json!({"description": format!("{other}: see `omni generate --print-request`")}),
+        };
+        let schema = match as_json.get(*key) {
+            Some(default) => with(schema, json!({"default": default})),
+            None => schema,
+        };
+        props.insert(key.to_string(), schema);
+    }
+    json!({"type": ["object", "string", "null"], "properties": props, "additionalProperties": false,
+           "description": "model knobs below the top-level fields (any key of `omni generate --print-request`; a form sends the object's JSON text); unknown keys are a 400"})
+}
+
 /// `VideoCreate`: the body of the create endpoints (JSON, form or multipart).
-fn video_create_schema() -> Value {
+fn video_create_schema(d: &Described) -> Value {
+    let mut props = common_fields(d);
+    let extra = json!({
+        "video_params": {"type": ["object", "string", "null"], "properties": {
+            "width": int_field(1, u32::MAX as u64), "height": int_field(1, u32::MAX as u64),
+            "num_frames": int_field(1, u32::MAX as u64), "fps": int_field(1, u32::MAX as u64)},
+            "description": "vLLM-Omni / FastVideo: below the top-level fields"},
+        "extra_params": extra_params_schema(d),
+        "input_reference": {"type": "string", "format": "binary",
+            "description": "image (PNG/JPEG/WebP → image-to-video) or H.264 MP4 (≥ one chunk, 33 frames → video-to-video) as a multipart file part; in JSON a data URL, base64 or {image_url}. Decoded at admission (undecodable → 400, param input_reference); stretched to the output size"},
+        "image_reference": {"type": ["object", "string"], "properties": {"image_url": {"type": "string"}},
+            "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id and http(s) URLs are refused with 400"},
+        "video_reference": {"type": ["object", "string"], "properties": {"video_url": {"type": "string"}},
+            "description": "{\"video_url\": \"data:video/mp4;base64,...\"}: video-to-video"},
+        "start_image": {"type": "string", "description": "alias of input_reference (data URL or base64)"},
+        "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; remote URLs refused)"},
+    });
+    props.extend(extra.as_object().cloned().unwrap_or_default());
     json!({
-        "type": "object", "required": ["prompt"],
-        "properties": {
-            "prompt": {"type": "string"}, "model": {"type": "string"},
-            "negative_prompt": {"type": "string"},
-            "seconds": {"type": ["string", "integer"], "description": "num_frames = seconds·fps when num_frames is absent"},
-            "size": {"type": "string", "description": "WxH; beats width/height; snapped to the model's pixel grid"},
-            "width": {"type": "integer"}, "height": {"type": "integer"},
-            "num_frames": {"type": "integer"}, "fps": {"type": "integer"},
-            "seed": {"type": "integer"},
-            "guidance_scale": {"type": "number", "minimum": 0, "maximum": 20},
-            "cfg_scale": {"type": "number", "description": "alias of guidance_scale"},
-            "num_inference_steps": {"type": "integer", "minimum": 1, "maximum": 200},
-            "step": {"type": "integer", "description": "alias of num_inference_steps"},
-            "video_params": {"type": "object"},
-            "extra_params": {"type": "object", "description": "any key of `omni generate --print-request`"},
-            "input_reference": {"type": "string", "format": "binary",
-                "description": "image (PNG/JPEG/WebP → image-to-video) or H.264 MP4 (≥ one chunk, 33 frames → video-to-video) as a multipart file part; in JSON a data URL, base64 or {image_url}. Decoded at admission (undecodable → 400, param input_reference); stretched to the output size"},
-            "image_reference": {"type": ["object", "string"], "properties": {"image_url": {"type": "string"}},
-                "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id and http(s) URLs are refused with 400"},
-            "video_reference": {"type": ["object", "string"], "properties": {"video_url": {"type": "string"}},
-                "description": "{\"video_url\": \"data:video/mp4;base64,...\"}: video-to-video"},
-            "start_image": {"type": "string", "description": "alias of input_reference (data URL or base64)"},
-            "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; remote URLs refused)"},
-        },
-        "description": "At most one of input_reference, image_reference, video_reference, start_image, reference_url (else 400 naming the second)."
+        "type": "object", "required": ["prompt"], "properties": props,
+        "description": "At most one of input_reference, image_reference, video_reference, start_image, reference_url (else 400 naming the second). Other unknown fields are ignored."
     })
+}
+
+/// `ImageCreate`: the body of `POST /v1/images/generations`.
+fn image_create_schema(d: &Described) -> Value {
+    let c = common_fields(d);
+    json!({"type": "object", "required": ["prompt"], "properties": {
+        "prompt": c["prompt"], "model": c["model"], "size": c["size"], "n": {"enum": [1, "1", null]},
+        "seed": c["seed"], "negative_prompt": c["negative_prompt"],
+        "response_format": {"enum": ["url", "b64_json", "", null]}}})
 }
 
 /// `Video`: the job object.
@@ -99,7 +382,9 @@ fn video_schema() -> Value {
             "status": {"enum": ["queued", "in_progress", "completed", "failed"]},
             "progress": {"type": "integer"}, "created_at": {"type": "integer"},
             "completed_at": {"type": ["integer", "null"]}, "expires_at": {"type": ["integer", "null"]},
+            "started_at": {"type": ["integer", "null"]},
             "prompt": {"type": "string"}, "seconds": {"type": "string"}, "size": {"type": "string"},
+            "quality": {"type": "string"}, "media_type": {"type": "string"},
             "remixed_from_video_id": {"type": "null"},
             "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
             "file_name": {"type": ["string", "null"]}, "inference_time_s": {"type": ["number", "null"]},
@@ -114,81 +399,94 @@ fn video_schema() -> Value {
 /// `Error`: the OpenAI error envelope.
 fn error_schema() -> Value {
     json!({
-        "type": "object",
-        "properties": {"error": {"type": "object", "properties": {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
             "message": {"type": "string"}, "type": {"type": "string"},
-            "param": {"type": ["string", "null"]}, "code": {"type": "string"}}}}
+            "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}
     })
 }
 
 /// `LocalAIVideo`: the body of LocalAI's `POST /video`.
-fn localai_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "model": {"type": "string"}, "prompt": {"type": "string"},
-            "negative_prompt": {"type": "string"},
-            "start_image": {"type": "string", "description": "first frame (image-to-video) or an MP4 (video-to-video) as a data URL or base64; http(s) URLs are refused (400)"},
-            "end_image": {"type": "string", "description": "refused (400): last-frame conditioning is not supported"},
-            "input_reference": {"type": "string", "description": "alias of start_image"},
-            "width": {"type": "integer"}, "height": {"type": "integer"},
-            "num_frames": {"type": "integer"}, "fps": {"type": "integer"},
-            "seconds": {"type": "string"}, "size": {"type": "string"}, "seed": {"type": "integer"},
-            "cfg_scale": {"type": "number"}, "step": {"type": "integer"},
-            "response_format": {"enum": ["url", "b64_json"]},
-        }
-    })
+fn localai_schema(d: &Described) -> Value {
+    let c = common_fields(d);
+    let mut props = Map::new();
+    for k in ["model", "prompt", "negative_prompt", "width", "height", "num_frames", "fps", "seconds", "size", "seed", "cfg_scale"] {
+        props.insert(k.into(), c[k].clone());
+    }
+    if let Some(step) = c.get("step") {
+        props.insert("step".into(), step.clone());
+    }
+    props.insert("start_image".into(), json!({"type": "string", "description": "first frame (image-to-video) or an MP4 (video-to-video) as a data URL or base64; http(s) URLs are refused (400)"}));
+    props.insert("end_image".into(), json!({"description": "refused (400): last-frame conditioning is not supported"}));
+    props.insert("input_reference".into(), json!({"type": "string", "description": "alias of start_image"}));
+    props.insert("response_format".into(), json!({"enum": ["url", "b64_json", "", null]}));
+    json!({"type": "object", "required": ["prompt"], "properties": props})
 }
 
-/// Every endpoint.
-fn paths() -> Value {
-    json!({
-        "/v1/videos": {
-            "post": {"summary": "Create a video job (answers at once, status queued)",
-                     "requestBody": create_body(), "responses": create_errors(json_ok("Video"))},
-            "get": {"summary": "List video jobs",
-                    "parameters": [
-                        {"name": "after", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 100}},
-                        {"name": "order", "in": "query", "schema": {"enum": ["asc", "desc"], "default": "desc"}}],
-                    "responses": {"200": {"description": "{object: list, data, first_id, last_id, has_more}"}, "400": err("Bad paging parameter")}},
-        },
-        "/v1/videos/sync": {"post": {"summary": "Generate and answer the MP4 (X-Request-Id, X-Model, X-Inference-Time-S)",
-            "requestBody": create_body(), "responses": create_errors(binary("video/mp4"))}},
-        "/v1/videos/generations": {"post": {"summary": "Create and block until the job ends (?wait=false: at once)",
-            "requestBody": create_body(), "responses": create_errors(json_ok("Video"))}},
-        "/v1/videos/{video_id}": {
-            "parameters": [id_param("video_id")],
-            "get": {"summary": "Retrieve (200 also for failed jobs; openai-poll-after-ms while running)",
-                    "responses": {"200": json_ok("Video"), "404": err("Unknown id")}},
-            "delete": {"summary": "Delete (cancels a running job) with its files",
-                       "responses": {"200": {"description": "{id, deleted: true, object: video.deleted}"}, "404": err("Unknown id")}},
-        },
-        "/v1/videos/{video_id}/content": {"get": {
-            "summary": "Download: variant=video (MP4, Range), thumbnail (WebP, middle frame), spritesheet (JPEG, 10 evenly spaced frames, 5 per row)",
-            "parameters": [id_param("video_id"), {"name": "variant", "in": "query", "schema": {"enum": ["video", "thumbnail", "spritesheet"], "default": "video"}}],
-            "responses": {"200": binary("video/mp4"), "206": binary("video/mp4"), "400": err("Unknown variant"),
-                          "404": err("Unknown id or not finished"), "416": err("Range not satisfiable (Content-Range: bytes */length)"),
-                          "422": err("The job failed")}}},
-        "/video": {"post": {"summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
-            "responses": {"200": {"description": "{created, id, data: [{index: 0, url | b64_json}]}"}, "400": err("Bad field, undecodable start_image, or end_image"), "500": err("Generation failed")}}},
-        "/generated-videos/{file}": {"get": {"summary": "LocalAI: the MP4 named by a /video url",
-            "parameters": [id_param("file")], "responses": {"200": binary("video/mp4"), "404": err("Unknown file")}}},
-        "/v1/images/generations": {"post": {"summary": "One-frame generation as PNG (blocks); n must be 1",
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["prompt"],
-                "properties": {"prompt": {"type": "string"}, "model": {"type": "string"}, "size": {"type": "string"}, "n": {"const": 1},
-                               "seed": {"type": "integer"}, "negative_prompt": {"type": "string"},
-                               "response_format": {"enum": ["url", "b64_json"]}}}}}},
-            "responses": {"200": {"description": "{id, created, data: [{url | b64_json, revised_prompt}]}"}, "400": err("Bad field"), "500": err("Generation failed")}}},
-        "/v1/images/{image_id}/content": {"get": {"summary": "The PNG of an image generation",
-            "parameters": [id_param("image_id")], "responses": {"200": binary("image/png"), "404": err("Unknown id")}}},
-        "/v1/models": {"get": {"summary": "The served model and its aliases", "responses": {"200": {"description": "{object: list, data: [model]}"}}}},
-        "/v1/models/{model}": {"get": {"summary": "One model card", "parameters": [id_param("model")],
-            "responses": {"200": {"description": "model"}, "404": err("Unknown model")}}},
-        "/health": {"get": {"summary": "Liveness (never needs a key)", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
-        "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
-        "/readyz": {"get": {"summary": "503 until the model is loaded", "security": [], "responses": {"200": {"description": "{status: ready}"}, "503": err("Loading")}}},
-        "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::request::ModelDefaults;
+
+    fn described(auth: bool) -> Described {
+        let defaults = ModelDefaults::helios_distilled();
+        Described {
+            auth,
+            models: vec!["m".into()],
+            pyramid: defaults.is_enable_stage2,
+            grid: 64,
+            defaults: defaults.request.clone(),
+            budget: WorkBudget::default(),
+        }
+    }
+
+    /// Every row and method of the route table is documented, and nothing else.
+    #[test]
+    fn document_matches_route_table() {
+        let d = described(false);
+        let doc = document(&d);
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), ROUTES.len());
+        for row in ROUTES {
+            let item = paths[row.path].as_object().unwrap();
+            assert_eq!(item.len(), row.methods().count(), "{}", row.path);
+            for m in row.methods() {
+                assert!(operation(row.path, m).is_some(), "{m} {} undocumented", row.path);
+                assert!(item.contains_key(&m.to_ascii_lowercase()));
+            }
+        }
+    }
+
+    /// Auth and 401 appear exactly when keys are set, and only on key routes.
+    #[test]
+    fn auth_only_with_keys() {
+        for auth in [false, true] {
+            let doc = document(&described(auth));
+            assert_eq!(doc["components"].get("securitySchemes").is_some(), auth);
+            for row in ROUTES {
+                for m in row.methods() {
+                    let op = &doc["paths"][row.path][m.to_ascii_lowercase()];
+                    let secured = auth && row.access == Access::Key;
+                    assert_eq!(op["security"].as_array().unwrap().is_empty(), !secured);
+                    assert_eq!(op["responses"].get("401").is_some(), secured, "{m} {}", row.path);
+                }
+            }
+        }
+    }
+
+    /// `extra_params` documents every request key the checkpoint takes.
+    #[test]
+    fn extra_params_cover_request_keys() {
+        let d = described(false);
+        let s = extra_params_schema(&d);
+        let props = s["properties"].as_object().unwrap();
+        for k in RequestPatch::KEYS {
+            let skipped = match d.pyramid {
+                true => *k == "num_inference_steps",
+                false => *k == "pyramid_num_inference_steps_list",
+            };
+            assert_eq!(props.contains_key(*k), !skipped, "{k}");
+            assert!(props.get(*k).is_none_or(|p| p.get("description").is_none_or(|t| !t.as_str().unwrap().contains("see `omni"))), "{k} has no schema");
+        }
+    }
 }

@@ -219,6 +219,36 @@ fn from_string(field: &str, s: &str, video: bool) -> Result<RawReference, ApiErr
     })
 }
 
+/// Refuse a reference whose image, or video frame, is over `max_pixels` (width × height as its
+/// header declares), before any pixel is decoded: a 519 KB PNG can declare 13000x13000.
+/// Bytes that are neither an image nor an MP4 header pass (the decode names what is wrong).
+///
+/// # Errors
+/// 400 naming the field.
+pub fn check_pixels(r: &RawReference, max_pixels: u64) -> Result<(), ApiError> {
+    let dims = match r.hint {
+        Some(RefKind::Video) => None,
+        _ => crate::media::image_dimensions(&r.bytes),
+    }
+    .or_else(|| match r.hint {
+        Some(RefKind::Image) => None,
+        _ => crate::media::VideoReader::from_bytes(r.bytes.clone(), "uploaded video")
+            .ok()
+            .map(|v| (v.info().width, v.info().height)),
+    });
+    match dims {
+        Some((w, h)) if w as u64 * h as u64 > max_pixels => Err(ApiError::invalid(
+            &r.param,
+            format!(
+                "the reference is {w}x{h} = {} pixels, over this server's limit of {max_pixels} \
+                 (max_reference_pixels); scale it down, it is stretched to the output size anyway",
+                w as u64 * h as u64
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Decode `bytes` to the conditioning of `req` (pixels at the output size). Without a hint the
 /// bytes are tried as an image, then as a video. CPU work: call it off the async runtime.
 ///

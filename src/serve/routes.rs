@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -30,6 +30,8 @@ pub struct State {
     pub lower_layers: Vec<RequestPatch>,
     pub jobs: Arc<Jobs>,
     pub worker: Worker,
+    /// Slots for reference decodes at admission (`max_concurrent_decodes`).
+    pub decodes: Arc<tokio::sync::Semaphore>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -87,43 +89,109 @@ fn json_response(status: StatusCode, v: &Value) -> Resp {
     r
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Never needs a key (probes, the OpenAPI document).
+    Public,
+    /// Needs `Authorization: Bearer <key>` when `api_keys` is set.
+    Key,
+}
+
+/// One row of the route table: [`route`] dispatches by it (404, 405 with `Allow`, auth) and
+/// `/openapi.json` describes exactly these rows ([`super::openapi::document`]).
+#[derive(Debug)]
+pub struct Route {
+    /// The OpenAPI path template, e.g. `/v1/videos/{video_id}`: a `{…}` segment matches any one
+    /// path segment; literal rows are listed before the templates they overlap.
+    pub path: &'static str,
+    /// The methods it takes, as the `Allow` header lists them.
+    pub allow: &'static str,
+    pub access: Access,
+}
+
+impl Route {
+    /// The methods of [`Route::allow`].
+    pub fn methods(&self) -> impl Iterator<Item = &'static str> {
+        self.allow.split(", ")
+    }
+}
+
+const fn row(path: &'static str, allow: &'static str, access: Access) -> Route {
+    Route {
+        path,
+        allow,
+        access,
+    }
+}
+
+/// Every route of the server.
+pub const ROUTES: &[Route] = &[
+    row("/health", "GET", Access::Public),
+    row("/healthz", "GET", Access::Public),
+    row("/readyz", "GET", Access::Public),
+    row("/openapi.json", "GET", Access::Public),
+    row("/v1/models", "GET", Access::Key),
+    row("/v1/models/{model}", "GET", Access::Key),
+    row("/v1/videos", "GET, POST", Access::Key),
+    row("/v1/videos/sync", "POST", Access::Key),
+    row("/v1/videos/generations", "POST", Access::Key),
+    row("/v1/videos/{video_id}", "GET, DELETE", Access::Key),
+    row("/v1/videos/{video_id}/content", "GET", Access::Key),
+    row("/video", "POST", Access::Key),
+    row("/generated-videos/{file}", "GET", Access::Key),
+    row("/v1/images/generations", "POST", Access::Key),
+    row("/v1/images/{image_id}/content", "GET", Access::Key),
+];
+
+/// The first row of [`ROUTES`] that `path` (no query, no trailing `/`) matches, with the values
+/// of its `{…}` segments in order.
+pub fn match_route(path: &str) -> Option<(&'static Route, Vec<&str>)> {
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    ROUTES.iter().find_map(|r| {
+        let pattern: Vec<&str> = r.path.split('/').skip(1).collect();
+        if pattern.len() != segs.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (p, s) in pattern.iter().zip(&segs) {
+            match p.starts_with('{') {
+                true => params.push(*s),
+                false if p == s => {}
+                false => return None,
+            }
+        }
+        Some((r, params))
+    })
+}
+
 async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let path = req.uri().path().trim_end_matches('/').to_string();
-    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let Some((row, params)) = match_route(&path) else {
+        return Err(ApiError::NotFound(format!("No route for {path}")));
+    };
     let method = req.method().clone();
-    let not_allowed = |allow: &'static str| ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        allow,
-    };
-    let only = |m: Method| -> Result<(), ApiError> {
-        match (method == m, m) {
-            (true, _) => Ok(()),
-            (false, Method::POST) => Err(not_allowed("POST")),
-            (false, _) => Err(not_allowed("GET")),
-        }
-    };
-    match segs.as_slice() {
-        ["health"] | ["healthz"] => {
-            only(Method::GET)?;
-            return Ok(json_response(StatusCode::OK, &json!({"status": "ok"})));
-        }
-        ["readyz"] => {
-            only(Method::GET)?;
-            return match state.worker.is_ready() {
-                true => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
-                false => Err(ApiError::Unavailable("the model is still loading".into())),
-            };
-        }
-        ["openapi.json"] => {
-            only(Method::GET)?;
-            return Ok(json_response(StatusCode::OK, &openapi::document()));
-        }
-        ["v1", ..] | ["video"] | ["generated-videos", _] => authorize(&state.cfg, &req)?,
-        _ => return Err(ApiError::NotFound(format!("No route for {path}"))),
+    if !row.methods().any(|m| m == method.as_str()) {
+        return Err(ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: row.allow,
+        });
     }
-    match segs.as_slice() {
-        ["v1", "models"] => {
-            only(Method::GET)?;
+    if row.access == Access::Key {
+        authorize(&state.cfg, &req)?;
+    }
+    let param = params.first().copied().unwrap_or_default();
+    match (row.path, method.as_str()) {
+        ("/health" | "/healthz", _) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+        ("/readyz", _) => match state.worker.is_ready() {
+            true => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
+            false => Err(ApiError::Unavailable("the model is still loading".into())),
+        },
+        ("/openapi.json", _) => Ok(json_response(
+            StatusCode::OK,
+            &openapi::document(&openapi::Described::of(state)),
+        )),
+        ("/v1/models", _) => {
             let data: Vec<Value> = std::iter::once(&state.cfg.served_model_name)
                 .chain(&state.cfg.aliases)
                 .map(|id| model_card(state, id))
@@ -133,54 +201,28 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
                 &json!({"object": "list", "data": data}),
             ))
         }
-        ["v1", "models", id] => {
-            only(Method::GET)?;
-            match state.cfg.serves(id) {
-                true => Ok(json_response(StatusCode::OK, &model_card(state, id))),
-                false => Err(ApiError::NotFound(format!(
-                    "The model '{id}' does not exist"
-                ))),
-            }
-        }
-        ["v1", "videos"] if method == Method::POST => create(state, req).await,
-        ["v1", "videos"] if method == Method::GET => list(state, req.uri().query()),
-        ["v1", "videos"] => Err(not_allowed("GET, POST")),
-        ["v1", "videos", "sync"] => {
-            only(Method::POST)?;
-            sync(state, req).await
-        }
-        ["v1", "videos", "generations"] => {
-            only(Method::POST)?;
-            generations(state, req).await
-        }
-        ["v1", "videos", id] => match method {
-            Method::GET => retrieve(state, id),
-            Method::DELETE => delete(state, id),
-            _ => Err(not_allowed("GET, DELETE")),
+        ("/v1/models/{model}", _) => match state.cfg.serves(param) {
+            true => Ok(json_response(StatusCode::OK, &model_card(state, param))),
+            false => Err(ApiError::NotFound(format!(
+                "The model '{param}' does not exist"
+            ))),
         },
-        ["v1", "videos", id, "content"] => {
-            only(Method::GET)?;
-            content(state, id, &req).await
-        }
-        ["video"] => {
-            only(Method::POST)?;
-            localai_video(state, req).await
-        }
-        ["generated-videos", file] => {
-            only(Method::GET)?;
-            let id = file.strip_suffix(".mp4").unwrap_or("");
+        ("/v1/videos", "POST") => create(state, req).await,
+        ("/v1/videos", _) => list(state, req.uri().query()),
+        ("/v1/videos/sync", _) => sync(state, req).await,
+        ("/v1/videos/generations", _) => generations(state, req).await,
+        ("/v1/videos/{video_id}", "DELETE") => delete(state, param),
+        ("/v1/videos/{video_id}", _) => retrieve(state, param),
+        ("/v1/videos/{video_id}/content", _) => content(state, param, &req).await,
+        ("/video", _) => localai_video(state, req).await,
+        ("/generated-videos/{file}", _) => {
+            let id = param.strip_suffix(".mp4").unwrap_or("");
             let rec = lookup(state, id)?;
             serve_video(state, &rec, &req).await
         }
-        ["v1", "images", "generations"] => {
-            only(Method::POST)?;
-            image_generations(state, req).await
-        }
-        ["v1", "images", id, "content"] => {
-            only(Method::GET)?;
-            image_content(state, id).await
-        }
-        _ => Err(ApiError::NotFound(format!("No route for {path}"))),
+        ("/v1/images/generations", _) => image_generations(state, req).await,
+        ("/v1/images/{image_id}/content", _) => image_content(state, param).await,
+        (p, m) => Err(ApiError::Internal(format!("no handler for {m} {p}"))),
     }
 }
 
@@ -275,33 +317,77 @@ fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiErr
     )
 }
 
-/// The record of an admitted request. A reference is decoded here, on a blocking thread (a bad
-/// file is a 400 and no job), then its original bytes are written to `<id>.input` for the worker,
-/// which decodes them again when it runs the job (also after a restart).
+/// An admitted job not queued yet: its record and, with a reference, the `<id>.input` file that
+/// is removed again unless the job gets queued ([`enqueue`]), so a refused, failed or abandoned
+/// admission (the client went away) leaves no file behind.
+struct NewJob<'a> {
+    rec: JobRecord,
+    input: Option<InputFile<'a>>,
+}
+
+/// A stored reference of a job that is not queued yet.
+struct InputFile<'a> {
+    jobs: &'a Jobs,
+    id: String,
+    queued: bool,
+}
+
+impl Drop for InputFile<'_> {
+    fn drop(&mut self) {
+        if !self.queued {
+            let _ = std::fs::remove_file(self.jobs.input_path(&self.id));
+        }
+    }
+}
+
+/// The record of an admitted request. A reference is checked by its header (at most
+/// `max_reference_pixels` per image or frame), then decoded on a blocking thread, at most
+/// `max_concurrent_decodes` at once (a bad file is a 400 and no job); then its original bytes
+/// are written to `<id>.input` for the worker, which decodes them again when it runs the job
+/// (also after a restart). A client that goes away while waiting for a decode slot starts no
+/// decode; one that goes away during a decode gets nothing written.
 async fn new_job(
     state: &State,
     mut a: Admitted,
     hidden: bool,
     kind: JobKind,
-) -> Result<JobRecord, ApiError> {
+) -> Result<NewJob<'_>, ApiError> {
     let reference = a.reference.take();
     let mut rec = new_record(state, a, hidden, kind);
-    if let Some(r) = reference {
-        let req = rec.request.clone();
-        let path = state.jobs.input_path(&rec.id);
-        let kind = tokio::task::spawn_blocking(move || {
-            let (kind, _pixels) = reference::decode(&r.bytes, r.hint, &req, &r.param)?;
-            std::fs::write(&path, &r.bytes).map_err(|e| {
-                tracing::error!("writing {}: {e}", path.display());
-                ApiError::InsufficientStorage("could not store the reference file".into())
-            })?;
-            Ok::<_, ApiError>(kind)
-        })
+    let Some(r) = reference else {
+        return Ok(NewJob { rec, input: None });
+    };
+    reference::check_pixels(&r, state.cfg.limits.max_reference_pixels)?;
+    let permit = state
+        .decodes
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|_| ApiError::Internal("decoding the reference stopped".into()))??;
-        rec.input = Some(kind);
-    }
-    Ok(rec)
+        .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+    let req = rec.request.clone();
+    let (kind, r) = tokio::task::spawn_blocking(move || {
+        // The slot is held until the decode ends, even when the request is gone.
+        let _permit = permit;
+        let (kind, _pixels) = reference::decode(&r.bytes, r.hint, &req, &r.param)?;
+        Ok::<_, ApiError>((kind, r))
+    })
+    .await
+    .map_err(|_| ApiError::Internal("decoding the reference stopped".into()))??;
+    let input = InputFile {
+        jobs: &state.jobs,
+        id: rec.id.clone(),
+        queued: false,
+    };
+    let path = state.jobs.input_path(&rec.id);
+    tokio::fs::write(&path, &r.bytes).await.map_err(|e| {
+        tracing::error!("writing {}: {e}", path.display());
+        ApiError::InsufficientStorage("could not store the reference file".into())
+    })?;
+    rec.input = Some(kind);
+    Ok(NewJob {
+        rec,
+        input: Some(input),
+    })
 }
 
 fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRecord {
@@ -329,12 +415,13 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
     }
 }
 
-/// Insert and queue; on a full queue the record is removed again.
+/// Insert and queue; on a full queue the record (and its input file) is removed again.
 fn enqueue(
     state: &State,
-    rec: JobRecord,
+    job: NewJob<'_>,
     done: Option<oneshot::Sender<()>>,
 ) -> Result<String, ApiError> {
+    let NewJob { rec, input } = job;
     let id = rec.id.clone();
     let max = state.cfg.limits.max_queued_jobs;
     match state.jobs.insert_queued(rec, max) {
@@ -346,6 +433,10 @@ fn enqueue(
                 "the server could not store the job; free space in its storage folder".into(),
             ));
         }
+    }
+    if let Some(mut input) = input {
+        // The record owns the file now: removing the job removes it.
+        input.queued = true;
     }
     if !state.worker.submit(Job {
         id: id.clone(),
@@ -372,11 +463,11 @@ fn video_response(state: &State, rec: &JobRecord) -> Resp {
 
 async fn create(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
-    let rec = new_job(state, admitted, false, JobKind::Video).await?;
+    let job = new_job(state, admitted, false, JobKind::Video).await?;
     // Answer the job as admitted (`queued`): the worker may already have picked it up (or even
     // finished it) by the time the response is written, and a create answers the creation.
-    let created = rec.clone();
-    enqueue(state, rec, None)?;
+    let created = job.rec.clone();
+    enqueue(state, job, None)?;
     Ok(video_response(state, &created))
 }
 
@@ -388,9 +479,9 @@ async fn generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiE
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "wait=false"));
     let admitted = admit_body(state, req).await?;
-    let rec = new_job(state, admitted, false, JobKind::Video).await?;
+    let job = new_job(state, admitted, false, JobKind::Video).await?;
     let (tx, rx) = oneshot::channel();
-    let id = enqueue(state, rec, Some(tx))?;
+    let id = enqueue(state, job, Some(tx))?;
     if wait {
         // Ends when the job is terminal or deleted (the worker drops or fires `tx`).
         let _ = rx.await;
@@ -653,10 +744,10 @@ fn b64_requested(fields: &body::Fields) -> Result<bool, ApiError> {
 
 /// Queue a visible job and wait until it is terminal; the finished record, or a 500 naming the
 /// generation error.
-async fn run_blocking(state: &State, rec: JobRecord) -> Result<JobRecord, ApiError> {
+async fn run_blocking(state: &State, job: NewJob<'_>) -> Result<JobRecord, ApiError> {
     let (tx, rx) = oneshot::channel();
-    let kind = rec.kind;
-    let id = enqueue(state, rec, Some(tx))?;
+    let kind = job.rec.kind;
+    let id = enqueue(state, job, Some(tx))?;
     let _ = rx.await;
     let rec = lookup_kind(state, &id, kind)
         .map_err(|_| ApiError::Internal("the job was deleted before it finished".into()))?;
@@ -678,8 +769,8 @@ async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, Ap
     let fields = read_fields(state, req).await?;
     let b64 = b64_requested(&fields)?;
     let admitted = admit_fields(state, &fields)?;
-    let rec = new_job(state, admitted, false, JobKind::Video).await?;
-    let rec = run_blocking(state, rec).await?;
+    let job = new_job(state, admitted, false, JobKind::Video).await?;
+    let rec = run_blocking(state, job).await?;
     let item = if b64 {
         let b64 = file_base64(state.jobs.video_path(&rec.id), "file").await?;
         json!({"index": 0, "b64_json": b64})
@@ -721,8 +812,8 @@ async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp
         ));
     }
     let prompt = admitted.request.prompt.clone();
-    let rec = new_job(state, admitted, false, JobKind::Image).await?;
-    let rec = run_blocking(state, rec).await?;
+    let job = new_job(state, admitted, false, JobKind::Image).await?;
+    let rec = run_blocking(state, job).await?;
     let item = if b64 {
         let b64 = file_base64(state.jobs.image_path(&rec.id), "image").await?;
         json!({"b64_json": b64, "revised_prompt": prompt})
@@ -765,10 +856,10 @@ impl Drop for SyncGuard<'_> {
 async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let admitted = admit_body(state, req).await?;
     let started = Instant::now();
-    let rec = new_job(state, admitted, true, JobKind::Video).await?;
-    let model = rec.model.clone();
+    let job = new_job(state, admitted, true, JobKind::Video).await?;
+    let model = job.rec.model.clone();
     let (tx, rx) = oneshot::channel();
-    let id = enqueue(state, rec, Some(tx))?;
+    let id = enqueue(state, job, Some(tx))?;
     let _guard = SyncGuard {
         jobs: &state.jobs,
         id: id.clone(),
