@@ -1857,3 +1857,202 @@ fn a_job_that_cannot_be_stored_is_507_not_a_lost_200() {
     let (v, _) = s.wait(r.json()["id"].as_str().unwrap());
     assert_eq!(v["status"], "completed", "{v}");
 }
+
+/// Storage files no job record accounts for: temporary files, and files of unknown ids.
+fn orphans(storage: &Path) -> Vec<String> {
+    let ids: Vec<String> = std::fs::read_dir(storage.join("jobs"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_suffix(".json").map(str::to_string)
+        })
+        .collect();
+    std::fs::read_dir(storage)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp") || !ids.iter().any(|id| n.starts_with(&format!("{id}."))))
+        .collect()
+}
+
+#[test]
+fn kill_9_at_four_moments_leaves_no_orphan_files_and_loses_no_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("st");
+    let png = png_bytes(64, 32);
+    let (ct, upload) = multipart_file(
+        &[("prompt", "conditioned"), ("size", SMALL), ("num_frames", "33")],
+        "input_reference",
+        "ref.png",
+        "image/png",
+        &png,
+    );
+    let mut admitted: Vec<String> = Vec::new();
+
+    // 1. During admission: a conditioned create is still being sent / decoded.
+    {
+        let s = Server::start(&storage, &[]);
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        let head = format!(
+            "POST /v1/videos HTTP/1.1\r\nHost: x\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            upload.len()
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(&upload).unwrap();
+        // Killed (drop) without reading the answer.
+    }
+
+    // 2. A job denoising and a conditioned job queued behind it.
+    {
+        let s = Server::start(&storage, &[]);
+        let long = s.post_json(
+            "/v1/videos",
+            json!({"prompt": "long", "size": SMALL, "num_frames": 132}),
+        );
+        admitted.push(long.json()["id"].as_str().unwrap().to_string());
+        let queued = create_multipart(&s, &ct, &upload);
+        assert_eq!(queued.status, 200, "{}", queued.text());
+        admitted.push(queued.json()["id"].as_str().unwrap().to_string());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = s.get(&format!("/v1/videos/{}", admitted[0])).json();
+            if v["status"] == "in_progress" && v["progress"].as_u64().unwrap() > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never started: {v}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let v = s.get(&format!("/v1/videos/{}", admitted[1])).json();
+        assert_eq!(v["status"], "queued", "{v}");
+    }
+
+    // 3. Writing the output: the last steps of a job (decode, MP4, previews).
+    {
+        let s = Server::start(&storage, &[]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        'watch: loop {
+            for id in &admitted {
+                let v = s.get(&format!("/v1/videos/{id}")).json();
+                if v["status"] == "in_progress" && v["progress"].as_u64().unwrap() >= 90 {
+                    break 'watch;
+                }
+            }
+            assert!(Instant::now() < deadline, "no job reached its output stage");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    // 4. Right after a restart (the sweep and the re-queued jobs starting), then once more to
+    //    let everything finish.
+    {
+        let _s = Server::start(&storage, &[]);
+    }
+    let s = Server::start(&storage, &[]);
+    for id in &admitted {
+        let (v, _) = s.wait(id);
+        // A job killed under twice fails (`worker_crashed`); none is lost or left running.
+        assert!(
+            v["status"] == "completed" || v["error"]["code"] == "worker_crashed",
+            "{v}"
+        );
+    }
+    let listed = s.get("/v1/videos?order=asc").json();
+    for id in &admitted {
+        assert!(
+            listed["data"].as_array().unwrap().iter().any(|v| v["id"] == id.as_str()),
+            "{id} lost: {listed}"
+        );
+    }
+    let left = orphans(&storage);
+    assert!(left.is_empty(), "orphan files after four kills: {left:?}");
+}
+
+/// A 1 MiB tmpfs mounted at `at` (root only), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fill the filesystem of `path` up to `keep` free bytes; returns the filler file.
+fn fill_disk(dir: &Path, keep: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 4096];
+    let mut len = 0u64;
+    while f.write_all(&block).is_ok() {
+        len += 4096;
+    }
+    drop(f);
+    // What did land counts; give back `keep` bytes.
+    let len = std::fs::metadata(&path).unwrap().len().max(len);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len.saturating_sub(keep))
+        .unwrap();
+    path
+}
+
+#[test]
+fn a_full_disk_during_a_job_fails_it_cleanly_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&dir.path().join("disk")) else {
+        // `mount` needs root; CI runs as root (as the apt steps of .ci/run do).
+        assert!(
+            std::env::var_os("OMNI_REQUIRE_TMPFS").is_none(),
+            "cannot mount a tmpfs and OMNI_REQUIRE_TMPFS is set"
+        );
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    };
+    let storage = disk.0.join("st");
+    let s = Server::start(&storage, &[]);
+    // Room for job records (a few KiB each), not for the video.
+    let filler = fill_disk(&disk.0, 12 * 1024);
+    let r = s.post_json("/v1/videos", json!({"prompt": "p", "size": SMALL, "num_frames": 66}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let (v, _) = s.wait(&id);
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(files_of(&storage, &id).is_empty(), "partial files: {:?}", files_of(&storage, &id));
+    assert!(orphans(&storage).is_empty(), "{:?}", orphans(&storage));
+    assert_eq!(s.get("/health").status, 200);
+
+    // Full to the last byte: admission answers 507 and keeps nothing.
+    let before = s.get("/v1/videos").json()["data"].as_array().unwrap().len();
+    let _ = fill_disk(&disk.0.join("st"), 0);
+    let r = s.post_json("/v1/videos", json!({"prompt": "q", "size": SMALL, "num_frames": 33}));
+    r.error(507);
+    assert_eq!(s.get("/v1/videos").json()["data"].as_array().unwrap().len(), before);
+    std::fs::remove_file(disk.0.join("st").join("filler")).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+
+    // Space again: the next job completes; after a restart the failed one is still failed.
+    let r = s.post_json("/v1/videos", json!({"prompt": "r", "size": SMALL, "num_frames": 33}));
+    let ok = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(s.wait(&ok).0["status"], "completed");
+    drop(s);
+    let s = Server::start(&storage, &[]);
+    assert_eq!(s.get(&format!("/v1/videos/{id}")).json()["status"], "failed");
+    assert_eq!(s.get(&format!("/v1/videos/{ok}")).json()["status"], "completed");
+    drop(s);
+    assert!(orphans(&storage).is_empty(), "{:?}", orphans(&storage));
+}

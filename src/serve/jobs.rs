@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -165,21 +165,34 @@ pub fn valid_id(id: &str) -> bool {
     })
 }
 
+/// How old an unaccounted file must be before a sweep of a running server removes it: an input
+/// is written just before its record, and a job's files just before its record says so.
+pub const LIVE_SWEEP_GRACE: Duration = Duration::from_secs(600);
+
 /// Remove what a killed or failed run left in `storage`: temporary files (`*.tmp`: an MP4 or
 /// preview being written when the process died), and files of a job that has no record, or
 /// whose record does not need them (an input once the job is finished, outputs of a job that
 /// is not completed).
-fn sweep_orphans(storage: &Path, records: &HashMap<String, JobRecord>) {
+///
+/// `live`: the server is running (the TTL sweep), so the temporary files of unfinished jobs are
+/// being written and are kept, and nothing younger than [`LIVE_SWEEP_GRACE`] is removed. At
+/// startup (`live = false`) nobody writes, and every such file goes.
+fn sweep_orphans(storage: &Path, records: &HashMap<String, JobRecord>, live: bool) -> usize {
     let Ok(entries) = std::fs::read_dir(storage) else {
-        return;
+        return 0;
     };
+    let mut removed = 0;
     for entry in entries.flatten() {
         if !entry.file_type().is_ok_and(|t| t.is_file()) {
             continue;
         }
         let name = entry.file_name().to_string_lossy().into_owned();
         let orphan = match name.split_once('.') {
-            _ if name.ends_with(".tmp") => true,
+            // `.video_<id>.mp4.<pid>.<n>.tmp`, `<id>.thumbnail.tmp`.
+            _ if name.ends_with(".tmp") => {
+                let id = name.trim_start_matches('.').split('.').next().unwrap_or("");
+                !live || records.get(id).is_none_or(|r| r.status.is_terminal())
+            }
             Some((id, ext)) if valid_id(id) => match records.get(id) {
                 None => true,
                 Some(rec) if ext == "input" => rec.status.is_terminal(),
@@ -187,13 +200,26 @@ fn sweep_orphans(storage: &Path, records: &HashMap<String, JobRecord>) {
             },
             _ => false,
         };
-        if orphan {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => tracing::info!("removed orphaned file {name}"),
-                Err(e) => tracing::warn!("removing orphaned file {name}: {e}"),
+        let young = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < LIVE_SWEEP_GRACE)
+        };
+        if !orphan || (live && young()) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!("removed orphaned file {name}");
             }
+            Err(e) => tracing::warn!("removing orphaned file {name}: {e}"),
         }
     }
+    removed
 }
 
 /// Why [`Jobs::insert_queued`] did not take a job.
@@ -267,13 +293,18 @@ impl Store for JsonDirStore {
         let path = self.path(&rec.id);
         let tmp = self.dir.join(format!(".{}.json.tmp", rec.id));
         let bytes = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-        {
+        let written = (|| {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            // A full disk leaves a partial file: gone with the error.
+            let _ = std::fs::remove_file(&tmp);
         }
-        std::fs::rename(&tmp, &path)
+        written
     }
 
     fn remove(&self, id: &str) -> std::io::Result<()> {
@@ -352,7 +383,7 @@ impl Jobs {
             }
             map.insert(rec.id.clone(), rec);
         }
-        sweep_orphans(storage, &map);
+        sweep_orphans(storage, &map, false);
         Ok((
             Self {
                 storage: storage.to_path_buf(),
@@ -495,6 +526,14 @@ impl Jobs {
         self.storage.join(format!("{id}.png"))
     }
 
+    /// Remove files no record needs that are older than [`LIVE_SWEEP_GRACE`] (what a failed
+    /// admission, a crashed encoder or a corrupted record left); returns how many. Runs with the
+    /// TTL sweep; the startup sweep removes them whatever their age.
+    pub fn sweep_orphaned_files(&self) -> usize {
+        let records = self.lock().map.clone();
+        sweep_orphans(&self.storage, &records, true)
+    }
+
     /// Remove finished jobs past their TTL; returns how many.
     pub fn sweep(&self, ttl: u64) -> usize {
         let now = now();
@@ -538,5 +577,76 @@ mod tests {
         ] {
             assert!(!valid_id(bad), "{bad}");
         }
+    }
+
+    fn record(id: &str, status: Status) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            seq: 0,
+            model: "m".into(),
+            status,
+            progress: 0,
+            created_at: 0,
+            started_at: None,
+            completed_at: None,
+            seconds: "1".into(),
+            error: None,
+            file_name: None,
+            inference_time_s: None,
+            stage_durations: Default::default(),
+            peak_memory_mb: None,
+            kind: JobKind::Video,
+            attempts: 0,
+            input: None,
+            request: crate::pipeline::request::ModelDefaults::helios_distilled().request,
+            hidden: false,
+            cancel: Default::default(),
+        }
+    }
+
+    /// The live sweep keeps what running and queued jobs are writing and anything young;
+    /// the startup sweep removes every orphan.
+    #[test]
+    fn live_sweep_spares_running_jobs_and_young_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (running, done, gone) = (new_id(JobKind::Video), new_id(JobKind::Video), new_id(JobKind::Video));
+        let records: HashMap<String, JobRecord> = [
+            record(&running, Status::InProgress),
+            record(&done, Status::Completed),
+        ]
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+        let old = SystemTime::now() - LIVE_SWEEP_GRACE * 2;
+        let file = |name: String, aged: bool| {
+            let p = dir.path().join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            if aged {
+                f.set_modified(old).unwrap();
+            }
+            p
+        };
+        let kept = [
+            file(format!(".{running}.mp4.1.0.tmp"), true), // being encoded
+            file(format!("{running}.input"), true),        // its input
+            file(format!("{done}.mp4"), true),
+            file(format!("{gone}.input"), false), // just admitted, record not written yet
+        ];
+        let removed = [
+            file(format!(".{done}.mp4.1.0.tmp"), true), // a finished job's leftover
+            file(format!("{done}.input"), true),
+            file(format!("{gone}.mp4"), true), // no record
+            file(format!("{gone}.thumbnail.tmp"), true),
+        ];
+        assert_eq!(sweep_orphans(dir.path(), &records, true), removed.len());
+        for p in &kept {
+            assert!(p.exists(), "{} removed", p.display());
+        }
+        for p in &removed {
+            assert!(!p.exists(), "{} kept", p.display());
+        }
+        // At startup nothing is being written: the running job's tmp and the young input go.
+        assert_eq!(sweep_orphans(dir.path(), &records, false), 2);
+        assert!(dir.path().join(format!("{running}.input")).exists());
     }
 }

@@ -98,16 +98,25 @@ pub async fn serve(
         },
     };
     let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), resume);
-    if let Some(ttl) = cfg.file_ttl_s {
+    // The periodic sweep: expired jobs (with a TTL) and orphaned files (always).
+    {
         let jobs = jobs.clone();
-        let every = Duration::from_secs((ttl / 2).clamp(1, 60));
+        let ttl = cfg.file_ttl_s;
+        let every = Duration::from_secs(ttl.map_or(60, |t| (t / 2).clamp(1, 60)));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let n = jobs.sweep(ttl);
-                if n > 0 {
-                    tracing::info!("removed {n} expired job(s)");
-                }
+                let jobs = jobs.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(ttl) = ttl {
+                        let n = jobs.sweep(ttl);
+                        if n > 0 {
+                            tracing::info!("removed {n} expired job(s)");
+                        }
+                    }
+                    jobs.sweep_orphaned_files();
+                })
+                .await;
             }
         });
     }

@@ -138,7 +138,11 @@ fn save(img: &RgbImage, path: &Path, format: ImageFormat) -> Result<(), String> 
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, buf.into_inner())
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("writing {}: {e}", path.display()))
+        .map_err(|e| {
+            // A full disk leaves a partial file: gone with the error.
+            let _ = std::fs::remove_file(&tmp);
+            format!("writing {}: {e}", path.display())
+        })
 }
 
 #[cfg(test)]

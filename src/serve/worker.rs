@@ -302,7 +302,8 @@ fn complete(
             jobs,
             id,
             "internal_error",
-            "could not write the video file".into(),
+            "could not write the video file; free space in the server's storage folder and retry"
+                .into(),
         );
     }
     let png = (rec.kind == JobKind::Image).then(|| jobs.image_path(id));

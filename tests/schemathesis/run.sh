@@ -63,6 +63,7 @@ TOML
     echo "omni serve exited during the run:"; tail -20 "$WORK/$name/server.log"; rc=1
   fi
   kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; SERVER=""
+  echo "schemathesis ($name): exit status $rc"
   return "$rc"
 }
 
