@@ -32,7 +32,7 @@ fn main() {
         r#"{"prompt":"a long benchmark clip","size":"128x64","num_frames":13200}"#,
     );
     assert_eq!(st, 200, "{body}");
-    let id = field(&body, "id").unwrap().to_string();
+    let id = field(&body, "id").unwrap();
     let path = format!("/v1/videos/{id}");
     common::wait_status(&mut c, &id, |s| s == "in_progress");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -83,8 +83,8 @@ fn main() {
     );
     println!(
         "job afterwards: status {}, progress {}",
-        field(&b, "status").unwrap_or("?"),
-        field(&b, "progress").unwrap_or("?")
+        field(&b, "status").unwrap_or("?".into()),
+        field(&b, "progress").unwrap_or("?".into())
     );
     c.call("DELETE", &path, "");
     let _ = std::fs::remove_dir_all(&storage);

@@ -71,12 +71,13 @@ impl Conn {
     }
 }
 
-pub fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let pat = format!("\"{key}\":");
-    let i = json.find(&pat)? + pat.len();
-    let rest = &json[i..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim_matches('"'))
+/// Top-level `key` of a JSON object body, as text (strings unquoted, numbers as written).
+pub fn field(json: &str, key: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    match v.get(key)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
 }
 
 /// Start `omni serve` on the tiny checkpoint with a fresh storage folder and `extra` arguments;
@@ -119,7 +120,7 @@ pub fn wait_status(c: &mut Conn, id: &str, done: impl Fn(&str) -> bool) -> Strin
     let path = format!("/v1/videos/{id}");
     loop {
         let (_, b) = c.call("GET", &path, "");
-        if field(&b, "status").is_some_and(&done) {
+        if field(&b, "status").is_some_and(|s| done(&s)) {
             return b;
         }
         std::thread::sleep(Duration::from_millis(5));
