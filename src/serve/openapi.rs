@@ -190,5 +190,6 @@ fn paths() -> Value {
         "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "{status: ok}"}}}},
         "/readyz": {"get": {"summary": "503 until the model is loaded", "security": [], "responses": {"200": {"description": "{status: ready}"}, "503": err("Loading")}}},
         "/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/": {"get": {"summary": "The web page (HTML; holds no data, never needs a key)", "security": [], "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
     })
 }

@@ -118,6 +118,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
             only(Method::GET)?;
             return Ok(json_response(StatusCode::OK, &openapi::document()));
         }
+        // The web page and its script and style (no data, so no key).
+        [] | ["ui", _] => {
+            only(Method::GET)?;
+            return super::web::asset(&segs);
+        }
         ["v1", ..] | ["video"] | ["generated-videos", _] => authorize(&state.cfg, &req)?,
         _ => return Err(ApiError::NotFound(format!("No route for {path}"))),
     }
@@ -203,8 +208,7 @@ fn authorize(cfg: &ServeConfig, req: &Request<Incoming>) -> Result<(), ApiError>
 }
 
 fn model_card(state: &State, id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "omni",
-           "root": state.cfg.served_model_name})
+    super::models::card(state, id)
 }
 
 /// The body, at most `max_body_bytes`.
