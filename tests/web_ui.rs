@@ -368,9 +368,18 @@ impl Browser {
         );
     }
 
-    /// A PNG of the viewport at `target/web-ui/NAME.png`.
+    /// A PNG of the whole page at `target/web-ui/NAME.png`.
     fn screenshot(&mut self, name: &str) {
-        let r = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let size = self.eval(
+            "({width: document.documentElement.scrollWidth,
+               height: document.documentElement.scrollHeight})",
+        );
+        let clip = json!({"x": 0, "y": 0, "width": size["width"], "height": size["height"],
+                          "scale": 1});
+        let r = self.call(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true, "clip": clip}),
+        );
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().unwrap())
             .unwrap();
@@ -623,7 +632,38 @@ fn page_creates_shows_progress_plays_and_manages_the_gallery() {
     b.eval("document.getElementById('gallery').scrollIntoView()");
     b.screenshot("06-gallery");
 
-    // 8. Delete from the keyboard: focus the card's Delete button, press Enter.
+    // 8. Image-to-video: the thumbnail (a WebP) uploaded as `input_reference` from the file input.
+    let (status, _, webp) = server.get(&format!("/v1/videos/{id}/content?variant=thumbnail"), true);
+    assert_eq!(status, 200);
+    let reference = dir.path().join("first-frame.webp");
+    std::fs::write(&reference, webp).unwrap();
+    let input = b.call(
+        "Runtime.evaluate",
+        json!({"expression": "document.getElementById('reference')"}),
+    );
+    b.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [reference], "objectId": input["result"]["objectId"]}),
+    );
+    b.eval("$('prompt').value = 'The same lighthouse, later'; $('submit').click()");
+    b.wait_for(
+        "job.id !== '' && job.video.prompt === 'The same lighthouse, later' && !$('player').hidden",
+        "the image-to-video job",
+        180,
+    );
+    assert_eq!(b.eval("$('job-state').textContent"), "completed");
+    let i2v = b.eval("job.id");
+    let record = dir
+        .path()
+        .join(format!("storage/jobs/{}.json", i2v.as_str().unwrap()));
+    let record: Value = serde_json::from_slice(&std::fs::read(record).unwrap()).unwrap();
+    assert_eq!(
+        record["input"], "image",
+        "the upload did not arrive as a reference"
+    );
+    b.eval("$('reference').value = ''");
+
+    // 9. Delete from the keyboard: focus the card's Delete button, press Enter.
     b.eval(&format!(
         "[...{card}.querySelectorAll('button')].find(b => b.textContent === 'Delete').focus()"
     ));
@@ -632,7 +672,7 @@ fn page_creates_shows_progress_plays_and_manages_the_gallery() {
     assert_eq!(server.get(&format!("/v1/videos/{id}"), true).0, 404);
     b.screenshot("07-deleted");
 
-    // 9. Phone width: everything fits without horizontal scrolling.
+    // 10. Phone width: everything fits without horizontal scrolling.
     b.viewport(390, 844, true);
     b.eval("window.scrollTo(0, 0)");
     let overflow = b.wait_for(
