@@ -409,7 +409,10 @@ fn page_creates_shows_progress_plays_and_manages_the_gallery() {
             "OMNI_REQUIRE_CHROMIUM is set but no chromium was found (apt-get install chromium, \
              or set OMNI_CHROMIUM)"
         );
-        eprintln!(
+        // Straight to stderr (not `eprintln!`, which the test harness captures), so the skip
+        // shows in a plain `cargo test`.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED web_ui: no chromium on PATH (apt-get install chromium, or set OMNI_CHROMIUM; \
              OMNI_REQUIRE_CHROMIUM=1 makes this a failure)"
         );
