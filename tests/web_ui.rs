@@ -1,13 +1,14 @@
 //! The web page at `/` in a real browser: headless Chromium, driven over the DevTools protocol,
-//! against `omni serve` on the tiny Distilled checkpoint with `api_keys` set (so the page asks
-//! for the key and fetches media as blobs with the bearer header) and a small
-//! `[default_request]` (128x64, 33 frames: a job finishes in seconds).
+//! against `omni serve` on the tiny Distilled checkpoint with a small `[default_request]`
+//! (128x64, 33 frames: a job finishes in seconds).
 //!
-//! Steps: the key dialog; the form built from `/v1/models`; a bad size shows the server's 400
-//! next to the size field; a good request's progress bar reaches 100; the `<video>` loads
-//! (`readyState >= 2`) and plays (`currentTime > 0`); the gallery lists the job with its
-//! thumbnail and deletes it (keyboard only); no horizontal scrolling at phone width. Each state is
-//! a screenshot under `target/web-ui/*.png`.
+//! With `api_keys` set (the page asks for the key and fetches media as blobs with the bearer
+//! header): the key dialog; the form built from `/v1/models`; the server's 400 next to the size
+//! field and next to a model knob; a good request's progress bar reaches 100; the `<video>`
+//! loads (`readyState >= 2`) and plays (`currentTime > 0`); an image-to-video upload; the gallery
+//! lists the job with its thumbnail and deletes it (keyboard only); no horizontal scrolling at
+//! phone width. Each state is a screenshot under `target/web-ui/*.png`. Without keys: the
+//! `<video>` and thumbnails use the content URLs themselves.
 //!
 //! Needs `chromium` (Debian: `apt-get install chromium`; or set `OMNI_CHROMIUM` to a Chrome or
 //! Chromium binary). Without one the test is skipped with a message, unless
@@ -41,12 +42,17 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
+    /// With `api_keys = [KEY]` when `keyed`.
+    fn start(dir: &Path, keyed: bool) -> Server {
         let cfg = dir.join("serve.toml");
+        let keys = match keyed {
+            true => format!("api_keys = [\"{KEY}\"]\n"),
+            false => String::new(),
+        };
         std::fs::write(
             &cfg,
             format!(
-                "api_keys = [\"{KEY}\"]\n[limits]\npoll_after_ms = 200\n\
+                "{keys}[limits]\npoll_after_ms = 200\n\
                  [default_request]\nwidth = 128\nheight = 64\nnum_frames = 33\nfps = 8\n"
             ),
         )
@@ -401,9 +407,10 @@ impl Drop for Browser {
 
 // ---- the test ----------------------------------------------------------------------------------
 
-#[test]
-fn page_creates_shows_progress_plays_and_manages_the_gallery() {
-    let Some(binary) = chromium() else {
+/// Chromium's binary, or `None` (with a message) when the test is to be skipped.
+fn chromium_or_skip() -> Option<PathBuf> {
+    let binary = chromium();
+    if binary.is_none() {
         assert!(
             std::env::var_os("OMNI_REQUIRE_CHROMIUM").is_none(),
             "OMNI_REQUIRE_CHROMIUM is set but no chromium was found (apt-get install chromium, \
@@ -416,11 +423,18 @@ fn page_creates_shows_progress_plays_and_manages_the_gallery() {
             "SKIPPED web_ui: no chromium on PATH (apt-get install chromium, or set OMNI_CHROMIUM; \
              OMNI_REQUIRE_CHROMIUM=1 makes this a failure)"
         );
+    }
+    binary
+}
+
+#[test]
+fn page_creates_shows_progress_plays_and_manages_the_gallery() {
+    let Some(binary) = chromium_or_skip() else {
         return;
     };
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), true);
 
     // 1. The page and its assets need no key; the API does.
     let (status, ct, html) = server.get("/", false);
@@ -463,7 +477,7 @@ fn page_creates_shows_progress_plays_and_manages_the_gallery() {
     b.eval("document.getElementById('key').focus()");
     b.call("Input.insertText", json!({"text": KEY}));
     b.press("Enter", 13);
-    b.wait_for("document.body.dataset.ready === 'true'", "the form", 120);
+    b.wait_for("document.body?.dataset.ready === 'true'", "the form", 120);
     assert_eq!(b.eval("sessionStorage.getItem('omni-api-key')"), KEY);
 
     // 3. The form comes from /v1/models: [default_request] sizes and the Distilled knobs.
@@ -692,4 +706,50 @@ fn page_creates_shows_progress_plays_and_manages_the_gallery() {
 
     assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
     eprintln!("web_ui: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Without `api_keys`: no dialog, and the `<video>` and the thumbnails use the content URLs
+/// themselves (the video streams with Range requests).
+#[test]
+fn page_without_keys_plays_the_content_url() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), false);
+    let mut b = Browser::launch(&binary);
+    b.viewport(1000, 900, false);
+    b.call(
+        "Page.navigate",
+        json!({"url": format!("http://{}/", server.addr)}),
+    );
+    b.wait_for("document.body?.dataset.ready === 'true'", "the form", 120);
+    assert_eq!(
+        b.eval("$('key-dialog').open || !$('key-button').hidden"),
+        false
+    );
+    b.eval("$('prompt').value = 'A red kite over a field'; $('submit').click()");
+    b.wait_for("!$('player').hidden", "the finished job", 180);
+    let id = b.eval("job.id");
+    let id = id.as_str().unwrap();
+    assert_eq!(
+        b.eval("new URL($('player').src).pathname"),
+        format!("/v1/videos/{id}/content")
+    );
+    b.eval("$('player').play()");
+    b.wait_for("$('player').currentTime > 0", "playback", 30);
+    let thumb = b.wait_for(
+        &format!(
+            "(i => i?.naturalWidth && new URL(i.src).search)\
+             (document.querySelector('#cards li[data-id=\"{id}\"] img'))"
+        ),
+        "the thumbnail",
+        30,
+    );
+    assert_eq!(thumb, "?variant=thumbnail");
+    assert_eq!(
+        b.eval("$('download').getAttribute('href')"),
+        format!("/v1/videos/{id}/content")
+    );
+    assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
 }
