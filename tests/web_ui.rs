@@ -8,7 +8,7 @@
 //! loads (`readyState >= 2`) and plays (`currentTime > 0`); an image-to-video upload; the gallery
 //! lists the job with its thumbnail and deletes it (keyboard only); no horizontal scrolling at
 //! phone width. Each state is a screenshot under `target/web-ui/*.png`. Without keys: the
-//! `<video>` and thumbnails use the content URLs themselves.
+//! `<video>` and thumbnails use the content URLs themselves, and the gallery pages by 12.
 //!
 //! Needs `chromium` (Debian: `apt-get install chromium`; or set `OMNI_CHROMIUM` to a Chrome or
 //! Chromium binary). Without one the test is skipped with a message, unless
@@ -751,5 +751,26 @@ fn page_without_keys_plays_the_content_url() {
         b.eval("$('download').getAttribute('href')"),
         format!("/v1/videos/{id}/content")
     );
+
+    // Paging: 12 more jobs (queued is enough to be listed) fill the first page of 12 cards;
+    // "Load more" fetches the 13th.
+    b.eval(
+        "Promise.all([...Array(12)].map(() => fetch('/v1/videos', {method: 'POST',
+           headers: {'Content-Type': 'application/json'},
+           body: JSON.stringify({prompt: 'queued'})}))).then(rs => rs.every(r => r.ok))",
+    );
+    b.eval("$('refresh').click()");
+    b.wait_for(
+        "$('cards').children.length === 12 && !$('more').hidden",
+        "a full first page",
+        30,
+    );
+    b.eval("$('more').click()");
+    b.wait_for(
+        "$('cards').children.length === 13 && $('more').hidden",
+        "the second page",
+        30,
+    );
+    assert_eq!(b.eval("$('cards').lastElementChild.dataset.id"), id);
     assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
 }
