@@ -8,7 +8,8 @@
 //! loads (`readyState >= 2`) and plays (`currentTime > 0`); an image-to-video upload; the gallery
 //! lists the job with its thumbnail and deletes it (keyboard only); no horizontal scrolling at
 //! phone width. Each state is a screenshot under `target/web-ui/*.png`. Without keys: the
-//! `<video>` and thumbnails use the content URLs themselves, and the gallery pages by 12.
+//! `<video>` and thumbnails use the content URLs themselves, Cancel deletes a running job, and
+//! the gallery pages by 12.
 //!
 //! Needs `chromium` (Debian: `apt-get install chromium`; or set `OMNI_CHROMIUM` to a Chrome or
 //! Chromium binary). Without one the test is skipped with a message, unless
@@ -751,6 +752,23 @@ fn page_without_keys_plays_the_content_url() {
         b.eval("$('download').getAttribute('href')"),
         format!("/v1/videos/{id}/content")
     );
+
+    // Cancel: a long job (10 chunks) stopped from the job view.
+    b.eval("$('length').value = '330'; $('submit').click()");
+    b.wait_for(
+        "job && job.id !== '' && job.video.num_frames > 300 && !$('cancel').hidden",
+        "the long job",
+        30,
+    );
+    let long = b.eval("job.id");
+    b.eval("$('cancel').click()");
+    b.wait_for(
+        "$('job-state').textContent === 'Cancelled.'",
+        "the cancel",
+        30,
+    );
+    let path = format!("/v1/videos/{}", long.as_str().unwrap());
+    assert_eq!(server.get(&path, false).0, 404);
 
     // Paging: 12 more jobs (queued is enough to be listed) fill the first page of 12 cards;
     // "Load more" fetches the 13th.
