@@ -51,6 +51,9 @@ macro_rules! request_fields {
         impl RequestPatch {
             /// Every key a patch accepts (TOML presets, `--extra-params`, HTTP `extra_params`).
             pub const KEYS: &'static [&'static str] = &[$(stringify!($name)),*];
+            /// The doc line(s) of each key of [`Self::KEYS`], in the same order (the server's
+            /// `/v1/models` describes the knobs with them).
+            pub const DOCS: &'static [&'static str] = &[$(concat!($($doc),*)),*];
         }
 
         /// Each field from the first layer that sets it, else from `template`.

@@ -13,10 +13,12 @@ pub mod config;
 pub mod create;
 pub mod error;
 pub mod jobs;
+pub mod models;
 pub mod openapi;
 pub mod previews;
 pub mod reference;
 pub mod routes;
+pub mod web;
 pub mod worker;
 
 use std::future::Future;

@@ -96,6 +96,13 @@ fn create_responses(ok: Value) -> Value {
 /// (a test keeps this in step with [`ROUTES`]).
 fn operation(path: &str, method: &str) -> Option<Value> {
     let op = match (path, method) {
+        ("/", "GET") => json!({"summary": "The web page (HTML; holds no data, never needs a key)",
+            "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}),
+        ("/ui/{file}", "GET") => json!({"summary": "The web page's script (app.js) and style sheet (app.css)",
+            "parameters": [{"name": "file", "in": "path", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "OK", "content": {
+                "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                "404": err("Unknown file")}}),
         ("/health" | "/healthz", "GET") => json!({"summary": "Liveness (never needs a key)",
             "responses": {"200": json_any("{status: ok}")}}),
         ("/readyz", "GET") => json!({"summary": "503 until the model is loaded (never needs a key)",

@@ -127,6 +127,8 @@ const fn row(path: &'static str, allow: &'static str, access: Access) -> Route {
 
 /// Every route of the server.
 pub const ROUTES: &[Route] = &[
+    row("/", "GET", Access::Public),
+    row("/ui/{file}", "GET", Access::Public),
     row("/health", "GET", Access::Public),
     row("/healthz", "GET", Access::Public),
     row("/readyz", "GET", Access::Public),
@@ -149,7 +151,7 @@ pub const ROUTES: &[Route] = &[
 pub fn match_route(path: &str) -> Option<(&'static Route, Vec<&str>)> {
     let segs: Vec<&str> = path.split('/').skip(1).collect();
     ROUTES.iter().find_map(|r| {
-        let pattern: Vec<&str> = r.path.split('/').skip(1).collect();
+        let pattern: Vec<&str> = r.path.trim_end_matches('/').split('/').skip(1).collect();
         if pattern.len() != segs.len() {
             return None;
         }
@@ -182,6 +184,9 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
     }
     let param = params.first().copied().unwrap_or_default();
     match (row.path, method.as_str()) {
+        // The web page and its script and style (no data, so no key).
+        ("/", _) => super::web::asset(&[]),
+        ("/ui/{file}", _) => super::web::asset(&["ui", param]),
         ("/health" | "/healthz", _) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ("/readyz", _) => match state.worker.is_ready() {
             true => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
@@ -245,8 +250,7 @@ fn authorize(cfg: &ServeConfig, req: &Request<Incoming>) -> Result<(), ApiError>
 }
 
 fn model_card(state: &State, id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "omni",
-           "root": state.cfg.served_model_name})
+    super::models::card(state, id)
 }
 
 /// The body, at most `max_body_bytes`.
