@@ -15,9 +15,9 @@
 //! Chromium binary). Without one the test is skipped with a message, unless
 //! `OMNI_REQUIRE_CHROMIUM` is set (as `.ci/run` does), in which case it fails.
 //!
-//! The DevTools client is the ~150 lines below (a WebSocket client on `std::net` and CDP
-//! commands as JSON) rather than the `chromiumoxide` crate, whose features unify with this
-//! crate's and rebuild tokio and burn for every test target.
+//! The DevTools client below sends CDP commands as JSON over `tungstenite`'s synchronous
+//! WebSocket client (on `std::net`) rather than using the `chromiumoxide` crate, whose features
+//! unify with this crate's and rebuild tokio and burn for every test target.
 
 mod common;
 
@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
 
 use common::tiny_distilled;
 
@@ -117,101 +120,6 @@ impl Drop for Server {
     }
 }
 
-// ---- a WebSocket client (RFC 6455; text frames, client-masked) ---------------------------------
-
-struct WebSocket {
-    stream: BufReader<TcpStream>,
-}
-
-impl WebSocket {
-    /// `ws://host:port/path`.
-    fn connect(url: &str) -> WebSocket {
-        let rest = url.strip_prefix("ws://").expect("a ws:// url");
-        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let mut tcp = TcpStream::connect(host).unwrap();
-        write!(
-            tcp,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: b21uaS13ZWItdWktdGVzdA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
-        let mut stream = BufReader::new(tcp);
-        let mut status = String::new();
-        stream.read_line(&mut status).unwrap();
-        assert!(
-            status.contains(" 101 "),
-            "WebSocket upgrade refused: {status}"
-        );
-        loop {
-            let mut line = String::new();
-            stream.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-        }
-        WebSocket { stream }
-    }
-
-    fn send_frame(&mut self, opcode: u8, payload: &[u8]) {
-        let mut frame = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n <= u16::MAX as usize => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let mask = [0x5a, 0x17, 0xc3, 0x81];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.get_mut().write_all(&frame).unwrap();
-    }
-
-    fn send(&mut self, text: &str) {
-        self.send_frame(0x1, text.as_bytes());
-    }
-
-    /// The next text message (fragments joined, pings answered).
-    fn recv(&mut self) -> String {
-        let mut message = Vec::new();
-        loop {
-            let mut head = [0u8; 2];
-            self.stream.read_exact(&mut head).unwrap();
-            let (fin, opcode) = (head[0] & 0x80 != 0, head[0] & 0x0f);
-            let len = match head[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    self.stream.read_exact(&mut b).unwrap();
-                    u16::from_be_bytes(b) as usize
-                }
-                127 => {
-                    let mut b = [0u8; 8];
-                    self.stream.read_exact(&mut b).unwrap();
-                    u64::from_be_bytes(b) as usize
-                }
-                n => n as usize,
-            };
-            let mut payload = vec![0u8; len];
-            self.stream.read_exact(&mut payload).unwrap();
-            match opcode {
-                0x9 => self.send_frame(0xA, &payload),
-                0x8 => panic!("the browser closed the DevTools connection"),
-                0x0..=0x2 => {
-                    message.extend_from_slice(&payload);
-                    if fin {
-                        return String::from_utf8(message).unwrap();
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
 // ---- Chromium over the DevTools protocol -------------------------------------------------------
 
 /// Chromium's binary: `OMNI_CHROMIUM`, else the first of the usual names on `PATH`.
@@ -231,10 +139,22 @@ fn chromium() -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// The browser's DevTools WebSocket at `ws://127.0.0.1:PORT/devtools/browser/ID`, without
+/// message or frame size limits (full-page screenshots come as one base64 message).
+fn devtools_connect(url: &str) -> WebSocket<MaybeTlsStream<TcpStream>> {
+    let config = WebSocketConfig::default()
+        .max_message_size(None)
+        .max_frame_size(None);
+    match tungstenite::client::connect_with_config(url, Some(config), 0) {
+        Ok((ws, _)) => ws,
+        Err(e) => panic!("WebSocket upgrade refused: {e}"),
+    }
+}
+
 /// A headless browser with one page attached; killed on drop.
 struct Browser {
     child: Child,
-    ws: WebSocket,
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
     session: String,
     next_id: u64,
     /// Uncaught exceptions and console errors of the page.
@@ -279,7 +199,7 @@ impl Browser {
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         let mut browser = Browser {
             child,
-            ws: WebSocket::connect(&url),
+            ws: devtools_connect(&url),
             session: String::new(),
             next_id: 0,
             errors: Vec::new(),
@@ -304,9 +224,9 @@ impl Browser {
         if !self.session.is_empty() {
             msg["sessionId"] = json!(self.session);
         }
-        self.ws.send(&msg.to_string());
+        self.ws.send(Message::text(msg.to_string())).unwrap();
         loop {
-            let m: Value = serde_json::from_str(&self.ws.recv()).unwrap();
+            let m: Value = serde_json::from_str(&self.recv()).unwrap();
             match m["method"].as_str() {
                 Some("Runtime.exceptionThrown") => {
                     let d = &m["params"]["exceptionDetails"];
@@ -323,6 +243,25 @@ impl Browser {
                     panic!("{method}: {e}");
                 }
                 return m["result"].clone();
+            }
+        }
+    }
+
+    /// The next text message (fragments are joined and pings answered by `tungstenite`).
+    fn recv(&mut self) -> String {
+        use tungstenite::error::{Error, ProtocolError};
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => return text.as_str().to_owned(),
+                Ok(Message::Binary(data)) => return String::from_utf8(data.to_vec()).unwrap(),
+                Ok(Message::Close(_))
+                | Err(
+                    Error::ConnectionClosed
+                    | Error::AlreadyClosed
+                    | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                ) => panic!("the browser closed the DevTools connection"),
+                Ok(_) => {}
+                Err(e) => panic!("the DevTools connection: {e}"),
             }
         }
     }
