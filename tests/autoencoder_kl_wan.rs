@@ -69,7 +69,7 @@ fn vae_streaming_decode_equals_decode() {
     let full = vae.decode(z.clone());
     let mut starts = Vec::new();
     let mut parts = Vec::new();
-    vae.decode_streaming(z, |start, frames| {
+    vae.decode_streaming(z, &|| Ok(()), |start, frames| {
         starts.push((start, frames.dims()[2]));
         parts.push(frames);
         Ok::<(), ()>(())
@@ -90,12 +90,29 @@ fn vae_streaming_decode_stops_on_sink_error() {
     let vae = load_vae();
     let z = Reference::open("vae.safetensors").tensor::<B, 5>("decode.z", &device);
     let mut calls = 0;
-    let result = vae.decode_streaming(z, |_, _| {
+    let result = vae.decode_streaming(z.clone(), &|| Ok(()), |_, _| {
         calls += 1;
         Err("disk full")
     });
     assert_eq!(result, Err("disk full"));
     assert_eq!(calls, 1);
+
+    // `stop` is asked inside a frame's decode: saying stop on its third question ends the decode
+    // before the first frame is out.
+    let asked = std::cell::Cell::new(0);
+    let stop = || {
+        asked.set(asked.get() + 1);
+        match asked.get() >= 3 {
+            true => Err("cancelled"),
+            false => Ok(()),
+        }
+    };
+    let mut frames_out = 0;
+    let result = vae.decode_streaming(z, &stop, |_, _| {
+        frames_out += 1;
+        Ok(())
+    });
+    assert_eq!((result, frames_out, asked.get()), (Err("cancelled"), 0, 3));
 }
 
 #[test]

@@ -1017,16 +1017,41 @@ impl<B: Backend> WanDecoder3d<B> {
     /// first chunk of a decode (its temporal upsampling is skipped, diffusers' `"Rep"`) and `4T`
     /// after it; with one latent frame per call, as here and in diffusers, that is 1 then 4.
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut WanDecoderCache<B>) -> Tensor<B, 5> {
+        match self.forward_stoppable(x, cache, &|| Ok::<(), ()>(())) {
+            Ok(x) => x,
+            Err(()) => unreachable!("never stopped"),
+        }
+    }
+
+    /// [`forward`](Self::forward) that asks `stop` before the mid block, before every up block
+    /// and before the output layers, and gives up with its error (a cancelled job stops within
+    /// one block of one latent frame, not one whole frame: at 4K a frame is many seconds on a
+    /// CPU). The cache is left half-updated then: start a new decode after a stop.
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward).
+    ///
+    /// # Errors
+    /// The first error `stop` returns.
+    pub fn forward_stoppable<E>(
+        &self,
+        x: Tensor<B, 5>,
+        cache: &mut WanDecoderCache<B>,
+        stop: &dyn Fn() -> Result<(), E>,
+    ) -> Result<Tensor<B, 5>, E> {
         let x = self.conv_in.forward_cached(x, &mut cache.conv_in);
+        stop()?;
         let mut x = self.mid_block.forward(x, &mut cache.mid_block);
         cache
             .up_blocks
             .resize_with(self.up_blocks.len(), Default::default);
         for (block, c) in self.up_blocks.iter().zip(cache.up_blocks.iter_mut()) {
+            stop()?;
             x = block.forward(x, c);
         }
+        stop()?;
         let x = silu(self.norm_out.forward(x));
-        self.conv_out.forward_cached(x, &mut cache.conv_out)
+        Ok(self.conv_out.forward_cached(x, &mut cache.conv_out))
     }
 }
 
@@ -1201,20 +1226,23 @@ impl<B: Backend> AutoencoderKLWan<B> {
 
     /// Like [`decode`](Self::decode), but hands each latent frame's video frames to `sink` as
     /// soon as they exist (already clamped), so a long video is never held whole. The sink gets
-    /// `(first_video_frame_index, frames)`; returning `Err` stops decoding.
+    /// `(first_video_frame_index, frames)`; returning `Err` stops decoding. `stop` is asked
+    /// between the decoder's blocks ([`WanDecoder3d::forward_stoppable`]); its `Err` stops
+    /// decoding too.
     ///
     /// # Shapes
     /// `z: [B, z_dim, T, H, W]`; `frames: [B, out_channels, n, 8H, 8W]` with `n = 1` for latent
     /// frame 0 and `n = 4` after it (Wan2.1).
     ///
     /// # Errors
-    /// The sink's first error.
+    /// The first error of `stop` or the sink.
     ///
     /// # Panics
     /// As [`decode`](Self::decode).
     pub fn decode_streaming<E>(
         &self,
         z: Tensor<B, 5>,
+        stop: &dyn Fn() -> Result<(), E>,
         mut sink: impl FnMut(usize, Tensor<B, 5>) -> Result<(), E>,
     ) -> Result<(), E> {
         self.check_latents(&z, "z");
@@ -1225,7 +1253,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
         for i in 0..num_frames {
             let frames = self
                 .decoder
-                .forward(x.clone().narrow(2, i, 1), &mut cache)
+                .forward_stoppable(x.clone().narrow(2, i, 1), &mut cache, stop)?
                 .clamp(-1.0, 1.0);
             let n = frames.dims()[2];
             sink(next, frames)?;

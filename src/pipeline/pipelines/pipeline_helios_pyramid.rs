@@ -515,14 +515,17 @@ impl<B: Backend> DenoiseParts<'_, B> {
             chunk: k,
             done: false,
         });
-        // Frame by frame (the causal decoder's own loop), stopping at once when cancelled.
+        // Frame by frame (the causal decoder's own loop), stopping within one decoder block
+        // when cancelled.
         let mut parts = Vec::new();
         let cancel = ctx.cancel.clone();
+        let stop = || match cancel.is_cancelled() {
+            true => Err(PipelineError::Cancelled),
+            false => Ok(()),
+        };
         self.vae
-            .decode_streaming(self.vae.denormalize(latents), |_, frames| {
-                if cancel.is_cancelled() {
-                    return Err(PipelineError::Cancelled);
-                }
+            .decode_streaming(self.vae.denormalize(latents), &stop, |_, frames| {
+                stop()?;
                 parts.push(frames);
                 Ok(())
             })?;
