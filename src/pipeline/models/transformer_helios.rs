@@ -32,19 +32,22 @@
 //!   ([`HeliosTransformer3DModel::dtype`]). Inputs of any float dtype are cast to it on entry;
 //!   the output is in it (diffusers returns the bf16 prediction). `tests/bf16_parity.rs` checks
 //!   this plan against diffusers in bf16.
-//! - Attention is [`burn::tensor::module::attention`] with the default `1/sqrt(head_dim)` scale
-//!   (diffusers: `F.scaled_dot_product_attention`); no mask in either.
+//! - Attention is [`dispatch_attention`] with the default `1/sqrt(head_dim)` scale (diffusers:
+//!   `F.scaled_dot_product_attention`); no mask in either. It runs as blocked matrix products on
+//!   the CPU backend and as burn's flash kernels on CUDA.
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{gelu_approximate, sigmoid, silu};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
+use crate::pipeline::backend::contiguous;
 use crate::pipeline::checkpoint::{load_methods, require_positive};
+use crate::pipeline::models::activations::gelu_tanh;
+use crate::pipeline::models::attention_dispatch::dispatch_attention;
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
@@ -375,7 +378,7 @@ impl<B: Backend> PixArtAlphaTextProjection<B> {
     /// `caption: [B, L, text_dim]` → `[B, L, dim]`
     pub fn forward(&self, caption: Tensor<B, 3>) -> Tensor<B, 3> {
         self.linear_2
-            .forward(gelu_approximate(self.linear_1.forward(caption)))
+            .forward(gelu_tanh(self.linear_1.forward(caption)))
     }
 }
 
@@ -704,13 +707,10 @@ impl<B: Backend> HeliosAttention<B> {
         }
 
         // dispatch_attention_fn(query, key, value) on [B, H, S, D]
-        let out = burn::tensor::module::attention(
+        let out = dispatch_attention(
             query.swap_dims(1, 2),
             key.swap_dims(1, 2),
             value.swap_dims(1, 2),
-            None,
-            None,
-            AttentionModuleOptions::default(),
         );
         // hidden_states.flatten(2, 3); attn.to_out[0](hidden_states)
         let out = out.swap_dims(1, 2).reshape([b, s, dim]);
@@ -731,7 +731,7 @@ impl<B: Backend> FeedForward<B> {
     /// `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, hidden_states: Tensor<B, 3>) -> Tensor<B, 3> {
         self.net_2
-            .forward(gelu_approximate(self.net_0_proj.forward(hidden_states)))
+            .forward(gelu_tanh(self.net_0_proj.forward(hidden_states)))
     }
 }
 
@@ -878,11 +878,8 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // 1. Self-attention
         // norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
-        let normed = fp32_layer_norm(x.clone(), None, None, self.eps);
         let norm_hidden_states = segments
-            .map(|start, len, m| {
-                normed.clone().narrow(1, start, len) * (m.0[1].clone() + 1.0) + m.0[0].clone()
-            })
+            .map(|start, len, m| modulate(&x, start, len, &m.0[1], &m.0[0], self.eps))
             .cast(dtype);
         let attn_output = self
             .attn1
@@ -890,10 +887,7 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             .cast(DType::F32);
         // hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
         let hidden_states = segments
-            .map(|start, len, m| {
-                x.clone().narrow(1, start, len)
-                    + attn_output.clone().narrow(1, start, len) * m.0[2].clone()
-            })
+            .map(|start, len, m| gated_residual(&x, &attn_output, start, len, &m.0[2]))
             .cast(dtype);
 
         // 2. Cross-attention
@@ -910,19 +904,13 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // 3. Feed-forward
         // norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
-        let normed = fp32_layer_norm(x.clone(), None, None, self.eps);
         let norm_hidden_states = segments
-            .map(|start, len, m| {
-                normed.clone().narrow(1, start, len) * (m.0[4].clone() + 1.0) + m.0[3].clone()
-            })
+            .map(|start, len, m| modulate(&x, start, len, &m.0[4], &m.0[3], self.eps))
             .cast(dtype);
         let ff_output = self.ffn.forward(norm_hidden_states).cast(DType::F32);
         // hidden_states = (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
         segments
-            .map(|start, len, m| {
-                x.clone().narrow(1, start, len)
-                    + ff_output.clone().narrow(1, start, len) * m.0[5].clone()
-            })
+            .map(|start, len, m| gated_residual(&x, &ff_output, start, len, &m.0[5]))
             .cast(dtype)
     }
 
@@ -951,8 +939,45 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             None,
             0,
         );
-        hidden_states + attn_output
+        // hidden_states + attn_output, with the fresh buffer on the left (it is updated in place;
+        // `hidden_states` may be a view into the whole sequence).
+        attn_output + hidden_states
     }
+}
+
+/// `norm(x.float()) * (1 + scale) + shift` on the tokens `start..start + len` of `x` (f32, the
+/// parameter-free `FP32LayerNorm`). The segment is normalised on its own (the norm is per token,
+/// so this is the same number) so the modulation broadcasts over the norm's fresh contiguous
+/// output: the CPU backend's SIMD row kernels, in place.
+///
+/// # Shapes
+/// `x: [B, S, dim]`, `scale`, `shift`: `[B or 1, 1, dim]` → `[B, len, dim]`
+fn modulate<B: Backend>(
+    x: &Tensor<B, 3>,
+    start: usize,
+    len: usize,
+    scale: &Tensor<B, 3>,
+    shift: &Tensor<B, 3>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    fp32_layer_norm(x.clone().narrow(1, start, len), None, None, eps) * (scale.clone() + 1.0)
+        + shift.clone()
+}
+
+/// `x + y * gate` on the tokens `start..start + len` (f32). The product is taken on a contiguous
+/// copy of `y`'s segment ([`contiguous`]; a no-op on CUDA) and the sum with it on the left, so
+/// both run in place on the CPU backend's SIMD kernels (`a + b` is `b + a` in IEEE arithmetic).
+///
+/// # Shapes
+/// `x`, `y`: `[B, S, dim]`, `gate`: `[B or 1, 1, dim]` → `[B, len, dim]`
+fn gated_residual<B: Backend>(
+    x: &Tensor<B, 3>,
+    y: &Tensor<B, 3>,
+    start: usize,
+    len: usize,
+    gate: &Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    contiguous(y.clone().narrow(1, start, len)) * gate.clone() + x.clone().narrow(1, start, len)
 }
 
 /// diffusers `HeliosOutputNorm`: parameter-free `FP32LayerNorm` modulated by
