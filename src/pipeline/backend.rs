@@ -6,6 +6,7 @@ use std::any::Any;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
 
 /// CPU backend used by tests and CPU runs.
 pub type CpuBackend = burn::backend::Flex;
@@ -52,21 +53,40 @@ pub fn num_threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// `f` applied to the burn-flex primitive of `tensor` when the backend is the CPU backend
+/// (`Ok`), or `tensor` back untouched (`Err`) on any other backend: the door for the few fused
+/// CPU kernels the models use (tanh GELU, the attention softmax, RoPE), each with a portable
+/// fallback made of burn ops.
+pub fn flex_map<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    f: impl FnOnce(FlexTensor) -> FlexTensor,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
+    let (primitive, mapped) = match primitive.downcast::<FlexTensor>() {
+        Ok(flex) => (Box::new(f(*flex)) as Box<dyn Any>, true),
+        Err(other) => (other, false),
+    };
+    let primitive = primitive
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("the primitive keeps its type");
+    let tensor = Tensor::from_primitive(TensorPrimitive::Float(*primitive));
+    if mapped { Ok(tensor) } else { Err(tensor) }
+}
+
+/// The burn-flex primitive of `tensor` (sharing its buffer) on the CPU backend, `None` on the
+/// others.
+pub fn as_flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    let primitive: Box<dyn Any> = Box::new(tensor.clone().into_primitive().tensor());
+    primitive.downcast::<FlexTensor>().ok().map(|t| *t)
+}
+
 /// `tensor` in a buffer of its own, row-major from offset 0, on the CPU backend (a copy when it
 /// is a strided view or a `narrow` that does not start at the first element); unchanged on the
 /// other backends. burn-flex's SIMD element-wise kernels (in place, or broadcasting a row or a
 /// per-row scalar) only take such operands; any other layout goes through a scalar strided
 /// loop. Values are untouched.
 pub fn contiguous<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
-    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
-    let primitive = match primitive.downcast::<burn_flex::FlexTensor>() {
-        Ok(flex) => Box::new(flex.to_contiguous()) as Box<dyn Any>,
-        Err(other) => other,
-    };
-    let primitive = primitive
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("the primitive keeps its type");
-    Tensor::from_primitive(TensorPrimitive::Float(*primitive))
+    flex_map(tensor, |t| t.to_contiguous()).unwrap_or_else(|t| t)
 }
 
 /// What the device allocator holds, in bytes (CubeCL's `MemoryUsage`).

@@ -2,13 +2,13 @@
 //! `FeedForward(activation_fn="gelu-approximate")`, `PixArtAlphaTextProjection(act_fn="gelu_tanh")`
 //! and transformers' `gelu_new` in UMT5, all `F.gelu(x, approximate="tanh")`.
 
-use std::any::Any;
-
 use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use crate::pipeline::backend::flex_map;
 
 /// `sqrt(2/π)`, PyTorch's `kBeta = M_SQRT2 * M_2_SQRTPI * 0.5`.
 const BETA: f32 = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
@@ -29,20 +29,7 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if x.dtype() != DType::F32 {
         return gelu_approximate(x);
     }
-    let primitive: Box<dyn Any> = Box::new(x.into_primitive().tensor());
-    let primitive = match primitive.downcast::<FlexTensor>() {
-        Ok(flex) => Box::new(gelu_tanh_f32(&flex)) as Box<dyn Any>,
-        Err(other) => {
-            let other = other
-                .downcast::<B::FloatTensorPrimitive>()
-                .expect("the primitive keeps its type");
-            return gelu_approximate(Tensor::from_primitive(TensorPrimitive::Float(*other)));
-        }
-    };
-    let primitive = primitive
-        .downcast::<B::FloatTensorPrimitive>()
-        .expect("the primitive keeps its type");
-    Tensor::from_primitive(TensorPrimitive::Float(*primitive))
+    flex_map(x, |t| gelu_tanh_f32(&t)).unwrap_or_else(gelu_approximate)
 }
 
 /// The fused kernel on an f32 Flex tensor (any layout; the output is contiguous).

@@ -42,9 +42,11 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::pipeline::backend::contiguous;
+use crate::pipeline::backend::{as_flex, contiguous, flex_map};
 use crate::pipeline::checkpoint::{load_methods, require_positive};
 use crate::pipeline::models::activations::gelu_tanh;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
@@ -566,16 +568,60 @@ pub fn apply_rotary_emb_transposed<B: Backend>(
 ) -> Tensor<B, 4> {
     let dtype = hidden_states.dtype();
     let [b, s, h, d] = hidden_states.dims();
+    let x = hidden_states.cast(DType::F32);
+    let tables_f32 = rope.cos.dtype() == DType::F32 && rope.sin.dtype() == DType::F32;
+    let fused = match (as_flex(&rope.cos), as_flex(&rope.sin)) {
+        (Some(cos), Some(sin)) if tables_f32 && rope.cos.dims() == [1, s, 1, d / 2, 1] => {
+            flex_map(x, |x| rope_f32(&x, &cos, &sin, [b, s, h, d]))
+        }
+        _ => Err(x),
+    };
+    match fused {
+        Ok(out) => out,
+        Err(x) => rotary_tensor_ops(x, rope),
+    }
+    .cast(dtype)
+}
+
+/// [`apply_rotary_emb_transposed`] as tensor ops, on f32 `x: [B, S, H, D]` (any backend).
+fn rotary_tensor_ops<B: Backend>(x: Tensor<B, 4>, rope: &RotaryEmbedding<B>) -> Tensor<B, 4> {
+    let [b, s, h, d] = x.dims();
     // x_1, x_2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
-    let x = hidden_states.cast(DType::F32).reshape([b, s, h, d / 2, 2]);
+    let x = x.reshape([b, s, h, d / 2, 2]);
     let x1 = x.clone().narrow(4, 0, 1);
     let x2 = x.narrow(4, 1, 1);
     let (cos, sin) = (rope.cos.clone(), rope.sin.clone());
     let even = x1.clone() * cos.clone() - x2.clone() * sin.clone();
     let odd = x1 * sin + x2 * cos;
-    Tensor::cat(vec![even, odd], 4)
-        .reshape([b, s, h, d])
-        .cast(dtype)
+    Tensor::cat(vec![even, odd], 4).reshape([b, s, h, d])
+}
+
+/// [`apply_rotary_emb_transposed`] on the CPU backend: one pass over `x` (f32 `[B, S, H, D]`)
+/// with the f32 tables `[1, S, 1, D/2, 1]`, token rows split over rayon's pool; the same
+/// products and sums as the tensor version (`x1·cos − x2·sin`, `x1·sin + x2·cos`), written
+/// interleaved.
+fn rope_f32(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, dims: [usize; 4]) -> FlexTensor {
+    let [b, s, h, d] = dims;
+    let half = d / 2;
+    let (x, cos, sin) = (x.to_contiguous(), cos.to_contiguous(), sin.to_contiguous());
+    let (xs, cs, ss): (&[f32], &[f32], &[f32]) = (x.storage(), cos.storage(), sin.storage());
+    let mut out = vec![0.0f32; b * s * h * d];
+    out.par_chunks_mut(h * d)
+        .zip(xs.par_chunks(h * d))
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(token, (o, xt))| {
+            let t = token % s;
+            let (c, sn) = (&cs[t * half..(t + 1) * half], &ss[t * half..(t + 1) * half]);
+            for (o, xh) in o.chunks_exact_mut(d).zip(xt.chunks_exact(d)) {
+                for i in 0..half {
+                    let (x1, x2) = (xh[2 * i], xh[2 * i + 1]);
+                    o[2 * i] = x1 * c[i] - x2 * sn[i];
+                    o[2 * i + 1] = x1 * sn[i] + x2 * c[i];
+                }
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, [b, s, h, d]))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1443,6 +1489,22 @@ mod tests {
         assert!((e[5] - 0.01f32.cos()).abs() < 1e-7);
         assert!((e[6] - 1f32.sin()).abs() < 1e-7);
         assert!((e[7] - 0.01f32.sin()).abs() < 1e-7);
+    }
+
+    /// The fused CPU RoPE gives the same bits as the tensor-op version.
+    #[test]
+    fn fused_rope_equals_the_tensor_ops() {
+        use burn::tensor::Distribution;
+        type B = crate::pipeline::backend::CpuBackend;
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<B, 4>::random([2, 7, 3, 8], normal, &device);
+        let rope = RotaryEmbedding {
+            cos: Tensor::<B, 5>::random([1, 7, 1, 4, 1], normal, &device),
+            sin: Tensor::<B, 5>::random([1, 7, 1, 4, 1], normal, &device),
+        };
+        let fused = apply_rotary_emb_transposed(x.clone(), &rope).into_data();
+        assert_eq!(fused, rotary_tensor_ops(x, &rope).into_data());
     }
 
     #[test]
