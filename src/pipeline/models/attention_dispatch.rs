@@ -225,7 +225,7 @@ fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5; // Cephes 5.0000001201e-1, which is 0.5 in f32
     let e = p * (r * r) + r + 1.0;
     // 2^n from the integer in t's low mantissa bits (n in -126..=0).
     let k = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
