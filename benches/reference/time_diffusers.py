@@ -49,6 +49,14 @@ CONFIGS = {
         "text_encoder": REAL / "text_encoder_config.json",
         "scheduler": REAL / "scheduler_config.json",
     },
+    # A 1.3B-like DiT (1536 wide, 12 heads, FFN 8960, 2 layers), the real Wan2.1 VAE, the tiny
+    # text encoder and scheduler: `omni bench --config medium`, the CPU at realistic widths.
+    "medium": {
+        "transformer": ROOT / "tests/fixtures/configs/medium/transformer_config.json",
+        "vae": REAL / "vae_config.json",
+        "text_encoder": TINY / "text_encoder/config.json",
+        "scheduler": TINY / "scheduler/scheduler_config.json",
+    },
     "tiny": {
         "transformer": TINY / "transformer/config.json",
         "vae": TINY / "vae/config.json",
@@ -262,14 +270,18 @@ def main() -> None:
     p.add_argument("--skip-core", action="store_true",
                    help="skip the DiT and VAE rows (e.g. to run --pipeline in its own time slot)")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for both sides (torch.set_num_threads, omni --threads) [default: each one's own]")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from diffusers import HeliosTransformer3DModel
 
     dtype = getattr(torch, a.dtype)
     cfg = CONFIGS[a.config]
     size = ["--height", str(a.height), "--width", str(a.width)]
     common = ["--config", a.config, *size, "--warmup", str(a.warmup), "--iters", str(a.iters),
-              "--dtype", OMNI_DTYPE[a.dtype]]
+              "--dtype", OMNI_DTYPE[a.dtype], *(["--threads", str(a.threads)] if a.threads else [])]
     if a.markdown:
         a.markdown.write_text("")
 
@@ -288,8 +300,8 @@ def main() -> None:
         emit(f"| {what} | {ms(ref)} | {ms(ours) if ours is not None else '-'} | {ratio} | {extra} |")
 
     gpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
-    emit(f"device {a.device} ({gpu}), torch {torch.__version__}, {a.config}, {a.width}x{a.height}, "
-         f"DiT/UMT5 {a.dtype}, VAE float32")
+    emit(f"device {a.device} ({gpu}), torch {torch.__version__} ({torch.get_num_threads()} threads), {a.config}, "
+         f"{a.width}x{a.height}, DiT/UMT5 {a.dtype}, VAE float32")
     emit()
     emit("| what | diffusers | omni | omni / diffusers | notes |")
     emit("|---|---|---|---|---|")

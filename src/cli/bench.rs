@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
+use omni::pipeline::backend::num_threads;
 use omni::pipeline::bench::on_default_device as bench;
 use omni::pipeline::bench::{
     BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, PipelineBench, bench_request, peak_rss_bytes,
@@ -19,6 +20,9 @@ pub enum BenchConfig {
     /// The real 14B Helios shapes (needs a GPU with ~45 GB).
     #[value(name = "helios-14b")]
     Helios14b,
+    /// A 1.3B-like DiT (1536 wide, 12 heads, FFN 8960, 2 layers) with the real Wan2.1 VAE and
+    /// the tiny text encoder: the CPU at realistic widths.
+    Medium,
     /// The tiny test shapes (CPU).
     Tiny,
 }
@@ -59,6 +63,7 @@ impl Common {
     fn scale(&self) -> ModelScale {
         match self.config {
             Some(BenchConfig::Helios14b) => ModelScale::Helios14B,
+            Some(BenchConfig::Medium) => ModelScale::Medium,
             Some(BenchConfig::Tiny) => ModelScale::Tiny,
             None if cfg!(feature = "cuda") => ModelScale::Helios14B,
             None => ModelScale::Tiny,
@@ -141,9 +146,9 @@ fn stats(ms: &[f64]) -> (f64, f64) {
 
 fn device_name(p: &Precision) -> String {
     let dev = if cfg!(feature = "cuda") {
-        "cuda:0"
+        "cuda:0".to_string()
     } else {
-        "cpu / flex"
+        format!("cpu / flex, {} threads", num_threads())
     };
     format!(
         "{dev} (transformer {:?}, text encoder {:?}, VAE {:?})",

@@ -1,7 +1,12 @@
 //! Backend choice: `Flex` (pure-Rust CPU, f32) by default, `Cuda<bf16>` with the `cuda` feature,
-//! and device-memory queries for the benchmarks and the server.
+//! the CPU thread pool ([`init_threads`]), and device-memory queries for the benchmarks and the
+//! server.
+
+use std::any::Any;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
 
 /// CPU backend used by tests and CPU runs.
 pub type CpuBackend = burn::backend::Flex;
@@ -16,6 +21,73 @@ pub type DefaultBackend = CudaBackend;
 /// The backend `omni` runs on: CUDA when built with `--features cuda`, else the CPU.
 #[cfg(not(feature = "cuda"))]
 pub type DefaultBackend = CpuBackend;
+
+/// Size the CPU thread pool: rayon's global pool, which the CPU backend's matmuls,
+/// convolutions, norms and softmax (and [`crate::pipeline::models::attention_dispatch`]) share.
+/// `Some(n)` caps it at `n` threads, `None` gives one per logical CPU this process may use
+/// (affinity and cgroup quota included). Call it once, at start-up, before the first tensor
+/// op: the pool cannot be resized later. Returns the number of threads in use.
+///
+/// The CUDA backend computes on the GPU; there the pool only serves the host-side work.
+///
+/// # Errors
+/// `n` is 0, or the pool was already started (by an earlier call or a tensor op).
+pub fn init_threads(threads: Option<usize>) -> Result<usize, String> {
+    if threads == Some(0) {
+        return Err("the thread count must be at least 1".into());
+    }
+    let n = match threads {
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("omni-cpu-{i}"))
+        .build_global()
+        .map_err(|e| format!("could not start {n} CPU threads: {e}"))?;
+    Ok(num_threads())
+}
+
+/// Threads of the CPU pool ([`init_threads`]; rayon's default size if it was never called).
+pub fn num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// `f` applied to the burn-flex primitive of `tensor` when the backend is the CPU backend
+/// (`Ok`), or `tensor` back untouched (`Err`) on any other backend: the door for the few fused
+/// CPU kernels the models use (tanh GELU, the attention softmax, RoPE), each with a portable
+/// fallback made of burn ops.
+pub fn flex_map<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    f: impl FnOnce(FlexTensor) -> FlexTensor,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let primitive: Box<dyn Any> = Box::new(tensor.into_primitive().tensor());
+    let (primitive, mapped) = match primitive.downcast::<FlexTensor>() {
+        Ok(flex) => (Box::new(f(*flex)) as Box<dyn Any>, true),
+        Err(other) => (other, false),
+    };
+    let primitive = primitive
+        .downcast::<B::FloatTensorPrimitive>()
+        .expect("the primitive keeps its type");
+    let tensor = Tensor::from_primitive(TensorPrimitive::Float(*primitive));
+    if mapped { Ok(tensor) } else { Err(tensor) }
+}
+
+/// The burn-flex primitive of `tensor` (sharing its buffer) on the CPU backend, `None` on the
+/// others.
+pub fn as_flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    let primitive: Box<dyn Any> = Box::new(tensor.clone().into_primitive().tensor());
+    primitive.downcast::<FlexTensor>().ok().map(|t| *t)
+}
+
+/// `tensor` in a buffer of its own, row-major from offset 0, on the CPU backend (a copy when it
+/// is a strided view or a `narrow` that does not start at the first element); unchanged on the
+/// other backends. burn-flex's SIMD element-wise kernels (in place, or broadcasting a row or a
+/// per-row scalar) only take such operands; any other layout goes through a scalar strided
+/// loop. Values are untouched.
+pub fn contiguous<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<B, D> {
+    flex_map(tensor, |t| t.to_contiguous()).unwrap_or_else(|t| t)
+}
 
 /// What the device allocator holds, in bytes (CubeCL's `MemoryUsage`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

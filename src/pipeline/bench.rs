@@ -1,7 +1,8 @@
 //! Benchmarks behind `omni bench`: the DiT forward, the VAE decode of one chunk, the text
 //! encoder, and the whole Distilled pipeline, with random weights at the real Helios shapes
-//! ([`ModelScale::Helios14B`], for GPUs) or at the tiny test shapes ([`ModelScale::Tiny`], for
-//! CPUs). Speed does not depend on weight values, so no checkpoint is needed.
+//! ([`ModelScale::Helios14B`], for GPUs), at a 1.3B-like width ([`ModelScale::Medium`], the CPU
+//! at realistic sizes) or at the tiny test shapes ([`ModelScale::Tiny`], for CPUs). Speed does
+//! not depend on weight values, so no checkpoint is needed.
 //!
 //! Timings synchronise the device ([`Backend::sync`]) around each measured call. FLOPs follow the
 //! model of `shared/reference/helios.md` §10.2 ([`dit_forward_flops`]).
@@ -9,13 +10,14 @@
 use std::time::Instant;
 
 use burn::nn::{LinearConfig, RmsNormConfig};
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, conv3d};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
 
 use crate::pipeline::backend::{DeviceMemory, device_memory};
+use crate::pipeline::models::activations::gelu_tanh;
+use crate::pipeline::models::attention_dispatch::dispatch_attention;
 use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
 use crate::pipeline::models::transformer_helios::{
     HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs, RotaryEmbedding,
@@ -41,6 +43,12 @@ pub const H100_BF16_PEAK_FLOPS: f64 = 989e12;
 pub enum ModelScale {
     /// The real Helios shapes: 14B DiT (40 layers, 5120 wide), Wan2.1 VAE, UMT5-XXL.
     Helios14B,
+    /// A 1.3B-like DiT at realistic width (Wan2.1-1.3B's 1536 wide: 12 heads of 128, FFN 8960)
+    /// with 2 layers (`tests/fixtures/configs/medium/`), the real Wan2.1 VAE, and the tiny text
+    /// encoder and scheduler: the CPU row at realistic matmul and attention sizes. Its
+    /// `text_dim` is the tiny encoder's 32 so the pipeline benchmark runs; that only sizes the
+    /// text projection, which runs once per prompt.
+    Medium,
     /// The tiny test shapes of `tests/fixtures/tiny-helios-distilled`.
     Tiny,
 }
@@ -75,12 +83,29 @@ impl ModelScale {
                 "text_encoder_config.json",
                 "scheduler_config.json"
             ),
+            ModelScale::Medium => Configs {
+                transformer: include_str!(
+                    "../../tests/fixtures/configs/medium/transformer_config.json"
+                ),
+                ..ModelScale::Helios14B.configs_with_tiny_text()
+            },
             ModelScale::Tiny => fixture_configs!("tiny-helios-distilled/":
                 "transformer/config.json",
                 "vae/config.json",
                 "text_encoder/config.json",
                 "scheduler/scheduler_config.json"
             ),
+        }
+    }
+
+    /// The real configs with the tiny text encoder and scheduler (UMT5-XXL would not fit a CPU
+    /// box beside the rest).
+    fn configs_with_tiny_text(self) -> Configs {
+        let tiny = ModelScale::Tiny.configs();
+        Configs {
+            text_encoder: tiny.text_encoder,
+            scheduler: tiny.scheduler,
+            ..self.configs()
         }
     }
 
@@ -393,7 +418,7 @@ impl<B: Backend> BlockBench<'_, B> {
                 drop(proj.forward(xn.clone()))
             }),
             self.time("ffn up dim->ffn + gelu", 1, || {
-                drop(gelu_approximate(up.forward(x.clone())))
+                drop(gelu_tanh(up.forward(x.clone())))
             }),
             self.time("ffn down ffn->dim", 1, || drop(down.forward(h_ffn.clone()))),
         ]
@@ -407,15 +432,7 @@ impl<B: Backend> BlockBench<'_, B> {
         let (q, k, v) = (heads(s.seq), heads(s.seq), heads(s.seq));
         let (qc, kc, vc) = (heads(s.noisy), heads(512), heads(512));
         let attend = |q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>| {
-            let options = AttentionModuleOptions::default();
-            drop(attention(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                None,
-                None,
-                options,
-            ))
+            drop(dispatch_attention(q.clone(), k.clone(), v.clone()))
         };
         vec![
             self.time("self-attention (flash)", 1, || attend(&q, &k, &v)),
@@ -664,13 +681,15 @@ mod tests {
 
     #[test]
     fn embedded_configs_parse() {
-        for scale in [ModelScale::Helios14B, ModelScale::Tiny] {
+        for scale in [ModelScale::Helios14B, ModelScale::Medium, ModelScale::Tiny] {
             scale.transformer_config().validate().unwrap();
             scale.vae_config();
             scale.text_encoder_config();
             scale.scheduler();
         }
         assert_eq!(ModelScale::Helios14B.transformer_config().num_layers, 40);
+        let medium = ModelScale::Medium.transformer_config();
+        assert_eq!((medium.inner_dim(), medium.ffn_dim), (1536, 8960));
     }
 }
 

@@ -90,12 +90,13 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, conv3d};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::checkpoint::load_methods;
+use crate::pipeline::models::attention_dispatch::dispatch_attention;
 use crate::pipeline::weights::KeyMap;
 
 /// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
@@ -485,22 +486,38 @@ impl<B: Backend, const D: usize> WanRmsNorm<B, D> {
         }
     }
 
+    /// The arithmetic is diffusers' op for op; only the layout differs: `x` is viewed as `[N, C,
+    /// P]` (P = the pixels of one channel) and each broadcast runs along contiguous rows (the
+    /// norm as a shared `[P]` row when N = 1, gamma as one scalar per `[P]` row), which the CPU
+    /// backend's SIMD kernels take, where `[N, 1, T, H, W]` against `[N, C, T, H, W]` went
+    /// through a scalar strided loop.
+    ///
     /// # Shapes
     /// `x: [N, C, …]` (rank `D + 1`) → same.
     pub fn forward<const X: usize>(&self, x: Tensor<B, X>) -> Tensor<B, X> {
-        let channels = x.dims()[1];
+        let dims = x.dims();
+        let (n, channels) = (dims[0], dims[1]);
+        let pixels: usize = dims[2..].iter().product();
+        let rows = n * channels;
         let dtype = x.dtype();
         // `F.normalize(x.float() if needs_fp32_normalize else x, dim=1).to(x.dtype)`
         let xf = if matches!(dtype, DType::F16 | DType::BF16) {
             x.cast(DType::F32)
         } else {
             x
-        };
+        }
+        .reshape([n, channels, pixels]);
         // F.normalize: x / max(‖x‖₂, eps), eps = 1e-12.
-        let norm = xf.clone().square().sum_dim(1).sqrt().clamp_min(1e-12);
-        let normalized = (xf / norm).cast(dtype);
+        let norm = xf.clone().square().sum_dim(1).sqrt().clamp_min(1e-12); // [N, 1, P]
+        let normalized = if n == 1 {
+            xf.reshape([channels, pixels]) / norm.reshape([1, pixels])
+        } else {
+            (xf / norm.repeat_dim(1, channels)).reshape([rows, pixels])
+        }
+        .cast(dtype);
         // `normalized * self.scale * self.gamma + self.bias` (bias = 0.0)
-        normalized.mul_scalar((channels as f64).sqrt()) * self.gamma.val().unsqueeze::<X>()
+        let gamma = self.gamma.val().reshape([1, channels]).repeat_dim(0, n);
+        (normalized.mul_scalar((channels as f64).sqrt()) * gamma.reshape([rows, 1])).reshape(dims)
     }
 }
 
@@ -582,7 +599,7 @@ impl<B: Backend> WanAttentionBlock<B> {
         let k = qkv.clone().narrow(3, c, c);
         let v = qkv.narrow(3, 2 * c, c);
         // F.scaled_dot_product_attention(q, k, v): scale 1/√C.
-        let x = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [B·T, 1, H·W, C]
+        let x = dispatch_attention(q, k, v); // [B·T, 1, H·W, C]
         // [B·T, H·W, C] → [B·T, C, H, W]
         let x = x
             .reshape([b * t, h * w, c])

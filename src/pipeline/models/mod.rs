@@ -1,5 +1,7 @@
 //! Neural network modules, one file per reference class.
 
+pub mod activations;
+pub mod attention_dispatch;
 pub mod autoencoder_kl_wan;
 pub mod transformer_helios;
 pub mod umt5;

@@ -32,19 +32,24 @@
 //!   ([`HeliosTransformer3DModel::dtype`]). Inputs of any float dtype are cast to it on entry;
 //!   the output is in it (diffusers returns the bf16 prediction). `tests/bf16_parity.rs` checks
 //!   this plan against diffusers in bf16.
-//! - Attention is [`burn::tensor::module::attention`] with the default `1/sqrt(head_dim)` scale
-//!   (diffusers: `F.scaled_dot_product_attention`); no mask in either.
+//! - Attention is [`dispatch_attention`] with the default `1/sqrt(head_dim)` scale (diffusers:
+//!   `F.scaled_dot_product_attention`); no mask in either. It runs as blocked matrix products on
+//!   the CPU backend and as burn's flash kernels on CUDA.
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{gelu_approximate, sigmoid, silu};
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::pipeline::backend::{as_flex, contiguous, flex_map};
 use crate::pipeline::checkpoint::{load_methods, require_positive};
+use crate::pipeline::models::activations::gelu_tanh;
+use crate::pipeline::models::attention_dispatch::dispatch_attention;
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
@@ -375,7 +380,7 @@ impl<B: Backend> PixArtAlphaTextProjection<B> {
     /// `caption: [B, L, text_dim]` → `[B, L, dim]`
     pub fn forward(&self, caption: Tensor<B, 3>) -> Tensor<B, 3> {
         self.linear_2
-            .forward(gelu_approximate(self.linear_1.forward(caption)))
+            .forward(gelu_tanh(self.linear_1.forward(caption)))
     }
 }
 
@@ -563,16 +568,60 @@ pub fn apply_rotary_emb_transposed<B: Backend>(
 ) -> Tensor<B, 4> {
     let dtype = hidden_states.dtype();
     let [b, s, h, d] = hidden_states.dims();
+    let x = hidden_states.cast(DType::F32);
+    let tables_f32 = rope.cos.dtype() == DType::F32 && rope.sin.dtype() == DType::F32;
+    let fused = match (as_flex(&rope.cos), as_flex(&rope.sin)) {
+        (Some(cos), Some(sin)) if tables_f32 && rope.cos.dims() == [1, s, 1, d / 2, 1] => {
+            flex_map(x, |x| rope_f32(&x, &cos, &sin, [b, s, h, d]))
+        }
+        _ => Err(x),
+    };
+    match fused {
+        Ok(out) => out,
+        Err(x) => rotary_tensor_ops(x, rope),
+    }
+    .cast(dtype)
+}
+
+/// [`apply_rotary_emb_transposed`] as tensor ops, on f32 `x: [B, S, H, D]` (any backend).
+fn rotary_tensor_ops<B: Backend>(x: Tensor<B, 4>, rope: &RotaryEmbedding<B>) -> Tensor<B, 4> {
+    let [b, s, h, d] = x.dims();
     // x_1, x_2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
-    let x = hidden_states.cast(DType::F32).reshape([b, s, h, d / 2, 2]);
+    let x = x.reshape([b, s, h, d / 2, 2]);
     let x1 = x.clone().narrow(4, 0, 1);
     let x2 = x.narrow(4, 1, 1);
     let (cos, sin) = (rope.cos.clone(), rope.sin.clone());
     let even = x1.clone() * cos.clone() - x2.clone() * sin.clone();
     let odd = x1 * sin + x2 * cos;
-    Tensor::cat(vec![even, odd], 4)
-        .reshape([b, s, h, d])
-        .cast(dtype)
+    Tensor::cat(vec![even, odd], 4).reshape([b, s, h, d])
+}
+
+/// [`apply_rotary_emb_transposed`] on the CPU backend: one pass over `x` (f32 `[B, S, H, D]`)
+/// with the f32 tables `[1, S, 1, D/2, 1]`, token rows split over rayon's pool; the same
+/// products and sums as the tensor version (`x1·cos − x2·sin`, `x1·sin + x2·cos`), written
+/// interleaved.
+fn rope_f32(x: &FlexTensor, cos: &FlexTensor, sin: &FlexTensor, dims: [usize; 4]) -> FlexTensor {
+    let [b, s, h, d] = dims;
+    let half = d / 2;
+    let (x, cos, sin) = (x.to_contiguous(), cos.to_contiguous(), sin.to_contiguous());
+    let (xs, cs, ss): (&[f32], &[f32], &[f32]) = (x.storage(), cos.storage(), sin.storage());
+    let mut out = vec![0.0f32; b * s * h * d];
+    out.par_chunks_mut(h * d)
+        .zip(xs.par_chunks(h * d))
+        .enumerate()
+        .with_min_len(64)
+        .for_each(|(token, (o, xt))| {
+            let t = token % s;
+            let (c, sn) = (&cs[t * half..(t + 1) * half], &ss[t * half..(t + 1) * half]);
+            for (o, xh) in o.chunks_exact_mut(d).zip(xt.chunks_exact(d)) {
+                for i in 0..half {
+                    let (x1, x2) = (xh[2 * i], xh[2 * i + 1]);
+                    o[2 * i] = x1 * c[i] - x2 * sn[i];
+                    o[2 * i + 1] = x1 * sn[i] + x2 * c[i];
+                }
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, [b, s, h, d]))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -704,13 +753,10 @@ impl<B: Backend> HeliosAttention<B> {
         }
 
         // dispatch_attention_fn(query, key, value) on [B, H, S, D]
-        let out = burn::tensor::module::attention(
+        let out = dispatch_attention(
             query.swap_dims(1, 2),
             key.swap_dims(1, 2),
             value.swap_dims(1, 2),
-            None,
-            None,
-            AttentionModuleOptions::default(),
         );
         // hidden_states.flatten(2, 3); attn.to_out[0](hidden_states)
         let out = out.swap_dims(1, 2).reshape([b, s, dim]);
@@ -731,7 +777,7 @@ impl<B: Backend> FeedForward<B> {
     /// `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, hidden_states: Tensor<B, 3>) -> Tensor<B, 3> {
         self.net_2
-            .forward(gelu_approximate(self.net_0_proj.forward(hidden_states)))
+            .forward(gelu_tanh(self.net_0_proj.forward(hidden_states)))
     }
 }
 
@@ -878,11 +924,8 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // 1. Self-attention
         // norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
-        let normed = fp32_layer_norm(x.clone(), None, None, self.eps);
         let norm_hidden_states = segments
-            .map(|start, len, m| {
-                normed.clone().narrow(1, start, len) * (m.0[1].clone() + 1.0) + m.0[0].clone()
-            })
+            .map(|start, len, m| modulate(&x, start, len, &m.0[1], &m.0[0], self.eps))
             .cast(dtype);
         let attn_output = self
             .attn1
@@ -890,10 +933,7 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             .cast(DType::F32);
         // hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
         let hidden_states = segments
-            .map(|start, len, m| {
-                x.clone().narrow(1, start, len)
-                    + attn_output.clone().narrow(1, start, len) * m.0[2].clone()
-            })
+            .map(|start, len, m| gated_residual(&x, &attn_output, start, len, &m.0[2]))
             .cast(dtype);
 
         // 2. Cross-attention
@@ -910,19 +950,13 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // 3. Feed-forward
         // norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
-        let normed = fp32_layer_norm(x.clone(), None, None, self.eps);
         let norm_hidden_states = segments
-            .map(|start, len, m| {
-                normed.clone().narrow(1, start, len) * (m.0[4].clone() + 1.0) + m.0[3].clone()
-            })
+            .map(|start, len, m| modulate(&x, start, len, &m.0[4], &m.0[3], self.eps))
             .cast(dtype);
         let ff_output = self.ffn.forward(norm_hidden_states).cast(DType::F32);
         // hidden_states = (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
         segments
-            .map(|start, len, m| {
-                x.clone().narrow(1, start, len)
-                    + ff_output.clone().narrow(1, start, len) * m.0[5].clone()
-            })
+            .map(|start, len, m| gated_residual(&x, &ff_output, start, len, &m.0[5]))
             .cast(dtype)
     }
 
@@ -951,8 +985,45 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             None,
             0,
         );
-        hidden_states + attn_output
+        // hidden_states + attn_output, with the fresh buffer on the left (it is updated in place;
+        // `hidden_states` may be a view into the whole sequence).
+        attn_output + hidden_states
     }
+}
+
+/// `norm(x.float()) * (1 + scale) + shift` on the tokens `start..start + len` of `x` (f32, the
+/// parameter-free `FP32LayerNorm`). The segment is normalised on its own (the norm is per token,
+/// so this is the same number) so the modulation broadcasts over the norm's fresh contiguous
+/// output: the CPU backend's SIMD row kernels, in place.
+///
+/// # Shapes
+/// `x: [B, S, dim]`, `scale`, `shift`: `[B or 1, 1, dim]` → `[B, len, dim]`
+fn modulate<B: Backend>(
+    x: &Tensor<B, 3>,
+    start: usize,
+    len: usize,
+    scale: &Tensor<B, 3>,
+    shift: &Tensor<B, 3>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    fp32_layer_norm(x.clone().narrow(1, start, len), None, None, eps) * (scale.clone() + 1.0)
+        + shift.clone()
+}
+
+/// `x + y * gate` on the tokens `start..start + len` (f32). The product is taken on a contiguous
+/// copy of `y`'s segment ([`contiguous`]; a no-op on CUDA) and the sum with it on the left, so
+/// both run in place on the CPU backend's SIMD kernels (`a + b` is `b + a` in IEEE arithmetic).
+///
+/// # Shapes
+/// `x`, `y`: `[B, S, dim]`, `gate`: `[B or 1, 1, dim]` → `[B, len, dim]`
+fn gated_residual<B: Backend>(
+    x: &Tensor<B, 3>,
+    y: &Tensor<B, 3>,
+    start: usize,
+    len: usize,
+    gate: &Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    contiguous(y.clone().narrow(1, start, len)) * gate.clone() + x.clone().narrow(1, start, len)
 }
 
 /// diffusers `HeliosOutputNorm`: parameter-free `FP32LayerNorm` modulated by
@@ -1418,6 +1489,22 @@ mod tests {
         assert!((e[5] - 0.01f32.cos()).abs() < 1e-7);
         assert!((e[6] - 1f32.sin()).abs() < 1e-7);
         assert!((e[7] - 0.01f32.sin()).abs() < 1e-7);
+    }
+
+    /// The fused CPU RoPE gives the same bits as the tensor-op version.
+    #[test]
+    fn fused_rope_equals_the_tensor_ops() {
+        use burn::tensor::Distribution;
+        type B = crate::pipeline::backend::CpuBackend;
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<B, 4>::random([2, 7, 3, 8], normal, &device);
+        let rope = RotaryEmbedding {
+            cos: Tensor::<B, 5>::random([1, 7, 1, 4, 1], normal, &device),
+            sin: Tensor::<B, 5>::random([1, 7, 1, 4, 1], normal, &device),
+        };
+        let fused = apply_rotary_emb_transposed(x.clone(), &rope).into_data();
+        assert_eq!(fused, rotary_tensor_ops(x, &rope).into_data());
     }
 
     #[test]

@@ -29,12 +29,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu_approximate, relu, silu, softmax};
+use burn::tensor::activation::{relu, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::pipeline::checkpoint::{load_methods, require_positive};
+use crate::pipeline::models::activations::gelu_tanh;
 use crate::pipeline::weights::KeyMap;
 
 /// Checkpoint key → module path renames, applied in order (see `weights::KeyMap`).
@@ -198,7 +199,7 @@ impl FfnActivation {
 
     fn apply<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self {
-            Self::GeluTanh => gelu_approximate(x),
+            Self::GeluTanh => gelu_tanh(x),
             Self::Relu => relu(x),
             Self::Silu => silu(x),
         }
