@@ -210,7 +210,7 @@ fn softmax_rows_generic(data: &mut [f32], row: usize) {
 /// the correctly rounded value; arguments below -87 (results under 2⁻¹²⁶) give ~1.6e-38
 /// instead of a subnormal or 0, which no softmax sum can tell apart.
 #[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
