@@ -456,22 +456,25 @@ impl Jobs {
         self.lock().map.get(id).cloned()
     }
 
-    /// Change a record in place; `persist` writes it to the store. `None` if the job is gone.
+    /// Change a record; with `persist` the changed record is written to the store before it
+    /// replaces the one others see. `None` if the job is gone.
     pub fn update<R>(
         &self,
         id: &str,
         persist: bool,
         f: impl FnOnce(&mut JobRecord) -> R,
     ) -> Option<R> {
-        let (r, rec) = {
-            let mut g = self.lock();
-            let rec = g.map.get_mut(id)?;
-            let r = f(rec);
-            (r, persist.then(|| rec.clone()))
-        };
-        if let Some(rec) = rec {
-            self.persist(&rec);
+        let mut g = self.lock();
+        let slot = g.map.get_mut(id)?;
+        if !persist {
+            return Some(f(slot));
         }
+        // Stored before anyone can see it: a client that saw `completed` finds it completed
+        // after a `kill -9`, whenever the kill lands (the lock is held over the write).
+        let mut next = slot.clone();
+        let r = f(&mut next);
+        self.persist(&next);
+        *slot = next;
         Some(r)
     }
 
