@@ -749,17 +749,36 @@ impl<B: Backend> WanUpBlock<B> {
     /// # Shapes
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T', H', W']` (see [`WanResample::forward`]).
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut UpBlockCache<B>) -> Tensor<B, 5> {
+        match self.forward_stoppable(x, cache, &|| Ok::<(), ()>(())) {
+            Ok(x) => x,
+            Err(()) => unreachable!("never stopped"),
+        }
+    }
+
+    /// [`forward`](Self::forward) that asks `stop` before every resnet and the upsampler (see
+    /// [`WanDecoder3d::forward_stoppable`]).
+    ///
+    /// # Errors
+    /// The first error `stop` returns.
+    pub fn forward_stoppable<E>(
+        &self,
+        x: Tensor<B, 5>,
+        cache: &mut UpBlockCache<B>,
+        stop: &dyn Fn() -> Result<(), E>,
+    ) -> Result<Tensor<B, 5>, E> {
         cache
             .resnets
             .resize_with(self.resnets.len(), Default::default);
         let mut x = x;
         for (resnet, c) in self.resnets.iter().zip(cache.resnets.iter_mut()) {
+            stop()?;
             x = resnet.forward(x, c);
         }
         for up in &self.upsamplers {
+            stop()?;
             x = up.forward(x, &mut cache.time_conv);
         }
-        x
+        Ok(x)
     }
 }
 
@@ -1040,10 +1059,11 @@ impl<B: Backend> WanDecoder3d<B> {
         }
     }
 
-    /// [`forward`](Self::forward) that asks `stop` before the mid block, before every up block
-    /// and before the output layers, and gives up with its error (a cancelled job stops within
-    /// one block of one latent frame, not one whole frame: at 4K a frame is many seconds on a
-    /// CPU). The cache is left half-updated then: start a new decode after a stop.
+    /// [`forward`](Self::forward) that asks `stop` before the mid block, before every resnet
+    /// and upsampler of the up blocks and before the output layers, and gives up with its
+    /// error: a cancelled job stops within one resnet of one latent frame, not one whole frame
+    /// (at 4K a frame is many seconds on a CPU). The cache is left half-updated then: start a
+    /// new decode after a stop.
     ///
     /// # Shapes
     /// As [`forward`](Self::forward).
@@ -1063,8 +1083,7 @@ impl<B: Backend> WanDecoder3d<B> {
             .up_blocks
             .resize_with(self.up_blocks.len(), Default::default);
         for (block, c) in self.up_blocks.iter().zip(cache.up_blocks.iter_mut()) {
-            stop()?;
-            x = block.forward(x, c);
+            x = block.forward_stoppable(x, c, stop)?;
         }
         stop()?;
         let x = silu(self.norm_out.forward(x));
