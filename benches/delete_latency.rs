@@ -30,11 +30,17 @@ fn cancel_once(c: &mut Conn, size: &str, at_progress: u64, delay: Duration, seed
     let path = format!("/v1/videos/{id}");
     loop {
         let (_, b) = c.call("GET", &path, "");
-        let progress: u64 = field(&b, "progress").and_then(|p| p.parse().ok()).unwrap_or(0);
+        let progress: u64 = field(&b, "progress")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if field(&b, "status").as_deref() == Some("in_progress") && progress >= at_progress {
             break;
         }
-        assert_ne!(field(&b, "status").as_deref(), Some("completed"), "finished before {at_progress}%");
+        assert_ne!(
+            field(&b, "status").as_deref(),
+            Some("completed"),
+            "finished before {at_progress}%"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(delay);

@@ -1069,21 +1069,39 @@ fn openapi_describes_every_endpoint() {
     }
     // With api_keys set, the document asks for the bearer key on the key routes (and lists
     // their 401), and on none of the probes.
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-    assert_eq!(doc["paths"]["/v1/videos"]["post"]["security"], json!([{"bearer": []}]));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/videos"]["post"]["security"],
+        json!([{"bearer": []}])
+    );
     assert!(doc["paths"]["/v1/videos/{video_id}"]["delete"]["responses"]["401"].is_object());
     assert_eq!(doc["paths"]["/health"]["get"]["security"], json!([]));
-    assert!(doc["paths"]["/health"]["get"]["responses"].get("401").is_none());
+    assert!(
+        doc["paths"]["/health"]["get"]["responses"]
+            .get("401")
+            .is_none()
+    );
     // Every content type the download answers, and the bounds of the loaded model.
-    let content = &doc["paths"]["/v1/videos/{video_id}/content"]["get"]["responses"]["200"]["content"];
+    let content =
+        &doc["paths"]["/v1/videos/{video_id}/content"]["get"]["responses"]["200"]["content"];
     for ct in ["video/mp4", "image/webp", "image/jpeg"] {
         assert!(content.get(ct).is_some(), "{ct}: {content}");
     }
     let create = &doc["components"]["schemas"]["VideoCreate"]["properties"];
     assert_eq!(create["prompt"]["minLength"], 1);
     assert_eq!(create["width"]["x-multiple-of"], 64, "{}", create["width"]);
-    assert_eq!(create["model"]["enum"], json!(["tiny-helios"]), "the served name");
-    assert!(create.get("num_inference_steps").is_none(), "a pyramid checkpoint takes no num_inference_steps");
+    assert_eq!(
+        create["model"]["enum"],
+        json!(["tiny-helios"]),
+        "the served name"
+    );
+    assert!(
+        create.get("num_inference_steps").is_none(),
+        "a pyramid checkpoint takes no num_inference_steps"
+    );
     // The LocalAI and image routes are guarded like /v1.
     s.post_json("/video", json!({"prompt": "p"})).error(401);
     s.get("/generated-videos/x.mp4").error(401);
@@ -1280,16 +1298,34 @@ fn bad_references_are_400_with_param_and_create_no_job() {
         .write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png)
         .unwrap();
     assert!(big.len() < 4096, "a flat PNG is small: {} bytes", big.len());
-    let (ct, body) = multipart_file(&[("prompt", "p")], "input_reference", "big.png", "image/png", &big);
+    let (ct, body) = multipart_file(
+        &[("prompt", "p")],
+        "input_reference",
+        "big.png",
+        "image/png",
+        &big,
+    );
     let e = create_multipart(&s, &ct, &body).error(400);
     assert_eq!(e["param"], "input_reference", "{e}");
     let msg = e["message"].as_str().unwrap();
-    assert!(msg.contains("128x128") && msg.contains("max_reference_pixels"), "{e}");
+    assert!(
+        msg.contains("128x128") && msg.contains("max_reference_pixels"),
+        "{e}"
+    );
     let e = s
-        .post_json("/v1/videos", json!({"prompt": "p", "start_image": b64_encode(&big)}))
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "start_image": b64_encode(&big)}),
+        )
         .error(400);
     assert_eq!(e["param"], "start_image", "{e}");
-    assert!(e["message"].as_str().unwrap().contains("max_reference_pixels"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_reference_pixels"),
+        "{e}"
+    );
 
     // A video shorter than one chunk.
     let short = mp4_bytes(5, "128x64");
@@ -1883,7 +1919,11 @@ fn kill_9_at_four_moments_leaves_no_orphan_files_and_loses_no_job() {
     let storage = dir.path().join("st");
     let png = png_bytes(64, 32);
     let (ct, upload) = multipart_file(
-        &[("prompt", "conditioned"), ("size", SMALL), ("num_frames", "33")],
+        &[
+            ("prompt", "conditioned"),
+            ("size", SMALL),
+            ("num_frames", "33"),
+        ],
         "input_reference",
         "ref.png",
         "image/png",
@@ -1961,7 +2001,11 @@ fn kill_9_at_four_moments_leaves_no_orphan_files_and_loses_no_job() {
     let listed = s.get("/v1/videos?order=asc").json();
     for id in &admitted {
         assert!(
-            listed["data"].as_array().unwrap().iter().any(|v| v["id"] == id.as_str()),
+            listed["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["id"] == id.as_str()),
             "{id} lost: {listed}"
         );
     }
@@ -2027,32 +2071,54 @@ fn a_full_disk_during_a_job_fails_it_cleanly_and_loses_nothing() {
     let s = Server::start(&storage, &[]);
     // Room for job records (a few KiB each), not for the video.
     let filler = fill_disk(&disk.0, 12 * 1024);
-    let r = s.post_json("/v1/videos", json!({"prompt": "p", "size": SMALL, "num_frames": 66}));
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 66}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     let (v, _) = s.wait(&id);
     assert_eq!(v["status"], "failed", "{v}");
-    assert!(files_of(&storage, &id).is_empty(), "partial files: {:?}", files_of(&storage, &id));
+    assert!(
+        files_of(&storage, &id).is_empty(),
+        "partial files: {:?}",
+        files_of(&storage, &id)
+    );
     assert!(orphans(&storage).is_empty(), "{:?}", orphans(&storage));
     assert_eq!(s.get("/health").status, 200);
 
     // Full to the last byte: admission answers 507 and keeps nothing.
     let before = s.get("/v1/videos").json()["data"].as_array().unwrap().len();
     let _ = fill_disk(&disk.0.join("st"), 0);
-    let r = s.post_json("/v1/videos", json!({"prompt": "q", "size": SMALL, "num_frames": 33}));
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "q", "size": SMALL, "num_frames": 33}),
+    );
     r.error(507);
-    assert_eq!(s.get("/v1/videos").json()["data"].as_array().unwrap().len(), before);
+    assert_eq!(
+        s.get("/v1/videos").json()["data"].as_array().unwrap().len(),
+        before
+    );
     std::fs::remove_file(disk.0.join("st").join("filler")).unwrap();
     std::fs::remove_file(&filler).unwrap();
 
     // Space again: the next job completes; after a restart the failed one is still failed.
-    let r = s.post_json("/v1/videos", json!({"prompt": "r", "size": SMALL, "num_frames": 33}));
+    let r = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "r", "size": SMALL, "num_frames": 33}),
+    );
     let ok = r.json()["id"].as_str().unwrap().to_string();
     assert_eq!(s.wait(&ok).0["status"], "completed");
     drop(s);
     let s = Server::start(&storage, &[]);
-    assert_eq!(s.get(&format!("/v1/videos/{id}")).json()["status"], "failed");
-    assert_eq!(s.get(&format!("/v1/videos/{ok}")).json()["status"], "completed");
+    assert_eq!(
+        s.get(&format!("/v1/videos/{id}")).json()["status"],
+        "failed"
+    );
+    assert_eq!(
+        s.get(&format!("/v1/videos/{ok}")).json()["status"],
+        "completed"
+    );
     drop(s);
     assert!(orphans(&storage).is_empty(), "{:?}", orphans(&storage));
 }

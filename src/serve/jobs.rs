@@ -612,7 +612,11 @@ mod tests {
     #[test]
     fn live_sweep_spares_running_jobs_and_young_files() {
         let dir = tempfile::tempdir().unwrap();
-        let (running, done, gone) = (new_id(JobKind::Video), new_id(JobKind::Video), new_id(JobKind::Video));
+        let (running, done, gone) = (
+            new_id(JobKind::Video),
+            new_id(JobKind::Video),
+            new_id(JobKind::Video),
+        );
         let records: HashMap<String, JobRecord> = [
             record(&running, Status::InProgress),
             record(&done, Status::Completed),

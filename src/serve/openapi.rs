@@ -30,7 +30,8 @@ pub struct Described {
 impl Described {
     /// The running server's.
     pub fn of(state: &State) -> Self {
-        let defaults = crate::pipeline::request::defaults_under(&state.lower_layers, &state.defaults);
+        let defaults =
+            crate::pipeline::request::defaults_under(&state.lower_layers, &state.defaults);
         Described {
             auth: !state.cfg.api_keys.is_empty(),
             models: std::iter::once(&state.cfg.served_model_name)
@@ -60,7 +61,12 @@ fn json_any(desc: &str) -> Value {
 fn binary(content_types: &[&str]) -> Value {
     let content: Map<String, Value> = content_types
         .iter()
-        .map(|ct| (ct.to_string(), json!({"schema": {"type": "string", "format": "binary"}})))
+        .map(|ct| {
+            (
+                ct.to_string(),
+                json!({"schema": {"type": "string", "format": "binary"}}),
+            )
+        })
         .collect();
     json!({"description": "OK", "content": content})
 }
@@ -98,15 +104,19 @@ fn operation(path: &str, method: &str) -> Option<Value> {
     let op = match (path, method) {
         ("/", "GET") => json!({"summary": "The web page (HTML; holds no data, never needs a key)",
             "responses": {"200": {"description": "OK", "content": {"text/html": {"schema": {"type": "string"}}}}}}),
-        ("/ui/{file}", "GET") => json!({"summary": "The web page's script (app.js) and style sheet (app.css)",
+        ("/ui/{file}", "GET") => {
+            json!({"summary": "The web page's script (app.js) and style sheet (app.css)",
             "parameters": [{"name": "file", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "OK", "content": {
                 "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
-                "404": err("Unknown file")}}),
+                "404": err("Unknown file")}})
+        }
         ("/health" | "/healthz", "GET") => json!({"summary": "Liveness (never needs a key)",
             "responses": {"200": json_any("{status: ok}")}}),
-        ("/readyz", "GET") => json!({"summary": "503 until the model is loaded (never needs a key)",
-            "responses": {"200": json_any("{status: ready}"), "503": err("Loading")}}),
+        ("/readyz", "GET") => {
+            json!({"summary": "503 until the model is loaded (never needs a key)",
+            "responses": {"200": json_any("{status: ready}"), "503": err("Loading")}})
+        }
         ("/openapi.json", "GET") => json!({"summary": "This document (never needs a key)",
             "responses": {"200": json_any("OpenAPI 3.1")}}),
         ("/v1/models", "GET") => json!({"summary": "The served model and its aliases",
@@ -114,10 +124,12 @@ fn operation(path: &str, method: &str) -> Option<Value> {
         ("/v1/models/{model}", "GET") => json!({"summary": "One model card",
             "parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}],
             "responses": {"200": json_any("model"), "404": err("Unknown model")}}),
-        ("/v1/videos", "POST") => json!({"summary": "Create a video job (answers at once, status queued)",
+        ("/v1/videos", "POST") => {
+            json!({"summary": "Create a video job (answers at once, status queued)",
             "operationId": "createVideo",
             "requestBody": create_body(), "responses": create_responses(json_ok("Video")),
-            "links": video_links()}),
+            "links": video_links()})
+        }
         ("/v1/videos", "GET") => json!({"summary": "List video jobs",
             "parameters": [
                 {"name": "after", "in": "query", "schema": {"type": "string"}},
@@ -160,16 +172,22 @@ fn operation(path: &str, method: &str) -> Option<Value> {
             "summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
             "responses": create_responses(json_any("{created, id, data: [{index: 0, url | b64_json}]}"))}),
-        ("/generated-videos/{file}", "GET") => json!({"summary": "LocalAI: the MP4 named by a /video url",
+        ("/generated-videos/{file}", "GET") => {
+            json!({"summary": "LocalAI: the MP4 named by a /video url",
             "parameters": [id_param("file")],
             "responses": {"200": binary(&["video/mp4"]), "206": binary(&["video/mp4"]),
-                          "404": err("Unknown file"), "416": err("Range not satisfiable"), "422": err("The job failed")}}),
-        ("/v1/images/generations", "POST") => json!({"summary": "One-frame generation as PNG (blocks); n must be 1",
+                          "404": err("Unknown file"), "416": err("Range not satisfiable"), "422": err("The job failed")}})
+        }
+        ("/v1/images/generations", "POST") => {
+            json!({"summary": "One-frame generation as PNG (blocks); n must be 1",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImageCreate"}}}},
-            "responses": create_responses(json_any("{id, created, data: [{url | b64_json, revised_prompt}]}"))}),
-        ("/v1/images/{image_id}/content", "GET") => json!({"summary": "The PNG of an image generation",
+            "responses": create_responses(json_any("{id, created, data: [{url | b64_json, revised_prompt}]}"))})
+        }
+        ("/v1/images/{image_id}/content", "GET") => {
+            json!({"summary": "The PNG of an image generation",
             "parameters": [id_param("image_id")],
-            "responses": {"200": binary(&["image/png"]), "404": err("Unknown id or not finished"), "422": err("The job failed")}}),
+            "responses": {"200": binary(&["image/png"]), "404": err("Unknown id or not finished"), "422": err("The job failed")}})
+        }
         _ => return None,
     };
     Some(op)
@@ -191,8 +209,8 @@ pub fn document(d: &Described) -> Value {
     for row in ROUTES {
         let mut item = Map::new();
         for method in row.methods() {
-            let mut op = operation(row.path, method)
-                .unwrap_or_else(|| json!({"summary": "undocumented"}));
+            let mut op =
+                operation(row.path, method).unwrap_or_else(|| json!({"summary": "undocumented"}));
             let secured = d.auth && row.access == Access::Key;
             op["security"] = match secured {
                 true => json!([{"bearer": []}]),
@@ -266,11 +284,14 @@ fn with(mut v: Value, extra: Value) -> Value {
 /// Width or height in pixels: positive at parse time; the grid and the side limits apply to
 /// the resolved size (`size` beats width/height), so they are `x-` keys.
 fn side(d: &Described, default: u32) -> Value {
-    with(int_field(1, u32::MAX as u64), json!({"default": default,
+    with(
+        int_field(1, u32::MAX as u64),
+        json!({"default": default,
         "x-multiple-of": d.grid, "x-maximum-long-side": d.budget.max_long_side,
         "x-maximum-short-side": d.budget.max_short_side,
         "description": format!("pixels, a multiple of {}; the longer side at most {} and the shorter at most {} (else 400 naming it); `size` beats it",
-            d.grid, d.budget.max_long_side, d.budget.max_short_side)}))
+            d.grid, d.budget.max_long_side, d.budget.max_short_side)}),
+    )
 }
 
 /// The per-field schemas shared by the create bodies (top-level fields: the highest layer).
@@ -279,24 +300,57 @@ fn common_fields(d: &Described) -> Map<String, Value> {
     let u32_max = u32::MAX as u64;
     let mut m = Map::new();
     m.insert("prompt".into(), non_blank());
-    m.insert("model".into(), json!({"enum": d.models, "default": d.models[0]}));
-    m.insert("negative_prompt".into(), json!({"type": ["string", "number", "null"], "default": r.negative_prompt}));
+    m.insert(
+        "model".into(),
+        json!({"enum": d.models, "default": d.models[0]}),
+    );
+    m.insert(
+        "negative_prompt".into(),
+        json!({"type": ["string", "number", "null"], "default": r.negative_prompt}),
+    );
     m.insert("width".into(), side(d, r.width));
     m.insert("height".into(), side(d, r.height));
     m.insert("size".into(), json!({"type": ["string", "number", "null"],
         "pattern": "^(\\s*\\+?[0-9]*[1-9][0-9]*\\s*[xX]\\s*\\+?[0-9]*[1-9][0-9]*\\s*)?$",
         "x-multiple-of": d.grid,
         "description": format!("WxH in pixels (e.g. 640x384); beats width/height; each side snapped to the nearest multiple of {}, then the width/height limits apply", d.grid)}));
-    m.insert("num_frames".into(), with(int_field(1, d.budget.max_num_frames as u64), json!({"default": r.num_frames,
-        "description": "frames; made in chunks of 33 and trimmed to 4k+1; beats seconds"})));
-    m.insert("fps".into(), with(int_field(1, 240), json!({"default": r.fps, "description": "frames per second"})));
+    m.insert(
+        "num_frames".into(),
+        with(
+            int_field(1, d.budget.max_num_frames as u64),
+            json!({"default": r.num_frames,
+        "description": "frames; made in chunks of 33 and trimmed to 4k+1; beats seconds"}),
+        ),
+    );
+    m.insert(
+        "fps".into(),
+        with(
+            int_field(1, 240),
+            json!({"default": r.fps, "description": "frames per second"}),
+        ),
+    );
     m.insert("seconds".into(), with(int_field(1, u32_max), json!({
         "description": format!("duration in seconds: num_frames = seconds·fps when num_frames is absent (at most {} frames, else 400 naming seconds)", d.budget.max_num_frames)})));
-    m.insert("seed".into(), with(int_field(0, u64::MAX), json!({"description": "random when absent"})));
-    m.insert("guidance_scale".into(), with(number_field(), json!({"minimum": 0, "maximum": 20, "default": r.guidance_scale})));
+    m.insert(
+        "seed".into(),
+        with(
+            int_field(0, u64::MAX),
+            json!({"description": "random when absent"}),
+        ),
+    );
+    m.insert(
+        "guidance_scale".into(),
+        with(
+            number_field(),
+            json!({"minimum": 0, "maximum": 20, "default": r.guidance_scale}),
+        ),
+    );
     m.insert("cfg_scale".into(), with(number_field(), json!({"description": "alias of guidance_scale (used when guidance_scale is absent; 0..=20)"})));
     if !d.pyramid {
-        m.insert("num_inference_steps".into(), with(int_field(1, 200), json!({"default": r.num_inference_steps})));
+        m.insert(
+            "num_inference_steps".into(),
+            with(int_field(1, 200), json!({"default": r.num_inference_steps})),
+        );
         m.insert("step".into(), with(int_field(0, u64::MAX), json!({"description": "alias of num_inference_steps (used when it is absent; 1..=200)"})));
     }
     m
@@ -324,17 +378,24 @@ fn extra_params_schema(d: &Described) -> Value {
             "is_enable_stage2" => json!({"const": r.is_enable_stage2}),
             "pyramid_num_stages" => json!({"const": r.pyramid_num_stages}),
             "keep_first_frame" => json!({"const": true}),
-            "is_amplify_first_chunk" | "use_cfg_zero_star" | "use_zero_init" | "is_skip_first_chunk" => {
+            "is_amplify_first_chunk"
+            | "use_cfg_zero_star"
+            | "use_zero_init"
+            | "is_skip_first_chunk" => {
                 json!({"type": "boolean"})
             }
-            "history_sizes" => json!({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
+            "history_sizes" => {
+                json!({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": u64::MAX},
                 "minItems": 3, "maxItems": 3,
-                "description": format!("latent frames [long, mid, short]; at most {} in all (else 400)", d.budget.max_history_frames)}),
+                "description": format!("latent frames [long, mid, short]; at most {} in all (else 400)", d.budget.max_history_frames)})
+            }
             "num_latent_frames_per_chunk" => json!({"type": "integer", "minimum": 1,
                 "maximum": d.budget.max_latent_frames_per_chunk}),
             "max_sequence_length" => json!({"type": "integer", "minimum": 1, "maximum": 4096}),
             "zero_steps" => uint(u64::MAX),
-            other => json!({"description": format!("{other}: see `omni generate --print-request`")}),
+            other => {
+                json!({"description": format!("{other}: see `omni generate --print-request`")})
+            }
         };
         let schema = match as_json.get(*key) {
             Some(default) => with(schema, json!({"default": default})),
@@ -417,16 +478,37 @@ fn error_schema() -> Value {
 fn localai_schema(d: &Described) -> Value {
     let c = common_fields(d);
     let mut props = Map::new();
-    for k in ["model", "prompt", "negative_prompt", "width", "height", "num_frames", "fps", "seconds", "size", "seed", "cfg_scale"] {
+    for k in [
+        "model",
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "num_frames",
+        "fps",
+        "seconds",
+        "size",
+        "seed",
+        "cfg_scale",
+    ] {
         props.insert(k.into(), c[k].clone());
     }
     if let Some(step) = c.get("step") {
         props.insert("step".into(), step.clone());
     }
     props.insert("start_image".into(), json!({"type": "string", "description": "first frame (image-to-video) or an MP4 (video-to-video) as a data URL or base64; http(s) URLs are refused (400)"}));
-    props.insert("end_image".into(), json!({"description": "refused (400): last-frame conditioning is not supported"}));
-    props.insert("input_reference".into(), json!({"type": "string", "description": "alias of start_image"}));
-    props.insert("response_format".into(), json!({"enum": ["url", "b64_json", "", null]}));
+    props.insert(
+        "end_image".into(),
+        json!({"description": "refused (400): last-frame conditioning is not supported"}),
+    );
+    props.insert(
+        "input_reference".into(),
+        json!({"type": "string", "description": "alias of start_image"}),
+    );
+    props.insert(
+        "response_format".into(),
+        json!({"enum": ["url", "b64_json", "", null]}),
+    );
     json!({"type": "object", "required": ["prompt"], "properties": props})
 }
 
@@ -458,7 +540,11 @@ mod tests {
             let item = paths[row.path].as_object().unwrap();
             assert_eq!(item.len(), row.methods().count(), "{}", row.path);
             for m in row.methods() {
-                assert!(operation(row.path, m).is_some(), "{m} {} undocumented", row.path);
+                assert!(
+                    operation(row.path, m).is_some(),
+                    "{m} {} undocumented",
+                    row.path
+                );
                 assert!(item.contains_key(&m.to_ascii_lowercase()));
             }
         }
@@ -475,7 +561,12 @@ mod tests {
                     let op = &doc["paths"][row.path][m.to_ascii_lowercase()];
                     let secured = auth && row.access == Access::Key;
                     assert_eq!(op["security"].as_array().unwrap().is_empty(), !secured);
-                    assert_eq!(op["responses"].get("401").is_some(), secured, "{m} {}", row.path);
+                    assert_eq!(
+                        op["responses"].get("401").is_some(),
+                        secured,
+                        "{m} {}",
+                        row.path
+                    );
                 }
             }
         }
@@ -493,7 +584,12 @@ mod tests {
                 false => *k == "pyramid_num_inference_steps_list",
             };
             assert_eq!(props.contains_key(*k), !skipped, "{k}");
-            assert!(props.get(*k).is_none_or(|p| p.get("description").is_none_or(|t| !t.as_str().unwrap().contains("see `omni"))), "{k} has no schema");
+            assert!(
+                props.get(*k).is_none_or(|p| p
+                    .get("description")
+                    .is_none_or(|t| !t.as_str().unwrap().contains("see `omni"))),
+                "{k} has no schema"
+            );
         }
     }
 }
