@@ -185,6 +185,28 @@ impl CreateVideoBody {
             let grid = 16u32 << defaults.pyramid_num_stages.saturating_sub(1);
             (width, height) = (Some(snap(w, grid)), Some(snap(h, grid)));
         }
+        // An alias and its field both set to different values: which one was meant is unknown.
+        for (field, alias, differ) in [
+            (
+                "guidance_scale",
+                "cfg_scale",
+                guidance_scale.zip(cfg_scale).is_some_and(|(g, c)| g != c),
+            ),
+            (
+                "num_inference_steps",
+                "step",
+                num_inference_steps.zip(step).is_some_and(|(n, s)| n != s),
+            ),
+        ] {
+            if differ {
+                return Err(ApiError::invalid(
+                    alias,
+                    format!(
+                        "`{alias}` is another name of `{field}` and the two disagree; send one of them"
+                    ),
+                ));
+            }
+        }
         let mut aliases = Vec::new();
         if guidance_scale.is_none() && cfg_scale.is_some() {
             aliases.push(("guidance_scale", "cfg_scale"));
@@ -392,6 +414,26 @@ mod tests {
                 max_upload_bytes: 1 << 20,
             },
         )
+    }
+
+    #[test]
+    fn an_alias_that_disagrees_with_its_field_is_refused() {
+        let d = RequestPatch::default();
+        let e = admit_json(
+            json!({"prompt":"p","guidance_scale":1.0,"cfg_scale":2.0}),
+            &d,
+        )
+        .unwrap_err();
+        assert_eq!(e.body()["error"]["param"], "cfg_scale", "{e}");
+        let e = admit_json(json!({"prompt":"p","num_inference_steps":3,"step":4}), &d).unwrap_err();
+        assert_eq!(e.body()["error"]["param"], "step", "{e}");
+        // The same value under both names is no conflict.
+        let a = admit_json(
+            json!({"prompt":"p","guidance_scale":1.0,"cfg_scale":"1.0"}),
+            &d,
+        )
+        .unwrap();
+        assert_eq!(a.request.guidance_scale, 1.0);
     }
 
     #[test]

@@ -345,13 +345,13 @@ fn common_fields(d: &Described) -> Map<String, Value> {
             json!({"minimum": 0, "maximum": 20, "default": r.guidance_scale}),
         ),
     );
-    m.insert("cfg_scale".into(), with(number_field(), json!({"description": "alias of guidance_scale (used when guidance_scale is absent; 0..=20)"})));
+    m.insert("cfg_scale".into(), with(number_field(), json!({"description": "alias of guidance_scale (0..=20); both set to different values is a 400"})));
     if !d.pyramid {
         m.insert(
             "num_inference_steps".into(),
             with(int_field(1, 200), json!({"default": r.num_inference_steps})),
         );
-        m.insert("step".into(), with(int_field(0, u64::MAX), json!({"description": "alias of num_inference_steps (used when it is absent; 1..=200)"})));
+        m.insert("step".into(), with(int_field(0, u64::MAX), json!({"description": "alias of num_inference_steps (1..=200); both set to different values is a 400"})));
     }
     m
 }
