@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{PROMPT, assert_one_line_error, hf_cache, tiny_distilled, tiny_variant};
+use common::{PROMPT, assert_one_line_error, hf_cache, spawn_serve, tiny_distilled, tiny_variant};
 
 /// A running `omni serve`; killed (SIGKILL) on drop.
 struct Server {
@@ -35,27 +35,17 @@ impl Server {
         extra: &[&str],
         envs: &[(&str, &std::ffi::OsStr)],
     ) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(model)
-            .args(["--port", "0"])
-            .arg("--storage")
-            .arg(storage)
-            .args(extra)
-            .envs(envs.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting omni serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("omni serve listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
+        let (child, addr) = spawn_serve(
+            Command::new(env!("CARGO_BIN_EXE_omni"))
+                .arg("serve")
+                .arg(model)
+                .args(["--port", "0"])
+                .arg("--storage")
+                .arg(storage)
+                .args(extra)
+                .envs(envs.iter().copied())
+                .stderr(Stdio::inherit()),
+        );
         let server = Server { child, addr };
         let deadline = Instant::now() + Duration::from_secs(120);
         while server.get("/readyz").status != 200 {

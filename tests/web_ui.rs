@@ -33,7 +33,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-use common::tiny_distilled;
+use common::{spawn_serve, tiny_distilled};
 
 const KEY: &str = "sk-web-ui";
 
@@ -61,27 +61,17 @@ impl Server {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(tiny_distilled())
-            .args(["--served-model-name", "tiny-helios", "--port", "0"])
-            .arg("--storage")
-            .arg(dir.join("storage"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting omni serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("omni serve listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
+        let (child, addr) = spawn_serve(
+            Command::new(env!("CARGO_BIN_EXE_omni"))
+                .arg("serve")
+                .arg(tiny_distilled())
+                .args(["--served-model-name", "tiny-helios", "--port", "0"])
+                .arg("--storage")
+                .arg(dir.join("storage"))
+                .arg("--config")
+                .arg(&cfg)
+                .stderr(Stdio::inherit()),
+        );
         Server { child, addr }
     }
 

@@ -169,6 +169,26 @@ pub fn omni() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_omni"))
 }
 
+/// Start `cmd` (an `omni serve ... --port 0`) with its stdout piped and return the child and the
+/// `host:port` it prints on its first line ("omni serve listening on http://host:port").
+pub fn spawn_serve(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting omni serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("omni serve listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
 /// A command's stderr as text.
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

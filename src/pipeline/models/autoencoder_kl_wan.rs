@@ -94,6 +94,7 @@ use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
 
 use crate::pipeline::checkpoint::load_methods;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
@@ -749,10 +750,8 @@ impl<B: Backend> WanUpBlock<B> {
     /// # Shapes
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T', H', W']` (see [`WanResample::forward`]).
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut UpBlockCache<B>) -> Tensor<B, 5> {
-        match self.forward_stoppable(x, cache, &|| Ok::<(), ()>(())) {
-            Ok(x) => x,
-            Err(()) => unreachable!("never stopped"),
-        }
+        let Ok(x) = self.forward_stoppable(x, cache, &|| Ok::<(), Infallible>(()));
+        x
     }
 
     /// [`forward`](Self::forward) that asks `stop` before every resnet and the upsampler (see
@@ -1053,10 +1052,8 @@ impl<B: Backend> WanDecoder3d<B> {
     /// first chunk of a decode (its temporal upsampling is skipped, diffusers' `"Rep"`) and `4T`
     /// after it; with one latent frame per call, as here and in diffusers, that is 1 then 4.
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut WanDecoderCache<B>) -> Tensor<B, 5> {
-        match self.forward_stoppable(x, cache, &|| Ok::<(), ()>(())) {
-            Ok(x) => x,
-            Err(()) => unreachable!("never stopped"),
-        }
+        let Ok(x) = self.forward_stoppable(x, cache, &|| Ok::<(), Infallible>(()));
+        x
     }
 
     /// [`forward`](Self::forward) that asks `stop` before the mid block, before every resnet
