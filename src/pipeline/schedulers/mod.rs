@@ -6,12 +6,20 @@
 //! * [`pyramid`]: what both share, written once: the stage tables, `time_shift`, the shared
 //!   config keys, and the pipeline-side `calculate_shift` (with the stage token count
 //!   `pyramid_image_seq_len`), stage re-noise coefficients and block-noise factor.
+//! * [`scheduling_unipc_multistep`]: diffusers `UniPCMultistepScheduler` with flow sigmas (Wan).
+//! * [`scheduling_flow_match_euler_discrete`]: diffusers `FlowMatchEulerDiscreteScheduler` (fixed
+//!   shift).
+//! * [`unipc`]: the UniPC coefficients and [`SolverHistory`](unipc::SolverHistory), shared by
+//!   `HeliosScheduler` and `UniPCMultistepScheduler`.
 //! * [`stage_sampler`]: one stage of one chunk as `step(i, x, v)` (DMD or UniPC).
 
 pub mod pyramid;
+pub mod scheduling_flow_match_euler_discrete;
 pub mod scheduling_helios;
 pub mod scheduling_helios_dmd;
+pub mod scheduling_unipc_multistep;
 pub mod stage_sampler;
+pub mod unipc;
 
 pub use pyramid::{
     PredictionType, SchedulerError, StageSchedule, StageTables, TimeShiftType, block_noise_factor,
