@@ -4,4 +4,5 @@ pub mod activations;
 pub mod attention_dispatch;
 pub mod autoencoder_kl_wan;
 pub mod transformer_helios;
+pub mod transformer_wan;
 pub mod umt5;

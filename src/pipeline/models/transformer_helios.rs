@@ -319,7 +319,7 @@ impl HeliosTransformer3DModelConfig {
     }
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
     LinearConfig::new(d_in, d_out).with_bias(true).init(device)
 }
 
@@ -405,23 +405,46 @@ impl<B: Backend> HeliosTimeTextEmbedding<B> {
         timestep: &[f32],
         device: &B::Device,
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        // timestep = self.timesteps_proj(timestep)   (float32)
-        let emb = get_timestep_embedding(timestep, self.freq_dim);
-        let emb = Tensor::<B, 2>::from_data(
-            TensorData::new(emb, [timestep.len(), self.freq_dim]),
-            (device, DType::F32),
-        );
-        // timestep.to(time_embedder_dtype) (f32, `_keep_in_fp32_modules`)
-        let emb = emb.cast(self.time_embedder.linear_1.weight.val().dtype());
-        // temb = self.time_embedder(timestep).type_as(encoder_hidden_states)
-        let temb = self
-            .time_embedder
-            .forward(emb)
-            .cast(self.time_proj.weight.val().dtype());
-        // timestep_proj = self.time_proj(self.act_fn(temb))
-        let timestep_proj = self.time_proj.forward(silu(temb.clone()));
-        (temb, timestep_proj)
+        time_embedding(
+            &self.time_embedder,
+            &self.time_proj,
+            self.freq_dim,
+            timestep,
+            device,
+        )
     }
+}
+
+/// The timestep half of diffusers `HeliosTimeTextEmbedding.forward` and
+/// `WanTimeTextImageEmbedding.forward` (the same lines in both): `timesteps_proj` (sinusoid, f32)
+/// → `time_embedder` (in its own dtype, f32 under `_keep_in_fp32_modules`) → `temb` cast to the
+/// compute dtype → `time_proj(SiLU(temb))`.
+///
+/// # Shapes
+/// One timestep per row → (`temb: [N, dim]`, `timestep_proj: [N, 6·dim]`), both in the dtype of
+/// `time_proj`.
+pub fn time_embedding<B: Backend>(
+    time_embedder: &TimestepEmbedding<B>,
+    time_proj: &Linear<B>,
+    freq_dim: usize,
+    timestep: &[f32],
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    // timestep = self.timesteps_proj(timestep)   (float32)
+    let emb = get_timestep_embedding(timestep, freq_dim);
+    let emb = Tensor::<B, 2>::from_data(
+        TensorData::new(emb, [timestep.len(), freq_dim]),
+        (device, DType::F32),
+    );
+    // timestep.to(time_embedder_dtype) (f32, `_keep_in_fp32_modules`)
+    let emb = emb.cast(time_embedder.linear_1.weight.val().dtype());
+    // temb = self.time_embedder(timestep).type_as(encoder_hidden_states)
+    let temb = time_embedder
+        .forward(emb)
+        .cast(time_proj.weight.val().dtype());
+    // timestep_proj = self.time_proj(self.act_fn(temb))
+    let timestep_proj = time_proj.forward(silu(temb.clone()));
+    (temb, timestep_proj)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -639,6 +662,13 @@ pub struct HeliosAttention<B: Backend> {
     pub norm_k: RmsNorm<B>,
     /// Self-attention only, with `is_amplify_history`: `[heads]` or `[1]`.
     pub history_key_scale: Option<Param<Tensor<B, 1>>>,
+    /// Image cross-attention key projection (`added_kv_proj_dim`; Wan2.1 I2V / FLF2V only:
+    /// diffusers' `WanAttention`, whose other fields and math are `HeliosAttention`'s).
+    pub add_k_proj: Option<Linear<B>>,
+    /// Image cross-attention value projection (see `add_k_proj`).
+    pub add_v_proj: Option<Linear<B>>,
+    /// `torch.nn.RMSNorm(heads·dim_head)` on the image keys (see `add_k_proj`).
+    pub norm_added_k: Option<RmsNorm<B>>,
     pub heads: usize,
 }
 
@@ -669,8 +699,36 @@ impl<B: Backend> HeliosAttention<B> {
             norm_q: norm(),
             norm_k: norm(),
             history_key_scale,
+            add_k_proj: None,
+            add_v_proj: None,
+            norm_added_k: None,
             heads: config.num_attention_heads,
         }
+    }
+
+    /// Adds the image cross-attention projections (`add_k_proj`, `add_v_proj` from
+    /// `added_kv_proj_dim` to `dim`, `norm_added_k`), as diffusers' `WanAttention` builds them
+    /// when `added_kv_proj_dim` is set.
+    pub fn with_added_kv(mut self, added_kv_proj_dim: usize, eps: f64, device: &B::Device) -> Self {
+        let dim = self.to_q.weight.dims()[1];
+        self.add_k_proj = Some(linear(added_kv_proj_dim, dim, device));
+        self.add_v_proj = Some(linear(added_kv_proj_dim, dim, device));
+        self.norm_added_k = Some(RmsNormConfig::new(dim).with_epsilon(eps).init(device));
+        self
+    }
+
+    /// `(norm_added_k(add_k_proj(image)), add_v_proj(image))` (diffusers
+    /// `_get_added_kv_projections` + `norm_added_k`); `None` without the image projections.
+    ///
+    /// # Shapes
+    /// `image: [B, L_img, dim]` → (`[B, L_img, dim]`, `[B, L_img, dim]`)
+    pub fn image_key_value(&self, image: Tensor<B, 3>) -> Option<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let (k, v, n) = (
+            self.add_k_proj.as_ref()?,
+            self.add_v_proj.as_ref()?,
+            self.norm_added_k.as_ref()?,
+        );
+        Some((n.forward(k.forward(image.clone())), v.forward(image)))
     }
 
     /// Self-attention (`encoder_hidden_states = None`) or cross-attention.
@@ -718,6 +776,35 @@ impl<B: Backend> HeliosAttention<B> {
         rotary_emb: Option<&RotaryEmbedding<B>>,
         history_len: usize,
     ) -> Tensor<B, 3> {
+        self.forward_kv_image(
+            hidden_states,
+            key,
+            value,
+            None,
+            is_cross,
+            rotary_emb,
+            history_len,
+        )
+    }
+
+    /// [`forward_kv`](Self::forward_kv) plus, with `image_kv` (from
+    /// [`image_key_value`](Self::image_key_value)), diffusers `WanAttnProcessor`'s image branch:
+    /// `attention(q, key_img, value_img)` added to the text attention before `to_out`.
+    ///
+    /// # Shapes
+    /// `hidden_states: [B, S, dim]`, `key`, `value`: `[B, L, dim]`, `image_kv`: `[B, L_img, dim]`
+    /// each → `[B, S, dim]`
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_kv_image(
+        &self,
+        hidden_states: Tensor<B, 3>,
+        key: Tensor<B, 3>,
+        value: Tensor<B, 3>,
+        image_kv: Option<&(Tensor<B, 3>, Tensor<B, 3>)>,
+        is_cross: bool,
+        rotary_emb: Option<&RotaryEmbedding<B>>,
+        history_len: usize,
+    ) -> Tensor<B, 3> {
         let [b, s, dim] = hidden_states.dims();
         let l = key.dims()[1];
         let hd = dim / self.heads;
@@ -752,12 +839,32 @@ impl<B: Backend> HeliosAttention<B> {
             key = Tensor::cat(vec![hist, rest], 1);
         }
 
+        // I2V: hidden_states_img = dispatch_attention_fn(query, key_img, value_img)
+        let out_img = image_kv.map(|(k_img, v_img)| {
+            let li = k_img.dims()[1];
+            dispatch_attention(
+                query.clone().swap_dims(1, 2),
+                k_img
+                    .clone()
+                    .reshape([b, li, self.heads, hd])
+                    .swap_dims(1, 2),
+                v_img
+                    .clone()
+                    .reshape([b, li, self.heads, hd])
+                    .swap_dims(1, 2),
+            )
+        });
         // dispatch_attention_fn(query, key, value) on [B, H, S, D]
         let out = dispatch_attention(
             query.swap_dims(1, 2),
             key.swap_dims(1, 2),
             value.swap_dims(1, 2),
         );
+        // hidden_states = hidden_states + hidden_states_img (both flattened)
+        let out = match out_img {
+            Some(img) => out + img,
+            None => out,
+        };
         // hidden_states.flatten(2, 3); attn.to_out[0](hidden_states)
         let out = out.swap_dims(1, 2).reshape([b, s, dim]);
         self.to_out.forward(out)
@@ -821,13 +928,13 @@ impl<B: Backend> Modulation<B> {
 
 /// The timestep conditioning of one forward: the modulation input of the noisy tokens (timestep
 /// t) and, with `zero_history_timestep` and history present, of the history tokens (t = 0).
-struct Conditioning<B: Backend> {
+pub(crate) struct Conditioning<B: Backend> {
     /// `time_proj` output of t, `[B, 6, dim]`.
-    timestep_proj: Tensor<B, 3>,
+    pub(crate) timestep_proj: Tensor<B, 3>,
     /// `time_proj` output of t = 0, `[1, 6, dim]`; `None` means the history tokens use t.
-    timestep_proj_history: Option<Tensor<B, 3>>,
+    pub(crate) timestep_proj_history: Option<Tensor<B, 3>>,
     /// Leading history tokens in the sequence.
-    history_len: usize,
+    pub(crate) history_len: usize,
 }
 
 /// The modulation of each token segment of one block: the leading `history_len` history tokens
@@ -877,7 +984,7 @@ pub struct HeliosTransformerBlock<B: Backend> {
 }
 
 impl<B: Backend> HeliosTransformerBlock<B> {
-    fn init(config: &HeliosTransformer3DModelConfig, device: &B::Device) -> Self {
+    pub(crate) fn init(config: &HeliosTransformer3DModelConfig, device: &B::Device) -> Self {
         let dim = config.inner_dim();
         Self {
             attn1: HeliosAttention::init(config, config.is_amplify_history, device),
@@ -900,10 +1007,13 @@ impl<B: Backend> HeliosTransformerBlock<B> {
     /// # Shapes
     /// `hidden_states: [B, S, dim]` (history tokens first), `encoder_hidden_states: [B, L, dim]`
     /// → `[B, S, dim]`
-    fn forward(
+    /// `image_kv`: the image cross-attention keys and values (Wan2.1 I2V / FLF2V), see
+    /// [`HeliosAttention::forward_kv_image`].
+    pub(crate) fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
         cross_kv: &(Tensor<B, 3>, Tensor<B, 3>),
+        image_kv: Option<&(Tensor<B, 3>, Tensor<B, 3>)>,
         cond: &Conditioning<B>,
         rotary_emb: &RotaryEmbedding<B>,
     ) -> Tensor<B, 3> {
@@ -941,10 +1051,10 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             // history_hidden_states, hidden_states = torch.split(hidden_states, [history_seq_len, original_context_length], dim=1)
             let history_hidden_states = hidden_states.clone().narrow(1, 0, hist);
             let noisy_hidden_states = hidden_states.narrow(1, hist, s - hist);
-            let noisy_hidden_states = self.cross_attention(noisy_hidden_states, cross_kv);
+            let noisy_hidden_states = self.cross_attention(noisy_hidden_states, cross_kv, image_kv);
             Tensor::cat(vec![history_hidden_states, noisy_hidden_states], 1)
         } else {
-            self.cross_attention(hidden_states, cross_kv)
+            self.cross_attention(hidden_states, cross_kv, image_kv)
         };
 
         // 3. Feed-forward
@@ -965,6 +1075,7 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         &self,
         hidden_states: Tensor<B, 3>,
         (key, value): &(Tensor<B, 3>, Tensor<B, 3>),
+        image_kv: Option<&(Tensor<B, 3>, Tensor<B, 3>)>,
     ) -> Tensor<B, 3> {
         let dtype = hidden_states.dtype();
         let norm_hidden_states = match &self.norm2 {
@@ -977,10 +1088,11 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             .cast(dtype),
             None => hidden_states.clone(),
         };
-        let attn_output = self.attn2.forward_kv(
+        let attn_output = self.attn2.forward_kv_image(
             norm_hidden_states,
             key.clone(),
             value.clone(),
+            image_kv,
             true,
             None,
             0,
@@ -1039,15 +1151,30 @@ impl<B: Backend> HeliosOutputNorm<B> {
     /// # Shapes
     /// `hidden_states: [B, S0, dim]` (noisy tokens), `temb: [B, dim]` → `[B, S0, dim]`
     pub fn forward(&self, hidden_states: Tensor<B, 3>, temb: Tensor<B, 2>) -> Tensor<B, 3> {
-        let dtype = hidden_states.dtype();
-        // shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-        let m = self.scale_shift_table.val().cast(DType::F32)
-            + temb.cast(DType::F32).unsqueeze_dim::<3>(1);
-        let shift = m.clone().narrow(1, 0, 1);
-        let scale = m.narrow(1, 1, 1);
-        // (self.norm(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
-        (fp32_layer_norm(hidden_states, None, None, self.eps) * (scale + 1.0) + shift).cast(dtype)
+        output_norm(&self.scale_shift_table.val(), hidden_states, temb, self.eps)
     }
+}
+
+/// The output norm of `HeliosOutputNorm.forward` and of `WanTransformer3DModel.forward` step 5
+/// (the same lines; Wan keeps the table at the top level): parameter-free `FP32LayerNorm`
+/// modulated by `(shift, scale) = (scale_shift_table + temb)` in f32, cast back.
+///
+/// # Shapes
+/// `scale_shift_table: [1, 2, dim]`, `hidden_states: [B, S, dim]`, `temb: [B, dim]` → `[B, S, dim]`
+pub fn output_norm<B: Backend>(
+    scale_shift_table: &Tensor<B, 3>,
+    hidden_states: Tensor<B, 3>,
+    temb: Tensor<B, 2>,
+    eps: f64,
+) -> Tensor<B, 3> {
+    let dtype = hidden_states.dtype();
+    // shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+    let m =
+        scale_shift_table.clone().cast(DType::F32) + temb.cast(DType::F32).unsqueeze_dim::<3>(1);
+    let shift = m.clone().narrow(1, 0, 1);
+    let scale = m.narrow(1, 1, 1);
+    // (self.norm(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
+    (fp32_layer_norm(hidden_states, None, None, eps) * (scale + 1.0) + shift).cast(dtype)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1328,7 +1455,7 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             if stop() {
                 return None;
             }
-            x = block.forward(x, kv, &cond, &rotary_emb);
+            x = block.forward(x, kv, None, &cond, &rotary_emb);
         }
 
         // 7. Normalization (noisy tokens only)
