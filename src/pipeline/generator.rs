@@ -17,6 +17,7 @@ use super::pipelines::pipeline_helios_pyramid::{
     HeliosPyramidPipeline, PromptEncoder, TextEncoderResidency, checkpoint_defaults,
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
+use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
@@ -90,6 +91,11 @@ pub const PIPELINES: &[PipelineEntry] = &[
         class_name: "HeliosPyramidPipeline",
         defaults: checkpoint_defaults,
         open: Helios::open,
+    },
+    PipelineEntry {
+        class_name: super::pipelines::pipeline_wan::CLASS_NAME,
+        defaults: wan_defaults,
+        open: Wan::open,
     },
 ];
 
@@ -254,6 +260,80 @@ impl DiffusionPipeline for Helios {
         }
         // EncodeThenLoad: the prompt first, then the text encoder goes before the transformer
         // is loaded.
+        let embeds = {
+            let encoder = PromptEncoder::<DefaultBackend>::load(
+                &self.dir,
+                &Default::default(),
+                self.precision.text_encoder,
+                &mut *ctx.progress,
+            )?;
+            encoder.encode_request(req, &mut *ctx.progress)?
+        };
+        self.load(&mut *ctx.progress)?;
+        let pipe = self.pipe.as_ref().expect("loaded above");
+        pipe.call_with_embeds(req, embeds, ctx, sink)
+    }
+}
+
+/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend, with the same
+/// load policies as [`Helios`].
+struct Wan {
+    dir: std::path::PathBuf,
+    policy: LoadPolicy,
+    precision: Precision,
+    /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
+    pipe: Option<WanPipeline<DefaultBackend>>,
+}
+
+impl Wan {
+    fn open(
+        dir: &Path,
+        options: &GeneratorOptions,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
+        let device = Default::default();
+        let mut precision = Precision::for_device::<DefaultBackend>(&device);
+        if let Some(vae) = options.vae_dtype {
+            precision.vae = vae.into();
+        }
+        let mut wan = Self {
+            dir: dir.to_path_buf(),
+            policy: options.load,
+            precision,
+            pipe: None,
+        };
+        if options.load != LoadPolicy::EncodeThenLoad {
+            wan.load(progress)?;
+        }
+        Ok(Box::new(wan))
+    }
+
+    fn load(&mut self, progress: &mut dyn ProgressSink) -> Result<(), PipelineError> {
+        let residency = match self.policy {
+            LoadPolicy::KeepAll => TextEncoderResidency::Resident,
+            _ => TextEncoderResidency::OnDemand,
+        };
+        self.pipe = Some(WanPipeline::load_with(
+            &self.dir,
+            &Default::default(),
+            self.precision,
+            residency,
+            progress,
+        )?);
+        Ok(())
+    }
+}
+
+impl DiffusionPipeline for Wan {
+    fn generate(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        if let Some(pipe) = &self.pipe {
+            return pipe.call(req, ctx, sink);
+        }
         let embeds = {
             let encoder = PromptEncoder::<DefaultBackend>::load(
                 &self.dir,

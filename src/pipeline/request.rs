@@ -113,6 +113,14 @@ request_fields! {
     keep_first_frame: bool,
     /// Take the anchor frame from the second chunk instead of the first.
     is_skip_first_chunk: bool,
+    /// Wan2.2 two-expert checkpoints: the guidance scale of the low-noise expert
+    /// (`transformer_2`); `guidance_scale` is the high-noise one's. Defaults to `guidance_scale`.
+    guidance_scale_2: f64,
+    /// Wan2.2 two-expert checkpoints: the experts switch where the timestep falls below
+    /// `boundary_ratio · num_train_timesteps` (in (0, 1); the checkpoint's value by default).
+    boundary_ratio: f64,
+    /// Wan: the scheduler's flow shift (`s·σ / (1 + (s − 1)·σ)`); the checkpoint's by default.
+    flow_shift: f64,
 }
 
 impl RequestPatch {
@@ -166,7 +174,35 @@ pub struct ModelDefaults {
     pub pipeline_class: String,
     /// Every field's default.
     pub request: GenerationRequest,
+    /// Request fields this checkpoint cannot honour: setting one in any layer is an error
+    /// naming it (a 400 from the server), never silently dropped.
+    pub unsupported: Vec<&'static str>,
+    /// The pipeline denoises the whole video at once (Wan): `num_frames` is rounded to `4k + 1`
+    /// as diffusers does (`n // 4 · 4 + 1` when `n % 4 ≠ 1`) and one window covers it
+    /// (`num_latent_frames_per_chunk = (n − 1)/4 + 1`), so [`GenerationRequest::output_frames`]
+    /// is the video's length and [`GenerationRequest::num_chunks`] is 1.
+    pub whole_video: bool,
+    /// Wan2.2 two-expert checkpoints: `guidance_scale_2` follows `guidance_scale` unless a layer
+    /// sets it (diffusers: `guidance_scale_2 = None` means "the same").
+    pub guidance_scale_2_follows: bool,
 }
+
+/// The request fields only the Helios chunked pyramid pipelines read.
+pub const HELIOS_ONLY_FIELDS: &[&str] = &[
+    "pyramid_num_inference_steps_list",
+    "is_amplify_first_chunk",
+    "history_sizes",
+    "num_latent_frames_per_chunk",
+    "use_cfg_zero_star",
+    "use_zero_init",
+    "zero_steps",
+    "keep_first_frame",
+    "is_skip_first_chunk",
+];
+
+/// The request fields only Wan checkpoints read (`guidance_scale_2` and `boundary_ratio` only the
+/// two-expert ones).
+pub const WAN_ONLY_FIELDS: &[&str] = &["guidance_scale_2", "boundary_ratio", "flow_shift"];
 
 impl std::ops::Deref for ModelDefaults {
     type Target = GenerationRequest;
@@ -204,8 +240,14 @@ impl ModelDefaults {
                 zero_steps: 1,
                 keep_first_frame: true,
                 is_skip_first_chunk: false,
+                guidance_scale_2: 1.0,
+                boundary_ratio: 0.0,
+                flow_shift: 1.0,
                 conditioning: Conditioning::None,
             },
+            unsupported: WAN_ONLY_FIELDS.to_vec(),
+            whole_video: false,
+            guidance_scale_2_follows: false,
         }
     }
 
@@ -393,10 +435,84 @@ pub fn resolve(
     layers: &[RequestPatch],
     defaults: &ModelDefaults,
 ) -> Result<GenerationRequest, RequestError> {
-    let req = merge(layers, defaults)?;
+    check_unsupported(layers, defaults)?;
+    let mut req = merge(layers, defaults)?;
+    whole_video(layers, &mut req, defaults)?;
     check_sampler(layers, &req, defaults)?;
     check_sizes(&req, defaults)?;
     Ok(req)
+}
+
+/// A field the checkpoint cannot honour, set in any layer, is an error naming it.
+fn check_unsupported(
+    layers: &[RequestPatch],
+    defaults: &ModelDefaults,
+) -> Result<(), RequestError> {
+    for layer in layers {
+        let serde_json::Value::Object(set) = serde_json::to_value(layer).unwrap_or_default() else {
+            continue;
+        };
+        if let Some(key) = defaults
+            .unsupported
+            .iter()
+            .find(|k| set.get(**k).is_some_and(|v| !v.is_null()))
+        {
+            return Err(bad(
+                key,
+                format!(
+                    "this checkpoint ({}) cannot honour `{key}`; remove it",
+                    defaults.pipeline_class
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The whole-video pipelines' (Wan) frame rounding and single window, the two-expert guidance
+/// default and range checks of the Wan fields.
+fn whole_video(
+    layers: &[RequestPatch],
+    req: &mut GenerationRequest,
+    defaults: &ModelDefaults,
+) -> Result<(), RequestError> {
+    if !defaults.whole_video {
+        return Ok(());
+    }
+    if req.num_frames == 0 {
+        return Err(bad("num_frames", "must be at least 1"));
+    }
+    // diffusers WanPipeline: `num_frames // 4 * 4 + 1` unless `num_frames % 4 == 1`.
+    if req.num_frames % 4 != 1 {
+        req.num_frames = req.num_frames / 4 * 4 + 1;
+    }
+    req.num_latent_frames_per_chunk = (req.num_frames as usize - 1) / 4 + 1;
+    if defaults.guidance_scale_2_follows && layers.iter().all(|l| l.guidance_scale_2.is_none()) {
+        req.guidance_scale_2 = req.guidance_scale;
+    }
+    if !(0.0..=20.0).contains(&req.guidance_scale_2) {
+        return Err(bad(
+            "guidance_scale_2",
+            format!("{} is outside 0..=20", req.guidance_scale_2),
+        ));
+    }
+    if defaults.guidance_scale_2_follows && !(req.boundary_ratio > 0.0 && req.boundary_ratio < 1.0)
+    {
+        return Err(bad(
+            "boundary_ratio",
+            format!(
+                "{} is outside (0, 1) (the checkpoint's is {})",
+                req.boundary_ratio, defaults.boundary_ratio
+            ),
+        ));
+    }
+    if !(req.flow_shift.is_finite() && req.flow_shift > 0.0 && req.flow_shift <= 100.0) {
+        return Err(bad(
+            "flow_shift",
+            format!("{} is outside (0, 100]", req.flow_shift),
+        ));
+    }
+    Ok(())
 }
 
 /// Each field from the first layer that sets it, else the checkpoint default; the prompt must

@@ -5,6 +5,7 @@
 //!   as named steps (plan, text contexts, history, initial latents, stage re-noise, prediction
 //!   with CFG, chunk decode); Mid and Distilled pyramids, Base as one stage.
 //! * [`pipeline_helios`]: the Base-specific schedule (`HeliosPipeline`).
+//! * [`pipeline_wan`]: `WanPipeline` (Wan2.1 T2V, Wan2.2 A14B two-expert T2V).
 //! * [`helios_variant`]: which Helios a checkpoint folder holds (`model_index.json` + scheduler
 //!   config) and its request defaults.
 //! * [`prompt_encoder`]: tokenizer + UMT5, step 3 (`encode_prompt`).
@@ -22,5 +23,6 @@ pub mod helios_variant;
 pub mod pipeline_helios;
 pub mod pipeline_helios_pyramid;
 pub mod pipeline_output;
+pub mod pipeline_wan;
 pub mod prompt_encoder;
 pub mod pyramid_latents;

@@ -95,7 +95,7 @@ impl<B: Backend> StageSampler<B> {
 }
 
 /// `Σ c_k·t_k` for `SolverHistory::step`, each weight rounded to the tensor dtype first.
-fn combine<B: Backend>(terms: &[(f64, &Tensor<B, 5>)]) -> Tensor<B, 5> {
+pub(crate) fn combine<B: Backend>(terms: &[(f64, &Tensor<B, 5>)]) -> Tensor<B, 5> {
     let (c0, t0) = terms[0];
     terms[1..]
         .iter()

@@ -1,0 +1,528 @@
+//! Mirrors diffusers 0.42.1 `pipelines/wan/pipeline_wan.py` `WanPipeline`: Wan2.1 text-to-video
+//! and the Wan2.2 A14B two-expert text-to-video (`transformer` for the high-noise steps,
+//! `transformer_2` below `boundary_ratio · num_train_timesteps`, each with its own guidance
+//! scale).
+//!
+//! Steps, numbered as in `__call__`:
+//! 1. check inputs ([`crate::pipeline::request::resolve`] already did: sizes multiple of 16,
+//!    `num_frames` rounded to `4k + 1`, `guidance_scale_2` defaulting to `guidance_scale`);
+//! 3. encode the prompt and, when `guidance_scale > 1`, the negative prompt (UMT5, padded to
+//!    `max_sequence_length`: [`PromptEncoder`], shared with Helios);
+//! 4. `scheduler.set_timesteps(num_inference_steps)` with the request's `flow_shift`
+//!    (`UniPCMultistepScheduler` or `FlowMatchEulerDiscreteScheduler`);
+//! 5. the initial latents `[1, C, (F − 1)/4 + 1, H/8, W/8]`, the one random draw, named `latents`;
+//! 6. per step: the expert of the timestep, its guidance (CFG as one batch-of-two transformer
+//!    call, [cond, uncond]; the same math per row), the scheduler step;
+//! 7. de-normalise and decode with the VAE, frames to the [`FrameSink`].
+//!
+//! Deliberate divergences (pinned by `tests/pipeline_wan.rs`, ≥ 40 dB PSNR on the decoded
+//! frames against diffusers with the same initial latents):
+//! - the prompt's cross-attention keys/values are computed once per request per expert
+//!   ([`WanTransformer3DModel::context`]); diffusers recomputes them every step;
+//! - `flow_shift` is a request field: the scheduler is rebuilt with it for the request
+//!   (diffusers users do `UniPCMultistepScheduler.from_config(config, flow_shift=…)`);
+//! - guidance is computed in f32 on the f32-cast predictions (as in the Helios pipelines).
+//!
+//! Memory: both experts are loaded at start and stay resident (the tiny and the CPU cases); on a
+//! device a two-expert 14B checkpoint needs 2 × 26.6 GiB in bf16 — see the README's Wan section.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
+use crate::pipeline::error::PipelineError;
+use crate::pipeline::guidance::Guidance;
+use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
+use crate::pipeline::models::transformer_wan::{WanContext, WanTransformer3DModel};
+use crate::pipeline::precision::Precision;
+use crate::pipeline::progress::{NoProgress, Progress, ProgressSink, loading};
+use crate::pipeline::request::{
+    GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults, WAN_ONLY_FIELDS,
+};
+use crate::pipeline::schedulers::SchedulerError;
+use crate::pipeline::schedulers::scheduling_flow_match_euler_discrete::{
+    self, FlowMatchEulerDiscreteScheduler, FlowMatchEulerDiscreteSchedulerConfig,
+    FlowMatchEulerSolver,
+};
+use crate::pipeline::schedulers::scheduling_unipc_multistep::{
+    self, UniPCMultistepScheduler, UniPCMultistepSchedulerConfig, UniPcSolver,
+};
+use crate::pipeline::schedulers::stage_sampler::combine;
+use crate::pipeline::schedulers::unipc::{SolverHistory, StepPlan};
+
+use super::pipeline_helios_pyramid::RunContext;
+use super::pipeline_output::{FrameSink, postprocess};
+use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
+
+/// `model_index.json` `_class_name`.
+pub const CLASS_NAME: &str = "WanPipeline";
+
+/// The name of the initial-latents draw (see the noise table in `noise.rs`).
+pub const LATENTS_DRAW: &str = "latents";
+
+/// `model_index.json` of a `WanPipeline` checkpoint.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct WanModelIndex {
+    #[serde(rename = "_class_name")]
+    pub class_name: String,
+    /// Wan2.2 A14B: where `transformer_2` takes over (`None`: one expert).
+    #[serde(default)]
+    pub boundary_ratio: Option<f64>,
+    /// Wan2.2 TI2V: per-token timesteps (not supported yet).
+    #[serde(default)]
+    pub expand_timesteps: bool,
+    /// `"transformer_2": ["diffusers", "WanTransformer3DModel"]` or `[null, null]`.
+    #[serde(default)]
+    pub transformer_2: Option<(Option<String>, Option<String>)>,
+    /// The other component entries.
+    #[serde(flatten)]
+    pub components: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl WanModelIndex {
+    /// Whether the checkpoint has a second (low-noise) expert.
+    pub fn has_transformer_2(&self) -> bool {
+        matches!(&self.transformer_2, Some((Some(_), Some(_))))
+    }
+}
+
+/// The scheduler of a Wan checkpoint, as its `scheduler_config.json` `_class_name` says.
+#[derive(Debug, Clone)]
+pub enum WanScheduler {
+    UniPc(UniPCMultistepScheduler),
+    FlowMatchEuler(FlowMatchEulerDiscreteScheduler),
+}
+
+impl WanScheduler {
+    /// The configured flow shift (`flow_shift` / `shift`).
+    pub fn flow_shift(&self) -> f64 {
+        match self {
+            Self::UniPc(s) => s.config().flow_shift,
+            Self::FlowMatchEuler(s) => s.config().shift,
+        }
+    }
+
+    /// `num_train_timesteps`.
+    pub fn num_train_timesteps(&self) -> usize {
+        match self {
+            Self::UniPc(s) => s.config().num_train_timesteps,
+            Self::FlowMatchEuler(s) => s.config().num_train_timesteps,
+        }
+    }
+
+    /// `set_timesteps(n)` of the scheduler with `flow_shift`.
+    ///
+    /// # Errors
+    /// A shift out of range or zero steps.
+    pub fn set_timesteps(&self, n: usize, flow_shift: f64) -> Result<WanSolver, SchedulerError> {
+        Ok(match self {
+            Self::UniPc(s) => WanSolver::UniPc(s.with_flow_shift(flow_shift)?.set_timesteps(n)?),
+            Self::FlowMatchEuler(s) => {
+                WanSolver::FlowMatchEuler(s.with_shift(flow_shift)?.set_timesteps(n)?)
+            }
+        })
+    }
+}
+
+/// One request's schedule and solver state.
+#[derive(Debug, Clone)]
+pub enum WanSolver {
+    UniPc(UniPcSolver),
+    FlowMatchEuler(FlowMatchEulerSolver),
+}
+
+impl WanSolver {
+    /// `scheduler.timesteps`.
+    pub fn timesteps(&self) -> &[f64] {
+        match self {
+            Self::UniPc(s) => s.timesteps(),
+            Self::FlowMatchEuler(s) => s.timesteps(),
+        }
+    }
+
+    /// The plan of step `i` (in order).
+    pub fn step_plan(&mut self, i: usize) -> StepPlan {
+        match self {
+            Self::UniPc(s) => s.step_plan(i),
+            Self::FlowMatchEuler(s) => s.step_plan(i),
+        }
+    }
+}
+
+/// The small JSON files of a Wan checkpoint: model index, scheduler, and the transformer's input
+/// channels (16 for T2V).
+pub struct WanConfigs {
+    pub model_index: WanModelIndex,
+    pub scheduler: WanScheduler,
+}
+
+/// Read `model_index.json` and `scheduler/scheduler_config.json` of `dir`.
+///
+/// # Errors
+/// [`PipelineError::Load`] for a missing or unreadable file; [`PipelineError::Unsupported`] for
+/// another pipeline class, `expand_timesteps` (TI2V), a `transformer_2` without
+/// `boundary_ratio`, or a scheduler class this pipeline does not run.
+pub fn read_wan_configs(dir: &Path) -> Result<WanConfigs, PipelineError> {
+    let index_path = dir.join("model_index.json");
+    let (model_index, _) = read_config::<WanModelIndex>(&index_path)?;
+    if model_index.class_name != CLASS_NAME {
+        return Err(PipelineError::Unsupported(format!(
+            "{}: `{}` is not a WanPipeline",
+            index_path.display(),
+            model_index.class_name
+        )));
+    }
+    if model_index.expand_timesteps {
+        return Err(PipelineError::Unsupported(format!(
+            "{}: expand_timesteps (Wan2.2 TI2V) is not supported yet",
+            index_path.display()
+        )));
+    }
+    if model_index.has_transformer_2() != model_index.boundary_ratio.is_some() {
+        return Err(PipelineError::Unsupported(format!(
+            "{}: transformer_2 and boundary_ratio must come together (two experts)",
+            index_path.display()
+        )));
+    }
+    let path = component_dir(dir, "scheduler")?.join("scheduler_config.json");
+    #[derive(serde::Deserialize)]
+    struct ClassOnly {
+        #[serde(rename = "_class_name")]
+        class_name: String,
+        #[serde(flatten)]
+        _rest: std::collections::BTreeMap<String, serde_json::Value>,
+    }
+    let (ClassOnly { class_name, .. }, _) = read_config::<ClassOnly>(&path)?;
+    let config_err = |message: String| LoadError::Config {
+        path: path.clone(),
+        message,
+    };
+    let scheduler = match class_name.as_str() {
+        scheduling_unipc_multistep::CLASS_NAME => {
+            let (cfg, _) = read_config::<UniPCMultistepSchedulerConfig>(&path)?;
+            for key in cfg.unexpected_keys() {
+                tracing::warn!("{}: unknown config key `{key}` ignored", path.display());
+            }
+            WanScheduler::UniPc(
+                UniPCMultistepScheduler::new(cfg).map_err(|e| config_err(e.to_string()))?,
+            )
+        }
+        scheduling_flow_match_euler_discrete::CLASS_NAME => {
+            let (cfg, _) = read_config::<FlowMatchEulerDiscreteSchedulerConfig>(&path)?;
+            WanScheduler::FlowMatchEuler(
+                FlowMatchEulerDiscreteScheduler::new(cfg).map_err(|e| config_err(e.to_string()))?,
+            )
+        }
+        other => {
+            return Err(PipelineError::Unsupported(format!(
+                "{}: `{other}` is not a scheduler WanPipeline runs here (UniPCMultistepScheduler, FlowMatchEulerDiscreteScheduler)",
+                path.display()
+            )));
+        }
+    };
+    Ok(WanConfigs {
+        model_index,
+        scheduler,
+    })
+}
+
+/// The request defaults of a `WanPipeline` checkpoint: diffusers' `__call__` defaults (832×480,
+/// 81 frames, 50 steps, guidance 5.0, 512 prompt tokens), 16 fps (the diffusers Wan examples'
+/// `export_to_video(.., fps=16)`), the scheduler's flow shift and, with two experts, the
+/// checkpoint's `boundary_ratio` (`guidance_scale_2` follows `guidance_scale`).
+///
+/// # Errors
+/// As [`read_wan_configs`].
+pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
+    let c = read_wan_configs(dir)?;
+    let mut d = ModelDefaults::helios_base();
+    d.pipeline_class = CLASS_NAME.into();
+    let r = &mut d.request;
+    r.width = 832;
+    r.height = 480;
+    r.num_frames = 81;
+    r.fps = 16;
+    r.num_inference_steps = 50;
+    r.guidance_scale = 5.0;
+    r.guidance_scale_2 = 5.0;
+    r.max_sequence_length = 512;
+    r.num_latent_frames_per_chunk = 21;
+    r.flow_shift = c.scheduler.flow_shift();
+    r.boundary_ratio = c.model_index.boundary_ratio.unwrap_or(0.0);
+    d.unsupported = HELIOS_ONLY_FIELDS.to_vec();
+    d.whole_video = true;
+    d.guidance_scale_2_follows = c.model_index.has_transformer_2();
+    if !d.guidance_scale_2_follows {
+        d.unsupported
+            .extend(WAN_ONLY_FIELDS.iter().filter(|k| **k != "flow_shift"));
+    }
+    Ok(d)
+}
+
+/// The loaded `WanPipeline`.
+pub struct WanPipeline<B: Backend> {
+    pub model_index: WanModelIndex,
+    /// `None` with [`TextEncoderResidency::OnDemand`].
+    pub prompt_encoder: Option<PromptEncoder<B>>,
+    /// The (high-noise) expert.
+    pub transformer: WanTransformer3DModel<B>,
+    /// Wan2.2 A14B: the low-noise expert.
+    pub transformer_2: Option<WanTransformer3DModel<B>>,
+    pub vae: AutoencoderKLWan<B>,
+    pub scheduler: WanScheduler,
+    dir: PathBuf,
+    precision: Precision,
+    device: B::Device,
+}
+
+impl<B: Backend> WanPipeline<B> {
+    /// Load the checkpoint folder `dir` onto `device`, each model in the dtype `precision` gives
+    /// it, the text encoder only with [`TextEncoderResidency::Resident`].
+    ///
+    /// # Errors
+    /// As [`read_wan_configs`]; [`PipelineError::Load`] naming a missing or broken file; a
+    /// transformer that takes image embeddings (I2V checkpoints are not run by this class).
+    pub fn load_with(
+        dir: &Path,
+        device: &B::Device,
+        precision: Precision,
+        text_encoder: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        let WanConfigs {
+            model_index,
+            scheduler,
+        } = loading(progress, "scheduler", || read_wan_configs(dir))?;
+        let prompt_encoder = match text_encoder {
+            TextEncoderResidency::Resident => Some(PromptEncoder::load(
+                dir,
+                device,
+                precision.text_encoder,
+                progress,
+            )?),
+            TextEncoderResidency::OnDemand => None,
+        };
+        let sub = |name: &str| component_dir(dir, name);
+        let load_expert = |name: &str| {
+            WanTransformer3DModel::load_with_dtype(&sub(name)?, device, precision.transformer)
+        };
+        let transformer = loading(progress, "transformer", || load_expert("transformer"))?;
+        let transformer_2 = match model_index.has_transformer_2() {
+            true => Some(loading(progress, "transformer", || {
+                load_expert("transformer_2")
+            })?),
+            false => None,
+        };
+        for t in std::iter::once(&transformer).chain(&transformer_2) {
+            if t.takes_image_embeds() {
+                return Err(PipelineError::Unsupported(
+                    "this transformer takes CLIP image embeddings (image_dim): it is an image-to-video checkpoint, not a WanPipeline one".into(),
+                ));
+            }
+        }
+        let vae = loading(progress, "vae", || {
+            AutoencoderKLWan::load_with_dtype(&sub("vae")?, device, precision.vae)
+        })?;
+        Ok(Self {
+            model_index,
+            prompt_encoder,
+            transformer,
+            transformer_2,
+            vae,
+            scheduler,
+            dir: dir.to_path_buf(),
+            precision,
+            device: device.clone(),
+        })
+    }
+
+    /// Generate the video of `req`, handing the decoded frames to `sink`; returns their number.
+    ///
+    /// # Errors
+    /// [`PipelineError`]: unsupported settings, a missing noise draw, a sink failure,
+    /// cancellation.
+    pub fn call(
+        &self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        // 3. Encode the prompt (and the negative prompt when CFG is on).
+        let embeds = match &self.prompt_encoder {
+            Some(e) => e.encode_request(req, &mut *ctx.progress)?,
+            None => PromptEncoder::<B>::load(
+                &self.dir,
+                &self.device,
+                self.precision.text_encoder,
+                &mut NoProgress,
+            )?
+            .encode_request(req, &mut *ctx.progress)?,
+        };
+        self.call_with_embeds(req, embeds, ctx, sink)
+    }
+
+    /// [`call`](Self::call) from prompt embeddings already made by a [`PromptEncoder`].
+    ///
+    /// # Errors
+    /// As [`call`](Self::call).
+    pub fn call_with_embeds(
+        &self,
+        req: &GenerationRequest,
+        embeds: PromptEmbeds<B>,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+    ) -> Result<usize, PipelineError> {
+        if !matches!(
+            req.conditioning,
+            crate::pipeline::request::Conditioning::None
+        ) {
+            return Err(PipelineError::Unsupported(
+                "WanPipeline is text-to-video: an image or video input needs an image-to-video or video-to-video Wan checkpoint".into(),
+            ));
+        }
+        let device = &self.device;
+        // 4. Timesteps with the request's flow shift.
+        let mut solver = self
+            .scheduler
+            .set_timesteps(req.num_inference_steps, req.flow_shift)
+            .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
+        let timesteps = solver.timesteps().to_vec();
+        let boundary_timestep = self
+            .model_index
+            .boundary_ratio
+            .map(|_| req.boundary_ratio * self.scheduler.num_train_timesteps() as f64);
+
+        // Contexts and guidance per expert: [cond] or, under CFG, [cond, uncond]. As in
+        // diffusers, CFG is on for both experts when `guidance_scale > 1` (the negative prompt is
+        // encoded then), each with its own scale, and off for both otherwise.
+        let cfg_text = embeds
+            .negative_prompt_embeds
+            .map(|neg| Tensor::cat(vec![embeds.prompt_embeds.clone(), neg], 0));
+        let guidance = |scale: f64| match cfg_text.is_some() {
+            true => Guidance::Cfg { scale },
+            false => Guidance::None,
+        };
+        let experts: Vec<(&WanTransformer3DModel<B>, Guidance)> =
+            std::iter::once((&self.transformer, guidance(req.guidance_scale)))
+                .chain(
+                    self.transformer_2
+                        .iter()
+                        .map(|t| (t, guidance(req.guidance_scale_2))),
+                )
+                .collect();
+        let text = cfg_text.unwrap_or(embeds.prompt_embeds);
+        let contexts: Vec<WanContext<B>> = experts
+            .iter()
+            .map(|(model, _)| model.context(text.clone(), None))
+            .collect();
+
+        // 5. Initial latents.
+        let latent_frames = (req.num_frames as usize - 1) / 4 + 1;
+        let shape = [
+            1,
+            self.transformer.config().in_channels,
+            latent_frames,
+            req.height as usize / self.vae_scale_factor_spatial(),
+            req.width as usize / self.vae_scale_factor_spatial(),
+        ];
+        let draw = ctx.noise.standard_normal(LATENTS_DRAW, &shape)?;
+        let mut latents =
+            Tensor::<B, 5>::from_data(TensorData::new(draw, shape), (device, DType::F32));
+
+        // 6. Denoising loop.
+        let steps = timesteps.len();
+        ctx.progress.event(Progress::ChunkStarted {
+            chunk: 0,
+            chunks: 1,
+            steps,
+            frames: req.num_frames as usize,
+        });
+        let mut history = SolverHistory::new();
+        for (i, &t) in timesteps.iter().enumerate() {
+            if ctx.cancel.is_cancelled() {
+                return Err(PipelineError::Cancelled);
+            }
+            // wan2.1, or the high-noise stage of wan2.2: `t >= boundary_timestep`.
+            let e = match boundary_timestep {
+                Some(b) if t < b => 1,
+                _ => 0,
+            };
+            let (model, g) = experts[e];
+            let v = self.predict(model, &contexts[e], &g, &latents, t, i, ctx)?;
+            let plan = solver.step_plan(i);
+            latents = history.step(&plan, latents, v, combine::<B>);
+            ctx.progress.event(Progress::Step {
+                chunk: 0,
+                stage: 0,
+                step: i + 1,
+                steps,
+            });
+        }
+
+        // 7. Decode.
+        ctx.progress.event(Progress::Decoding {
+            chunk: 0,
+            done: false,
+        });
+        let cancel = ctx.cancel.clone();
+        let stop = || match cancel.is_cancelled() {
+            true => Err(PipelineError::Cancelled),
+            false => Ok(()),
+        };
+        let mut parts = Vec::new();
+        self.vae
+            .decode_streaming(self.vae.denormalize(latents), &stop, |_, frames| {
+                stop()?;
+                parts.push(frames);
+                Ok(())
+            })?;
+        let video = Tensor::cat(parts, 2);
+        ctx.progress.event(Progress::Decoding {
+            chunk: 0,
+            done: true,
+        });
+        let frames = postprocess(video, req.num_frames as usize);
+        let n = frames.frames;
+        sink.push_frames(frames).map_err(PipelineError::Sink)?;
+        ctx.progress.event(Progress::FramesReady {
+            chunk: 0,
+            frames: n,
+        });
+        Ok(n)
+    }
+
+    /// `vae.config.scale_factor_spatial` (8 for the Wan2.1 VAE).
+    fn vae_scale_factor_spatial(&self) -> usize {
+        8
+    }
+
+    /// The guided flow prediction of step `i` at timestep `t` (f32 `[1, C, T, h, w]`): one
+    /// transformer call, a batch of two under CFG.
+    #[allow(clippy::too_many_arguments)]
+    fn predict(
+        &self,
+        model: &WanTransformer3DModel<B>,
+        context: &WanContext<B>,
+        guidance: &Guidance,
+        latents: &Tensor<B, 5>,
+        t: f64,
+        i: usize,
+        ctx: &RunContext<'_>,
+    ) -> Result<Tensor<B, 5>, PipelineError> {
+        let batch = match context.batch {
+            2 => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
+            _ => latents.clone(),
+        };
+        // `timestep = t.expand(B)`: the int64 timestep, embedded as float.
+        let ts = vec![t as f32; context.batch];
+        let cancel = ctx.cancel.clone();
+        let out = model
+            .forward_stoppable(batch, &ts, context, &|| cancel.is_cancelled())
+            .ok_or(PipelineError::Cancelled)?
+            .cast(DType::F32);
+        let uncond = (context.batch == 2).then(|| out.clone().narrow(0, 1, 1));
+        Ok(guidance.apply(out.narrow(0, 0, 1), uncond, 0, i))
+    }
+}
