@@ -61,9 +61,20 @@ pub struct GenerateArgs {
     /// Distilled, 20,20,20 for Mid].
     #[arg(long, value_name = "N,N,N", value_delimiter = ',')]
     pub pyramid_steps: Option<Vec<usize>>,
-    /// Denoising steps of the one-stage Base sampler [default: 50].
+    /// Denoising steps of the one-stage Base sampler and of Wan [default: 50].
     #[arg(long, value_name = "N")]
     pub num_inference_steps: Option<usize>,
+    /// Wan2.2 two-expert checkpoints: guidance scale of the low-noise expert (transformer_2);
+    /// --guidance-scale is the high-noise one's [default: --guidance-scale].
+    #[arg(long, value_name = "SCALE")]
+    pub guidance_scale_2: Option<f64>,
+    /// Wan2.2 two-expert checkpoints: switch experts where the timestep falls below
+    /// RATIO · 1000, in (0, 1) [default: the checkpoint's boundary_ratio].
+    #[arg(long, value_name = "RATIO")]
+    pub boundary_ratio: Option<f64>,
+    /// Wan: the scheduler's flow shift [default: the checkpoint's scheduler config].
+    #[arg(long, value_name = "SHIFT")]
+    pub flow_shift: Option<f64>,
     /// Request defaults from a preset: a built-in name (helios-base, helios-mid,
     /// helios-distilled) or a TOML file. Flags beat the preset; the preset beats the checkpoint.
     #[arg(long, value_name = "NAME|FILE.toml")]
@@ -115,6 +126,9 @@ impl GenerateArgs {
             guidance_scale: self.guidance_scale,
             pyramid_num_inference_steps_list: self.pyramid_steps.clone(),
             num_inference_steps: self.num_inference_steps,
+            guidance_scale_2: self.guidance_scale_2,
+            boundary_ratio: self.boundary_ratio,
+            flow_shift: self.flow_shift,
             ..Default::default()
         }
     }
