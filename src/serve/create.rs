@@ -85,6 +85,16 @@ pub struct CreateVideoBody {
     /// LocalAI's name of `num_inference_steps`.
     #[serde(deserialize_with = "lenient::integer")]
     pub step: Option<usize>,
+    /// Wan2.2 two-expert checkpoints: the low-noise expert's guidance scale (vLLM-Omni,
+    /// FastVideo, SGLang); a 400 for a model that cannot honour it.
+    #[serde(deserialize_with = "lenient::float")]
+    pub guidance_scale_2: Option<f64>,
+    /// Wan2.2 two-expert checkpoints: the expert switch point (a 400 elsewhere).
+    #[serde(deserialize_with = "lenient::float")]
+    pub boundary_ratio: Option<f64>,
+    /// Wan: the scheduler's flow shift (a 400 for a model that cannot honour it).
+    #[serde(deserialize_with = "lenient::float")]
+    pub flow_shift: Option<f64>,
     /// Model knobs: any [`RequestPatch`] key (object, or its JSON text from a form).
     pub extra_params: Option<RequestPatch>,
     /// vLLM-Omni / FastVideo `video_params` (object, or its JSON text).
@@ -159,6 +169,9 @@ impl CreateVideoBody {
             cfg_scale,
             num_inference_steps,
             step,
+            guidance_scale_2,
+            boundary_ratio,
+            flow_shift,
             extra_params,
             video_params,
             end_image,
@@ -224,6 +237,9 @@ impl CreateVideoBody {
             seed,
             guidance_scale: guidance_scale.or(cfg_scale),
             num_inference_steps: num_inference_steps.or(step),
+            guidance_scale_2,
+            boundary_ratio,
+            flow_shift,
             ..Default::default()
         };
         Ok(BodyLayers {

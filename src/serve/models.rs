@@ -118,7 +118,11 @@ fn parameters(state: &State, req: &GenerationRequest) -> Vec<Value> {
     };
     let mut out: Vec<(u8, Value)> = Vec::new();
     for (name, doc) in RequestPatch::KEYS.iter().zip(RequestPatch::DOCS) {
-        if FORM_FIELDS.contains(name) || FIXED_FIELDS.contains(name) || *name == wrong_steps {
+        if FORM_FIELDS.contains(name)
+            || FIXED_FIELDS.contains(name)
+            || *name == wrong_steps
+            || state.defaults.unsupported.contains(name)
+        {
             continue;
         }
         let default = values.get(*name).cloned().unwrap_or(Value::Null);
@@ -135,7 +139,8 @@ fn parameters(state: &State, req: &GenerationRequest) -> Vec<Value> {
             "default": default,
             "description": doc.trim(),
             "in": match *name {
-                "guidance_scale" | "num_inference_steps" => "body",
+                "guidance_scale" | "num_inference_steps" | "guidance_scale_2" | "boundary_ratio"
+                | "flow_shift" => "body",
                 _ => "extra_params",
             },
         });

@@ -25,6 +25,8 @@ pub struct Described {
     /// Pixel grid of width/height: 16·2^(stages−1) pixels.
     pub grid: u32,
     pub budget: WorkBudget,
+    /// Request fields the checkpoint cannot honour (any value is a 400 naming the field).
+    pub unsupported: Vec<&'static str>,
 }
 
 impl Described {
@@ -42,6 +44,7 @@ impl Described {
             grid: 16u32 << state.defaults.pyramid_num_stages.saturating_sub(1),
             defaults,
             budget: state.cfg.limits.budget,
+            unsupported: state.defaults.unsupported.clone(),
         }
     }
 }
@@ -353,6 +356,49 @@ fn common_fields(d: &Described) -> Map<String, Value> {
         );
         m.insert("step".into(), with(int_field(0, u64::MAX), json!({"description": "alias of num_inference_steps (1..=200); both set to different values is a 400"})));
     }
+    // Wan fields: documented with their range where the checkpoint honours them; elsewhere no
+    // value is valid (the server answers 400 naming the field).
+    for (key, lo, hi, default, what) in [
+        (
+            "guidance_scale_2",
+            0.0,
+            20.0,
+            r.guidance_scale_2,
+            "guidance scale of the low-noise expert (Wan2.2 two-expert checkpoints); default: guidance_scale",
+        ),
+        (
+            "boundary_ratio",
+            0.0,
+            1.0,
+            r.boundary_ratio,
+            "expert switch at boundary_ratio·1000 (Wan2.2 two-expert checkpoints), exclusive bounds",
+        ),
+        (
+            "flow_shift",
+            0.0,
+            100.0,
+            r.flow_shift,
+            "the scheduler's flow shift (Wan)",
+        ),
+    ] {
+        let schema = match d.unsupported.contains(&key) {
+            true => {
+                json!({"not": {}, "description": format!("this model cannot honour `{key}`: any value is a 400 naming it")})
+            }
+            false => {
+                // guidance_scale_2 takes 0..=20; boundary_ratio (0, 1) and flow_shift (0, 100]
+                // exclude 0 (the server checks the same).
+                let bounds = match key {
+                    "guidance_scale_2" => json!({"minimum": lo, "maximum": hi}),
+                    "boundary_ratio" => json!({"exclusiveMinimum": lo, "exclusiveMaximum": hi}),
+                    _ => json!({"exclusiveMinimum": lo, "maximum": hi}),
+                };
+                let schema = with(number_field(), bounds);
+                with(schema, json!({"default": default, "description": what}))
+            }
+        };
+        m.insert(key.into(), schema);
+    }
     m
 }
 
@@ -365,11 +411,17 @@ fn extra_params_schema(d: &Described) -> Value {
     let uint = |max: u64| json!({"type": "integer", "minimum": 0, "maximum": max});
     let mut props = Map::new();
     for key in RequestPatch::KEYS {
+        if d.unsupported.contains(key) {
+            // Any value is a 400 naming the key (additionalProperties is false).
+            continue;
+        }
         let schema = match *key {
             "prompt" | "negative_prompt" => json!({"type": "string"}),
             "width" | "height" | "num_frames" | "fps" => uint(u32::MAX as u64),
             "seed" | "num_inference_steps" if !d.pyramid || *key == "seed" => uint(u64::MAX),
-            "guidance_scale" => json!({"type": "number"}),
+            "guidance_scale" | "guidance_scale_2" | "boundary_ratio" | "flow_shift" => {
+                json!({"type": "number"})
+            }
             "pyramid_num_inference_steps_list" if d.pyramid => json!({"type": "array",
                 "items": {"type": "integer", "minimum": 1, "maximum": 200},
                 "minItems": r.pyramid_num_stages, "maxItems": r.pyramid_num_stages,
@@ -526,6 +578,7 @@ mod tests {
             grid: 64,
             defaults: defaults.request.clone(),
             budget: WorkBudget::default(),
+            unsupported: defaults.unsupported.clone(),
         }
     }
 
@@ -579,10 +632,11 @@ mod tests {
         let s = extra_params_schema(&d);
         let props = s["properties"].as_object().unwrap();
         for k in RequestPatch::KEYS {
-            let skipped = match d.pyramid {
-                true => *k == "num_inference_steps",
-                false => *k == "pyramid_num_inference_steps_list",
-            };
+            let skipped = d.unsupported.contains(k)
+                || match d.pyramid {
+                    true => *k == "num_inference_steps",
+                    false => *k == "pyramid_num_inference_steps_list",
+                };
             assert_eq!(props.contains_key(*k), !skipped, "{k}");
             assert!(
                 props.get(*k).is_none_or(|p| p
