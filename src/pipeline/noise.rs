@@ -18,6 +18,7 @@
 //! | `video.window{i}.vae_sample` | `[B, 16, 9, H/8, W/8]` | V2V: sample noise of the `i`-th 33-frame window (counted from the first kept window) |
 //! | `video.window{i}.noise_sigma` | `[9]` | V2V: **uniform** draws, one σ per latent frame of window `i` |
 //! | `video.window{i}.noise` | `[B, 16, 9, H/8, W/8]` | V2V: noise of window `i`'s latents |
+//! | `latents` | `[B, 16, (F−1)/4+1, H/8, W/8]` | Wan (`WanPipeline`): the initial latents of the whole video |
 //!
 //! [`FileNoise`] reads them from a safetensors file (`omni generate --noise-file`);
 //! [`SeededNoise`] draws them from a seed (`--seed`), each name from its own stream so that the

@@ -35,6 +35,18 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
         "helios-distilled",
         include_str!("../../presets/helios-distilled.toml"),
     ),
+    (
+        "wan2.1-t2v-1.3b",
+        include_str!("../../presets/wan2.1-t2v-1.3b.toml"),
+    ),
+    (
+        "wan2.1-t2v-14b",
+        include_str!("../../presets/wan2.1-t2v-14b.toml"),
+    ),
+    (
+        "wan2.2-t2v-a14b",
+        include_str!("../../presets/wan2.2-t2v-a14b.toml"),
+    ),
 ];
 
 /// `[model]` of a preset file.
@@ -83,7 +95,8 @@ impl Preset {
         })
     }
 
-    /// The embedded preset `name` (`helios-base`, `helios-mid`, `helios-distilled`).
+    /// The embedded preset `name` (`helios-base`, `helios-mid`, `helios-distilled`,
+    /// `wan2.1-t2v-1.3b`, `wan2.1-t2v-14b`, `wan2.2-t2v-a14b`).
     pub fn builtin(name: &str) -> Option<Self> {
         BUILTIN_PRESETS
             .iter()
