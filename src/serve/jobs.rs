@@ -91,6 +91,14 @@ pub struct JobRecord {
     /// The request, resolved once at admission; the worker runs it as stored (also after a
     /// restart).
     pub request: GenerationRequest,
+    /// The job this one remixes, edits or extends (`POST /v1/videos/{id}/remix`, `/edits` and
+    /// `/extensions` with `{"id": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remixed_from_video_id: Option<String>,
+    /// Where the `video.completed` / `video.failed` / `video.cancelled` event goes
+    /// (the request's `webhook_url`, else `[webhooks] url`); `None`: no event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
     /// `/v1/videos/sync` jobs: never listed, never stored.
     #[serde(skip)]
     pub hidden: bool,
@@ -114,7 +122,7 @@ impl JobRecord {
             "seconds": self.seconds,
             "size": format!("{}x{}", self.request.width, self.request.height),
             "quality": "default",
-            "remixed_from_video_id": null,
+            "remixed_from_video_id": self.remixed_from_video_id,
             "error": self.error,
             "media_type": "video/mp4",
             "file_name": self.file_name,
@@ -315,11 +323,16 @@ impl Store for JsonDirStore {
     }
 }
 
+/// Called with a job's record when a stored change makes it terminal (completed or failed).
+pub type TerminalHook = Box<dyn Fn(&JobRecord) + Send + Sync>;
+
 /// The shared job table.
 pub struct Jobs {
     pub storage: PathBuf,
     store: Box<dyn Store>,
     inner: Mutex<Inner>,
+    /// See [`Jobs::on_terminal`].
+    on_terminal: std::sync::OnceLock<TerminalHook>,
 }
 
 struct Inner {
@@ -389,6 +402,7 @@ impl Jobs {
                 storage: storage.to_path_buf(),
                 store: Box::new(store),
                 inner: Mutex::new(Inner { map, next_seq }),
+                on_terminal: std::sync::OnceLock::new(),
             },
             resume,
         ))
@@ -474,8 +488,21 @@ impl Jobs {
         let mut next = slot.clone();
         let r = f(&mut next);
         self.persist(&next);
+        let became_terminal = !slot.status.is_terminal() && next.status.is_terminal();
         *slot = next;
+        if became_terminal && let Some(hook) = self.on_terminal.get() {
+            let rec = slot.clone();
+            drop(g);
+            hook(&rec);
+        }
         Some(r)
+    }
+
+    /// Set the hook called (once per job, after the record is stored, outside the table's
+    /// lock) when an update makes a job completed or failed: the webhook outbox. A second call
+    /// is ignored.
+    pub fn on_terminal(&self, hook: TerminalHook) {
+        let _ = self.on_terminal.set(hook);
     }
 
     /// Remove the record, cancel the job and delete its files.
@@ -602,6 +629,8 @@ mod tests {
             attempts: 0,
             input: None,
             request: crate::pipeline::request::ModelDefaults::helios_distilled().request,
+            remixed_from_video_id: None,
+            webhook_url: None,
             hidden: false,
             cancel: Default::default(),
         }
