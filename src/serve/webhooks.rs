@@ -10,7 +10,9 @@
 //!   attempt) and `webhook-signature: v1,<base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))>`,
 //!   where `key` is the base64 after `whsec_` of `[webhooks] secret`.
 //! - **Delivery**: at least once. Each event is first written to `<storage>/webhooks/<id>.json`
-//!   (temporary file + rename), then one task POSTs it; a 2xx answer removes the file, anything
+//!   (temporary file, fsync, rename), before the job's terminal record is stored (a crash in
+//!   between runs the job again and sends a second event rather than none); then one task POSTs
+//!   it; a 2xx answer removes the file, anything
 //!   else (status, refused connection, timeout) schedules a retry after `initial_backoff_s ·
 //!   2^(attempt−1)` (at most `max_backoff_s`) until the event is `max_age_s` old, when it is
 //!   dropped with a warning. The outbox is read again at start, so a restart drops nothing.
