@@ -417,7 +417,21 @@ fn failed_and_cancelled_jobs_send_their_events_to_the_configured_url() {
     check_deliveries(&by_job(&long), "video.cancelled", &long);
     check_deliveries(&by_job(&failing), "video.failed", &failing);
     assert!(seen.iter().all(|r| r.path == "/all"));
-    // A sync job (hidden) sends nothing; a server without [webhooks] refuses webhook_url.
+    // The blocking endpoints that answer the result themselves send no events.
+    for path in ["/v1/videos/sync", "/v1/images/generations"] {
+        let e = s
+            .post_json(
+                path,
+                json!({"prompt": "p", "webhook_url": "http://127.0.0.1:9/x"}),
+            )
+            .error(400);
+        assert_eq!(e["param"], "webhook_url", "{path}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("sends no events"),
+            "{e}"
+        );
+    }
+    // A server without [webhooks] refuses webhook_url.
     drop(s);
     let plain = Server::start(&dir.path().join("st2"), None);
     let e = plain

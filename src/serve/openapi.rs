@@ -451,7 +451,7 @@ fn video_create_schema(d: &Described) -> Value {
         "start_image": {"type": "string", "description": "alias of input_reference (data URL or base64)"},
         "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; an http(s) URL only with [remote_media] enabled)"},
         "webhook_url": {"type": ["string", "null"], "format": "uri",
-            "description": "where the signed video.completed / video.failed / video.cancelled event goes; its host must be in [webhooks] allow_hosts (else 400); default [webhooks] url"},
+            "description": "where the signed video.completed / video.failed / video.cancelled event goes; its host must be in [webhooks] allow_hosts (else 400); default [webhooks] url; a 400 on /v1/videos/sync (it answers the MP4 itself)"},
     });
     props.extend(extra.as_object().cloned().unwrap_or_default());
     json!({

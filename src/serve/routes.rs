@@ -841,6 +841,7 @@ async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, Ap
 async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let base = base_url(&req);
     let mut fields = read_fields(state, req).await?;
+    no_webhook(&fields, "/v1/images/generations")?;
     if let Some(n) = fields.map.get("n").filter(|v| !v.is_null())
         && n.as_u64() != Some(1)
         && n.as_str() != Some("1")
@@ -895,6 +896,22 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A `webhook_url` on an endpoint whose job sends no events (it answers the result itself and
+/// is not a listed video job): 400 naming it.
+fn no_webhook(fields: &body::Fields, endpoint: &str) -> Result<(), ApiError> {
+    match fields.map.get("webhook_url") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "webhook_url",
+            format!(
+                "`webhook_url`: {endpoint} answers with the result itself and sends no events; \
+                 use POST /v1/videos"
+            ),
+        )),
+    }
+}
+
 /// Removes a sync job (cancelling it) when the request ends early.
 struct SyncGuard<'a> {
     jobs: &'a Jobs,
@@ -908,7 +925,9 @@ impl Drop for SyncGuard<'_> {
 }
 
 async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let admitted = admit_body(state, req).await?;
+    let fields = read_fields(state, req).await?;
+    no_webhook(&fields, "/v1/videos/sync")?;
+    let admitted = admit_fields(state, &fields)?;
     let started = Instant::now();
     let job = new_job(state, admitted, true, JobKind::Video).await?;
     let model = job.rec.model.clone();

@@ -153,6 +153,12 @@ impl Webhooks {
         };
         let dir = storage.join("webhooks");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Half-written events of a run that died while storing them (never sent).
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         Ok(Some(Arc::new(Self {
             cfg: cfg.clone(),
             key,
