@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::remote::RemoteMediaConfig;
+use super::webhooks::WebhooksConfig;
 use crate::hub::Located;
 use crate::pipeline::request::{Preset, RequestPatch, WorkBudget};
 
@@ -65,6 +67,12 @@ pub struct ServeFile {
     /// A request layer between the HTTP request and the checkpoint defaults.
     #[serde(default)]
     pub default_request: RequestPatch,
+    /// `[webhooks]`: signed `video.*` events (see [`super::webhooks`]).
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    /// `[remote_media]`: reference files by http(s) URL (see [`super::remote`]).
+    #[serde(default)]
+    pub remote_media: RemoteMediaConfig,
 }
 
 /// `[storage]`.
@@ -170,6 +178,8 @@ pub struct ServeConfig {
     /// The preset layer (below `[default_request]`); checked against the checkpoint's pipeline
     /// class at start-up.
     pub preset: Option<Preset>,
+    pub webhooks: WebhooksConfig,
+    pub remote_media: RemoteMediaConfig,
 }
 
 /// What the command line sets (each `None` = not given); the flags of `omni serve`.
@@ -241,6 +251,8 @@ impl ServeConfig {
                 },
             limits,
             default_request,
+            webhooks,
+            remote_media,
         } = file;
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
         let Located { dir: model, name } = locate(&model).map_err(ConfigError::Model)?;
@@ -285,6 +297,8 @@ impl ServeConfig {
             },
             default_request,
             preset,
+            webhooks,
+            remote_media,
         })
     }
 

@@ -33,6 +33,9 @@ pub struct Admitted {
     pub seconds: String,
     /// The image / video reference, not decoded yet (see [`super::reference`]).
     pub reference: Option<RawReference>,
+    /// Where the job's webhook events go (set by the server from `webhook_url` and
+    /// `[webhooks]`, see [`super::webhooks::Webhooks::target`]).
+    pub webhook_url: Option<String>,
 }
 
 /// What admission needs from the server: the served names and the lower request layers.
@@ -312,6 +315,7 @@ pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiErro
         model,
         seconds,
         reference,
+        webhook_url: None,
     })
 }
 

@@ -63,6 +63,10 @@ pub enum ApiError {
     /// A server-side failure; the message is safe to show (500).
     #[error("{0}")]
     Internal(String),
+    /// An endpoint of the OpenAI API that omni does not implement (501); the message says
+    /// what to use instead.
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl ApiError {
@@ -97,6 +101,7 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -110,7 +115,8 @@ impl ApiError {
             | ApiError::JobFailed
             | ApiError::TooLarge(_)
             | ApiError::UploadTooLarge { .. }
-            | ApiError::UnsupportedMediaType(_) => "invalid_request_error",
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::NotImplemented(_) => "invalid_request_error",
             ApiError::Unauthorized => "authentication_error",
             ApiError::NotFound(_) => "not_found_error",
             ApiError::QueueFull(_) => "rate_limit_error",
@@ -139,6 +145,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal_error",
             ApiError::InsufficientStorage(_) => "insufficient_storage",
+            ApiError::NotImplemented(_) => "not_implemented",
         }
     }
 

@@ -91,6 +91,14 @@ pub struct JobRecord {
     /// The request, resolved once at admission; the worker runs it as stored (also after a
     /// restart).
     pub request: GenerationRequest,
+    /// The job this one remixes, edits or extends (`POST /v1/videos/{id}/remix`, `/edits` and
+    /// `/extensions` with `{"id": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remixed_from_video_id: Option<String>,
+    /// Where the `video.completed` / `video.failed` / `video.cancelled` event goes
+    /// (the request's `webhook_url`, else `[webhooks] url`); `None`: no event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
     /// `/v1/videos/sync` jobs: never listed, never stored.
     #[serde(skip)]
     pub hidden: bool,
@@ -114,7 +122,7 @@ impl JobRecord {
             "seconds": self.seconds,
             "size": format!("{}x{}", self.request.width, self.request.height),
             "quality": "default",
-            "remixed_from_video_id": null,
+            "remixed_from_video_id": self.remixed_from_video_id,
             "error": self.error,
             "media_type": "video/mp4",
             "file_name": self.file_name,
@@ -315,11 +323,18 @@ impl Store for JsonDirStore {
     }
 }
 
+/// Called with a job's record when a stored change makes it terminal (completed or failed).
+pub type TerminalHook = Box<dyn Fn(&JobRecord) + Send + Sync>;
+
 /// The shared job table.
 pub struct Jobs {
     pub storage: PathBuf,
     store: Box<dyn Store>,
     inner: Mutex<Inner>,
+    /// See [`Jobs::on_terminal`].
+    on_terminal: std::sync::OnceLock<TerminalHook>,
+    /// Jobs [`Jobs::open`] failed as `worker_crashed`, for the hook once it is set.
+    failed_at_open: Mutex<Vec<String>>,
 }
 
 struct Inner {
@@ -342,6 +357,7 @@ impl Jobs {
         let mut map = HashMap::new();
         let mut resume = Vec::new();
         let mut next_seq = 0;
+        let mut failed_at_open = Vec::new();
         let mut recs = store.load_all();
         recs.sort_by_key(|r| r.seq);
         for mut rec in recs {
@@ -374,6 +390,7 @@ impl Jobs {
                     ),
                 });
                 let _ = store.put(&rec);
+                failed_at_open.push(rec.id.clone());
             }
             if !rec.status.is_terminal() {
                 rec.status = Status::Queued;
@@ -389,6 +406,8 @@ impl Jobs {
                 storage: storage.to_path_buf(),
                 store: Box::new(store),
                 inner: Mutex::new(Inner { map, next_seq }),
+                on_terminal: std::sync::OnceLock::new(),
+                failed_at_open: Mutex::new(failed_at_open),
             },
             resume,
         ))
@@ -473,9 +492,39 @@ impl Jobs {
         // after a `kill -9`, whenever the kill lands (the lock is held over the write).
         let mut next = slot.clone();
         let r = f(&mut next);
+        if !slot.status.is_terminal()
+            && next.status.is_terminal()
+            && let Some(hook) = self.on_terminal.get()
+        {
+            // Before the record: a crash in between re-runs the job and sends a second
+            // event, rather than losing the only one.
+            hook(&next);
+        }
         self.persist(&next);
         *slot = next;
         Some(r)
+    }
+
+    /// Set the hook called when an update makes a job completed or failed (the webhook
+    /// outbox): once per job, before the terminal record is stored, under the table's lock (so
+    /// it must not call back into the table). Jobs [`Jobs::open`] failed as `worker_crashed`
+    /// are passed to it now. A second call is ignored.
+    pub fn on_terminal(&self, hook: TerminalHook) {
+        if self.on_terminal.set(hook).is_err() {
+            return;
+        }
+        let ids = std::mem::take(
+            &mut *self
+                .failed_at_open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let hook = self.on_terminal.get().expect("set above");
+        for id in ids {
+            if let Some(rec) = self.get(&id) {
+                hook(&rec);
+            }
+        }
     }
 
     /// Remove the record, cancel the job and delete its files.
@@ -602,6 +651,8 @@ mod tests {
             attempts: 0,
             input: None,
             request: crate::pipeline::request::ModelDefaults::helios_distilled().request,
+            remixed_from_video_id: None,
+            webhook_url: None,
             hidden: false,
             cancel: Default::default(),
         }
@@ -609,6 +660,44 @@ mod tests {
 
     /// The live sweep keeps what running and queued jobs are writing and anything young;
     /// the startup sweep removes every orphan.
+    #[test]
+    fn the_terminal_hook_fires_once_per_job_before_its_record_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let crashed = new_id(JobKind::Video);
+        {
+            let (jobs, _) = Jobs::open(dir.path(), 2).unwrap();
+            let mut r = record(&crashed, Status::InProgress);
+            r.attempts = 2;
+            jobs.insert(r);
+        }
+        let (jobs, resume) = Jobs::open(dir.path(), 2).unwrap();
+        assert!(resume.is_empty(), "failed as worker_crashed at open");
+        let live = new_id(JobKind::Video);
+        jobs.insert(record(&live, Status::Queued));
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let (s2, store) = (seen.clone(), dir.path().join("jobs"));
+        jobs.on_terminal(Box::new(move |r: &JobRecord| {
+            // The stored record is not terminal yet when the hook runs (open's crash case aside).
+            let stored: Option<JobRecord> = std::fs::read(store.join(format!("{}.json", r.id)))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            s2.lock()
+                .unwrap()
+                .push((r.id.clone(), r.status, stored.map(|s| s.status)));
+        }));
+        jobs.update(&live, true, |r| r.status = Status::InProgress);
+        jobs.update(&live, true, |r| r.status = Status::Completed);
+        jobs.update(&live, true, |r| r.progress = 100);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            vec![
+                (crashed, Status::Failed, Some(Status::Failed)),
+                (live, Status::Completed, Some(Status::InProgress)),
+            ]
+        );
+    }
+
     #[test]
     fn live_sweep_spares_running_jobs_and_young_files() {
         let dir = tempfile::tempdir().unwrap();

@@ -17,8 +17,11 @@ pub mod models;
 pub mod openapi;
 pub mod previews;
 pub mod reference;
+pub mod remix;
+pub mod remote;
 pub mod routes;
 pub mod web;
+pub mod webhooks;
 pub mod worker;
 
 use std::future::Future;
@@ -54,6 +57,9 @@ pub enum ServeError {
     /// The worker could not load the model.
     #[error("{0}")]
     Load(String),
+    /// `[webhooks]` or `[remote_media]` cannot be used.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Run the server on `listener` until `shutdown` completes; then stop accepting, let open
@@ -89,6 +95,17 @@ pub async fn serve(
         tracing::info!("re-running {} unfinished job(s)", resume.len());
     }
     let jobs = Arc::new(jobs);
+    // Webhooks: the outbox is read now (events a previous run left undelivered go out first)
+    // and every job that becomes terminal queues its event.
+    let hooks =
+        webhooks::Webhooks::open(&cfg.webhooks, &cfg.storage).map_err(ServeError::Config)?;
+    if let Some(h) = &hooks {
+        let h2 = h.clone();
+        jobs.on_terminal(Box::new(move |rec| h2.emit_terminal(rec)));
+        tokio::spawn(h.clone().run());
+    }
+    let remote = remote::RemoteMedia::new(&cfg.remote_media, cfg.limits.max_upload_bytes)
+        .map_err(ServeError::Config)?;
     let model = worker::WorkerModel {
         dir: cfg.model.clone(),
         options: GeneratorOptions {
@@ -132,6 +149,8 @@ pub async fn serve(
         jobs,
         worker,
         decodes,
+        webhooks: hooks,
+        remote,
     });
     let graceful = GracefulShutdown::new();
     let max_connections = state.cfg.limits.max_connections;

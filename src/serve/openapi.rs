@@ -171,6 +171,31 @@ fn operation(path: &str, method: &str) -> Option<Value> {
                           "404": err("Unknown id or not finished"),
                           "416": err("Range not satisfiable (Content-Range: bytes */length)"),
                           "422": err("The job failed")}}),
+        ("/v1/videos/{video_id}/remix", "POST") => json!({
+            "summary": "OpenAI remix: the source job's resolved request (size, frames, seed, settings) with a new prompt; remixed_from_video_id is set",
+            "operationId": "remixVideo", "parameters": [id_param("video_id")],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VideoCreate"}}}},
+            "responses": with(create_responses(json_ok("Video")), json!({"404": err("Unknown video_id")})),
+            "links": video_links()}),
+        ("/v1/videos/edits" | "/v1/videos/extensions", "POST") => {
+            let schema = json!({"$ref": "#/components/schemas/VideoFromVideo"});
+            json!({
+            "summary": match path {
+                "/v1/videos/edits" => "OpenAI edit: video-to-video from `video` under a new prompt",
+                _ => "OpenAI extend: video-to-video continuation of `video` for `seconds`",
+            },
+            "requestBody": {"required": true, "content": {
+                "multipart/form-data": {"schema": schema}, "application/json": {"schema": schema}}},
+            "responses": create_responses(json_ok("Video")),
+            "links": video_links()})
+        }
+        ("/v1/videos/characters", "POST") => json!({
+            "summary": "OpenAI characters: not supported (501)",
+            "responses": {"501": err("Not implemented: Helios has no character conditioning")}}),
+        ("/v1/videos/characters/{character_id}", "GET") => json!({
+            "summary": "OpenAI characters: not supported (501)",
+            "parameters": [id_param("character_id")],
+            "responses": {"501": err("Not implemented: Helios has no character conditioning")}}),
         ("/video", "POST") => json!({
             "summary": "LocalAI: generate (blocks); data[0].url under /generated-videos or data[0].b64_json",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/LocalAIVideo"}}}},
@@ -240,6 +265,7 @@ pub fn document(d: &Described) -> Value {
         "schemas": {
             "VideoCreate": video_create_schema(d), "Video": video_schema(),
             "Error": error_schema(), "LocalAIVideo": localai_schema(d),
+            "VideoFromVideo": video_from_video_schema(d),
             "ImageCreate": image_create_schema(d),
         },
     });
@@ -471,11 +497,13 @@ fn video_create_schema(d: &Described) -> Value {
         "input_reference": {"type": "string", "format": "binary",
             "description": "image (PNG/JPEG/WebP → image-to-video) or H.264 MP4 (≥ one chunk, 33 frames → video-to-video) as a multipart file part; in JSON a data URL, base64 or {image_url}. Decoded at admission (undecodable → 400, param input_reference); stretched to the output size"},
         "image_reference": {"type": ["object", "string"], "properties": {"image_url": {"type": "string"}},
-            "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id and http(s) URLs are refused with 400"},
+            "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id is refused with 400, http(s) URLs too unless [remote_media] is enabled"},
         "video_reference": {"type": ["object", "string"], "properties": {"video_url": {"type": "string"}},
             "description": "{\"video_url\": \"data:video/mp4;base64,...\"}: video-to-video"},
         "start_image": {"type": "string", "description": "alias of input_reference (data URL or base64)"},
-        "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; remote URLs refused)"},
+        "reference_url": {"type": "string", "description": "alias of input_reference (data URL or base64; an http(s) URL only with [remote_media] enabled)"},
+        "webhook_url": {"type": ["string", "null"], "format": "uri",
+            "description": "where the signed video.completed / video.failed / video.cancelled event goes; its host must be in [webhooks] allow_hosts (else 400); default [webhooks] url; a 400 on /v1/videos/sync (it answers the MP4 itself)"},
     });
     props.extend(extra.as_object().cloned().unwrap_or_default());
     json!({
@@ -505,7 +533,7 @@ fn video_schema() -> Value {
             "started_at": {"type": ["integer", "null"]},
             "prompt": {"type": "string"}, "seconds": {"type": "string"}, "size": {"type": "string"},
             "quality": {"type": "string"}, "media_type": {"type": "string"},
-            "remixed_from_video_id": {"type": "null"},
+            "remixed_from_video_id": {"type": ["string", "null"]},
             "error": {"type": ["object", "null"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}},
             "file_name": {"type": ["string", "null"]}, "inference_time_s": {"type": ["number", "null"]},
             "stage_durations": {"type": "object", "additionalProperties": {"type": "number"},
@@ -514,6 +542,18 @@ fn video_schema() -> Value {
             "fps": {"type": "integer"}, "num_frames": {"type": "integer"},
         }
     })
+}
+
+/// `VideoFromVideo`: the body of `/v1/videos/edits` and `/v1/videos/extensions`.
+fn video_from_video_schema(d: &Described) -> Value {
+    let c = common_fields(d);
+    json!({"type": "object", "required": ["prompt", "video"], "properties": {
+        "prompt": c["prompt"], "model": c["model"], "seconds": c["seconds"], "seed": c["seed"],
+        "size": c["size"], "negative_prompt": c["negative_prompt"],
+        "video": {"type": ["object", "string"], "format": "binary",
+            "properties": {"id": {"type": "string"}},
+            "description": "an H.264 MP4 (multipart file part, data URL or base64; ≥ 33 frames) or {\"id\": \"video_…\"} of a completed video here (its request is the layer under the body)"},
+        "webhook_url": {"type": ["string", "null"], "format": "uri"}}})
 }
 
 /// `Error`: the OpenAI error envelope.

@@ -110,7 +110,7 @@ pub fn extract(fields: &Fields, max_upload_bytes: usize) -> Result<Option<RawRef
 
 /// A JSON / form value: a string (data URL, base64, URL, or an object's JSON text) or an object
 /// `{"image_url"|"video_url"|"url"|"file_id": ...}`.
-fn from_value(field: &str, v: &Value) -> Result<RawReference, ApiError> {
+pub(super) fn from_value(field: &str, v: &Value) -> Result<RawReference, ApiError> {
     let video_field = field == "video_reference";
     let obj = match v {
         Value::Object(o) => o.clone(),
@@ -170,8 +170,9 @@ fn from_string(field: &str, s: &str, video: bool) -> Result<RawReference, ApiErr
         return Err(ApiError::invalid(
             field,
             format!(
-                "`{field}`: remote URLs are not fetched by this server; send the file as a \
-                 multipart `input_reference` upload, a data URL or base64"
+                "`{field}`: remote URLs are not fetched by this server ([remote_media] \
+                 enabled = false); send the file as a multipart `input_reference` upload, a \
+                 data URL or base64"
             ),
         ));
     }

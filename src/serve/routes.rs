@@ -32,9 +32,13 @@ pub struct State {
     pub worker: Worker,
     /// Slots for reference decodes at admission (`max_concurrent_decodes`).
     pub decodes: Arc<tokio::sync::Semaphore>,
+    /// The webhook outbox (`None`: `[webhooks]` has no secret).
+    pub webhooks: Option<Arc<super::webhooks::Webhooks>>,
+    /// The guarded fetcher of reference URLs (`None`: `[remote_media]` is off).
+    pub remote: Option<Arc<super::remote::RemoteMedia>>,
 }
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 /// Entry point of every request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
@@ -138,8 +142,13 @@ pub const ROUTES: &[Route] = &[
     row("/v1/videos", "GET, POST", Access::Key),
     row("/v1/videos/sync", "POST", Access::Key),
     row("/v1/videos/generations", "POST", Access::Key),
+    row("/v1/videos/edits", "POST", Access::Key),
+    row("/v1/videos/extensions", "POST", Access::Key),
+    row("/v1/videos/characters", "POST", Access::Key),
+    row("/v1/videos/characters/{character_id}", "GET", Access::Key),
     row("/v1/videos/{video_id}", "GET, DELETE", Access::Key),
     row("/v1/videos/{video_id}/content", "GET", Access::Key),
+    row("/v1/videos/{video_id}/remix", "POST", Access::Key),
     row("/video", "POST", Access::Key),
     row("/generated-videos/{file}", "GET", Access::Key),
     row("/v1/images/generations", "POST", Access::Key),
@@ -219,6 +228,12 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ("/v1/videos/{video_id}", "DELETE") => delete(state, param),
         ("/v1/videos/{video_id}", _) => retrieve(state, param),
         ("/v1/videos/{video_id}/content", _) => content(state, param, &req).await,
+        ("/v1/videos/{video_id}/remix", _) => super::remix::remix(state, param, req).await,
+        ("/v1/videos/edits", _) => super::remix::edit(state, req).await,
+        ("/v1/videos/extensions", _) => super::remix::extend(state, req).await,
+        ("/v1/videos/characters" | "/v1/videos/characters/{character_id}", _) => {
+            Err(super::remix::characters())
+        }
         ("/video", _) => localai_video(state, req).await,
         ("/generated-videos/{file}", _) => {
             let id = param.strip_suffix(".mp4").unwrap_or("");
@@ -288,9 +303,17 @@ async fn read_body(
 }
 
 /// The body as fields, whatever its encoding.
-async fn read_fields(state: &State, req: Request<Incoming>) -> Result<body::Fields, ApiError> {
+pub(super) async fn read_fields(
+    state: &State,
+    req: Request<Incoming>,
+) -> Result<body::Fields, ApiError> {
     let (ct, bytes) = read_body(state, req).await?;
-    body::parse(ct.as_deref(), bytes).await
+    let mut fields = body::parse(ct.as_deref(), bytes).await?;
+    if let Some(remote) = &state.remote {
+        // Reference URLs become data URLs of the fetched files (`[remote_media]`).
+        remote.inline(&mut fields).await?;
+    }
+    Ok(fields)
 }
 
 /// Parse, validate and resolve a create body.
@@ -306,26 +329,46 @@ async fn file_base64(path: std::path::PathBuf, what: &str) -> Result<String, Api
     Ok(base64(&bytes))
 }
 
-fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiError> {
+pub(super) fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiError> {
+    admit_over(state, fields, None)
+}
+
+/// [`admit_fields`] with `source` (a remixed job's request) between the body and
+/// `[default_request]`; the body's `webhook_url` is checked and resolved here.
+pub(super) fn admit_over(
+    state: &State,
+    fields: &body::Fields,
+    source: Option<RequestPatch>,
+) -> Result<Admitted, ApiError> {
     let cfg = &state.cfg;
-    admit(
+    let webhook_url = super::webhooks::Webhooks::target(
+        state.webhooks.as_deref(),
+        fields.map.get("webhook_url"),
+    )?;
+    let lower: Vec<RequestPatch> = source
+        .into_iter()
+        .chain(state.lower_layers.iter().cloned())
+        .collect();
+    let mut a = admit(
         fields,
         &AdmitContext {
             served: &cfg.served_model_name,
             serves: &|n| cfg.serves(n),
-            lower_layers: &state.lower_layers,
+            lower_layers: &lower,
             defaults: &state.defaults,
             budget: &cfg.limits.budget,
             max_upload_bytes: cfg.limits.max_upload_bytes,
         },
-    )
+    )?;
+    a.webhook_url = webhook_url;
+    Ok(a)
 }
 
 /// An admitted job not queued yet: its record and, with a reference, the `<id>.input` file that
 /// is removed again unless the job gets queued ([`enqueue`]), so a refused, failed or abandoned
 /// admission (the client went away) leaves no file behind.
-struct NewJob<'a> {
-    rec: JobRecord,
+pub(super) struct NewJob<'a> {
+    pub(super) rec: JobRecord,
     input: Option<InputFile<'a>>,
 }
 
@@ -350,7 +393,7 @@ impl Drop for InputFile<'_> {
 /// are written to `<id>.input` for the worker, which decodes them again when it runs the job
 /// (also after a restart). A client that goes away while waiting for a decode slot starts no
 /// decode; one that goes away during a decode gets nothing written.
-async fn new_job(
+pub(super) async fn new_job(
     state: &State,
     mut a: Admitted,
     hidden: bool,
@@ -414,13 +457,15 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         input: None,
         attempts: 0,
         request: a.request,
+        remixed_from_video_id: None,
+        webhook_url: a.webhook_url,
         hidden,
         cancel: Default::default(),
     }
 }
 
 /// Insert and queue; on a full queue the record (and its input file) is removed again.
-fn enqueue(
+pub(super) fn enqueue(
     state: &State,
     job: NewJob<'_>,
     done: Option<oneshot::Sender<()>>,
@@ -454,7 +499,7 @@ fn enqueue(
     Ok(id)
 }
 
-fn video_response(state: &State, rec: &JobRecord) -> Resp {
+pub(super) fn video_response(state: &State, rec: &JobRecord) -> Resp {
     let mut r = json_response(StatusCode::OK, &rec.video(state.cfg.file_ttl_s));
     if !rec.status.is_terminal() {
         r.headers_mut().insert(
@@ -494,7 +539,7 @@ async fn generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiE
     Ok(video_response(state, &rec))
 }
 
-fn lookup(state: &State, id: &str) -> Result<JobRecord, ApiError> {
+pub(super) fn lookup(state: &State, id: &str) -> Result<JobRecord, ApiError> {
     lookup_kind(state, id, JobKind::Video)
 }
 
@@ -523,7 +568,12 @@ fn retrieve(state: &State, id: &str) -> Result<Resp, ApiError> {
 
 fn delete(state: &State, id: &str) -> Result<Resp, ApiError> {
     lookup(state, id)?;
-    state.jobs.remove(id);
+    if let Some(rec) = state.jobs.remove(id)
+        && !rec.status.is_terminal()
+        && let Some(hooks) = &state.webhooks
+    {
+        hooks.emit(&rec, "video.cancelled");
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({"id": id, "deleted": true, "object": "video.deleted"}),
@@ -791,6 +841,7 @@ async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, Ap
 async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let base = base_url(&req);
     let mut fields = read_fields(state, req).await?;
+    no_webhook(&fields, "/v1/images/generations")?;
     if let Some(n) = fields.map.get("n").filter(|v| !v.is_null())
         && n.as_u64() != Some(1)
         && n.as_str() != Some("1")
@@ -845,6 +896,22 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// A `webhook_url` on an endpoint whose job sends no events (it answers the result itself and
+/// is not a listed video job): 400 naming it.
+fn no_webhook(fields: &body::Fields, endpoint: &str) -> Result<(), ApiError> {
+    match fields.map.get("webhook_url") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "webhook_url",
+            format!(
+                "`webhook_url`: {endpoint} answers with the result itself and sends no events; \
+                 use POST /v1/videos"
+            ),
+        )),
+    }
+}
+
 /// Removes a sync job (cancelling it) when the request ends early.
 struct SyncGuard<'a> {
     jobs: &'a Jobs,
@@ -858,7 +925,9 @@ impl Drop for SyncGuard<'_> {
 }
 
 async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let admitted = admit_body(state, req).await?;
+    let fields = read_fields(state, req).await?;
+    no_webhook(&fields, "/v1/videos/sync")?;
+    let admitted = admit_fields(state, &fields)?;
     let started = Instant::now();
     let job = new_job(state, admitted, true, JobKind::Video).await?;
     let model = job.rec.model.clone();
