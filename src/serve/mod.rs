@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod previews;
 pub mod reference;
 pub mod routes;
+pub mod stream;
 pub mod web;
 pub mod worker;
 
@@ -99,7 +100,8 @@ pub async fn serve(
             vae_dtype: None,
         },
     };
-    let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), resume);
+    let streams = Arc::new(stream::LiveStreams::default());
+    let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), streams.clone(), resume);
     // The periodic sweep: expired jobs (with a TTL) and orphaned files (always).
     {
         let jobs = jobs.clone();
@@ -132,6 +134,7 @@ pub async fn serve(
         jobs,
         worker,
         decodes,
+        streams,
     });
     let graceful = GracefulShutdown::new();
     let max_connections = state.cfg.limits.max_connections;
