@@ -721,3 +721,66 @@ fn page_without_keys_plays_the_content_url() {
     assert_eq!(b.eval("$('cards').lastElementChild.dataset.id"), id);
     assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
 }
+
+/// Issue 13: the streamed URL (`content?stream=true`, chunked fragmented MP4) played by Chromium
+/// through Media Source: the fragments are appended to a `SourceBuffer` as they arrive (the
+/// codec string read from the stream's own `avcC`), and the video plays.
+#[test]
+fn chromium_plays_the_streamed_url_through_media_source() {
+    let Some(binary) = chromium_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), false);
+    let mut b = Browser::launch(&binary);
+    b.call(
+        "Page.navigate",
+        json!({"url": format!("http://{}/", server.addr)}),
+    );
+    b.wait_for("document.readyState === 'complete'", "the page", 60);
+    let streamed = b.eval(
+        r#"(async () => {
+          const r = await fetch('/v1/videos', {method: 'POST',
+            headers: {'Content-Type': 'application/json'},
+            body: JSON.stringify({prompt: 'A red kite over a field', num_frames: 66})});
+          const id = (await r.json()).id;
+          const v = document.createElement('video');
+          v.muted = true;
+          document.body.append(v);
+          window.streamed = v;
+          const ms = new MediaSource();
+          v.src = URL.createObjectURL(ms);
+          await new Promise(res => ms.addEventListener('sourceopen', res, {once: true}));
+          const resp = await fetch(`/v1/videos/${id}/content?stream=true`);
+          const reader = resp.body.getReader();
+          let sb = null, pieces = 0;
+          for (;;) {
+            const {done, value} = await reader.read();
+            if (done) break;
+            if (!sb) {
+              const i = value.findIndex((_, k) => value[k] === 0x61 && value[k + 1] === 0x76
+                && value[k + 2] === 0x63 && value[k + 3] === 0x43);
+              const hex = x => x.toString(16).padStart(2, '0');
+              const codec = 'avc1.' + hex(value[i + 5]) + hex(value[i + 6]) + hex(value[i + 7]);
+              sb = ms.addSourceBuffer(`video/mp4; codecs="${codec}"`);
+            }
+            await new Promise((res, rej) => {
+              sb.addEventListener('updateend', res, {once: true});
+              sb.addEventListener('error', rej, {once: true});
+              sb.appendBuffer(value);
+            });
+            pieces++;
+          }
+          ms.endOfStream();
+          return {pieces, duration: ms.duration};
+        })()"#,
+    );
+    assert!(streamed["pieces"].as_u64().unwrap() >= 1, "{streamed}");
+    // 65 frames at the server's default 8 frames/s.
+    let duration = streamed["duration"].as_f64().unwrap();
+    assert!((duration - 65.0 / 8.0).abs() < 0.2, "{streamed}");
+    b.eval("window.streamed.play()");
+    b.wait_for("window.streamed.currentTime > 0", "playback", 30);
+    assert_eq!(b.eval("window.streamed.error"), Value::Null);
+    assert!(b.errors.is_empty(), "page errors: {:?}", b.errors);
+}

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Args;
 
 use omni::hub;
+use omni::media::fmp4_out::Fmp4Writer;
+use omni::media::frames_out::{NpyWriter, PngDirWriter};
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
+use omni::pipeline::generator::FrameSink;
 use omni::pipeline::generator::RunContext;
 use omni::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy};
 use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
@@ -96,9 +99,15 @@ pub struct GenerateArgs {
     /// 33 frames, cut into 33-frame windows from the end). The output holds only the new frames.
     #[arg(long, value_name = "FILE.mp4")]
     pub video: Option<PathBuf>,
-    /// Output MP4 path (written to a temporary file and renamed when complete).
-    #[arg(short = 'o', long, value_name = "FILE")]
+    /// Output: an MP4 path (written to a temporary file and renamed when complete); `-` for a
+    /// fragmented MP4 on stdout, one fragment per 33-frame chunk as soon as it is decoded (for
+    /// `| ffmpeg -i - …`; progress stays on stderr); a folder (`DIR/`, or an existing folder) for
+    /// one PNG per frame; a `.npy` path for the uint8 array [frames, height, width, 3].
+    #[arg(short = 'o', long, value_name = "FILE|DIR/|-")]
     pub output: PathBuf,
+    /// Output format; by default taken from -o (see there).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<OutputFormat>,
     /// VAE compute dtype: f32 (as diffusers' Helios examples load it) or bf16 (faster on a GPU,
     /// slightly different pixels). The transformer and text encoder use the device's dtype
     /// (bf16 with --features cuda, f32 on the CPU).
@@ -110,6 +119,118 @@ pub struct GenerateArgs {
     /// No progress bars.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// What `omni generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// H.264 in MP4: a fast-start file, or a fragmented MP4 when -o is `-` (stdout).
+    Mp4,
+    /// One PNG per frame (`frame_00000.png`, …) in the -o folder.
+    Png,
+    /// The uint8 array [frames, height, width, 3] as one NumPy `.npy` file.
+    Npy,
+}
+
+/// The writer `-o` and `--format` chose.
+enum Output {
+    Mp4(Mp4Writer),
+    Stream(Fmp4Writer<std::io::StdoutLock<'static>>),
+    Png(PngDirWriter),
+    Npy(NpyWriter),
+}
+
+impl Output {
+    /// Opens the output before anything is loaded, so a bad `-o` fails in a second.
+    fn open(args: &GenerateArgs, req: &GenerationRequest) -> anyhow::Result<Self> {
+        let path = &args.output;
+        let stdout = path.as_os_str() == "-";
+        let is_dir = path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/');
+        let format = args.format.unwrap_or_else(|| {
+            if is_dir {
+                OutputFormat::Png
+            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+                OutputFormat::Npy
+            } else {
+                OutputFormat::Mp4
+            }
+        });
+        let (w, h, fps) = (req.width, req.height, req.fps);
+        Ok(match format {
+            OutputFormat::Mp4 if stdout => Self::Stream(
+                Fmp4Writer::new(std::io::stdout().lock(), w, h, fps, EncodeOptions::default())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ if stdout => anyhow::bail!(
+                "-o - writes a fragmented MP4 to stdout; --format {format:?} needs a path \
+                 (a folder for png, a .npy file for npy)"
+            ),
+            OutputFormat::Mp4 => Self::Mp4(
+                Mp4Writer::create(path, w, h, fps, EncodeOptions::default()).map_err(|e| {
+                    anyhow::anyhow!("{e}; choose an existing, writable folder for -o")
+                })?,
+            ),
+            OutputFormat::Png => Self::Png(PngDirWriter::create(path)?),
+            OutputFormat::Npy if is_dir => {
+                anyhow::bail!("-o {} is a folder; --format npy needs a file path", path.display())
+            }
+            OutputFormat::Npy => {
+                // Fails now if the folder is missing, rather than after generating.
+                let dir = match path.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                anyhow::ensure!(
+                    dir.is_dir(),
+                    "-o {}: folder {} does not exist",
+                    path.display(),
+                    dir.display()
+                );
+                Self::Npy(NpyWriter::new(path))
+            }
+        })
+    }
+
+    fn sink(&mut self) -> &mut dyn FrameSink {
+        match self {
+            Self::Mp4(w) => w,
+            Self::Stream(w) => w,
+            Self::Png(w) => w,
+            Self::Npy(w) => w,
+        }
+    }
+
+    /// Completes the output; a one-line description of what was written.
+    fn finish(self, path: &std::path::Path) -> anyhow::Result<String> {
+        let with_path = || format!("writing {}", path.display());
+        Ok(match self {
+            Self::Mp4(w) => {
+                let s = w.finish().with_context(with_path)?;
+                format!(
+                    "wrote {} ({} frames, {}x{} at {} fps, {:.2} s of video, {} bytes)",
+                    path.display(),
+                    s.frames,
+                    s.width,
+                    s.height,
+                    s.fps,
+                    s.duration_s,
+                    s.bytes
+                )
+            }
+            Self::Stream(w) => {
+                let (_, s) = w.finish().context("writing the video stream to stdout")?;
+                format!(
+                    "streamed {} frames ({} fragments, {:.2} s of video, {} bytes) to stdout",
+                    s.frames, s.fragments, s.duration_s, s.bytes
+                )
+            }
+            Self::Png(w) => format!("wrote {} PNG frames to {}", w.frames(), path.display()),
+            Self::Npy(w) => {
+                let frames = w.finish().with_context(with_path)?;
+                format!("wrote {} ({frames} frames, uint8 [F, H, W, 3])", path.display())
+            }
+        })
+    }
 }
 
 impl GenerateArgs {
@@ -179,14 +300,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         None => Box::new(SeededNoise::new(req.seed)),
     };
     // Fails now, before minutes of loading, if the output cannot be written.
-    let mut writer = Mp4Writer::create(
-        &args.output,
-        req.width,
-        req.height,
-        req.fps,
-        EncodeOptions::default(),
-    )
-    .map_err(|e| anyhow::anyhow!("{e}; choose an existing, writable folder for -o"))?;
+    let mut output = Output::open(&args, &req)?;
 
     Generator::probe_device().map_err(anyhow::Error::msg)?;
     let mut bars = BarProgress::new(args.quiet);
@@ -203,23 +317,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         progress: &mut bars,
         cancel: CancelToken::new(),
     };
-    generator.generate(&req, &mut ctx, &mut writer)?;
+    generator.generate(&req, &mut ctx, output.sink())?;
     bars.finish();
-    let summary = writer
-        .finish()
-        .with_context(|| format!("writing {}", args.output.display()))?;
+    let wrote = output.finish(&args.output)?;
     if !args.quiet {
-        eprintln!(
-            "wrote {} ({} frames, {}x{} at {} fps, {:.2} s of video, {} bytes) in {:.1} s",
-            args.output.display(),
-            summary.frames,
-            summary.width,
-            summary.height,
-            summary.fps,
-            summary.duration_s,
-            summary.bytes,
-            started.elapsed().as_secs_f64()
-        );
+        eprintln!("{wrote} in {:.1} s", started.elapsed().as_secs_f64());
     }
     Ok(())
 }

@@ -1,6 +1,10 @@
-//! Video files: H.264 in MP4 (encode with `openh264`, mux with `mp4`), and the reference inputs
+//! Video files: H.264 in MP4 (encode with `openh264`, mux with `mp4`; fragmented MP4 for
+//! streaming with `muxide`), lossless frames (PNG per frame, `.npy`), and the reference inputs
 //! of image-to-video and video-to-video (images via `image`, H.264/MP4 via `re_mp4` + `openh264`).
 
+pub mod fmp4_out;
+pub mod frames_out;
+pub mod h264_encode;
 pub mod image_in;
 pub mod mp4_out;
 pub mod video_in;
@@ -13,3 +17,5 @@ pub use mp4_out::{
     frame_f32_to_rgb8,
 };
 pub use video_in::{DecodedVideo, VideoReadOptions, VideoReader, read_video, read_video_bytes};
+pub use fmp4_out::{Fmp4Summary, Fmp4Writer};
+pub use frames_out::{FramesError, NpyWriter, PngDirWriter};

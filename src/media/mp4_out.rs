@@ -26,13 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mp4::{BoxHeader, BoxType, Mp4Box, ReadBox, WriteBox};
-use openh264::OpenH264API;
-use openh264::Timestamp;
-use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, RateControlMode,
-    VuiConfig,
-};
-use openh264::formats::{RgbSliceU8, YUVBuffer};
+
+use super::h264_encode::{H264Encoder, check_video};
 
 /// Largest frame OpenH264 encodes (level 5.2): 3840x2160 landscape or 2160x3840 portrait, pixels.
 pub const MAX_LONG_SIDE: u32 = 3840;
@@ -145,6 +140,9 @@ pub enum Mp4Error {
     /// An earlier encode or mux error left the writer unusable.
     #[error("the MP4 writer failed earlier and cannot continue: {0}")]
     Poisoned(String),
+    /// Writing a streamed video (fragmented MP4 to a pipe or a connection) failed.
+    #[error("cannot write the video stream")]
+    Stream(#[source] io::Error),
     /// Reading or writing a file failed.
     #[error("cannot write video {}: {action} {}", path.display(), at.display())]
     Io {
@@ -173,7 +171,7 @@ pub enum Complexity {
 }
 
 impl Complexity {
-    fn to_openh264(self) -> openh264::encoder::Complexity {
+    pub(crate) fn to_openh264(self) -> openh264::encoder::Complexity {
         match self {
             Self::Low => openh264::encoder::Complexity::Low,
             Self::Medium => openh264::encoder::Complexity::Medium,
@@ -254,9 +252,7 @@ pub struct Mp4Writer {
     fps: u32,
     /// MP4 ticks per second, used for both the movie and the track.
     timescale: u32,
-    encoder: Encoder,
-    /// Reused YUV 4:2:0 buffer, `width * height * 3 / 2` bytes.
-    yuv: YUVBuffer,
+    encoder: H264Encoder,
     /// Reused RGB8 buffer for [`push_frames_f32`](Self::push_frames_f32).
     rgb_scratch: Vec<u8>,
     /// Created at the first frame, once SPS/PPS are known.
@@ -268,8 +264,6 @@ pub struct Mp4Writer {
 
 struct Muxer {
     writer: mp4::Mp4Writer<Cursor<Vec<u8>>>,
-    sps: Vec<u8>,
-    pps: Vec<u8>,
 }
 
 impl std::fmt::Debug for Mp4Writer {
@@ -298,42 +292,9 @@ impl Mp4Writer {
         fps: u32,
         opts: EncodeOptions,
     ) -> Result<Self, Mp4Error> {
-        check_size(width, height)?;
-        if fps == 0 || fps > MAX_FPS {
-            return Err(Mp4Error::InvalidFps { fps });
-        }
-        let bitrate = match opts.bitrate_bps {
-            Some(bps) if !BITRATE_RANGE_BPS.contains(&bps) => {
-                return Err(Mp4Error::InvalidBitrate { bps });
-            }
-            Some(bps) => bps,
-            None => default_bitrate_bps(width, height, fps),
-        };
-        let keyframe_interval = match opts.keyframe_interval {
-            Some(0) => return Err(Mp4Error::InvalidKeyframeInterval),
-            Some(n) => n,
-            None => 2 * fps,
-        };
+        check_video(width, height, fps, &opts)?;
         let temp = TempFile::create_for(path)?;
-
-        let config = EncoderConfig::new()
-            .skip_frames(false)
-            .rate_control_mode(RateControlMode::Bitrate)
-            .bitrate(BitRate::from_bps(bitrate))
-            .max_frame_rate(FrameRate::from_hz(fps as f32))
-            .intra_frame_period(IntraFramePeriod::from_num_frames(keyframe_interval))
-            .complexity(opts.complexity.to_openh264())
-            .num_threads(1)
-            .vui(VuiConfig::bt601())
-            .debug(false);
-        let mut encoder =
-            Encoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
-                Mp4Error::Encode {
-                    frame: 0,
-                    message: format!("creating the encoder: {e}"),
-                }
-            })?;
-        silence_encoder_log(&mut encoder);
+        let encoder = H264Encoder::new(width, height, fps, opts)?;
 
         // Movie timescale == track timescale (mp4 0.14 duration bug), and a whole number of
         // ticks per frame so that durations are exact.
@@ -350,7 +311,6 @@ impl Mp4Writer {
             fps,
             timescale,
             encoder,
-            yuv: YUVBuffer::new(width as usize, height as usize),
             rgb_scratch: Vec::new(),
             muxer: None,
             frames: 0,
@@ -508,65 +468,13 @@ impl Mp4Writer {
 
     fn encode_and_mux(&mut self, rgb: &[u8]) -> Result<(), Mp4Error> {
         let frame = self.frames;
-        let (w, h) = (self.width as usize, self.height as usize);
-        self.yuv.read_rgb8(RgbSliceU8::new(rgb, (w, h)));
-        let millis = frame as u64 * 1000 / self.fps as u64;
-        let bitstream = self
-            .encoder
-            .encode_at(&self.yuv, Timestamp::from_millis(millis))
-            .map_err(|e| Mp4Error::Encode {
-                frame,
-                message: e.to_string(),
-            })?;
-        let frame_type = bitstream.frame_type();
-        if matches!(frame_type, FrameType::Skip | FrameType::Invalid) {
-            return Err(Mp4Error::SkippedFrame {
-                frame,
-                frame_type: format!("{frame_type:?}"),
-            });
-        }
-
-        // Annex-B NAL units -> one AVCC sample (4-byte big-endian lengths); SPS/PPS go to avcC.
-        let mut sample = Vec::new();
-        let mut sps = None;
-        let mut pps = None;
-        let mut is_sync = false;
-        for l in 0..bitstream.num_layers() {
-            let layer = bitstream.layer(l).expect("layer index in range");
-            for n in 0..layer.nal_count() {
-                let nal = strip_start_code(layer.nal_unit(n).expect("NAL index in range"));
-                let Some(&header) = nal.first() else { continue };
-                let in_avcc = |stored: Option<&Vec<u8>>| stored.is_some_and(|s| s == nal);
-                match header & 0x1f {
-                    7 if sps.is_none() && self.muxer.is_none() => sps = Some(nal.to_vec()),
-                    8 if pps.is_none() && self.muxer.is_none() => pps = Some(nal.to_vec()),
-                    // Repeated parameter sets (every IDR) are dropped when identical to avcC's;
-                    // a changed one (not expected) stays in-band so decoders still see it.
-                    7 if in_avcc(self.muxer.as_ref().map(|m| &m.sps)) => {}
-                    8 if in_avcc(self.muxer.as_ref().map(|m| &m.pps)) => {}
-                    t => {
-                        is_sync |= t == 5;
-                        sample.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-                        sample.extend_from_slice(nal);
-                    }
-                }
-            }
-        }
-        if sample.is_empty() {
-            return Err(Mp4Error::SkippedFrame {
-                frame,
-                frame_type: format!("{frame_type:?} without picture data"),
-            });
-        }
-
+        let encoded = self.encoder.encode(rgb)?;
         if self.muxer.is_none() {
-            let (Some(sps), Some(pps)) = (sps, pps) else {
-                return Err(Mp4Error::Encode {
-                    frame,
-                    message: "the first encoded frame carries no SPS/PPS".into(),
-                });
-            };
-            self.muxer = Some(self.start_muxer(sps, pps)?);
+            let (sps, pps) = self
+                .encoder
+                .parameter_sets()
+                .expect("known after the first frame");
+            self.muxer = Some(self.start_muxer(sps.to_vec(), pps.to_vec())?);
         }
         let muxer = self.muxer.as_mut().expect("muxer started above");
         let duration = self.timescale / self.fps;
@@ -578,8 +486,8 @@ impl Mp4Writer {
                     start_time: frame as u64 * duration as u64,
                     duration,
                     rendering_offset: 0,
-                    is_sync,
-                    bytes: sample.into(),
+                    is_sync: encoded.is_sync,
+                    bytes: encoded.avcc.into(),
                 },
             )
             .map_err(|source| Mp4Error::Mux {
@@ -609,61 +517,12 @@ impl Mp4Writer {
                 media_conf: mp4::MediaConfig::AvcConfig(mp4::AvcConfig {
                     width: self.width as u16,
                     height: self.height as u16,
-                    seq_param_set: sps.clone(),
-                    pic_param_set: pps.clone(),
+                    seq_param_set: sps,
+                    pic_param_set: pps,
                 }),
             })
             .map_err(mux_err("adding the video track"))?;
-        Ok(Muxer { writer, sps, pps })
-    }
-}
-
-/// Sets OpenH264's trace level to quiet *before* its lazy initialisation at the first frame.
-///
-/// The `openh264` crate applies `.debug(false)` only after `InitializeExt`, which itself logs
-/// "bEnableFrameSkip = 0, bitrate can't be controlled ..." to stderr at warning level (harmless:
-/// the measured bitrate stays on target). A library must not print, and OpenH264 accepts this
-/// one option before initialisation (`CWelsH264SVCEncoder::SetOption`).
-fn silence_encoder_log(encoder: &mut Encoder) {
-    let mut level: std::ffi::c_int = openh264_sys2::WELS_LOG_QUIET as std::ffi::c_int;
-    // SAFETY: TRACE_LEVEL reads one int through the pointer, which outlives the call; it changes
-    // only logging, none of the parameters the crate relies on. A failure only leaves logging on.
-    unsafe {
-        let _ = encoder.raw_api().set_option(
-            openh264_sys2::ENCODER_OPTION_TRACE_LEVEL,
-            (&raw mut level).cast::<std::ffi::c_void>(),
-        );
-    }
-}
-
-fn check_size(width: u32, height: u32) -> Result<(), Mp4Error> {
-    let err = |reason| {
-        Err(Mp4Error::InvalidSize {
-            width,
-            height,
-            reason,
-        })
-    };
-    if width == 0 || height == 0 {
-        return err("zero size");
-    }
-    if !width.is_multiple_of(2) || !height.is_multiple_of(2) {
-        return err("odd width or height");
-    }
-    if width.max(height) > MAX_LONG_SIDE || width.min(height) > MAX_SHORT_SIDE {
-        return err("too large for the H.264 encoder");
-    }
-    Ok(())
-}
-
-/// Strips a leading Annex-B start code (`00 00 01` or `00 00 00 01`).
-fn strip_start_code(nal: &[u8]) -> &[u8] {
-    if let Some(rest) = nal.strip_prefix(&[0, 0, 0, 1]) {
-        rest
-    } else if let Some(rest) = nal.strip_prefix(&[0, 0, 1]) {
-        rest
-    } else {
-        nal
+        Ok(Muxer { writer })
     }
 }
 

@@ -20,6 +20,7 @@ pub mod reference;
 pub mod remix;
 pub mod remote;
 pub mod routes;
+pub mod stream;
 pub mod web;
 pub mod webhooks;
 pub mod worker;
@@ -116,7 +117,8 @@ pub async fn serve(
             vae_dtype: None,
         },
     };
-    let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), resume);
+    let streams = Arc::new(stream::LiveStreams::default());
+    let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), streams.clone(), resume);
     // The periodic sweep: expired jobs (with a TTL) and orphaned files (always).
     {
         let jobs = jobs.clone();
@@ -151,6 +153,7 @@ pub async fn serve(
         decodes,
         webhooks: hooks,
         remote,
+        streams,
     });
     let graceful = GracefulShutdown::new();
     let max_connections = state.cfg.limits.max_connections;

@@ -142,7 +142,7 @@ fn operation(path: &str, method: &str) -> Option<Value> {
             "responses": {"200": json_any("{object: list, data, first_id, last_id, has_more}"),
                           "400": err("Bad paging parameter")}}),
         ("/v1/videos/sync", "POST") => json!({
-            "summary": "Generate and answer the MP4 (X-Request-Id, X-Model, X-Inference-Time-S)",
+            "summary": "Generate and answer the MP4 (X-Request-Id, X-Model, X-Inference-Time-S); with stream=true (body field or query) a fragmented MP4 streamed as chunks finish",
             "requestBody": create_body(), "responses": create_responses(binary(&["video/mp4"]))}),
         ("/v1/videos/generations", "POST") => json!({
             "summary": "Create and block until the job ends (?wait=false: at once)",
@@ -165,6 +165,8 @@ fn operation(path: &str, method: &str) -> Option<Value> {
             "parameters": [id_param("video_id"),
                 {"name": "variant", "in": "query", "schema": {"enum": ["video", "thumbnail", "spritesheet", ""], "default": "video"},
                  "description": "empty = video"},
+                {"name": "stream", "in": "query", "schema": {"type": "string", "enum": ["true", "false", "1", "0", ""]},
+                 "description": "true: fragmented MP4 with chunked transfer, one fragment per chunk as it is decoded (also while the job runs)"},
                 {"name": "Range", "in": "header", "schema": {"type": "string"}, "description": "bytes=a-b, bytes=a- or bytes=-n (video only)"}],
             "responses": {"200": binary(&["video/mp4", "image/webp", "image/jpeg"]),
                           "206": binary(&["video/mp4"]), "400": err("Unknown variant"),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -19,6 +20,7 @@ use super::error::ApiError;
 use super::jobs::{Admission, JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
 use super::openapi;
 use super::reference;
+use super::stream::{self as live, LiveStreams};
 use super::worker::{Job, Worker};
 use crate::pipeline::request::{ModelDefaults, RequestPatch};
 
@@ -36,9 +38,20 @@ pub struct State {
     pub webhooks: Option<Arc<super::webhooks::Webhooks>>,
     /// The guarded fetcher of reference URLs (`None`: `[remote_media]` is off).
     pub remote: Option<Arc<super::remote::RemoteMedia>>,
+    /// The fragmented MP4 of video jobs, for `stream=true` readers.
+    pub streams: Arc<LiveStreams>,
 }
 
-pub(super) type Resp = Response<Full<Bytes>>;
+/// Every response body: a whole buffer, or a streamed video (chunked transfer).
+pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(super) type Resp = Response<Body>;
+
+/// A whole-buffer body.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 /// Entry point of every request.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Infallible> {
@@ -84,7 +97,7 @@ pub fn error_response(e: &ApiError) -> Resp {
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -194,8 +207,8 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
     let param = params.first().copied().unwrap_or_default();
     match (row.path, method.as_str()) {
         // The web page and its script and style (no data, so no key).
-        ("/", _) => super::web::asset(&[]),
-        ("/ui/{file}", _) => super::web::asset(&["ui", param]),
+        ("/", _) => super::web::asset(&[]).map(boxed),
+        ("/ui/{file}", _) => super::web::asset(&["ui", param]).map(boxed),
         ("/health" | "/healthz", _) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
         ("/readyz", _) => match state.worker.is_ready() {
             true => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
@@ -244,6 +257,11 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ("/v1/images/{image_id}/content", _) => image_content(state, param).await,
         (p, m) => Err(ApiError::Internal(format!("no handler for {m} {p}"))),
     }
+}
+
+/// A whole-buffer response as a [`Resp`].
+fn boxed(r: Response<Full<Bytes>>) -> Resp {
+    r.map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
 fn authorize(cfg: &ServeConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -695,8 +713,22 @@ async fn content(state: &State, id: &str, req: &Request<Incoming>) -> Result<Res
             ));
         }
     };
+    let stream = stream_flag(
+        q.iter()
+            .rev()
+            .find(|(k, _)| k == "stream")
+            .map(|(_, v)| Value::String(v.clone()))
+            .as_ref(),
+    )?;
+    if stream && variant != Variant::Video {
+        return Err(ApiError::invalid(
+            "stream",
+            "stream=true is only for variant=video".to_string(),
+        ));
+    }
     let rec = lookup(state, id)?;
     let (path, ct) = match variant {
+        Variant::Video if stream => return stream_video(state, &rec, req).await,
         Variant::Video => return serve_video(state, &rec, req).await,
         Variant::Thumbnail => (state.jobs.thumbnail_path(id), "image/webp"),
         Variant::Spritesheet => (state.jobs.spritesheet_path(id), "image/jpeg"),
@@ -706,6 +738,54 @@ async fn content(state: &State, id: &str, req: &Request<Incoming>) -> Result<Res
         .await
         .map_err(|_| ApiError::NotFound(format!("No {variant:?} image for '{id}'")))?;
     Ok(bytes_response(bytes, ct))
+}
+
+/// `stream`: `true`/`false` (JSON boolean, or the strings of a form or query); absent = false.
+fn stream_flag(v: Option<&Value>) -> Result<bool, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" || s == "1" => Ok(true),
+        Some(Value::String(s)) if s == "false" || s == "0" || s.is_empty() => Ok(false),
+        Some(v) => Err(ApiError::invalid(
+            "stream",
+            format!("{v} is not true or false"),
+        )),
+    }
+}
+
+/// Headers of a streamed fragmented MP4 (no `Content-Length`: chunked transfer).
+fn streamed_response(body: live::StreamedBody, id: &str) -> Resp {
+    let mut r = Response::new(body.boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("inline; filename=\"{id}.mp4\"")).expect("ascii id"),
+    );
+    r
+}
+
+/// `content?stream=true`: the job's fragmented MP4, fragment by fragment as chunks finish
+/// (see [`super::stream`]); a completed job without a live stream gets its fast-start MP4.
+async fn stream_video(
+    state: &State,
+    rec: &JobRecord,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let id = rec.id.as_str();
+    if rec.status == Status::Failed {
+        return Err(ApiError::JobFailed);
+    }
+    state.streams.prune(&state.jobs);
+    let stream = match (rec.status, state.streams.get(id)) {
+        (_, Some(s)) => s,
+        (Status::Completed, None) => return serve_video(state, rec, req).await,
+        _ => state.streams.get_or_create(id),
+    };
+    let body = live::body(stream, state.jobs.clone(), id, None);
+    Ok(streamed_response(body, id))
 }
 
 /// 404 while the job runs, 422 once it failed.
@@ -718,7 +798,7 @@ fn ready(rec: &JobRecord) -> Result<(), ApiError> {
 }
 
 fn bytes_response(bytes: Vec<u8>, content_type: &'static str) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let mut r = Response::new(full(bytes));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
@@ -750,7 +830,7 @@ async fn serve_video(
         ),
         Some(Err(())) => return Err(ApiError::RangeNotSatisfiable(len)),
     };
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
@@ -924,13 +1004,56 @@ impl Drop for SyncGuard<'_> {
     }
 }
 
+/// [`SyncGuard`] owned by a streamed response body: removes the job (cancelling it) and its
+/// stream when the body ends or the client goes away.
+struct OwnedSyncGuard {
+    jobs: Arc<Jobs>,
+    streams: Arc<LiveStreams>,
+    id: String,
+}
+
+impl Drop for OwnedSyncGuard {
+    fn drop(&mut self) {
+        self.jobs.remove(&self.id);
+        self.streams.remove(&self.id);
+    }
+}
+
 async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let fields = read_fields(state, req).await?;
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    let query_stream = query
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "stream")
+        .map(|(_, v)| Value::String(v.clone()));
+    let mut fields = read_fields(state, req).await?;
+    let field_stream = fields.map.remove("stream");
+    let stream = stream_flag(field_stream.as_ref().or(query_stream.as_ref()))?;
     no_webhook(&fields, "/v1/videos/sync")?;
     let admitted = admit_fields(state, &fields)?;
     let started = Instant::now();
     let job = new_job(state, admitted, true, JobKind::Video).await?;
     let model = job.rec.model.clone();
+    if stream {
+        // Fragments go out as chunks finish; the job lives as long as the response body.
+        let id = enqueue(state, job, None)?;
+        let guard = OwnedSyncGuard {
+            jobs: state.jobs.clone(),
+            streams: state.streams.clone(),
+            id: id.clone(),
+        };
+        let stream = state.streams.get_or_create(&id);
+        let body = live::body(stream, state.jobs.clone(), &id, Some(Box::new(guard)));
+        let mut r = streamed_response(body, &id);
+        let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("?"));
+        r.headers_mut().insert(
+            "x-request-id",
+            hv(format!("video_sync-{}", &id["video_".len()..])),
+        );
+        r.headers_mut().insert("x-model", hv(model));
+        return Ok(r);
+    }
     let (tx, rx) = oneshot::channel();
     let id = enqueue(state, job, Some(tx))?;
     let _guard = SyncGuard {
@@ -963,7 +1086,7 @@ async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let bytes = tokio::fs::read(state.jobs.video_path(&id))
         .await
         .map_err(|_| ApiError::Internal("the generated file is missing".into()))?;
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    let mut r = Response::new(full(bytes));
     let h = r.headers_mut();
     let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("?"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));

@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 use super::jobs::{JobError, JobKind, Jobs, Status, now};
 use super::previews::PreviewCollector;
 use super::reference::decode_kind;
+use super::stream::{LiveStreams, LiveWriter};
+use crate::media::fmp4_out::Fmp4Writer;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
 use crate::pipeline::backend::DeviceMemory;
 use crate::pipeline::error::PipelineError;
@@ -48,6 +50,7 @@ impl Worker {
     pub fn spawn(
         model: WorkerModel,
         jobs: Arc<Jobs>,
+        streams: Arc<LiveStreams>,
         resume: Vec<String>,
     ) -> (Self, oneshot::Receiver<Result<(), String>>) {
         let (tx, rx) = channel::<Job>();
@@ -56,7 +59,7 @@ impl Worker {
         let r = ready.clone();
         std::thread::Builder::new()
             .name("omni-worker".into())
-            .spawn(move || run(model, jobs, rx, r, resume, loaded_tx))
+            .spawn(move || run(model, jobs, streams, rx, r, resume, loaded_tx))
             .expect("spawning the worker thread");
         (Self { tx, ready }, loaded_rx)
     }
@@ -78,6 +81,7 @@ impl Worker {
 fn run(
     model: WorkerModel,
     jobs: Arc<Jobs>,
+    streams: Arc<LiveStreams>,
     rx: Receiver<Job>,
     ready: Arc<AtomicBool>,
     resume: Vec<String>,
@@ -95,25 +99,32 @@ fn run(
     ready.store(true, Ordering::SeqCst);
     let _ = loaded.send(Ok(()));
     for id in resume {
-        run_job(&mut generator, &jobs, &id);
+        run_job(&mut generator, &jobs, &streams, &id);
     }
     while let Ok(job) = rx.recv() {
-        run_job(&mut generator, &jobs, &job.id);
+        run_job(&mut generator, &jobs, &streams, &job.id);
         if let Some(done) = job.done {
             let _ = done.send(());
         }
     }
 }
 
-/// Writes each decoded chunk to the MP4 and keeps the frames the previews need.
+/// Writes each decoded chunk to the MP4 and, for video jobs, as one fragment to the job's live
+/// stream, and keeps the frames the previews need.
 struct Mp4Sink {
     writer: Mp4Writer,
+    stream: Option<Fmp4Writer<LiveWriter>>,
     previews: PreviewCollector,
 }
 
 impl FrameSink for Mp4Sink {
     fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
         self.previews.push(&frames);
+        if let Some(stream) = &mut self.stream {
+            stream
+                .push_frames_f32(&frames.data)
+                .map_err(|e| e.to_string())?;
+        }
         self.writer.push_frames(frames)
     }
 }
@@ -203,7 +214,8 @@ fn fail(jobs: &Jobs, id: &str, code: &str, message: String) {
 }
 
 /// Run the stored request of job `id` and record the outcome.
-fn run_job(generator: &mut Generator, jobs: &Jobs, id: &str) {
+fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &str) {
+    streams.prune(jobs);
     let Some(rec) = jobs.get(id) else { return };
     if rec.cancel.is_cancelled() || rec.status.is_terminal() {
         return;
@@ -248,8 +260,27 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, id: &str) {
             return fail(jobs, id, "internal_error", message.into());
         }
     };
+    let live = (rec.kind == JobKind::Video).then(|| streams.get_or_create(id));
+    let stream = match &live {
+        Some(live) => match Fmp4Writer::new(
+            LiveWriter(live.clone()),
+            req.width,
+            req.height,
+            req.fps,
+            EncodeOptions::default(),
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!("job {id}: {e}");
+                live.end(false);
+                return fail(jobs, id, "internal_error", "could not start the stream".into());
+            }
+        },
+        None => None,
+    };
     let mut sink = Mp4Sink {
         writer,
+        stream,
         previews: PreviewCollector::new(req.width, req.height, req.output_frames()),
     };
     let mut noise = SeededNoise::new(req.seed);
@@ -269,20 +300,33 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, id: &str) {
         };
         generator.generate(&req, &mut ctx, &mut sink)
     }));
+    let end_stream = |ok: bool| {
+        if let Some(live) = &live {
+            live.end(ok)
+        }
+    };
     match outcome {
-        Ok(Ok(_)) => complete(jobs, &rec, sink, progress, started),
+        Ok(Ok(_)) => {
+            complete(jobs, &rec, sink, progress, started);
+            let ok = jobs.get(id).is_some_and(|r| r.status == Status::Completed);
+            end_stream(ok);
+        }
         Ok(Err(PipelineError::Cancelled)) => {
             drop(sink);
             jobs.remove_files(id);
+            end_stream(false);
+            streams.remove(id);
         }
         Ok(Err(e)) => {
             tracing::error!("job {id} failed: {e}");
             fail(jobs, id, "generation_failed", e.to_string());
+            end_stream(false);
         }
         Err(_) => {
             tracing::error!("job {id}: the pipeline panicked");
             let message = "the generation stopped on an internal error";
             fail(jobs, id, "internal_error", message.into());
+            end_stream(false);
         }
     }
 }
@@ -296,6 +340,9 @@ fn complete(
     started: Instant,
 ) {
     let id = rec.id.as_str();
+    if let Some(Err(e)) = sink.stream.map(Fmp4Writer::finish) {
+        tracing::error!("job {id}: finishing the stream: {e}");
+    }
     if let Err(e) = sink.writer.finish() {
         tracing::error!("job {id}: finishing the MP4: {e}");
         return fail(
