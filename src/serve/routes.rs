@@ -17,6 +17,7 @@ use super::config::ServeConfig;
 use super::create::{AdmitContext, Admitted, admit};
 use super::error::ApiError;
 use super::jobs::{Admission, JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
+use super::metrics::{self, HttpLabels, METRICS, RouteLabels};
 use super::openapi;
 use super::reference;
 use super::worker::{Job, Worker};
@@ -45,6 +46,19 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, I
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    let template = match_route(path.trim_end_matches('/')).map_or("unmatched", |(r, _)| r.path);
+    METRICS
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: template,
+            method: metrics::method_label(&method),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    METRICS
+        .http_duration
+        .get_or_create(&RouteLabels { route: template })
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         "{method} {path} → {} in {:.1} ms",
         resp.status().as_u16(),
@@ -133,6 +147,7 @@ pub const ROUTES: &[Route] = &[
     row("/healthz", "GET", Access::Public),
     row("/readyz", "GET", Access::Public),
     row("/openapi.json", "GET", Access::Public),
+    row("/metrics", "GET", Access::Public),
     row("/v1/models", "GET", Access::Key),
     row("/v1/models/{model}", "GET", Access::Key),
     row("/v1/videos", "GET, POST", Access::Key),
@@ -192,6 +207,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
             true => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
             false => Err(ApiError::Unavailable("the model is still loading".into())),
         },
+        ("/metrics", _) => Ok(metrics_response(state)),
         ("/openapi.json", _) => Ok(json_response(
             StatusCode::OK,
             &openapi::document(&openapi::Described::of(state)),
@@ -229,6 +245,20 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
         ("/v1/images/{image_id}/content", _) => image_content(state, param).await,
         (p, m) => Err(ApiError::Internal(format!("no handler for {m} {p}"))),
     }
+}
+
+/// `GET /metrics`: the queue gauges are read from the job table now, the rest is counted as it
+/// happens ([`super::metrics`]).
+fn metrics_response(state: &State) -> Resp {
+    let (queued, running) = state.jobs.counts();
+    METRICS.queue_depth.set(queued as i64);
+    METRICS.jobs_running.set(running as i64);
+    let mut r = Response::new(Full::new(Bytes::from(metrics::encode())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    r
 }
 
 fn authorize(cfg: &ServeConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -416,6 +446,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         request: a.request,
         hidden,
         cancel: Default::default(),
+        admitted: Some(std::time::Instant::now()),
     }
 }
 
@@ -523,7 +554,11 @@ fn retrieve(state: &State, id: &str) -> Result<Resp, ApiError> {
 
 fn delete(state: &State, id: &str) -> Result<Resp, ApiError> {
     lookup(state, id)?;
-    state.jobs.remove(id);
+    if let Some(rec) = state.jobs.remove(id)
+        && !rec.status.is_terminal()
+    {
+        METRICS.finished("cancelled", "");
+    }
     Ok(json_response(
         StatusCode::OK,
         &json!({"id": id, "deleted": true, "object": "video.deleted"}),
