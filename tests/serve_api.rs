@@ -2112,3 +2112,90 @@ fn a_full_disk_during_a_job_fails_it_cleanly_and_loses_nothing() {
     drop(s);
     assert!(orphans(&storage).is_empty(), "{:?}", orphans(&storage));
 }
+
+/// The value of the sample `name` (with its labels, as printed) in an OpenMetrics text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+#[test]
+fn metrics_count_jobs_steps_frames_and_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("st"), &[]);
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/openmetrics-text")),
+        "{:?}",
+        r.header("content-type")
+    );
+    let text = r.text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(
+        sample(&text, "omni_worker_ready{worker=\"0\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "omni_queue_depth"), Some(0.0), "{text}");
+    // One completed job of 33 frames at 11 fps, 3 denoising steps (one per pyramid stage).
+    let v = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 33, "fps": 11,
+               "extra_params": {"pyramid_num_inference_steps_list": [1, 1, 1],
+                                "is_amplify_first_chunk": false}}),
+    );
+    let id = v.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(s.wait(&id).0["status"], "completed");
+    // A 400 and a cancelled job.
+    s.post_json("/v1/videos", json!({"prompt": ""})).error(400);
+    let long = s.post_json(
+        "/v1/videos",
+        json!({"prompt": "p", "size": SMALL, "num_frames": 33 * 40}),
+    );
+    let long = long.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(s.delete(&format!("/v1/videos/{long}")).status, 200);
+    let text = s.get("/metrics").text();
+    let get = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name}:\n{text}"));
+    assert_eq!(
+        get("omni_jobs_finished_total{status=\"completed\",error_code=\"\"}"),
+        1.0
+    );
+    assert_eq!(
+        get("omni_jobs_finished_total{status=\"cancelled\",error_code=\"\"}"),
+        1.0
+    );
+    assert_eq!(get("omni_frames_generated_total"), 33.0);
+    assert!((get("omni_video_seconds_generated_total") - 3.0).abs() < 1e-9);
+    // The cancelled job may have run some steps before the DELETE; the completed one ran 3.
+    assert!(get("omni_denoising_step_seconds_count") >= 3.0, "{text}");
+    assert!(get("omni_job_duration_seconds_count") >= 1.0, "{text}");
+    assert!(get("omni_job_queue_wait_seconds_count") >= 1.0, "{text}");
+    assert!(get("omni_worker_peak_memory_bytes{worker=\"0\",memory=\"host\"}") > 1e6);
+    assert_eq!(
+        get("omni_http_requests_total{route=\"/v1/videos\",method=\"POST\",status=\"400\"}"),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "omni_http_requests_total{route=\"/v1/videos/{video_id}\",method=\"DELETE\",status=\"200\"}"
+        ),
+        1.0
+    );
+    assert!(get("omni_http_request_duration_seconds_count{route=\"/metrics\"}") >= 1.0);
+    s.get("/no/such/route").error(404);
+    let text = s.get("/metrics").text();
+    assert_eq!(
+        sample(
+            &text,
+            "omni_http_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("omni_"), "{line}");
+    }
+}

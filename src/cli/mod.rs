@@ -19,8 +19,20 @@ pub struct Cli {
     /// at least 1; it applies to every subcommand.
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Log lines on stderr as human-readable text, or as one JSON object per line (for log
+    /// collectors; fields `timestamp`, `level`, `fields.message`, `span`). What is logged is set
+    /// by `RUST_LOG` (default: warnings and errors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Environment variable that caps the CPU threads when `--threads` is not given.
@@ -39,7 +51,7 @@ pub enum Command {
 
 /// Run the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    init_tracing();
+    init_tracing(cli.log_format);
     let threads = threads(cli.threads, std::env::var(THREADS_ENV).ok().as_deref())?;
     omni::pipeline::backend::init_threads(threads).map_err(anyhow::Error::msg)?;
     match cli.command {
@@ -63,16 +75,19 @@ fn threads(flag: Option<usize>, env: Option<&str>) -> anyhow::Result<Option<usiz
 }
 
 /// Log to stderr when `RUST_LOG` is set (progress bars are then hidden); warnings otherwise.
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // cubecl_common logs a device-thread panic as "Task failed: Any" at warn level; omni
         // reports the cause itself (`backend::probe_device`).
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cubecl_common=error"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -104,6 +104,10 @@ pub struct JobRecord {
     pub hidden: bool,
     #[serde(skip)]
     pub cancel: CancelToken,
+    /// When this process admitted the job (`None` for a job loaded from the store at start-up):
+    /// the start of `omni_job_queue_wait_seconds`.
+    #[serde(skip)]
+    pub admitted: Option<std::time::Instant>,
 }
 
 impl JobRecord {
@@ -601,6 +605,13 @@ impl Jobs {
         expired.len()
     }
 
+    /// Jobs queued and jobs running, hidden (`/v1/videos/sync`) ones included.
+    pub fn counts(&self) -> (usize, usize) {
+        let g = self.lock();
+        let count = |s: Status| g.map.values().filter(|r| r.status == s).count();
+        (count(Status::Queued), count(Status::InProgress))
+    }
+
     /// Visible records in creation order.
     pub fn list(&self) -> Vec<JobRecord> {
         let g = self.lock();
@@ -655,6 +666,7 @@ mod tests {
             webhook_url: None,
             hidden: false,
             cancel: Default::default(),
+            admitted: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod config;
 pub mod create;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod openapi;
 pub mod previews;

@@ -120,6 +120,10 @@ fn operation(path: &str, method: &str) -> Option<Value> {
             json!({"summary": "503 until the model is loaded (never needs a key)",
             "responses": {"200": json_any("{status: ready}"), "503": err("Loading")}})
         }
+        ("/metrics", "GET") => {
+            json!({"summary": "Prometheus metrics in the OpenMetrics text format (never needs a key; names in the README)",
+            "responses": {"200": {"description": "OK", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}})
+        }
         ("/openapi.json", "GET") => json!({"summary": "This document (never needs a key)",
             "responses": {"200": json_any("OpenAPI 3.1")}}),
         ("/v1/models", "GET") => json!({"summary": "The served model and its aliases",

@@ -18,6 +18,7 @@ use super::config::ServeConfig;
 use super::create::{AdmitContext, Admitted, admit};
 use super::error::ApiError;
 use super::jobs::{Admission, JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
+use super::metrics::{self, HttpLabels, METRICS, RouteLabels};
 use super::openapi;
 use super::reference;
 use super::stream::{self as live, LiveStreams};
@@ -62,6 +63,19 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, I
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
+    let template = match_route(path.trim_end_matches('/')).map_or("unmatched", |(r, _)| r.path);
+    METRICS
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: template,
+            method: metrics::method_label(&method),
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    METRICS
+        .http_duration
+        .get_or_create(&RouteLabels { route: template })
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         "{method} {path} → {} in {:.1} ms",
         resp.status().as_u16(),
@@ -150,6 +164,7 @@ pub const ROUTES: &[Route] = &[
     row("/healthz", "GET", Access::Public),
     row("/readyz", "GET", Access::Public),
     row("/openapi.json", "GET", Access::Public),
+    row("/metrics", "GET", Access::Public),
     row("/v1/models", "GET", Access::Key),
     row("/v1/models/{model}", "GET", Access::Key),
     row("/v1/videos", "GET, POST", Access::Key),
@@ -214,6 +229,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
             true => Ok(json_response(StatusCode::OK, &json!({"status": "ready"}))),
             false => Err(ApiError::Unavailable("the model is still loading".into())),
         },
+        ("/metrics", _) => Ok(metrics_response(state)),
         ("/openapi.json", _) => Ok(json_response(
             StatusCode::OK,
             &openapi::document(&openapi::Described::of(state)),
@@ -262,6 +278,20 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
 /// A whole-buffer response as a [`Resp`].
 fn boxed(r: Response<Full<Bytes>>) -> Resp {
     r.map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+/// `GET /metrics`: the queue gauges are read from the job table now, the rest is counted as it
+/// happens ([`super::metrics`]).
+fn metrics_response(state: &State) -> Resp {
+    let (queued, running) = state.jobs.counts();
+    METRICS.queue_depth.set(queued as i64);
+    METRICS.jobs_running.set(running as i64);
+    let mut r = Response::new(full(metrics::encode()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    r
 }
 
 fn authorize(cfg: &ServeConfig, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -479,6 +509,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         webhook_url: a.webhook_url,
         hidden,
         cancel: Default::default(),
+        admitted: Some(std::time::Instant::now()),
     }
 }
 
@@ -588,9 +619,11 @@ fn delete(state: &State, id: &str) -> Result<Resp, ApiError> {
     lookup(state, id)?;
     if let Some(rec) = state.jobs.remove(id)
         && !rec.status.is_terminal()
-        && let Some(hooks) = &state.webhooks
     {
-        hooks.emit(&rec, "video.cancelled");
+        METRICS.finished("cancelled", "");
+        if let Some(hooks) = &state.webhooks {
+            hooks.emit(&rec, "video.cancelled");
+        }
     }
     Ok(json_response(
         StatusCode::OK,

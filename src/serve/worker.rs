@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::jobs::{JobError, JobKind, Jobs, Status, now};
+use super::metrics::{METRICS, MemoryLabels, WorkerLabels};
 use super::previews::PreviewCollector;
 use super::reference::decode_kind;
 use super::stream::{LiveStreams, LiveWriter};
@@ -97,6 +98,7 @@ fn run(
     };
     tracing::info!("model loaded in {:.1} s", started.elapsed().as_secs_f64());
     ready.store(true, Ordering::SeqCst);
+    METRICS.worker_ready.get_or_create(&worker_label()).set(1);
     let _ = loaded.send(Ok(()));
     for id in resume {
         run_job(&mut generator, &jobs, &streams, &id);
@@ -106,6 +108,29 @@ fn run(
         if let Some(done) = job.done {
             let _ = done.send(());
         }
+    }
+}
+
+/// The `worker` label of this process's one worker.
+fn worker_label() -> WorkerLabels {
+    WorkerLabels { worker: "0".into() }
+}
+
+/// While alive, the worker counts as busy; dropped, the job's wall time is observed
+/// (`omni_worker_busy`, `omni_job_duration_seconds`).
+struct Busy(Instant);
+
+impl Busy {
+    fn start() -> Self {
+        METRICS.worker_busy.get_or_create(&worker_label()).set(1);
+        Self(Instant::now())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        METRICS.worker_busy.get_or_create(&worker_label()).set(0);
+        METRICS.job_duration.observe(self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -141,6 +166,8 @@ struct JobProgress<'a> {
     durations: std::collections::BTreeMap<String, f64>,
     /// Largest GPU memory in use seen at the phase boundaries (`None` on the CPU backend).
     peak_device: Option<DeviceMemory>,
+    /// End of the last denoising step (or start of the chunk): `omni_denoising_step_seconds`.
+    last_step: Instant,
 }
 
 impl JobProgress<'_> {
@@ -187,6 +214,17 @@ impl ProgressSink for JobProgress<'_> {
         {
             self.peak_device = Some(self.peak_device.map_or(now, |p| p.max(now)));
         }
+        match &event {
+            Progress::ChunkStarted { .. } => self.last_step = Instant::now(),
+            Progress::Step { .. } => {
+                let now = Instant::now();
+                METRICS
+                    .step_seconds
+                    .observe((now - self.last_step).as_secs_f64());
+                self.last_step = now;
+            }
+            _ => {}
+        }
         match event {
             Progress::ChunkStarted { chunk, chunks, .. } => {
                 self.chunks = chunks;
@@ -203,6 +241,7 @@ impl ProgressSink for JobProgress<'_> {
 
 /// Marks the job failed with `code` and a message safe to show.
 fn fail(jobs: &Jobs, id: &str, code: &str, message: String) {
+    METRICS.finished("failed", code);
     jobs.update(id, true, |r| {
         r.status = Status::Failed;
         r.completed_at = Some(now());
@@ -245,6 +284,12 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
         r.progress = 1;
         r.attempts += 1;
     });
+    if let Some(admitted) = rec.admitted {
+        METRICS
+            .job_queue_wait
+            .observe(admitted.elapsed().as_secs_f64());
+    }
+    let _busy = Busy::start();
     let started = Instant::now();
     let writer = match Mp4Writer::create(
         &jobs.video_path(id),
@@ -291,6 +336,7 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
         mark: Instant::now(),
         durations: Default::default(),
         peak_device: None,
+        last_step: Instant::now(),
     };
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut ctx = RunContext {
@@ -306,8 +352,8 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
         }
     };
     match outcome {
-        Ok(Ok(_)) => {
-            complete(jobs, &rec, sink, progress, started);
+        Ok(Ok(frames)) => {
+            complete(jobs, &rec, sink, progress, started, frames);
             let ok = jobs.get(id).is_some_and(|r| r.status == Status::Completed);
             end_stream(ok);
         }
@@ -338,6 +384,7 @@ fn complete(
     sink: Mp4Sink,
     progress: JobProgress<'_>,
     started: Instant,
+    frames: usize,
 ) {
     let id = rec.id.as_str();
     if let Some(Err(e)) = sink.stream.map(Fmp4Writer::finish) {
@@ -372,11 +419,11 @@ fn complete(
         .map(|(k, v)| (k.clone(), ms(*v)))
         .collect();
     // GPU memory in use when the job ran on CUDA, else the process's peak RSS.
-    let peak_memory_mb = progress
-        .peak_device
-        .map(|m| m.bytes_in_use)
-        .or_else(crate::pipeline::bench::peak_rss_bytes)
-        .map(|b| ms(b as f64 / (1024.0 * 1024.0)));
+    let peak = match progress.peak_device {
+        Some(m) => Some((m.bytes_in_use, "device")),
+        None => crate::pipeline::bench::peak_rss_bytes().map(|b| (b, "host")),
+    };
+    let peak_memory_mb = peak.map(|(b, _)| ms(b as f64 / (1024.0 * 1024.0)));
     let kept = jobs.update(id, true, |r| {
         r.status = Status::Completed;
         r.progress = 100;
@@ -387,7 +434,21 @@ fn complete(
         r.peak_memory_mb = peak_memory_mb;
     });
     if kept.is_none() {
-        // Deleted while finishing.
+        // Deleted while finishing (counted as cancelled by the DELETE).
         jobs.remove_files(id);
+        return;
+    }
+    METRICS.finished("completed", "");
+    METRICS.frames_generated.inc_by(frames as u64);
+    METRICS
+        .video_seconds_generated
+        .inc_by(frames as f64 / f64::from(rec.request.fps.max(1)));
+    if let Some((bytes, memory)) = peak {
+        let labels = MemoryLabels {
+            worker: worker_label().worker,
+            memory,
+        };
+        let g = METRICS.worker_peak_memory.get_or_create(&labels);
+        g.set(g.get().max(bytes as f64));
     }
 }
