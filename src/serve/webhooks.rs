@@ -384,10 +384,18 @@ impl Webhooks {
     }
 }
 
-/// Seconds before attempt `attempts + 1`: `initial · 2^(attempts−1)`, at most `max_backoff_s`.
+/// Seconds before attempt `attempts + 1`: `initial · 2^(attempts−1)`, at most `max_backoff_s`
+/// (both at least 0.1 s, so a zero or NaN setting cannot spin; at most a day).
 fn backoff(cfg: &WebhooksConfig, attempts: u32) -> f64 {
     let exp = 2f64.powi(attempts.saturating_sub(1).min(30) as i32);
-    (cfg.initial_backoff_s.max(0.0) * exp).min(cfg.max_backoff_s.max(0.0))
+    let sane = |s: f64| {
+        if s.is_nan() {
+            0.1
+        } else {
+            s.clamp(0.1, 86400.0)
+        }
+    };
+    (sane(cfg.initial_backoff_s) * exp).min(sane(cfg.max_backoff_s))
 }
 
 #[cfg(test)]
@@ -421,6 +429,12 @@ mod tests {
         };
         let waits: Vec<f64> = (1..=5).map(|a| backoff(&cfg, a)).collect();
         assert_eq!(waits, vec![1.0, 2.0, 4.0, 5.0, 5.0]);
+        let zero = WebhooksConfig {
+            initial_backoff_s: 0.0,
+            max_backoff_s: f64::NAN,
+            ..Default::default()
+        };
+        assert_eq!(backoff(&zero, 1), 0.1);
     }
 
     #[test]
