@@ -2199,3 +2199,71 @@ fn metrics_count_jobs_steps_frames_and_requests() {
         assert!(line.starts_with("omni_"), "{line}");
     }
 }
+
+#[test]
+fn two_workers_run_two_jobs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("st"), &["--workers", "2"]);
+    let models = s.get("/v1/models").json();
+    let workers = &models["data"][0]["workers"];
+    assert_eq!(
+        workers,
+        &json!([{"worker": "0", "ready": true, "job": null},
+                {"worker": "1", "ready": true, "job": null}]),
+        "{models}"
+    );
+    // Two jobs of 40 chunks each: both must be in progress at the same moment, each on its
+    // own worker (with one worker the second would stay queued until the first ends).
+    let body = json!({"prompt": "p", "size": SMALL, "num_frames": 33 * 40});
+    let a = s.post_json("/v1/videos", body.clone()).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b = s.post_json("/v1/videos", body).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = |id: &str| s.get(&format!("/v1/videos/{id}")).json()["status"].clone();
+        if status(&a) == "in_progress" && status(&b) == "in_progress" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the two jobs never ran together");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let models = s.get("/v1/models").json();
+    let mut running: Vec<String> = models["data"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["job"].as_str().map(String::from))
+        .collect();
+    running.sort();
+    let mut both = vec![a.clone(), b.clone()];
+    both.sort();
+    assert_eq!(running, both, "{models}");
+    let text = s.get("/metrics").text();
+    for w in ["0", "1"] {
+        assert_eq!(
+            sample(&text, &format!("omni_worker_busy{{worker=\"{w}\"}}")),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert_eq!(sample(&text, "omni_jobs_running"), Some(2.0), "{text}");
+    for id in [&a, &b] {
+        assert_eq!(s.delete(&format!("/v1/videos/{id}")).status, 200);
+    }
+    // The workers are free again and a short job completes.
+    let id = s
+        .post_json(
+            "/v1/videos",
+            json!({"prompt": "p", "size": SMALL, "num_frames": 33}),
+        )
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.wait(&id).0["status"], "completed");
+}

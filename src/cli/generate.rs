@@ -149,7 +149,10 @@ impl Output {
         let format = args.format.unwrap_or_else(|| {
             if is_dir {
                 OutputFormat::Png
-            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+            {
                 OutputFormat::Npy
             } else {
                 OutputFormat::Mp4
@@ -158,8 +161,14 @@ impl Output {
         let (w, h, fps) = (req.width, req.height, req.fps);
         Ok(match format {
             OutputFormat::Mp4 if stdout => Self::Stream(
-                Fmp4Writer::new(std::io::stdout().lock(), w, h, fps, EncodeOptions::default())
-                    .map_err(anyhow::Error::msg)?,
+                Fmp4Writer::new(
+                    std::io::stdout().lock(),
+                    w,
+                    h,
+                    fps,
+                    EncodeOptions::default(),
+                )
+                .map_err(anyhow::Error::msg)?,
             ),
             _ if stdout => anyhow::bail!(
                 "-o - writes a fragmented MP4 to stdout; --format {format:?} needs a path \
@@ -172,7 +181,10 @@ impl Output {
             ),
             OutputFormat::Png => Self::Png(PngDirWriter::create(path)?),
             OutputFormat::Npy if is_dir => {
-                anyhow::bail!("-o {} is a folder; --format npy needs a file path", path.display())
+                anyhow::bail!(
+                    "-o {} is a folder; --format npy needs a file path",
+                    path.display()
+                )
             }
             OutputFormat::Npy => {
                 // Fails now if the folder is missing, rather than after generating.
@@ -227,7 +239,10 @@ impl Output {
             Self::Png(w) => format!("wrote {} PNG frames to {}", w.frames(), path.display()),
             Self::Npy(w) => {
                 let frames = w.finish().with_context(with_path)?;
-                format!("wrote {} ({frames} frames, uint8 [F, H, W, 3])", path.display())
+                format!(
+                    "wrote {} ({frames} frames, uint8 [F, H, W, 3])",
+                    path.display()
+                )
             }
         })
     }

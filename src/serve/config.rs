@@ -40,6 +40,8 @@ pub enum ConfigError {
     Model(String),
     #[error("{0}")]
     Preset(String),
+    #[error("`workers = {0}` is not a worker count: give 1 to 64")]
+    Workers(usize),
 }
 
 /// The file as written; every key optional.
@@ -60,6 +62,8 @@ pub struct ServeFile {
     pub api_keys: Vec<String>,
     /// Keep the text encoder loaded between requests (default true).
     pub keep_text_encoder: Option<bool>,
+    /// Worker threads, each with its own copy of the model (default 1).
+    pub workers: Option<usize>,
     #[serde(default)]
     pub storage: StorageFile,
     #[serde(default)]
@@ -169,6 +173,9 @@ pub struct ServeConfig {
     /// Keep UMT5 loaded between requests; `false` loads it for each request and drops it after
     /// encoding (frees ~11 GB of GPU memory in bf16 at the cost of a reload per request).
     pub keep_text_encoder: bool,
+    /// Worker threads (at least 1), each with its own copy of the model; the first free one
+    /// takes the next job.
+    pub workers: usize,
     /// Where job records and videos live.
     pub storage: PathBuf,
     /// Finished jobs (record and video) are removed this many seconds after completion.
@@ -211,6 +218,11 @@ pub struct ServeOverrides {
     /// Another accepted model name (repeatable).
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
+    /// Worker threads, each loading its own copy of the model (N times the model's memory);
+    /// the first free worker takes the next queued job. On the CPU build they share the
+    /// machine's cores (--threads) [default: `workers` in the config, else 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: Option<u64>,
 }
 
 impl ServeConfig {
@@ -234,6 +246,7 @@ impl ServeConfig {
             storage,
             served_model_name,
             aliases,
+            workers,
         } = flags;
         let ServeFile {
             host: f_host,
@@ -244,6 +257,7 @@ impl ServeConfig {
             aliases: f_aliases,
             api_keys,
             keep_text_encoder,
+            workers: f_workers,
             storage:
                 StorageFile {
                     path: f_storage,
@@ -267,6 +281,11 @@ impl ServeConfig {
             .or(f_storage)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STORAGE));
         let served_model_name = served_model_name.or(f_name).unwrap_or(name);
+        let workers = match workers.map(|w| w as usize).or(f_workers) {
+            None => 1,
+            Some(w @ 1..=64) => w,
+            Some(w) => return Err(ConfigError::Workers(w)),
+        };
         Ok(Self {
             host: host.or(f_host).unwrap_or_else(|| "127.0.0.1".to_string()),
             port: port.or(f_port).unwrap_or(8000),
@@ -279,6 +298,7 @@ impl ServeConfig {
             },
             api_keys,
             keep_text_encoder: keep_text_encoder.unwrap_or(true),
+            workers,
             storage,
             file_ttl_s: non_empty(env(ENV_FILE_TTL))
                 .and_then(|v| v.trim().parse().ok())
@@ -373,6 +393,22 @@ mod tests {
         );
         let err = with_preset("no-such-preset", "model = \"m\"").unwrap_err();
         assert!(err.to_string().contains("helios-distilled"), "{err}");
+    }
+
+    #[test]
+    fn workers_flag_beats_file_and_zero_is_an_error() {
+        let r = |flag: Option<u64>, text: &str| {
+            let flags = ServeOverrides {
+                workers: flag,
+                ..Default::default()
+            };
+            ServeConfig::resolve(flags, file(text), |_| None, folder)
+        };
+        assert_eq!(r(None, "model = \"m\"").unwrap().workers, 1);
+        assert_eq!(r(None, "model = \"m\"\nworkers = 3").unwrap().workers, 3);
+        assert_eq!(r(Some(2), "model = \"m\"\nworkers = 3").unwrap().workers, 2);
+        let err = r(None, "model = \"m\"\nworkers = 0").unwrap_err();
+        assert!(err.to_string().contains("workers = 0"), "{err}");
     }
 
     #[test]

@@ -119,7 +119,8 @@ pub async fn serve(
         },
     };
     let streams = Arc::new(stream::LiveStreams::default());
-    let (worker, loaded) = worker::Worker::spawn(model, jobs.clone(), streams.clone(), resume);
+    let (worker, loaded) =
+        worker::Worker::spawn(model, cfg.workers, jobs.clone(), streams.clone(), resume);
     // The periodic sweep: expired jobs (with a TTL) and orphaned files (always).
     {
         let jobs = jobs.clone();

@@ -74,6 +74,7 @@ pub fn card(state: &State, id: &str) -> Value {
         },
         "parameters": parameters(state, &req),
         "presets": presets(state),
+        "workers": state.worker.states(),
     })
 }
 

@@ -1,11 +1,13 @@
-//! The one thread that owns the pipeline: loads the model once, then runs jobs in FIFO order
-//! from a bounded channel, writing progress and results into the job table.
+//! The worker threads that own the pipeline: each loads its own copy of the model once, then
+//! they take jobs in FIFO order from one channel (the first free worker takes the next job),
+//! writing progress and results into the job table. `workers = N` (`--workers N`) starts N of
+//! them; one is the default.
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -29,11 +31,30 @@ pub struct Job {
     pub done: Option<oneshot::Sender<()>>,
 }
 
-/// The async side's handle on the worker.
+/// The async side's handle on the workers.
 #[derive(Clone)]
 pub struct Worker {
     tx: Sender<Job>,
-    ready: Arc<AtomicBool>,
+    slots: Arc<Vec<Slot>>,
+}
+
+/// What one worker thread shows of itself.
+#[derive(Default)]
+pub struct Slot {
+    ready: AtomicBool,
+    /// The id of the job it runs now.
+    job: Mutex<Option<String>>,
+}
+
+/// One worker's state, as `/v1/models` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerState {
+    /// `"0"`, `"1"`, …: the `worker` label of the metrics.
+    pub worker: String,
+    /// Its model is loaded.
+    pub ready: bool,
+    /// The job it runs now.
+    pub job: Option<String>,
 }
 
 /// The model the worker loads and how.
@@ -46,28 +67,65 @@ pub struct WorkerModel {
 }
 
 impl Worker {
-    /// Start the worker thread. `resume` ids run first. The returned receiver gets the outcome of
-    /// loading the model.
+    /// Start `count` (at least 1) worker threads, each loading its own copy of the model.
+    /// `resume` ids are queued first. The returned receiver gets the outcome of loading: `Ok`
+    /// once every worker has its model, or the first error.
     pub fn spawn(
         model: WorkerModel,
+        count: usize,
         jobs: Arc<Jobs>,
         streams: Arc<LiveStreams>,
         resume: Vec<String>,
     ) -> (Self, oneshot::Receiver<Result<(), String>>) {
         let (tx, rx) = channel::<Job>();
-        let ready = Arc::new(AtomicBool::new(false));
+        for id in resume {
+            let _ = tx.send(Job { id, done: None });
+        }
+        let rx = Arc::new(Mutex::new(rx));
+        let count = count.max(1);
+        let slots: Arc<Vec<Slot>> = Arc::new((0..count).map(|_| Slot::default()).collect());
         let (loaded_tx, loaded_rx) = oneshot::channel();
-        let r = ready.clone();
-        std::thread::Builder::new()
-            .name("omni-worker".into())
-            .spawn(move || run(model, jobs, streams, rx, r, resume, loaded_tx))
-            .expect("spawning the worker thread");
-        (Self { tx, ready }, loaded_rx)
+        let loaded = Arc::new(Mutex::new(Loaded {
+            left: count,
+            tx: Some(loaded_tx),
+        }));
+        let model = Arc::new(model);
+        for index in 0..count {
+            let me = Me {
+                index,
+                slots: slots.clone(),
+            };
+            let (model, jobs, streams, rx, loaded) = (
+                model.clone(),
+                jobs.clone(),
+                streams.clone(),
+                rx.clone(),
+                loaded.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("omni-worker-{index}"))
+                .spawn(move || run(me, &model, jobs, streams, rx, loaded))
+                .expect("spawning a worker thread");
+        }
+        (Self { tx, slots }, loaded_rx)
     }
 
-    /// Whether the model is loaded.
+    /// Whether every worker's model is loaded.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.slots.iter().all(|s| s.ready.load(Ordering::SeqCst))
+    }
+
+    /// Each worker's state, in worker order.
+    pub fn states(&self) -> Vec<WorkerState> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| WorkerState {
+                worker: i.to_string(),
+                ready: s.ready.load(Ordering::SeqCst),
+                job: s.job.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            })
+            .collect()
     }
 
     /// Hand a job to the worker (the queue limit is the job table's: see
@@ -79,58 +137,92 @@ impl Worker {
     }
 }
 
+/// The load outcome the workers report together.
+struct Loaded {
+    /// Workers still loading.
+    left: usize,
+    tx: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Which worker a thread is.
+struct Me {
+    index: usize,
+    slots: Arc<Vec<Slot>>,
+}
+
+impl Me {
+    fn slot(&self) -> &Slot {
+        &self.slots[self.index]
+    }
+
+    /// The `worker` label of the metrics.
+    fn label(&self) -> WorkerLabels {
+        WorkerLabels {
+            worker: self.index.to_string(),
+        }
+    }
+}
+
 fn run(
-    model: WorkerModel,
+    me: Me,
+    model: &WorkerModel,
     jobs: Arc<Jobs>,
     streams: Arc<LiveStreams>,
-    rx: Receiver<Job>,
-    ready: Arc<AtomicBool>,
-    resume: Vec<String>,
-    loaded: oneshot::Sender<Result<(), String>>,
+    rx: Arc<Mutex<Receiver<Job>>>,
+    loaded: Arc<Mutex<Loaded>>,
 ) {
     let started = Instant::now();
+    let report = |outcome: Result<(), String>| {
+        let mut l = loaded.lock().unwrap_or_else(|e| e.into_inner());
+        l.left -= 1;
+        if (outcome.is_err() || l.left == 0)
+            && let Some(tx) = l.tx.take()
+        {
+            let _ = tx.send(outcome);
+        }
+    };
     let mut generator = match Generator::open(&model.dir, model.options, &mut NoProgress) {
         Ok(g) => g,
         Err(e) => {
-            let _ = loaded.send(Err(format!("loading {}: {e}", model.dir.display())));
-            return;
+            return report(Err(format!("loading {}: {e}", model.dir.display())));
         }
     };
-    tracing::info!("model loaded in {:.1} s", started.elapsed().as_secs_f64());
-    ready.store(true, Ordering::SeqCst);
-    METRICS.worker_ready.get_or_create(&worker_label()).set(1);
-    let _ = loaded.send(Ok(()));
-    for id in resume {
-        run_job(&mut generator, &jobs, &streams, &id);
-    }
-    while let Ok(job) = rx.recv() {
-        run_job(&mut generator, &jobs, &streams, &job.id);
+    tracing::info!(
+        "worker {}: model loaded in {:.1} s",
+        me.index,
+        started.elapsed().as_secs_f64()
+    );
+    me.slot().ready.store(true, Ordering::SeqCst);
+    METRICS.worker_ready.get_or_create(&me.label()).set(1);
+    report(Ok(()));
+    loop {
+        // The lock is held only while waiting: the first free worker takes the next job.
+        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        let Ok(job) = job else { break };
+        run_job(&me, &mut generator, &jobs, &streams, &job.id);
         if let Some(done) = job.done {
             let _ = done.send(());
         }
     }
 }
 
-/// The `worker` label of this process's one worker.
-fn worker_label() -> WorkerLabels {
-    WorkerLabels { worker: "0".into() }
-}
+/// While alive, the worker counts as busy with its job; dropped, the job's wall time is
+/// observed (`omni_worker_busy`, `omni_job_duration_seconds`).
+struct Busy<'a>(&'a Me, Instant);
 
-/// While alive, the worker counts as busy; dropped, the job's wall time is observed
-/// (`omni_worker_busy`, `omni_job_duration_seconds`).
-struct Busy(Instant);
-
-impl Busy {
-    fn start() -> Self {
-        METRICS.worker_busy.get_or_create(&worker_label()).set(1);
-        Self(Instant::now())
+impl<'a> Busy<'a> {
+    fn start(me: &'a Me, id: &str) -> Self {
+        *me.slot().job.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_string());
+        METRICS.worker_busy.get_or_create(&me.label()).set(1);
+        Self(me, Instant::now())
     }
 }
 
-impl Drop for Busy {
+impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        METRICS.worker_busy.get_or_create(&worker_label()).set(0);
-        METRICS.job_duration.observe(self.0.elapsed().as_secs_f64());
+        *self.0.slot().job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        METRICS.worker_busy.get_or_create(&self.0.label()).set(0);
+        METRICS.job_duration.observe(self.1.elapsed().as_secs_f64());
     }
 }
 
@@ -253,7 +345,7 @@ fn fail(jobs: &Jobs, id: &str, code: &str, message: String) {
 }
 
 /// Run the stored request of job `id` and record the outcome.
-fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &str) {
+fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &str) {
     streams.prune(jobs);
     let Some(rec) = jobs.get(id) else { return };
     if rec.cancel.is_cancelled() || rec.status.is_terminal() {
@@ -289,7 +381,7 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
             .job_queue_wait
             .observe(admitted.elapsed().as_secs_f64());
     }
-    let _busy = Busy::start();
+    let _busy = Busy::start(me, id);
     let started = Instant::now();
     let writer = match Mp4Writer::create(
         &jobs.video_path(id),
@@ -318,7 +410,12 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
             Err(e) => {
                 tracing::error!("job {id}: {e}");
                 live.end(false);
-                return fail(jobs, id, "internal_error", "could not start the stream".into());
+                return fail(
+                    jobs,
+                    id,
+                    "internal_error",
+                    "could not start the stream".into(),
+                );
             }
         },
         None => None,
@@ -353,7 +450,7 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
     };
     match outcome {
         Ok(Ok(frames)) => {
-            complete(jobs, &rec, sink, progress, started, frames);
+            complete(me, jobs, &rec, sink, progress, started, frames);
             let ok = jobs.get(id).is_some_and(|r| r.status == Status::Completed);
             end_stream(ok);
         }
@@ -379,6 +476,7 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
 
 /// Finish the MP4 and the previews of a generated job and mark it completed.
 fn complete(
+    me: &Me,
     jobs: &Jobs,
     rec: &super::jobs::JobRecord,
     sink: Mp4Sink,
@@ -445,7 +543,7 @@ fn complete(
         .inc_by(frames as f64 / f64::from(rec.request.fps.max(1)));
     if let Some((bytes, memory)) = peak {
         let labels = MemoryLabels {
-            worker: worker_label().worker,
+            worker: me.label().worker,
             memory,
         };
         let g = METRICS.worker_peak_memory.get_or_create(&labels);
