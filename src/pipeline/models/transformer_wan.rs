@@ -201,7 +201,7 @@ impl WanTransformer3DModelConfig {
             self: num_attention_heads, attention_head_dim, in_channels, text_dim, freq_dim, ffn_dim,
             rope_max_seq_len
         );
-        if self.attention_head_dim % 2 != 0 {
+        if !self.attention_head_dim.is_multiple_of(2) {
             return Err(format!(
                 "attention_head_dim must be even, got {}",
                 self.attention_head_dim
