@@ -141,7 +141,12 @@ fn knobs_that_do_not_fit_the_checkpoint_are_errors() {
 fn builtin_presets_parse_and_bad_presets_are_errors() {
     for name in Preset::builtin_names() {
         let p = Preset::builtin(name).unwrap();
-        assert!(p.model.hf_id.unwrap().starts_with("BestWishYsh/Helios-"));
+        let hf_id = p.model.hf_id.unwrap();
+        let org = match name.starts_with("wan") {
+            true => "Wan-AI/Wan2.",
+            false => "BestWishYsh/Helios-",
+        };
+        assert!(hf_id.starts_with(org), "{name}: {hf_id}");
     }
     assert!(Preset::builtin("helios-large").is_none());
     let e = Preset::parse("widht = 3").unwrap_err();

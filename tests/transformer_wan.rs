@@ -6,7 +6,8 @@
 //!
 //! Cases: `t2v` (batch 2, two timesteps, 7 text tokens), `i2v` (36 input channels, CLIP-like
 //! image tokens through `image_embedder` and the `add_k_proj`/`add_v_proj` cross-attention),
-//! `flf2v` (the same with `pos_embed`: two images per sample).
+//! `flf2v` (the same with `pos_embed`: two images per sample), `ti2v` (the T2V transformer with
+//! Wan2.2 TI2V per-token timesteps, `[1, 18]`).
 
 mod common;
 
@@ -60,4 +61,11 @@ fn i2v_with_image_embeddings_matches_diffusers() {
 fn flf2v_with_pos_embed_matches_diffusers() {
     let err = run_case("flf2v", fixture("reference/wan_transformer_flf2v"));
     assert!(err <= MAX_ABS_ERR, "flf2v: max abs error {err:e}");
+}
+
+#[test]
+fn per_token_timesteps_match_diffusers() {
+    // Wan2.2 TI2V's `expand_timesteps`: timestep [1, 18], the first latent frame's tokens at 0.
+    let err = run_case("ti2v", fixture("tiny-wan2.1-t2v/transformer"));
+    assert!(err <= MAX_ABS_ERR, "ti2v: max abs error {err:e}");
 }

@@ -924,6 +924,20 @@ impl<B: Backend> Modulation<B> {
     fn new(table: &Tensor<B, 3>, timestep_proj: &Tensor<B, 3>) -> Self {
         Self((table.clone() + timestep_proj.clone().cast(DType::F32)).chunk(6, 1))
     }
+
+    /// Per-token modulation (diffusers `WanTransformerBlock` with `temb.ndim == 4`, Wan2.2
+    /// TI2V): `(scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)`, each squeezed
+    /// to `[B, S, dim]`, for `timestep_proj: [B, S, 6, dim]`.
+    fn per_token(table: &Tensor<B, 3>, timestep_proj: &Tensor<B, 4>) -> Self {
+        let [b, s, _, d] = timestep_proj.dims();
+        let m = table.clone().unsqueeze_dim::<4>(0) + timestep_proj.clone().cast(DType::F32);
+        Self(
+            m.chunk(6, 2)
+                .into_iter()
+                .map(|c| c.reshape([b, s, d]))
+                .collect(),
+        )
+    }
 }
 
 /// The timestep conditioning of one forward: the modulation input of the noisy tokens (timestep
@@ -935,6 +949,8 @@ pub(crate) struct Conditioning<B: Backend> {
     pub(crate) timestep_proj_history: Option<Tensor<B, 3>>,
     /// Leading history tokens in the sequence.
     pub(crate) history_len: usize,
+    /// Per-token `time_proj` output `[B, S, 6, dim]` (Wan2.2 TI2V); replaces `timestep_proj`.
+    pub(crate) timestep_proj_per_token: Option<Tensor<B, 4>>,
 }
 
 /// The modulation of each token segment of one block: the leading `history_len` history tokens
@@ -1028,7 +1044,10 @@ impl<B: Backend> HeliosTransformerBlock<B> {
                 .timestep_proj_history
                 .as_ref()
                 .map(|t| Modulation::new(&table, t)),
-            noisy: Modulation::new(&table, &cond.timestep_proj),
+            noisy: match &cond.timestep_proj_per_token {
+                Some(p) => Modulation::per_token(&table, p),
+                None => Modulation::new(&table, &cond.timestep_proj),
+            },
         };
 
         // 1. Self-attention
@@ -1447,6 +1466,7 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             timestep_proj: timestep_proj.reshape([b, 6, dim]),
             timestep_proj_history,
             history_len,
+            timestep_proj_per_token: None,
         };
 
         // 6. Transformer blocks

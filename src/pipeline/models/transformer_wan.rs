@@ -23,8 +23,9 @@
 //!   hard-coded text length); here [`WanContext`] carries both, so any text length works (the
 //!   pipelines pad to 512 anyway, and then the numbers are the same). Their cross-attention keys
 //!   and values are computed once per prompt ([`WanTransformer3DModel::context`]).
-//! - **Per-token timesteps** (Wan2.2 TI2V `expand_timesteps`, `timestep: [B, S]`) are not ported
-//!   yet: one timestep per batch row.
+//! - **Per-token timesteps** (Wan2.2 TI2V `expand_timesteps`, diffusers `timestep: [B, S]`) are
+//!   a flat slice of `B·S` values ([`WanTransformer3DModel::forward_stoppable`] tells them from
+//!   one per row by the length).
 //! - Precision follows diffusers as in `transformer_helios.rs` ([`KEEP_IN_FP32_MODULES`] is
 //!   diffusers' list).
 
@@ -201,7 +202,7 @@ impl WanTransformer3DModelConfig {
             self: num_attention_heads, attention_head_dim, in_channels, text_dim, freq_dim, ffn_dim,
             rope_max_seq_len
         );
-        if self.attention_head_dim % 2 != 0 {
+        if !self.attention_head_dim.is_multiple_of(2) {
             return Err(format!(
                 "attention_head_dim must be even, got {}",
                 self.attention_head_dim
@@ -640,18 +641,21 @@ impl<B: Backend> WanTransformer3DModel<B> {
             "hidden_states frames/height/width {t}×{h}×{w} must be multiples of patch_size {:?}",
             cfg.patch_size
         );
-        assert_eq!(
+        let (tp, hp, wp) = (t / p_t, h / p_h, w / p_w);
+        let s = tp * hp * wp;
+        // One timestep per row, or per token (Wan2.2 TI2V: `timestep.ndim == 2`).
+        let per_token = timestep.len() == b * s && s > 1;
+        assert!(
+            timestep.len() == b || per_token,
+            "timestep has {} values: expected {b} (one per row) or {} (one per token)",
             timestep.len(),
-            b,
-            "timestep has {} values for a batch of {b}",
-            timestep.len()
+            b * s
         );
         assert_eq!(
             ctx.batch, b,
             "context batch {} does not match hidden_states batch {b}",
             ctx.batch
         );
-        let (tp, hp, wp) = (t / p_t, h / p_h, w / p_w);
         assert!(
             tp.max(hp).max(wp) <= cfg.rope_max_seq_len,
             "post-patch grid {tp}×{hp}×{wp} exceeds rope_max_seq_len {}",
@@ -662,7 +666,6 @@ impl<B: Backend> WanTransformer3DModel<B> {
         // 1. Rotary embedding and patch embedding
         let (cos, sin) = rope_tables(cfg.rope_dims(), [tp, hp, wp]);
         let half = cfg.attention_head_dim / 2;
-        let s = tp * hp * wp;
         let up = |v: Vec<f32>| {
             Tensor::<B, 5>::from_data(
                 TensorData::new(v, [1, s, 1, half, 1]),
@@ -686,10 +689,27 @@ impl<B: Backend> WanTransformer3DModel<B> {
             timestep,
             &device,
         );
-        let cond = Conditioning {
-            timestep_proj: timestep_proj.reshape([b, 6, dim]),
-            timestep_proj_history: None,
-            history_len: 0,
+        // Per token: temb [B, S, dim], timestep_proj [B, S, 6, dim] (diffusers unflattens the
+        // same rows).
+        let (cond, temb_per_token) = match per_token {
+            false => (
+                Conditioning {
+                    timestep_proj: timestep_proj.reshape([b, 6, dim]),
+                    timestep_proj_history: None,
+                    history_len: 0,
+                    timestep_proj_per_token: None,
+                },
+                None,
+            ),
+            true => (
+                Conditioning {
+                    timestep_proj: Tensor::zeros([b, 6, dim], (&device, DType::F32)),
+                    timestep_proj_history: None,
+                    history_len: 0,
+                    timestep_proj_per_token: Some(timestep_proj.reshape([b, s, 6, dim])),
+                },
+                Some(temb.clone().reshape([b, s, dim])),
+            ),
         };
 
         // 4. Transformer blocks
@@ -702,7 +722,18 @@ impl<B: Backend> WanTransformer3DModel<B> {
         }
 
         // 5. Output norm, projection & unpatchify
-        let x = output_norm(&self.scale_shift_table.val(), x, temb, cfg.eps);
+        let x = match temb_per_token {
+            None => output_norm(&self.scale_shift_table.val(), x, temb, cfg.eps),
+            Some(temb) => {
+                // shift, scale = (scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+                let dtype = x.dtype();
+                let table = self.scale_shift_table.val().cast(DType::F32); // [1, 2, dim]
+                let temb = temb.cast(DType::F32);
+                let shift = table.clone().narrow(1, 0, 1) + temb.clone();
+                let scale = table.narrow(1, 1, 1) + temb;
+                (fp32_layer_norm(x, None, None, cfg.eps) * (scale + 1.0) + shift).cast(dtype)
+            }
+        };
         let x = self.proj_out.forward(x); // [B, S, p_t·p_h·p_w·C_out]
         let c_out = cfg.out_channels();
         Some(

@@ -144,8 +144,9 @@ impl FlowMatchEulerDiscreteScheduler {
     pub fn new(config: FlowMatchEulerDiscreteSchedulerConfig) -> Result<Self, SchedulerError> {
         config.validate()?;
         let nt = config.num_train_timesteps;
-        // timesteps = linspace(1, N, N)[::-1] (exact integers), sigmas = timesteps / N in f32.
-        let sigma_max = shift_torch_f32(config.shift, nt as f32 / nt as f32) as f64;
+        // timesteps = linspace(1, N, N)[::-1] (exact integers), sigmas = timesteps / N in f32:
+        // N / N = 1 exactly at the top, 1 / N at the bottom.
+        let sigma_max = shift_torch_f32(config.shift, 1.0) as f64;
         let sigma_min = shift_torch_f32(config.shift, 1.0f32 / nt as f32) as f64;
         Ok(Self {
             config,
