@@ -14,8 +14,8 @@ use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
 use omni::pipeline::precision::Dtype;
 use omni::pipeline::progress::CancelToken;
 use omni::pipeline::request::{
-    Conditioning, GenerationRequest, MediaSource, ModelDefaults, Preset, RequestPatch, WorkBudget,
-    resolve,
+    Conditioning, GenerationRequest, LoraSpec, Loras, MediaSource, ModelDefaults, Preset,
+    RequestPatch, WorkBudget, resolve,
 };
 
 use super::progress::BarProgress;
@@ -93,6 +93,11 @@ pub struct GenerateArgs {
     /// (bf16 with --features cuda, f32 on the CPU).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub vae_dtype: Dtype,
+    /// LoRA adapter merged into the transformer for this run: a diffusers/PEFT or original
+    /// Wan/ComfyUI `.safetensors` file (or a folder with `pytorch_lora_weights.safetensors`),
+    /// with an optional strength `:SCALE` [default: 1]. Repeat to combine adapters.
+    #[arg(long, value_name = "PATH[:SCALE]", value_parser = LoraSpec::from_cli)]
+    pub lora: Vec<LoraSpec>,
     /// Print the resolved request as JSON and exit without generating.
     #[arg(long)]
     pub print_request: bool,
@@ -115,6 +120,7 @@ impl GenerateArgs {
             guidance_scale: self.guidance_scale,
             pyramid_num_inference_steps_list: self.pyramid_steps.clone(),
             num_inference_steps: self.num_inference_steps,
+            lora: (!self.lora.is_empty()).then(|| Loras(self.lora.clone())),
             ..Default::default()
         }
     }
@@ -155,6 +161,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading checkpoint {}", model.display()))?;
     let mut req = resolve(&args.layers(&defaults)?, &defaults)?;
     WorkBudget::default().check(&req)?;
+    for spec in &mut req.lora.0 {
+        // Absolute paths in the printed / run request; a missing file fails here.
+        if let Some(p) = &spec.path {
+            let abs = std::fs::canonicalize(p).with_context(|| format!("--lora {p}"))?;
+            spec.path = Some(abs.display().to_string());
+        }
+    }
+    Generator::check_loras(&model, &req)?;
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::lora::{LoraSpec, Loras};
+
 /// A bad request field; `param` names it (CLI flag / API field without dashes).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid `{param}`: {message}")]
@@ -113,6 +115,10 @@ request_fields! {
     keep_first_frame: bool,
     /// Take the anchor frame from the second chunk instead of the first.
     is_skip_first_chunk: bool,
+    /// LoRA adapters merged into the transformer for this request only: an object
+    /// `{name|lora_name|adapter, path|lora_path|local_path, scale|lora_scale, int_id|lora_int_id}`,
+    /// a list of them (combined), or the JSON text of either. Server paths must lie in `lora_dirs`.
+    lora: Loras,
 }
 
 impl RequestPatch {
@@ -204,6 +210,7 @@ impl ModelDefaults {
                 zero_steps: 1,
                 keep_first_frame: true,
                 is_skip_first_chunk: false,
+                lora: Loras::default(),
                 conditioning: Conditioning::None,
             },
         }

@@ -65,6 +65,13 @@ pub struct ServeFile {
     /// A request layer between the HTTP request and the checkpoint defaults.
     #[serde(default)]
     pub default_request: RequestPatch,
+    /// Folders whose LoRA files requests may name by `path` (anything else is a 400 naming
+    /// `lora`); empty = requests may only name `[lora] preload` adapters.
+    #[serde(default)]
+    pub lora_dirs: Vec<PathBuf>,
+    /// `[lora]`: adapters loaded at start-up.
+    #[serde(default)]
+    pub lora: super::lora::LoraSection,
 }
 
 /// `[storage]`.
@@ -170,6 +177,10 @@ pub struct ServeConfig {
     /// The preset layer (below `[default_request]`); checked against the checkpoint's pipeline
     /// class at start-up.
     pub preset: Option<Preset>,
+    /// See [`ServeFile::lora_dirs`].
+    pub lora_dirs: Vec<PathBuf>,
+    /// See [`ServeFile::lora`].
+    pub lora: super::lora::LoraSection,
 }
 
 /// What the command line sets (each `None` = not given); the flags of `omni serve`.
@@ -241,6 +252,8 @@ impl ServeConfig {
                 },
             limits,
             default_request,
+            lora_dirs,
+            lora,
         } = file;
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
         let Located { dir: model, name } = locate(&model).map_err(ConfigError::Model)?;
@@ -285,6 +298,8 @@ impl ServeConfig {
             },
             default_request,
             preset,
+            lora_dirs,
+            lora,
         })
     }
 

@@ -20,7 +20,7 @@ use super::body::Fields;
 use super::error::ApiError;
 use super::reference::{self, RawReference};
 use crate::pipeline::request::{
-    GenerationRequest, ModelDefaults, RequestError, RequestPatch, WorkBudget, resolve,
+    GenerationRequest, Loras, ModelDefaults, RequestError, RequestPatch, WorkBudget, resolve,
 };
 
 /// An admitted create request.
@@ -47,6 +47,8 @@ pub struct AdmitContext<'a> {
     /// The most work one request may ask for (`[limits.budget]`).
     pub budget: &'a WorkBudget,
     pub max_upload_bytes: usize,
+    /// Which LoRA adapters may be used.
+    pub lora: &'a super::lora::LoraPolicy,
 }
 
 /// The create-video fields omni reads (OpenAI, vLLM-Omni, FastVideo, LocalAI spellings).
@@ -91,6 +93,8 @@ pub struct CreateVideoBody {
     pub video_params: Option<VideoParams>,
     /// Last-frame conditioning (LocalAI): refused, Helios has no such input.
     pub end_image: Option<Value>,
+    /// vLLM-Omni `lora`: an adapter object, a list of them, or the JSON text of either.
+    pub lora: Option<Loras>,
 }
 
 /// `video_params`.
@@ -162,6 +166,7 @@ impl CreateVideoBody {
             extra_params,
             video_params,
             end_image,
+            lora,
         } = self;
         if end_image.is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(
@@ -224,6 +229,7 @@ impl CreateVideoBody {
             seed,
             guidance_scale: guidance_scale.or(cfg_scale),
             num_inference_steps: num_inference_steps.or(step),
+            lora: lora.filter(|l| !l.is_empty()),
             ..Default::default()
         };
         Ok(BodyLayers {
@@ -281,9 +287,10 @@ pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiErro
     if layers.iter().all(|l| l.seed.is_none()) {
         layers[0].seed = Some(rand::random::<u32>() as u64);
     }
-    let request = resolve(&layers, cx.defaults)
+    let mut request = resolve(&layers, cx.defaults)
         .and_then(|r| cx.budget.check(&r).map(|()| r))
         .map_err(|e| renamed(e, &aliases))?;
+    cx.lora.resolve(&mut request.lora)?;
     let seconds = match seconds {
         Some(s) => s.to_string(),
         None => {
@@ -412,6 +419,7 @@ mod tests {
                 defaults: &ModelDefaults::helios_distilled(),
                 budget: &WorkBudget::default(),
                 max_upload_bytes: 1 << 20,
+                lora: &Default::default(),
             },
         )
     }
@@ -531,6 +539,7 @@ mod tests {
             defaults: &base,
             budget: &WorkBudget::default(),
             max_upload_bytes: 1 << 20,
+            lora: &Default::default(),
         };
         for (body, steps) in [
             (json!({"prompt":"p","num_inference_steps":3}), 3),

@@ -13,6 +13,7 @@ pub mod config;
 pub mod create;
 pub mod error;
 pub mod jobs;
+pub mod lora;
 pub mod models;
 pub mod openapi;
 pub mod previews;
@@ -78,6 +79,8 @@ pub async fn serve(
             .map_err(|e| ServeError::Preset(e.message))?;
         lower_layers.push(preset.patch.clone());
     }
+    let lora = lora::LoraPolicy::new(&cfg.lora_dirs, &cfg.lora, &cfg.model)
+        .map_err(ServeError::Load)?;
     let (jobs, resume) =
         jobs::Jobs::open(&cfg.storage, cfg.limits.max_attempts).map_err(|source| {
             ServeError::Storage {
@@ -132,6 +135,7 @@ pub async fn serve(
         jobs,
         worker,
         decodes,
+        lora,
     });
     let graceful = GracefulShutdown::new();
     let max_connections = state.cfg.limits.max_connections;

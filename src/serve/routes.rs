@@ -32,6 +32,8 @@ pub struct State {
     pub worker: Worker,
     /// Slots for reference decodes at admission (`max_concurrent_decodes`).
     pub decodes: Arc<tokio::sync::Semaphore>,
+    /// Which LoRA adapters requests may use.
+    pub lora: super::lora::LoraPolicy,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -317,6 +319,7 @@ fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiErr
             defaults: &state.defaults,
             budget: &cfg.limits.budget,
             max_upload_bytes: cfg.limits.max_upload_bytes,
+            lora: &state.lora,
         },
     )
 }
