@@ -98,6 +98,16 @@ pub struct GenerateArgs {
     /// with an optional strength `:SCALE` [default: 1]. Repeat to combine adapters.
     #[arg(long, value_name = "PATH[:SCALE]", value_parser = LoraSpec::from_cli)]
     pub lora: Vec<LoraSpec>,
+    /// Frame interpolation: insert 2^N − 1 RIFE frames between each pair of frames (N in 1..=4;
+    /// the fps is multiplied by 2^N unless --fps is given). Needs --rife-model.
+    #[arg(long, value_name = "N")]
+    pub frame_interpolation_exp: Option<u32>,
+    /// RIFE's inference scale for the flow: 0.25, 0.5, 1, 2 or 4 [default: 1].
+    #[arg(long, value_name = "SCALE")]
+    pub frame_interpolation_scale: Option<f64>,
+    /// The RIFE 4.22 lite `flownet.pkl` (Practical-RIFE's download) for frame interpolation.
+    #[arg(long, value_name = "FILE")]
+    pub rife_model: Option<PathBuf>,
     /// Print the resolved request as JSON and exit without generating.
     #[arg(long)]
     pub print_request: bool,
@@ -121,6 +131,10 @@ impl GenerateArgs {
             pyramid_num_inference_steps_list: self.pyramid_steps.clone(),
             num_inference_steps: self.num_inference_steps,
             lora: (!self.lora.is_empty()).then(|| Loras(self.lora.clone())),
+            enable_frame_interpolation: self.frame_interpolation_exp.map(|_| true),
+            frame_interpolation_exp: self.frame_interpolation_exp,
+            frame_interpolation_scale: self.frame_interpolation_scale,
+            frame_interpolation_model_path: self.rife_model.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         }
     }
@@ -169,6 +183,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         }
     }
     Generator::check_loras(&model, &req)?;
+    if req.enable_frame_interpolation {
+        if req.frame_interpolation_model_path.is_empty() {
+            anyhow::bail!(
+                "invalid `enable_frame_interpolation`: frame interpolation needs a RIFE model; pass --rife-model FILE (a RIFE 4.22 lite flownet.pkl)"
+            );
+        }
+        let p = &req.frame_interpolation_model_path;
+        let abs = std::fs::canonicalize(p).with_context(|| format!("--rife-model {p}"))?;
+        req.frame_interpolation_model_path = abs.display().to_string();
+    }
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());

@@ -18,6 +18,7 @@ use super::pipelines::pipeline_helios_pyramid::{
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
 use super::lora::{LoraCache, LoraError};
+use crate::postprocess::rife::{IFNet, InterpolatingSink};
 use super::models::transformer_helios;
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
@@ -235,6 +236,8 @@ struct Helios {
     pipe: Option<HeliosPyramidPipeline<DefaultBackend>>,
     /// Parsed LoRA adapters by path.
     loras: LoraCache,
+    /// The last RIFE model used, by path.
+    rife: Option<(std::path::PathBuf, IFNet<DefaultBackend>)>,
 }
 
 impl Helios {
@@ -254,6 +257,7 @@ impl Helios {
             precision,
             pipe: None,
             loras: LoraCache::default(),
+            rife: None,
         };
         if options.load != LoadPolicy::EncodeThenLoad {
             helios.load(progress)?;
@@ -284,6 +288,7 @@ impl DiffusionPipeline for Helios {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
+        self.ensure_rife(req)?;
         // Adapters are read (and checked) before anything heavy runs.
         let adapters = req
             .lora
@@ -309,10 +314,48 @@ impl DiffusionPipeline for Helios {
             }
         };
         let pipe = self.pipe.as_mut().expect("loaded above");
-        with_loras(pipe, &adapters, |pipe| match embeds {
+        let mut rife_sink;
+        let sink: &mut dyn FrameSink = match &self.rife {
+            Some((_, net)) if req.enable_frame_interpolation => {
+                rife_sink = InterpolatingSink::new(
+                    net,
+                    req.frame_interpolation_exp,
+                    req.frame_interpolation_scale,
+                    sink,
+                );
+                &mut rife_sink
+            }
+            _ => sink,
+        };
+        let n = with_loras(pipe, &adapters, |pipe| match embeds {
             Some(embeds) => pipe.call_with_embeds(req, embeds, ctx, sink),
             None => pipe.call(req, ctx, sink),
+        })?;
+        Ok(match req.enable_frame_interpolation {
+            true => (n.max(1) - 1) * (1 << req.frame_interpolation_exp) + 1,
+            false => n,
         })
+    }
+}
+
+impl Helios {
+    /// Load the request's RIFE model unless it is the one already loaded.
+    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
+        if !req.enable_frame_interpolation {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
+        if req.frame_interpolation_model_path.is_empty() {
+            return Err(PipelineError::Unsupported(
+                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
+            ));
+        }
+        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
+            let net = IFNet::load(&path, &Default::default())
+                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
+            self.rife = Some((path, net));
+        }
+        Ok(())
     }
 }
 

@@ -72,6 +72,9 @@ pub struct ServeFile {
     /// `[lora]`: adapters loaded at start-up.
     #[serde(default)]
     pub lora: super::lora::LoraSection,
+    /// `[postprocess]`: the RIFE model.
+    #[serde(default)]
+    pub postprocess: super::postprocess::PostprocessSection,
 }
 
 /// `[storage]`.
@@ -181,6 +184,8 @@ pub struct ServeConfig {
     pub lora_dirs: Vec<PathBuf>,
     /// See [`ServeFile::lora`].
     pub lora: super::lora::LoraSection,
+    /// See [`ServeFile::postprocess`] (`--rife-model` beats its `rife_model`).
+    pub postprocess: super::postprocess::PostprocessSection,
 }
 
 /// What the command line sets (each `None` = not given); the flags of `omni serve`.
@@ -212,6 +217,10 @@ pub struct ServeOverrides {
     /// Another accepted model name (repeatable).
     #[arg(long = "alias", value_name = "NAME")]
     pub aliases: Vec<String>,
+    /// RIFE 4.22 lite `flownet.pkl` for requests with `enable_frame_interpolation`
+    /// [default: `[postprocess] rife_model` in the config].
+    #[arg(long, value_name = "FILE")]
+    pub rife_model: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -235,6 +244,7 @@ impl ServeConfig {
             storage,
             served_model_name,
             aliases,
+            rife_model,
         } = flags;
         let ServeFile {
             host: f_host,
@@ -254,7 +264,11 @@ impl ServeConfig {
             default_request,
             lora_dirs,
             lora,
+            mut postprocess,
         } = file;
+        if rife_model.is_some() {
+            postprocess.rife_model = rife_model;
+        }
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
         let Located { dir: model, name } = locate(&model).map_err(ConfigError::Model)?;
         let preset = preset
@@ -300,6 +314,7 @@ impl ServeConfig {
             preset,
             lora_dirs,
             lora,
+            postprocess,
         })
     }
 

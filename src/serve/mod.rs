@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod lora;
 pub mod models;
 pub mod openapi;
+pub mod postprocess;
 pub mod previews;
 pub mod reference;
 pub mod routes;

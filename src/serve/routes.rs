@@ -320,6 +320,7 @@ fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiErr
             budget: &cfg.limits.budget,
             max_upload_bytes: cfg.limits.max_upload_bytes,
             lora: &state.lora,
+            postprocess: &cfg.postprocess,
         },
     )
 }

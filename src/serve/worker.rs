@@ -250,7 +250,7 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, id: &str) {
     };
     let mut sink = Mp4Sink {
         writer,
-        previews: PreviewCollector::new(req.width, req.height, req.output_frames()),
+        previews: PreviewCollector::new(req.width, req.height, req.video_frames()),
     };
     let mut noise = SeededNoise::new(req.seed);
     let mut progress = JobProgress {
