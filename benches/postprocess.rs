@@ -1,5 +1,6 @@
-//! Per-frame cost of frame interpolation (RIFE 4.22 lite, full size: blocks 192/128/64/32,
-//! random weights, which do not change the work) on the CPU backend.
+//! Per-frame cost of frame interpolation (RIFE 4.22 lite, full size: blocks 192/128/64/32) and of
+//! the compact Real-ESRGAN x4 upscaler (`realesr-animevideov3` size: 64 features, 16 convs; tiles
+//! of 256 with a 18-pixel border) on the CPU backend, random weights (they do not change the work).
 //!
 //! `cargo bench --bench postprocess [-- --size 640x384 --scale 1 --repeats 3]`: prints the
 //! seconds per interpolated frame (one `IFNet` call: two Head passes, four IFBlocks, eight
@@ -9,6 +10,7 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
 use omni::pipeline::backend::CpuBackend;
+use omni::postprocess::realesrgan::SRVGGNetCompact;
 use omni::postprocess::rife::IFNet;
 
 fn main() {
@@ -30,14 +32,19 @@ fn main() {
     let _ = omni::pipeline::backend::init_threads(None);
     let device = Default::default();
     let net = IFNet::<CpuBackend>::random([192, 128, 64, 32], &device);
-    let img = || Tensor::<CpuBackend, 4>::random([1, 3, h, w], Distribution::Uniform(0.0, 1.0), &device);
+    let img =
+        || Tensor::<CpuBackend, 4>::random([1, 3, h, w], Distribution::Uniform(0.0, 1.0), &device);
     let (a, b) = (img(), img());
     // Warm-up (allocations, thread pool).
-    let _ = net.interpolate(a.clone(), b.clone(), 0.5, scale).into_data();
+    let _ = net
+        .interpolate(a.clone(), b.clone(), 0.5, scale)
+        .into_data();
     let mut times = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
-        let _ = net.interpolate(a.clone(), b.clone(), 0.5, scale).into_data();
+        let _ = net
+            .interpolate(a.clone(), b.clone(), 0.5, scale)
+            .into_data();
         times.push(t.elapsed().as_secs_f64());
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
@@ -45,5 +52,24 @@ fn main() {
     println!(
         "RIFE 4.22 lite (192/128/64/32, f32, CPU backend, {} threads) {w}x{h} scale {scale}: {mean:.3} s per interpolated frame (best {best:.3} s, {repeats} runs)",
         rayon::current_num_threads()
+    );
+    let up = SRVGGNetCompact::<CpuBackend>::random(64, 16, 4, &device);
+    let _ = up
+        .forward_tiled(a.clone(), 256, up.receptive_radius())
+        .into_data();
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let _ = up
+            .forward_tiled(a.clone(), 256, up.receptive_radius())
+            .into_data();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "SRVGGNetCompact x4 (64 feat, 16 convs, f32, CPU backend) {w}x{h} -> {}x{}, tiles 256: {mean:.3} s per frame (best {best:.3} s, {repeats} runs)",
+        w * 4,
+        h * 4
     );
 }

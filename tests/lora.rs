@@ -11,7 +11,9 @@ use std::sync::Arc;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use common::{Collect, MIN_PSNR_DB, Reference, TestBackend, distilled_request, psnr, tiny_distilled};
+use common::{
+    Collect, MIN_PSNR_DB, Reference, TestBackend, distilled_request, psnr, tiny_distilled,
+};
 use omni::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy, RunContext};
 use omni::pipeline::lora::{self, LoraAdapter, LoraError, LoraSpec, Loras};
 use omni::pipeline::models::transformer_helios::{
@@ -92,7 +94,10 @@ fn lora_jobs_match_diffusers_and_never_see_each_others_weights() {
         assert_eq!(shape, vec![1, 65, 64, 128, 3]);
         let db = psnr(&got, &want);
         eprintln!("{what}: PSNR vs diffusers {db:.2} dB");
-        assert!(db >= MIN_PSNR_DB, "{what}: PSNR {db:.2} dB < {MIN_PSNR_DB} dB");
+        assert!(
+            db >= MIN_PSNR_DB,
+            "{what}: PSNR {db:.2} dB < {MIN_PSNR_DB} dB"
+        );
     }
 }
 
@@ -153,7 +158,10 @@ fn restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
     assert_eq!(changed.len(), originals.len(), "{changed:?}");
     assert!(changed.contains(&&"blocks.0.attn1.to_out.weight".to_string()));
     assert!(changed.contains(&&"blocks.1.ffn.net_0_proj.weight".to_string()));
-    assert!(changed.contains(&&"proj_out.bias".to_string()), "diff_b / lora_B.bias merged");
+    assert!(
+        changed.contains(&&"proj_out.bias".to_string()),
+        "diff_b / lora_B.bias merged"
+    );
     assert!(!changed.iter().any(|k| k.contains("norm")), "{changed:?}");
     let restored = originals.restore(merged);
     let after = snapshot(&restored);
@@ -167,7 +175,14 @@ fn restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
 #[test]
 fn merged_weight_is_w_plus_scaled_ba() {
     let t = tiny_transformer();
-    let w0: Vec<f32> = t.blocks[0].attn1.to_q.weight.val().into_data().to_vec().unwrap();
+    let w0: Vec<f32> = t.blocks[0]
+        .attn1
+        .to_q
+        .weight
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
     let a = adapter("lora/peft_a");
     let layer = a
         .layers
@@ -183,7 +198,14 @@ fn merged_weight_is_w_plus_scaled_ba() {
         &Default::default(),
     )
     .unwrap();
-    let w1: Vec<f32> = merged.blocks[0].attn1.to_q.weight.val().into_data().to_vec().unwrap();
+    let w1: Vec<f32> = merged.blocks[0]
+        .attn1
+        .to_q
+        .weight
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
     let (inp, out, r) = (layer.in_features, layer.out_features, layer.rank);
     let mut max_err = 0f64;
     for i in 0..inp {
@@ -271,19 +293,29 @@ fn bad_adapters_name_the_adapter_and_the_key() {
     let b = |k: &str| format!("transformer.{k}.lora_B.weight");
     let (qa, qb) = (a("blocks.0.attn1.to_q"), b("blocks.0.attn1.to_q"));
     let (xa, xb) = (a("blocks.0.attn1.nope"), b("blocks.0.attn1.nope"));
-    let cases: Vec<(Vec<(&str, Vec<usize>, Vec<f32>)>, &str, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, Vec<usize>, Vec<f32>)>, &'a str, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
-            vec![(&xa, vec![2, 24], vec![0.0; 48]), (&xb, vec![24, 2], vec![0.0; 48])],
+            vec![
+                (&xa, vec![2, 24], vec![0.0; 48]),
+                (&xb, vec![24, 2], vec![0.0; 48]),
+            ],
             &xa,
             "not a Linear",
         ),
         (
-            vec![(&qa, vec![2, 20], vec![0.0; 40]), (&qb, vec![24, 2], vec![0.0; 48])],
+            vec![
+                (&qa, vec![2, 20], vec![0.0; 40]),
+                (&qb, vec![24, 2], vec![0.0; 48]),
+            ],
             &qa,
             "shape",
         ),
         (
-            vec![(&qa, vec![2, 24], vec![0.0; 48]), (&qb, vec![24, 3], vec![0.0; 72])],
+            vec![
+                (&qa, vec![2, 24], vec![0.0; 48]),
+                (&qb, vec![24, 3], vec![0.0; 72]),
+            ],
             &qa,
             "rank mismatch",
         ),
@@ -306,8 +338,16 @@ fn bad_adapters_name_the_adapter_and_the_key() {
         ),
         (
             vec![
-                ("diffusion_model.blocks.0.self_attn.zz.lora_down.weight", vec![2, 24], vec![0.0; 48]),
-                ("diffusion_model.blocks.0.self_attn.zz.lora_up.weight", vec![24, 2], vec![0.0; 48]),
+                (
+                    "diffusion_model.blocks.0.self_attn.zz.lora_down.weight",
+                    vec![2, 24],
+                    vec![0.0; 48],
+                ),
+                (
+                    "diffusion_model.blocks.0.self_attn.zz.lora_up.weight",
+                    vec![24, 2],
+                    vec![0.0; 48],
+                ),
             ],
             "diffusion_model.blocks.0.self_attn.zz.lora_down.weight",
             "maps to no module",
@@ -323,5 +363,8 @@ fn bad_adapters_name_the_adapter_and_the_key() {
         assert!(msg.contains(words) && msg.contains("`bad`"), "{msg}");
     }
     let e = LoraAdapter::read(std::path::Path::new("/no/such.safetensors"), "gone").unwrap_err();
-    assert!(matches!(e, LoraError::File { .. }) && e.to_string().contains("`gone`"), "{e}");
+    assert!(
+        matches!(e, LoraError::File { .. }) && e.to_string().contains("`gone`"),
+        "{e}"
+    );
 }

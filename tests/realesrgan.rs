@@ -38,7 +38,10 @@ fn tiled_upscale_equals_untiled() {
     // Tiles of 16 (uneven at the right / bottom border) with a border of the receptive radius.
     let tiled = net.forward_tiled(x.clone(), 16, net.receptive_radius());
     let err = max_abs_diff(tiled, full.clone());
-    eprintln!("tiled (16, pad {}) vs untiled: {err:.3e}", net.receptive_radius());
+    eprintln!(
+        "tiled (16, pad {}) vs untiled: {err:.3e}",
+        net.receptive_radius()
+    );
     assert!(err <= ESRGAN_TOL, "{err}");
     // Without context the seams show: the test can fail.
     let seams = max_abs_diff(net.forward_tiled(x, 16, 0), full);

@@ -34,7 +34,9 @@ fn ifnet_matches_vsrife_at_two_sizes_and_three_scales() {
         let got = net.interpolate(img0.clone(), img1, 0.5, scale);
         let err = max_abs_diff(got, want.clone());
         let moved = max_abs_diff(img0, want);
-        eprintln!("{case}: max abs error vs vsrife {err:.3e} (output differs from img0 by {moved:.3})");
+        eprintln!(
+            "{case}: max abs error vs vsrife {err:.3e} (output differs from img0 by {moved:.3})"
+        );
         assert!(err <= RIFE_TOL, "{case}: {err}");
         assert!(moved > 0.05, "the case must not be trivial");
     }
@@ -69,7 +71,11 @@ fn exp_n_makes_n_minus_1_times_2_pow_n_plus_1_frames_across_chunks() {
         assert_eq!(counts, vec![2 * m + 1, 2 * m], "exp {exp}");
         assert_eq!(counts.iter().sum::<usize>(), (5 - 1) * m + 1);
         // The original frames pass through unchanged at every 2^exp-th position.
-        let all: Vec<f32> = collect.0.iter().flat_map(|f| f.data.iter().copied()).collect();
+        let all: Vec<f32> = collect
+            .0
+            .iter()
+            .flat_map(|f| f.data.iter().copied())
+            .collect();
         let per = 32 * 48 * 3;
         let orig: Vec<f32> = frames(3, 0)
             .data
@@ -79,18 +85,18 @@ fn exp_n_makes_n_minus_1_times_2_pow_n_plus_1_frames_across_chunks() {
         for k in 0..5 {
             let got = &all[k * m * per..(k * m + 1) * per];
             let want = &orig[k * per..(k + 1) * per];
-            assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "frame {k}");
+            assert!(
+                got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+                "frame {k}"
+            );
         }
     }
 }
 
 #[test]
 fn a_non_rife_file_is_an_error_naming_it() {
-    let e = IFNet::<TestBackend>::load(
-        &fixture("lora/wan_orig.safetensors"),
-        &Default::default(),
-    )
-    .unwrap_err();
+    let e = IFNet::<TestBackend>::load(&fixture("lora/wan_orig.safetensors"), &Default::default())
+        .unwrap_err();
     assert!(matches!(e, RifeError::File { .. }), "{e}");
     assert!(e.to_string().contains("wan_orig.safetensors"), "{e}");
     let _ = Tensor::<TestBackend, 1>::zeros([1], &Default::default());

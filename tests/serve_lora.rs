@@ -49,7 +49,13 @@ fn start(storage: &Path, config: &Path) -> Server {
 }
 
 /// One HTTP/1.1 request: (status, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let mut req = format!(
@@ -89,7 +95,10 @@ fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
         ));
     }
     body.push_str(&format!("--{boundary}--\r\n"));
-    (format!("multipart/form-data; boundary={boundary}"), body.into_bytes())
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
 }
 
 /// The `error` of an OpenAI envelope with status 400.
@@ -109,7 +118,14 @@ fn lora_dir(root: &Path) -> std::path::PathBuf {
     let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
         .tensors()
         .into_iter()
-        .map(|(k, v)| (k.replace("attn1.to_q", "ffn.net.2x").replace("ffn.net.2.", "attn1.to_q.").replace("ffn.net.2x", "ffn.net.2"), v))
+        .map(|(k, v)| {
+            (
+                k.replace("attn1.to_q", "ffn.net.2x")
+                    .replace("ffn.net.2.", "attn1.to_q.")
+                    .replace("ffn.net.2x", "ffn.net.2"),
+                v,
+            )
+        })
         .collect();
     safetensors::serialize_to_file(tensors, None, &dir.join("bad.safetensors")).unwrap();
     dir
@@ -177,7 +193,10 @@ fn lora_over_multipart_and_json_with_preload_names_and_400s() {
         (json!({"path": outside}), "outside"),
         (json!({"path": "nope.safetensors"}), "no such adapter"),
         (json!({"name": "unknown"}), "not preloaded"),
-        (json!({"path": "bad.safetensors"}), "key `transformer.blocks.0.attn1.to_q.lora_A.weight`"),
+        (
+            json!({"path": "bad.safetensors"}),
+            "key `transformer.blocks.0.attn1.to_q.lora_A.weight`",
+        ),
         (json!({"pathh": "peft_b"}), "unknown field"),
         (json!({"scale": 1}), "name"),
         (json!("{not json"), "JSON"),
@@ -188,11 +207,20 @@ fn lora_over_multipart_and_json_with_preload_names_and_400s() {
             json!({"prompt": "p", "size": "128x64", "lora": lora}),
         ));
         assert_eq!(e["param"], "lora", "{lora}: {e}");
-        assert!(e["message"].as_str().unwrap().contains(words), "{lora}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(words),
+            "{lora}: {e}"
+        );
     }
     // The same through multipart.
     let (ct, body) = multipart(&[("prompt", "p"), ("lora", r#"{"path": "/etc/passwd"}"#)]);
-    let e = error_400(http(&s.addr, "POST", "/v1/videos", &[("Content-Type", &ct)], &body));
+    let e = error_400(http(
+        &s.addr,
+        "POST",
+        "/v1/videos",
+        &[("Content-Type", &ct)],
+        &body,
+    ));
     assert_eq!(e["param"], "lora", "{e}");
 }
 
@@ -230,7 +258,12 @@ fn generate_takes_lora_path_scale_and_names_a_bad_adapter_in_one_line() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["lora"][0]["scale"], 0.5);
-    assert!(r["lora"][1]["path"].as_str().unwrap().ends_with("wan_orig.safetensors"));
+    assert!(
+        r["lora"][1]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("wan_orig.safetensors")
+    );
     assert!(r["lora"][1].get("scale").is_none());
     let out = Command::new(env!("CARGO_BIN_EXE_omni"))
         .args(["generate", "--prompt", "p", "--model"])
@@ -242,6 +275,9 @@ fn generate_takes_lora_path_scale_and_names_a_bad_adapter_in_one_line() {
         .output()
         .unwrap();
     let line = assert_one_line_error(&out);
-    assert!(line.contains("transformer.blocks.0.attn1.to_q.lora_A.weight"), "{line}");
+    assert!(
+        line.contains("transformer.blocks.0.attn1.to_q.lora_A.weight"),
+        "{line}"
+    );
     assert!(!tmp.path().join("y.mp4").exists());
 }

@@ -47,7 +47,13 @@ fn start(storage: &Path, extra: &[&str]) -> Server {
     s
 }
 
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
     let mut req = format!(
@@ -69,7 +75,13 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[
 }
 
 fn post_json(s: &Server, path: &str, body: Value) -> (u16, Vec<u8>) {
-    http(&s.addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes())
+    http(
+        &s.addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
 }
 
 fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
@@ -81,7 +93,10 @@ fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
         ));
     }
     body.push_str(&format!("--{boundary}--\r\n"));
-    (format!("multipart/form-data; boundary={boundary}"), body.into_bytes())
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
 }
 
 fn error_400(r: (u16, Vec<u8>)) -> Value {
@@ -94,8 +109,15 @@ fn error_400(r: (u16, Vec<u8>)) -> Value {
 fn ffprobe(path: &Path) -> (u64, String) {
     let out = Command::new("ffprobe")
         .args([
-            "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-            "stream=r_frame_rate,nb_read_frames", "-of", "json",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=r_frame_rate,nb_read_frames",
+            "-of",
+            "json",
         ])
         .arg(path)
         .output()
@@ -119,7 +141,10 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
 fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
     let tmp = tempfile::tempdir().unwrap();
     let model = fixture("rife/flownet.pkl");
-    let s = start(&tmp.path().join("st"), &["--rife-model", model.to_str().unwrap()]);
+    let s = start(
+        &tmp.path().join("st"),
+        &["--rife-model", model.to_str().unwrap()],
+    );
 
     // Multipart /sync: 33 frames → 65 at 48 fps.
     let (ct, body) = multipart(&[
@@ -129,7 +154,13 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
         ("enable_frame_interpolation", "true"),
         ("frame_interpolation_exp", "1"),
     ]);
-    let r = http(&s.addr, "POST", "/v1/videos/sync", &[("Content-Type", &ct)], &body);
+    let r = http(
+        &s.addr,
+        "POST",
+        "/v1/videos/sync",
+        &[("Content-Type", &ct)],
+        &body,
+    );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
     let mp4 = write(tmp.path(), "2x.mp4", &r.1);
     assert_eq!(ffprobe(&mp4), (65, "48/1".to_string()));
@@ -143,7 +174,11 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
     );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
     let v: Value = serde_json::from_slice(&r.1).unwrap();
-    assert_eq!((v["num_frames"].clone(), v["fps"].clone()), (json!(65), json!(48)), "{v}");
+    assert_eq!(
+        (v["num_frames"].clone(), v["fps"].clone()),
+        (json!(65), json!(48)),
+        "{v}"
+    );
 
     // JSON job, 4x with an explicit output fps: 33 → 129 frames at the fps asked.
     let r = post_json(
@@ -154,7 +189,10 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
                "frame_interpolation_scale": 0.5}),
     );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
-    let id = serde_json::from_slice::<Value>(&r.1).unwrap()["id"].as_str().unwrap().to_string();
+    let id = serde_json::from_slice::<Value>(&r.1).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(300);
     let video = loop {
         let r = http(&s.addr, "GET", &format!("/v1/videos/{id}"), &[], b"");
@@ -166,18 +204,40 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(video["status"], "completed", "{video}");
-    let r = http(&s.addr, "GET", &format!("/v1/videos/{id}/content"), &[], b"");
+    let r = http(
+        &s.addr,
+        "GET",
+        &format!("/v1/videos/{id}/content"),
+        &[],
+        b"",
+    );
     assert_eq!(r.0, 200);
     let mp4 = write(tmp.path(), "4x.mp4", &r.1);
     assert_eq!(ffprobe(&mp4), (129, "30/1".to_string()));
-    assert_eq!((video["num_frames"].clone(), video["fps"].clone()), (json!(129), json!(30)), "{video}");
+    assert_eq!(
+        (video["num_frames"].clone(), video["fps"].clone()),
+        (json!(129), json!(30)),
+        "{video}"
+    );
 
     // 400s.
     for (body, param) in [
-        (json!({"prompt": "p", "enable_frame_interpolation": true, "frame_interpolation_exp": 5}), "frame_interpolation_exp"),
-        (json!({"prompt": "p", "enable_frame_interpolation": true, "frame_interpolation_scale": 3}), "frame_interpolation_scale"),
-        (json!({"prompt": "p", "enable_frame_interpolation": true, "frame_interpolation_model_path": "/etc/passwd"}), "frame_interpolation_model_path"),
-        (json!({"prompt": "p", "enable_frame_interpolation": "maybe"}), "enable_frame_interpolation"),
+        (
+            json!({"prompt": "p", "enable_frame_interpolation": true, "frame_interpolation_exp": 5}),
+            "frame_interpolation_exp",
+        ),
+        (
+            json!({"prompt": "p", "enable_frame_interpolation": true, "frame_interpolation_scale": 3}),
+            "frame_interpolation_scale",
+        ),
+        (
+            json!({"prompt": "p", "enable_frame_interpolation": true, "frame_interpolation_model_path": "/etc/passwd"}),
+            "frame_interpolation_model_path",
+        ),
+        (
+            json!({"prompt": "p", "enable_frame_interpolation": "maybe"}),
+            "enable_frame_interpolation",
+        ),
     ] {
         let e = error_400(post_json(&s, "/v1/videos", body.clone()));
         assert_eq!(e["param"], param, "{body}: {e}");
@@ -195,7 +255,13 @@ fn interpolation_without_a_model_is_a_400_naming_the_field() {
     ));
     assert_eq!(e["param"], "enable_frame_interpolation", "{e}");
     let (ct, body) = multipart(&[("prompt", "p"), ("enable_frame_interpolation", "true")]);
-    let e = error_400(http(&s.addr, "POST", "/v1/videos", &[("Content-Type", &ct)], &body));
+    let e = error_400(http(
+        &s.addr,
+        "POST",
+        "/v1/videos",
+        &[("Content-Type", &ct)],
+        &body,
+    ));
     assert_eq!(e["param"], "enable_frame_interpolation", "{e}");
 }
 
@@ -205,7 +271,19 @@ fn generate_interpolates_with_rife_model_and_refuses_without() {
     let out = tmp.path().join("x.mp4");
     let run = |extra: &[&str], out: &Path| {
         Command::new(env!("CARGO_BIN_EXE_omni"))
-            .args(["generate", "--prompt", "p", "--width", "128", "--height", "64", "--num-frames", "33", "-q", "--model"])
+            .args([
+                "generate",
+                "--prompt",
+                "p",
+                "--width",
+                "128",
+                "--height",
+                "64",
+                "--num-frames",
+                "33",
+                "-q",
+                "--model",
+            ])
             .arg(tiny_distilled())
             .args(extra)
             .arg("-o")
@@ -214,10 +292,21 @@ fn generate_interpolates_with_rife_model_and_refuses_without() {
             .unwrap()
     };
     let model = fixture("rife/flownet.pkl");
-    let o = run(&["--frame-interpolation-exp", "1", "--rife-model", model.to_str().unwrap()], &out);
+    let o = run(
+        &[
+            "--frame-interpolation-exp",
+            "1",
+            "--rife-model",
+            model.to_str().unwrap(),
+        ],
+        &out,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(ffprobe(&out), (65, "48/1".to_string()));
-    let o = run(&["--frame-interpolation-exp", "1"], &tmp.path().join("y.mp4"));
+    let o = run(
+        &["--frame-interpolation-exp", "1"],
+        &tmp.path().join("y.mp4"),
+    );
     let line = assert_one_line_error(&o);
     assert!(line.contains("enable_frame_interpolation"), "{line}");
 }

@@ -134,7 +134,10 @@ impl GenerateArgs {
             enable_frame_interpolation: self.frame_interpolation_exp.map(|_| true),
             frame_interpolation_exp: self.frame_interpolation_exp,
             frame_interpolation_scale: self.frame_interpolation_scale,
-            frame_interpolation_model_path: self.rife_model.as_ref().map(|p| p.display().to_string()),
+            frame_interpolation_model_path: self
+                .rife_model
+                .as_ref()
+                .map(|p| p.display().to_string()),
             ..Default::default()
         }
     }

@@ -12,17 +12,17 @@ use std::path::Path;
 use super::backend::{DefaultBackend, DeviceMemory, device_memory};
 use super::checkpoint::{LoadError, read_config};
 use super::error::PipelineError;
+use super::lora::{LoraCache, LoraError};
+use super::models::transformer_helios;
 pub use super::pipelines::pipeline_helios_pyramid::RunContext;
 use super::pipelines::pipeline_helios_pyramid::{
     HeliosPyramidPipeline, PromptEncoder, TextEncoderResidency, checkpoint_defaults,
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
-use super::lora::{LoraCache, LoraError};
-use crate::postprocess::rife::{IFNet, InterpolatingSink};
-use super::models::transformer_helios;
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
+use crate::postprocess::rife::{IFNet, InterpolatingSink};
 
 /// When the models are loaded and whether the text encoder stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -51,7 +51,11 @@ pub struct LoraSpec {
     )]
     pub scale: Option<f64>,
     /// vLLM's adapter id; accepted and echoed, not used (adapters are cached by path).
-    #[serde(default, alias = "lora_int_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "lora_int_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub int_id: Option<u64>,
 }
 
@@ -286,7 +290,7 @@ impl LoraAdapter {
             .metadata()
             .as_ref()
             .and_then(|m| m.get("lora_adapter_metadata"))
-            .map(|text| PeftMeta::parse(text).map_err(|e| file_err(e)))
+            .map(|text| PeftMeta::parse(text).map_err(&file_err))
             .transpose()?;
         let original = raw.keys().any(|k| k.starts_with("diffusion_model."));
         let layers = if original {
@@ -427,7 +431,9 @@ fn peft_layers(
         let mut layer = layer_from(module, &a_key, a, b, bias, name)?;
         layer.factor = match (meta, alpha) {
             (Some(m), _) => m.factor(&layer.module, layer.rank),
-            (None, Some(al)) => al.data.first().copied().unwrap_or(layer.rank as f32) / layer.rank as f32,
+            (None, Some(al)) => {
+                al.data.first().copied().unwrap_or(layer.rank as f32) / layer.rank as f32
+            }
             (None, None) => 1.0,
         };
         layers.push(layer);
@@ -528,12 +534,30 @@ fn convert_wan_original(
     ];
     const TOP: &[(&str, &str)] = &[
         ("time_projection.1", "condition_embedder.time_proj"),
-        ("text_embedding.0", "condition_embedder.text_embedder.linear_1"),
-        ("text_embedding.2", "condition_embedder.text_embedder.linear_2"),
-        ("time_embedding.0", "condition_embedder.time_embedder.linear_1"),
-        ("time_embedding.2", "condition_embedder.time_embedder.linear_2"),
-        ("img_emb.proj.1", "condition_embedder.image_embedder.ff.net.0.proj"),
-        ("img_emb.proj.3", "condition_embedder.image_embedder.ff.net.2"),
+        (
+            "text_embedding.0",
+            "condition_embedder.text_embedder.linear_1",
+        ),
+        (
+            "text_embedding.2",
+            "condition_embedder.text_embedder.linear_2",
+        ),
+        (
+            "time_embedding.0",
+            "condition_embedder.time_embedder.linear_1",
+        ),
+        (
+            "time_embedding.2",
+            "condition_embedder.time_embedder.linear_2",
+        ),
+        (
+            "img_emb.proj.1",
+            "condition_embedder.image_embedder.ff.net.0.proj",
+        ),
+        (
+            "img_emb.proj.3",
+            "condition_embedder.image_embedder.ff.net.2",
+        ),
         ("head.head", "proj_out"),
     ];
     let key_err = |key: &str, message: String| LoraError::Key {
@@ -544,9 +568,9 @@ fn convert_wan_original(
     // Group by original module: the key minus its LoRA suffix.
     let mut groups: BTreeMap<String, HashMap<&'static str, (String, RawTensor)>> = BTreeMap::new();
     for (key, t) in raw {
-        let rest = key.strip_prefix("diffusion_model.").ok_or_else(|| {
-            key_err(&key, "mixes the original Wan naming with other keys".into())
-        })?;
+        let rest = key
+            .strip_prefix("diffusion_model.")
+            .ok_or_else(|| key_err(&key, "mixes the original Wan naming with other keys".into()))?;
         let found = [
             (".lora_down.weight", "down"),
             (".lora_A.weight", "down"),
@@ -557,8 +581,7 @@ fn convert_wan_original(
             (".alpha", "alpha"),
         ]
         .iter()
-        .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)))
-        ;
+        .find_map(|(suffix, part)| rest.strip_suffix(suffix).map(|m| (m.to_string(), *part)));
         let Some((module, part)) = found else {
             // diffusers ignores leftover `.diff*` keys (e.g. `blocks.N.diff_m`), logging them.
             if rest.contains(".diff") {
@@ -614,8 +637,8 @@ fn convert_wan_original(
                 let bias = diff_b.map(|(_, t)| t);
                 let mut layer = layer_from(target, &dk, d, u, bias, name)?;
                 if let Some((_, al)) = alpha {
-                    layer.factor = al.data.first().copied().unwrap_or(layer.rank as f32)
-                        / layer.rank as f32;
+                    layer.factor =
+                        al.data.first().copied().unwrap_or(layer.rank as f32) / layer.rank as f32;
                 }
                 layers.push(layer);
             }
@@ -782,7 +805,10 @@ impl<B: Backend> MergedWeights<B> {
             fn exit_module(&mut self, _: &str, _: &str) {
                 self.path.pop();
             }
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
                 match self.originals.remove(&self.path.join(".")) {
                     Some(orig) => param.map(|_| Tensor::from_primitive(orig)),
                     None => param,
@@ -951,18 +977,31 @@ mod tests {
     #[test]
     fn cli_lora_splits_an_optional_scale() {
         let s = LoraSpec::from_cli("dir/a.safetensors:0.8").unwrap();
-        assert_eq!((s.path.as_deref(), s.scale), (Some("dir/a.safetensors"), Some(0.8)));
+        assert_eq!(
+            (s.path.as_deref(), s.scale),
+            (Some("dir/a.safetensors"), Some(0.8))
+        );
         let s = LoraSpec::from_cli("C:/x/a.safetensors").unwrap();
-        assert_eq!((s.path.as_deref(), s.scale), (Some("C:/x/a.safetensors"), None));
+        assert_eq!(
+            (s.path.as_deref(), s.scale),
+            (Some("C:/x/a.safetensors"), None)
+        );
         assert!(LoraSpec::from_cli(":1").is_err());
     }
 
     #[test]
     fn wan_module_names_map_like_diffusers() {
         let m = |s: &str| {
-            map_wan_module(s, &[("self_attn.o", "attn1.to_out.0")], &[("head.head", "proj_out")])
+            map_wan_module(
+                s,
+                &[("self_attn.o", "attn1.to_out.0")],
+                &[("head.head", "proj_out")],
+            )
         };
-        assert_eq!(m("blocks.3.self_attn.o").as_deref(), Some("blocks.3.attn1.to_out.0"));
+        assert_eq!(
+            m("blocks.3.self_attn.o").as_deref(),
+            Some("blocks.3.attn1.to_out.0")
+        );
         assert_eq!(m("head.head").as_deref(), Some("proj_out"));
         assert_eq!(m("blocks.x.self_attn.o"), None);
         assert_eq!(m("blocks.1.modulation"), None);

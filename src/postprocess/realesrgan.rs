@@ -25,11 +25,15 @@ pub enum UpscaleError {
     File { path: PathBuf, message: String },
 }
 
+/// One body conv: `weight [out, in, 3, 3]`, `bias [out]`, and the PReLU slope `[1, out, 1, 1]`
+/// that follows it (none after the last conv).
+type BodyConv<B> = (Tensor<B, 4>, Tensor<B, 1>, Option<Tensor<B, 4>>);
+
 /// `SRVGGNetCompact` with PReLU, in f32.
 #[derive(Debug, Clone)]
 pub struct SRVGGNetCompact<B: Backend> {
     /// `(weight [out, in, 3, 3], bias [out], PReLU slope [1, out, 1, 1] or None for the last)`.
-    body: Vec<(Tensor<B, 4>, Tensor<B, 1>, Option<Tensor<B, 4>>)>,
+    body: Vec<BodyConv<B>>,
     /// The upscale factor (4 for the released compact models).
     pub upscale: usize,
 }
@@ -83,12 +87,15 @@ impl<B: Backend> SRVGGNetCompact<B> {
                 .remove(&format!("body.{i}.bias"))
                 .ok_or_else(|| err(format!("missing tensor `body.{i}.bias`")))?;
             if w.shape.len() != 4 {
-                return Err(err(format!("`body.{i}.weight` is not a conv: {:?}", w.shape)));
+                return Err(err(format!(
+                    "`body.{i}.weight` is not a conv: {:?}",
+                    w.shape
+                )));
             }
             let out_ch = w.shape[0];
-            let slope = state.remove(&format!("body.{}.weight", i + 1)).map(|a| {
-                Tensor::<B, 1>::from_data(a, dev).reshape([1, out_ch, 1, 1])
-            });
+            let slope = state
+                .remove(&format!("body.{}.weight", i + 1))
+                .map(|a| Tensor::<B, 1>::from_data(a, dev).reshape([1, out_ch, 1, 1]));
             let last = slope.is_none();
             body.push((Tensor::from_data(w, dev), Tensor::from_data(b, dev), slope));
             i += 2;
@@ -97,16 +104,44 @@ impl<B: Backend> SRVGGNetCompact<B> {
             }
         }
         if let Some(k) = state.keys().next() {
-            return Err(err(format!("unexpected tensor `{k}` (not an SRVGGNetCompact)")));
+            return Err(err(format!(
+                "unexpected tensor `{k}` (not an SRVGGNetCompact)"
+            )));
         }
         let Some((w, _, _)) = body.last() else {
             return Err(err("no `body.0.weight`: not an SRVGGNetCompact".into()));
         };
         let out = w.dims()[0];
-        let upscale = (1..=8).find(|u| 3 * u * u == out).ok_or_else(|| {
-            err(format!("the last conv has {out} outputs, not 3·up²"))
-        })?;
+        let upscale = (1..=8)
+            .find(|u| 3 * u * u == out)
+            .ok_or_else(|| err(format!("the last conv has {out} outputs, not 3·up²")))?;
         Ok(Self { body, upscale })
+    }
+
+    /// A compact model with `num_feat` features, `num_conv` body convs, x`upscale`, random
+    /// weights (uniform ±1/√fan_in, slopes 0.25): for benchmarks, where weights do not matter
+    /// (`realesr-animevideov3`: 64, 16, 4; `realesr-general-x4v3`: 64, 32, 4).
+    pub fn random(num_feat: usize, num_conv: usize, upscale: usize, device: &B::Device) -> Self {
+        use burn::tensor::Distribution;
+        let dev = (device, DType::F32);
+        let conv = |o: usize, i: usize| {
+            let bound = 1.0 / ((i * 9) as f64).sqrt();
+            (
+                Tensor::random([o, i, 3, 3], Distribution::Uniform(-bound, bound), dev),
+                Tensor::random([o], Distribution::Uniform(-bound, bound), dev),
+            )
+        };
+        let slope = || Some(Tensor::full([1, num_feat, 1, 1], 0.25, dev));
+        let mut body = Vec::new();
+        let (w, b) = conv(num_feat, 3);
+        body.push((w, b, slope()));
+        for _ in 0..num_conv {
+            let (w, b) = conv(num_feat, num_feat);
+            body.push((w, b, slope()));
+        }
+        let (w, b) = conv(3 * upscale * upscale, num_feat);
+        body.push((w, b, None));
+        Self { body, upscale }
     }
 
     /// The receptive radius in input pixels (one per 3x3 conv): a tile border at least this wide

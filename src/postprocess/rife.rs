@@ -155,7 +155,10 @@ impl<B: Backend> IFBlock<B> {
         let tmp = pixel_shuffle(self.lastconv.forward_transposed(feat), 2);
         let tmp = resize(tmp, scale);
         let [b, c, h, w] = tmp.dims();
-        let flow = tmp.clone().slice([0..b, 0..4, 0..h, 0..w]).mul_scalar(scale);
+        let flow = tmp
+            .clone()
+            .slice([0..b, 0..4, 0..h, 0..w])
+            .mul_scalar(scale);
         let mask = tmp.clone().slice([0..b, 4..5, 0..h, 0..w]);
         let feat = tmp.slice([0..b, 5..c, 0..h, 0..w]);
         (flow, mask, feat)
@@ -178,7 +181,10 @@ fn warp<B: Backend>(
     grid: &Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     let [b, _, h, w] = flow.dims();
-    let fx = flow.clone().slice([0..b, 0..1, 0..h, 0..w]).div_scalar(div[0]);
+    let fx = flow
+        .clone()
+        .slice([0..b, 0..1, 0..h, 0..w])
+        .div_scalar(div[0]);
     let fy = flow.slice([0..b, 1..2, 0..h, 0..w]).div_scalar(div[1]);
     let g = (grid.clone() + Tensor::cat(vec![fx, fy], 1)).permute([0, 2, 3, 1]);
     x.grid_sample_2d(
@@ -268,7 +274,11 @@ impl<B: Backend> IFNet<B> {
         let dev = (device, DType::F32);
         let conv = |o: usize, i: usize, k: usize, transposed: bool| {
             let bound = 1.0 / ((i * k * k) as f64).sqrt();
-            let shape = if transposed { [i, o, k, k] } else { [o, i, k, k] };
+            let shape = if transposed {
+                [i, o, k, k]
+            } else {
+                [o, i, k, k]
+            };
             Conv {
                 weight: Tensor::random(shape, Distribution::Uniform(-bound, bound), dev),
                 bias: Tensor::random([o], Distribution::Uniform(-bound, bound), dev),
@@ -371,8 +381,18 @@ impl<B: Backend> IFNet<B> {
                 ),
                 Some((flow, mask, feat)) => {
                     let [b, _, h, w] = flow.dims();
-                    let wf0 = warp(f0.clone(), flow.clone().slice([0..b, 0..2, 0..h, 0..w]), div, grid);
-                    let wf1 = warp(f1.clone(), flow.clone().slice([0..b, 2..4, 0..h, 0..w]), div, grid);
+                    let wf0 = warp(
+                        f0.clone(),
+                        flow.clone().slice([0..b, 0..2, 0..h, 0..w]),
+                        div,
+                        grid,
+                    );
+                    let wf1 = warp(
+                        f1.clone(),
+                        flow.clone().slice([0..b, 2..4, 0..h, 0..w]),
+                        div,
+                        grid,
+                    );
                     let (fd, m0, feat) = block.forward(
                         Tensor::cat(
                             vec![
@@ -393,8 +413,18 @@ impl<B: Backend> IFNet<B> {
                 }
             };
             let [b, _, h, w] = flow.dims();
-            warped0 = warp(img0.clone(), flow.clone().slice([0..b, 0..2, 0..h, 0..w]), div, grid);
-            warped1 = warp(img1.clone(), flow.clone().slice([0..b, 2..4, 0..h, 0..w]), div, grid);
+            warped0 = warp(
+                img0.clone(),
+                flow.clone().slice([0..b, 0..2, 0..h, 0..w]),
+                div,
+                grid,
+            );
+            warped1 = warp(
+                img1.clone(),
+                flow.clone().slice([0..b, 2..4, 0..h, 0..w]),
+                div,
+                grid,
+            );
             state = Some((flow, mask, feat));
         }
         let mask = burn::tensor::activation::sigmoid(state.expect("four blocks").1);
@@ -494,7 +524,13 @@ impl<'a, B: Backend> InterpolatingSink<'a, B> {
     }
 
     /// vLLM-Omni `make_inference`: `n` frames between `a` and `b` by t = 0.5 bisection, in order.
-    fn between(&mut self, a: &Tensor<B, 4>, b: &Tensor<B, 4>, n: usize, out: &mut Vec<Tensor<B, 4>>) {
+    fn between(
+        &mut self,
+        a: &Tensor<B, 4>,
+        b: &Tensor<B, 4>,
+        n: usize,
+        out: &mut Vec<Tensor<B, 4>>,
+    ) {
         let mid = self.net.interpolate(a.clone(), b.clone(), 0.5, self.scale);
         self.made += 1;
         if n == 1 {
@@ -511,9 +547,12 @@ impl<'a, B: Backend> InterpolatingSink<'a, B> {
 fn frame_tensor<B: Backend>(v: &VideoFrames, i: usize, device: &B::Device) -> Tensor<B, 4> {
     let n = v.height * v.width * 3;
     let data = v.data[i * n..(i + 1) * n].to_vec();
-    Tensor::<B, 3>::from_data(TensorData::new(data, [v.height, v.width, 3]), (device, DType::F32))
-        .permute([2, 0, 1])
-        .unsqueeze::<4>()
+    Tensor::<B, 3>::from_data(
+        TensorData::new(data, [v.height, v.width, 3]),
+        (device, DType::F32),
+    )
+    .permute([2, 0, 1])
+    .unsqueeze::<4>()
 }
 
 fn host_frames<B: Backend>(frames: Vec<Tensor<B, 4>>, height: usize, width: usize) -> VideoFrames {
@@ -541,10 +580,10 @@ impl<B: Backend> FrameSink for InterpolatingSink<'_, B> {
         let mut out = Vec::new();
         for i in 0..frames.frames {
             let cur = frame_tensor::<B>(&frames, i, &device);
-            if let Some(prev) = self.last.take() {
-                if n_between > 0 {
-                    self.between(&prev, &cur, (n_between + 1) / 2, &mut out);
-                }
+            if let Some(prev) = self.last.take()
+                && n_between > 0
+            {
+                self.between(&prev, &cur, n_between.div_ceil(2), &mut out);
             }
             out.push(cur.clone());
             self.last = Some(cur);

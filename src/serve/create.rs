@@ -413,7 +413,9 @@ mod lenient {
             Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => Ok(Some(true)),
                 "false" | "0" | "no" | "off" => Ok(Some(false)),
-                _ => Err(D::Error::custom(format!("must be true or false, got {s:?}"))),
+                _ => Err(D::Error::custom(format!(
+                    "must be true or false, got {s:?}"
+                ))),
             },
             Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(false)),
             Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(Some(true)),

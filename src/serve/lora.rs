@@ -114,7 +114,7 @@ impl LoraPolicy {
                 }
                 (None, None) => {
                     return Err(bad(
-                        "each adapter needs a `name` (preloaded) or a `path`".into(),
+                        "each adapter needs a `name` (preloaded) or a `path`".into()
                     ));
                 }
             }

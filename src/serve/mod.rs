@@ -80,8 +80,8 @@ pub async fn serve(
             .map_err(|e| ServeError::Preset(e.message))?;
         lower_layers.push(preset.patch.clone());
     }
-    let lora = lora::LoraPolicy::new(&cfg.lora_dirs, &cfg.lora, &cfg.model)
-        .map_err(ServeError::Load)?;
+    let lora =
+        lora::LoraPolicy::new(&cfg.lora_dirs, &cfg.lora, &cfg.model).map_err(ServeError::Load)?;
     let (jobs, resume) =
         jobs::Jobs::open(&cfg.storage, cfg.limits.max_attempts).map_err(|source| {
             ServeError::Storage {

@@ -44,9 +44,8 @@ impl PostprocessSection {
         }
         let param = "frame_interpolation_model_path";
         let asked = Path::new(&req.frame_interpolation_model_path);
-        let canonical = std::fs::canonicalize(asked).map_err(|e| {
-            ApiError::invalid(param, format!("`{}`: {e}", asked.display()))
-        })?;
+        let canonical = std::fs::canonicalize(asked)
+            .map_err(|e| ApiError::invalid(param, format!("`{}`: {e}", asked.display())))?;
         let configured = self
             .rife_model
             .as_ref()

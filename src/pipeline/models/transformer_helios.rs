@@ -230,10 +230,18 @@ impl HeliosTransformer3DModelConfig {
         let mut put = |k: String, out: usize, inp: usize| {
             t.insert(k, (out, inp));
         };
-        put("condition_embedder.time_embedder.linear_1".into(), dim, self.freq_dim);
+        put(
+            "condition_embedder.time_embedder.linear_1".into(),
+            dim,
+            self.freq_dim,
+        );
         put("condition_embedder.time_embedder.linear_2".into(), dim, dim);
         put("condition_embedder.time_proj".into(), 6 * dim, dim);
-        put("condition_embedder.text_embedder.linear_1".into(), dim, self.text_dim);
+        put(
+            "condition_embedder.text_embedder.linear_1".into(),
+            dim,
+            self.text_dim,
+        );
         put("condition_embedder.text_embedder.linear_2".into(), dim, dim);
         for i in 0..self.num_layers {
             for attn in ["attn1", "attn2"] {
