@@ -64,6 +64,8 @@ fn check(content_type: &str, bytes: Vec<u8>) {
         defaults: &defaults,
         budget: &WorkBudget::default(),
         max_upload_bytes: 1 << 16,
+        lora: &Default::default(),
+        postprocess: &Default::default(),
     };
     if let Err(e) = admit(&fields, &cx) {
         assert!(e.status().is_client_error(), "admit: {e:?}");

@@ -17,8 +17,8 @@ use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
 use omni::pipeline::precision::Dtype;
 use omni::pipeline::progress::CancelToken;
 use omni::pipeline::request::{
-    Conditioning, GenerationRequest, MediaSource, ModelDefaults, Preset, RequestPatch, WorkBudget,
-    resolve,
+    Conditioning, GenerationRequest, LoraSpec, Loras, MediaSource, ModelDefaults, Preset,
+    RequestPatch, WorkBudget, resolve,
 };
 
 use super::progress::BarProgress;
@@ -113,6 +113,21 @@ pub struct GenerateArgs {
     /// (bf16 with --features cuda, f32 on the CPU).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub vae_dtype: Dtype,
+    /// LoRA adapter merged into the transformer for this run: a diffusers/PEFT or original
+    /// Wan/ComfyUI `.safetensors` file (or a folder with `pytorch_lora_weights.safetensors`),
+    /// with an optional strength `:SCALE` [default: 1]. Repeat to combine adapters.
+    #[arg(long, value_name = "PATH[:SCALE]", value_parser = LoraSpec::from_cli)]
+    pub lora: Vec<LoraSpec>,
+    /// Frame interpolation: insert 2^N − 1 RIFE frames between each pair of frames (N in 1..=4;
+    /// the fps is multiplied by 2^N unless --fps is given). Needs --rife-model.
+    #[arg(long, value_name = "N")]
+    pub frame_interpolation_exp: Option<u32>,
+    /// RIFE's inference scale for the flow: 0.25, 0.5, 1, 2 or 4 [default: 1].
+    #[arg(long, value_name = "SCALE")]
+    pub frame_interpolation_scale: Option<f64>,
+    /// The RIFE 4.22 lite `flownet.pkl` (Practical-RIFE's download) for frame interpolation.
+    #[arg(long, value_name = "FILE")]
+    pub rife_model: Option<PathBuf>,
     /// Print the resolved request as JSON and exit without generating.
     #[arg(long)]
     pub print_request: bool,
@@ -265,6 +280,14 @@ impl GenerateArgs {
             guidance_scale_2: self.guidance_scale_2,
             boundary_ratio: self.boundary_ratio,
             flow_shift: self.flow_shift,
+            lora: (!self.lora.is_empty()).then(|| Loras(self.lora.clone())),
+            enable_frame_interpolation: self.frame_interpolation_exp.map(|_| true),
+            frame_interpolation_exp: self.frame_interpolation_exp,
+            frame_interpolation_scale: self.frame_interpolation_scale,
+            frame_interpolation_model_path: self
+                .rife_model
+                .as_ref()
+                .map(|p| p.display().to_string()),
             ..Default::default()
         }
     }
@@ -305,6 +328,24 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading checkpoint {}", model.display()))?;
     let mut req = resolve(&args.layers(&defaults)?, &defaults)?;
     WorkBudget::default().check(&req)?;
+    for spec in &mut req.lora.0 {
+        // Absolute paths in the printed / run request; a missing file fails here.
+        if let Some(p) = &spec.path {
+            let abs = std::fs::canonicalize(p).with_context(|| format!("--lora {p}"))?;
+            spec.path = Some(abs.display().to_string());
+        }
+    }
+    Generator::check_loras(&model, &req)?;
+    if req.enable_frame_interpolation {
+        if req.frame_interpolation_model_path.is_empty() {
+            anyhow::bail!(
+                "invalid `enable_frame_interpolation`: frame interpolation needs a RIFE model; pass --rife-model FILE (a RIFE 4.22 lite flownet.pkl)"
+            );
+        }
+        let p = &req.frame_interpolation_model_path;
+        let abs = std::fs::canonicalize(p).with_context(|| format!("--rife-model {p}"))?;
+        req.frame_interpolation_model_path = abs.display().to_string();
+    }
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);
         return Ok(());

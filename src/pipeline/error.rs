@@ -22,6 +22,9 @@ pub enum PipelineError {
     /// The prompt could not be tokenized.
     #[error(transparent)]
     Tokenize(#[from] TokenizeError),
+    /// A LoRA adapter of the request cannot be applied (names the adapter and key).
+    #[error(transparent)]
+    Lora(#[from] super::lora::LoraError),
     /// The run was cancelled through its [`CancelToken`](crate::pipeline::progress::CancelToken).
     #[error("cancelled")]
     Cancelled,

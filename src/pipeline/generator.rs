@@ -12,6 +12,8 @@ use std::path::Path;
 use super::backend::{DefaultBackend, DeviceMemory, device_memory};
 use super::checkpoint::{LoadError, read_config};
 use super::error::PipelineError;
+use super::lora::{LoraCache, LoraError};
+use super::models::transformer_helios;
 pub use super::pipelines::pipeline_helios_pyramid::RunContext;
 use super::pipelines::pipeline_helios_pyramid::{
     HeliosPyramidPipeline, PromptEncoder, TextEncoderResidency, checkpoint_defaults,
@@ -21,6 +23,7 @@ use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
+use crate::postprocess::rife::{IFNet, InterpolatingSink};
 
 /// When the models are loaded and whether the text encoder stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,6 +154,36 @@ impl Generator {
         (pipeline_entry(dir)?.defaults)(dir)
     }
 
+    /// The Linear modules a LoRA adapter may target in the checkpoint folder `dir`, from its
+    /// `transformer/config.json` only (no weights are read).
+    ///
+    /// # Errors
+    /// [`PipelineError::Load`] when the config is missing or unreadable.
+    pub fn lora_targets_of(dir: &Path) -> Result<super::lora::LoraTargets, PipelineError> {
+        let (config, _) = read_config::<transformer_helios::HeliosTransformer3DModelConfig>(
+            &dir.join("transformer").join("config.json"),
+        )?;
+        Ok(config.lora_targets())
+    }
+
+    /// Read the adapters of `req.lora` and check them against the checkpoint `dir` (before any
+    /// weights are loaded), so a bad adapter fails in one line / one 400.
+    ///
+    /// # Errors
+    /// [`PipelineError::Lora`] naming the adapter and key; [`PipelineError::Load`] for the config.
+    pub fn check_loras(dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+        if req.lora.is_empty() {
+            return Ok(());
+        }
+        let targets = Self::lora_targets_of(dir)?;
+        for spec in &req.lora.0 {
+            let path = spec.path.as_deref().unwrap_or_default();
+            super::lora::LoraAdapter::read(Path::new(path), &spec.label())?
+                .check_targets(&targets)?;
+        }
+        Ok(())
+    }
+
     /// Open the checkpoint folder `dir` as `options` says, reporting loading to `progress`.
     ///
     /// # Errors
@@ -207,6 +240,10 @@ struct Helios {
     precision: Precision,
     /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
     pipe: Option<HeliosPyramidPipeline<DefaultBackend>>,
+    /// Parsed LoRA adapters by path.
+    loras: LoraCache,
+    /// The last RIFE model used, by path.
+    rife: Option<(std::path::PathBuf, IFNet<DefaultBackend>)>,
 }
 
 impl Helios {
@@ -225,6 +262,8 @@ impl Helios {
             policy: options.load,
             precision,
             pipe: None,
+            loras: LoraCache::default(),
+            rife: None,
         };
         if options.load != LoadPolicy::EncodeThenLoad {
             helios.load(progress)?;
@@ -255,23 +294,53 @@ impl DiffusionPipeline for Helios {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
-        if let Some(pipe) = &self.pipe {
-            return pipe.call(req, ctx, sink);
-        }
-        // EncodeThenLoad: the prompt first, then the text encoder goes before the transformer
-        // is loaded.
-        let embeds = {
-            let encoder = PromptEncoder::<DefaultBackend>::load(
-                &self.dir,
-                &Default::default(),
-                self.precision.text_encoder,
-                &mut *ctx.progress,
-            )?;
-            encoder.encode_request(req, &mut *ctx.progress)?
+        self.ensure_rife(req)?;
+        // Adapters are read (and checked) before anything heavy runs.
+        let adapters = req
+            .lora
+            .0
+            .iter()
+            .map(|spec| Ok((self.loras.get(spec)?, spec.scale())))
+            .collect::<Result<Vec<_>, LoraError>>()?;
+        let embeds = match &self.pipe {
+            Some(_) => None,
+            None => {
+                // EncodeThenLoad: the prompt first, then the text encoder goes before the
+                // transformer is loaded.
+                let encoder = PromptEncoder::<DefaultBackend>::load(
+                    &self.dir,
+                    &Default::default(),
+                    self.precision.text_encoder,
+                    &mut *ctx.progress,
+                )?;
+                let embeds = encoder.encode_request(req, &mut *ctx.progress)?;
+                drop(encoder);
+                self.load(&mut *ctx.progress)?;
+                Some(embeds)
+            }
         };
-        self.load(&mut *ctx.progress)?;
-        let pipe = self.pipe.as_ref().expect("loaded above");
-        pipe.call_with_embeds(req, embeds, ctx, sink)
+        let pipe = self.pipe.as_mut().expect("loaded above");
+        let mut rife_sink;
+        let sink: &mut dyn FrameSink = match &self.rife {
+            Some((_, net)) if req.enable_frame_interpolation => {
+                rife_sink = InterpolatingSink::new(
+                    net,
+                    req.frame_interpolation_exp,
+                    req.frame_interpolation_scale,
+                    sink,
+                );
+                &mut rife_sink
+            }
+            _ => sink,
+        };
+        let n = with_loras(pipe, &adapters, |pipe| match embeds {
+            Some(embeds) => pipe.call_with_embeds(req, embeds, ctx, sink),
+            None => pipe.call(req, ctx, sink),
+        })?;
+        Ok(match req.enable_frame_interpolation {
+            true => (n.max(1) - 1) * (1 << req.frame_interpolation_exp) + 1,
+            false => n,
+        })
     }
 }
 
@@ -324,6 +393,27 @@ impl Wan {
     }
 }
 
+impl Helios {
+    /// Load the request's RIFE model unless it is the one already loaded.
+    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
+        if !req.enable_frame_interpolation {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
+        if req.frame_interpolation_model_path.is_empty() {
+            return Err(PipelineError::Unsupported(
+                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
+            ));
+        }
+        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
+            let net = IFNet::load(&path, &Default::default())
+                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
+            self.rife = Some((path, net));
+        }
+        Ok(())
+    }
+}
+
 impl DiffusionPipeline for Wan {
     fn generate(
         &mut self,
@@ -347,4 +437,29 @@ impl DiffusionPipeline for Wan {
         let pipe = self.pipe.as_ref().expect("loaded above");
         pipe.call_with_embeds(req, embeds, ctx, sink)
     }
+}
+
+/// Run `f` with `adapters` merged into the transformer, restoring the original weights after it
+/// (on success and on failure alike).
+fn with_loras<T>(
+    pipe: &mut HeliosPyramidPipeline<DefaultBackend>,
+    adapters: &[(std::sync::Arc<super::lora::LoraAdapter>, f64)],
+    f: impl FnOnce(&HeliosPyramidPipeline<DefaultBackend>) -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    if adapters.is_empty() {
+        return f(pipe);
+    }
+    let device = Default::default();
+    let transformer = pipe.transformer.clone();
+    let (merged, originals) = super::lora::merge(
+        transformer,
+        adapters,
+        transformer_helios::diffusers_module_path,
+        transformer_helios::burn_param_path,
+        &device,
+    )?;
+    pipe.transformer = merged;
+    let out = f(pipe);
+    pipe.transformer = originals.restore(pipe.transformer.clone());
+    out
 }

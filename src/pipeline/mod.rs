@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod generator;
 pub mod guidance;
+pub mod lora;
 pub mod models;
 pub mod noise;
 pub mod pipelines;

@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::lora::{LoraSpec, Loras};
+
 /// A bad request field; `param` names it (CLI flag / API field without dashes).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid `{param}`: {message}")]
@@ -121,6 +123,19 @@ request_fields! {
     boundary_ratio: f64,
     /// Wan: the scheduler's flow shift (`s·σ / (1 + (s − 1)·σ)`); the checkpoint's by default.
     flow_shift: f64,
+    /// LoRA adapters merged into the transformer for this request only: an object
+    /// `{name|lora_name|adapter, path|lora_path|local_path, scale|lora_scale, int_id|lora_int_id}`,
+    /// a list of them (combined), or the JSON text of either. Server paths must lie in `lora_dirs`.
+    lora: Loras,
+    /// Insert RIFE frames between the decoded frames (vLLM-Omni's field); needs a RIFE model
+    /// (`frame_interpolation_model_path`, `[postprocess] rife_model` or `--rife-model`).
+    enable_frame_interpolation: bool,
+    /// `n`: `2^n − 1` frames between each pair, `N` frames → `(N − 1)·2^n + 1`; 1..=4.
+    frame_interpolation_exp: u32,
+    /// RIFE's inference scale (flow resolution): 0.25, 0.5, 1, 2 or 4.
+    frame_interpolation_scale: f64,
+    /// The RIFE 4.22 lite `flownet.pkl`; empty = the server's / CLI's configured model.
+    frame_interpolation_model_path: String,
 }
 
 impl RequestPatch {
@@ -243,6 +258,11 @@ impl ModelDefaults {
                 guidance_scale_2: 1.0,
                 boundary_ratio: 0.0,
                 flow_shift: 1.0,
+                lora: Loras::default(),
+                enable_frame_interpolation: false,
+                frame_interpolation_exp: 1,
+                frame_interpolation_scale: 1.0,
+                frame_interpolation_model_path: String::new(),
                 conditioning: Conditioning::None,
             },
             unsupported: WAN_ONLY_FIELDS.to_vec(),
@@ -417,10 +437,19 @@ impl GenerationRequest {
         let w = self.window_num_frames();
         (self.num_frames as usize).div_ceil(w).max(1)
     }
-    /// Frames in the output: `chunks·window` trimmed to `4k+1`, as diffusers does.
+    /// Frames the pipeline generates: `chunks·window` trimmed to `4k+1`, as diffusers does.
     pub fn output_frames(&self) -> usize {
         let generated = self.num_chunks() * self.window_num_frames();
         (generated - 1) / 4 * 4 + 1
+    }
+    /// Frames of the video: [`output_frames`](Self::output_frames), or `(N − 1)·2^exp + 1` with
+    /// frame interpolation.
+    pub fn video_frames(&self) -> usize {
+        let n = self.output_frames();
+        match self.enable_frame_interpolation {
+            true => (n - 1) * (1 << self.frame_interpolation_exp) + 1,
+            false => n,
+        }
     }
 }
 
@@ -440,6 +469,7 @@ pub fn resolve(
     whole_video(layers, &mut req, defaults)?;
     check_sampler(layers, &req, defaults)?;
     check_sizes(&req, defaults)?;
+    check_interpolation(layers, &mut req)?;
     Ok(req)
 }
 
@@ -490,6 +520,17 @@ fn whole_video(
     if defaults.guidance_scale_2_follows && layers.iter().all(|l| l.guidance_scale_2.is_none()) {
         req.guidance_scale_2 = req.guidance_scale;
     }
+    if layers.iter().any(|l| l.guidance_scale_2.is_some()) && req.guidance_scale <= 1.0 {
+        // diffusers runs both experts without CFG then and ignores guidance_scale_2.
+        return Err(bad(
+            "guidance_scale_2",
+            format!(
+                "has no effect with guidance_scale {} (classifier-free guidance is off at <= 1); \
+                 raise guidance_scale or remove guidance_scale_2",
+                req.guidance_scale
+            ),
+        ));
+    }
     if !(0.0..=20.0).contains(&req.guidance_scale_2) {
         return Err(bad(
             "guidance_scale_2",
@@ -511,6 +552,50 @@ fn whole_video(
             "flow_shift",
             format!("{} is outside (0, 100]", req.flow_shift),
         ));
+    }
+    Ok(())
+}
+
+/// RIFE settings; with interpolation on and no layer setting `fps`, the output fps is the
+/// checkpoint's times `2^exp` (vLLM-Omni multiplies its fps the same way), so the video keeps its
+/// duration. An explicit `fps` (request, `default_request` or preset) is the output fps as given.
+fn check_interpolation(
+    layers: &[RequestPatch],
+    req: &mut GenerationRequest,
+) -> Result<(), RequestError> {
+    if !req.enable_frame_interpolation {
+        return Ok(());
+    }
+    if !(1..=4).contains(&req.frame_interpolation_exp) {
+        return Err(bad(
+            "frame_interpolation_exp",
+            format!(
+                "{} is outside 1..=4 (2^n − 1 frames between each pair)",
+                req.frame_interpolation_exp
+            ),
+        ));
+    }
+    if !crate::postprocess::rife::SCALES.contains(&req.frame_interpolation_scale) {
+        return Err(bad(
+            "frame_interpolation_scale",
+            format!(
+                "{} is not one of 0.25, 0.5, 1, 2, 4",
+                req.frame_interpolation_scale
+            ),
+        ));
+    }
+    if layers.iter().all(|l| l.fps.is_none()) {
+        let fps = req.fps.saturating_mul(1 << req.frame_interpolation_exp);
+        if fps > 240 {
+            return Err(bad(
+                "frame_interpolation_exp",
+                format!(
+                    "{} fps × 2^{} = {fps} fps is over 240; set `fps` for the output explicitly",
+                    req.fps, req.frame_interpolation_exp
+                ),
+            ));
+        }
+        req.fps = fps;
     }
     Ok(())
 }

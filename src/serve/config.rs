@@ -77,6 +77,16 @@ pub struct ServeFile {
     /// `[remote_media]`: reference files by http(s) URL (see [`super::remote`]).
     #[serde(default)]
     pub remote_media: RemoteMediaConfig,
+    /// Folders whose LoRA files requests may name by `path` (anything else is a 400 naming
+    /// `lora`); empty = requests may only name `[lora] preload` adapters.
+    #[serde(default)]
+    pub lora_dirs: Vec<PathBuf>,
+    /// `[lora]`: adapters loaded at start-up.
+    #[serde(default)]
+    pub lora: super::lora::LoraSection,
+    /// `[postprocess]`: the RIFE model.
+    #[serde(default)]
+    pub postprocess: super::postprocess::PostprocessSection,
 }
 
 /// `[storage]`.
@@ -187,6 +197,12 @@ pub struct ServeConfig {
     pub preset: Option<Preset>,
     pub webhooks: WebhooksConfig,
     pub remote_media: RemoteMediaConfig,
+    /// See [`ServeFile::lora_dirs`].
+    pub lora_dirs: Vec<PathBuf>,
+    /// See [`ServeFile::lora`].
+    pub lora: super::lora::LoraSection,
+    /// See [`ServeFile::postprocess`] (`--rife-model` beats its `rife_model`).
+    pub postprocess: super::postprocess::PostprocessSection,
 }
 
 /// What the command line sets (each `None` = not given); the flags of `omni serve`.
@@ -223,6 +239,10 @@ pub struct ServeOverrides {
     /// machine's cores (--threads) [default: `workers` in the config, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub workers: Option<u64>,
+    /// RIFE 4.22 lite `flownet.pkl` for requests with `enable_frame_interpolation`
+    /// [default: `[postprocess] rife_model` in the config].
+    #[arg(long, value_name = "FILE")]
+    pub rife_model: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -247,6 +267,7 @@ impl ServeConfig {
             served_model_name,
             aliases,
             workers,
+            rife_model,
         } = flags;
         let ServeFile {
             host: f_host,
@@ -267,7 +288,13 @@ impl ServeConfig {
             default_request,
             webhooks,
             remote_media,
+            lora_dirs,
+            lora,
+            mut postprocess,
         } = file;
+        if rife_model.is_some() {
+            postprocess.rife_model = rife_model;
+        }
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
         let Located { dir: model, name } = locate(&model).map_err(ConfigError::Model)?;
         let preset = preset
@@ -319,6 +346,9 @@ impl ServeConfig {
             preset,
             webhooks,
             remote_media,
+            lora_dirs,
+            lora,
+            postprocess,
         })
     }
 

@@ -20,7 +20,7 @@ use super::body::Fields;
 use super::error::ApiError;
 use super::reference::{self, RawReference};
 use crate::pipeline::request::{
-    GenerationRequest, ModelDefaults, RequestError, RequestPatch, WorkBudget, resolve,
+    GenerationRequest, Loras, ModelDefaults, RequestError, RequestPatch, WorkBudget, resolve,
 };
 
 /// An admitted create request.
@@ -50,6 +50,10 @@ pub struct AdmitContext<'a> {
     /// The most work one request may ask for (`[limits.budget]`).
     pub budget: &'a WorkBudget,
     pub max_upload_bytes: usize,
+    /// Which LoRA adapters may be used.
+    pub lora: &'a super::lora::LoraPolicy,
+    /// The RIFE model(s).
+    pub postprocess: &'a super::postprocess::PostprocessSection,
 }
 
 /// The create-video fields omni reads (OpenAI, vLLM-Omni, FastVideo, LocalAI spellings).
@@ -104,6 +108,17 @@ pub struct CreateVideoBody {
     pub video_params: Option<VideoParams>,
     /// Last-frame conditioning (LocalAI): refused, Helios has no such input.
     pub end_image: Option<Value>,
+    /// vLLM-Omni `lora`: an adapter object, a list of them, or the JSON text of either.
+    pub lora: Option<Loras>,
+    /// vLLM-Omni frame interpolation (RIFE).
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub enable_frame_interpolation: Option<bool>,
+    #[serde(deserialize_with = "lenient::integer")]
+    pub frame_interpolation_exp: Option<u32>,
+    #[serde(deserialize_with = "lenient::float")]
+    pub frame_interpolation_scale: Option<f64>,
+    #[serde(deserialize_with = "lenient::string")]
+    pub frame_interpolation_model_path: Option<String>,
 }
 
 /// `video_params`.
@@ -178,6 +193,11 @@ impl CreateVideoBody {
             extra_params,
             video_params,
             end_image,
+            lora,
+            enable_frame_interpolation,
+            frame_interpolation_exp,
+            frame_interpolation_scale,
+            frame_interpolation_model_path,
         } = self;
         if end_image.is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(
@@ -243,6 +263,11 @@ impl CreateVideoBody {
             guidance_scale_2,
             boundary_ratio,
             flow_shift,
+            lora: lora.filter(|l| !l.is_empty()),
+            enable_frame_interpolation,
+            frame_interpolation_exp,
+            frame_interpolation_scale,
+            frame_interpolation_model_path,
             ..Default::default()
         };
         Ok(BodyLayers {
@@ -300,13 +325,15 @@ pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiErro
     if layers.iter().all(|l| l.seed.is_none()) {
         layers[0].seed = Some(rand::random::<u32>() as u64);
     }
-    let request = resolve(&layers, cx.defaults)
+    let mut request = resolve(&layers, cx.defaults)
         .and_then(|r| cx.budget.check(&r).map(|()| r))
         .map_err(|e| renamed(e, &aliases))?;
+    cx.lora.resolve(&mut request.lora)?;
+    cx.postprocess.resolve(&mut request)?;
     let seconds = match seconds {
         Some(s) => s.to_string(),
         None => {
-            let s = (request.output_frames() as f64 / request.fps as f64).round();
+            let s = (request.video_frames() as f64 / request.fps as f64).round();
             (s.max(1.0) as u64).to_string()
         }
     };
@@ -398,6 +425,24 @@ mod lenient {
         }
     }
 
+    /// A boolean (`true`/`false`, also as the strings forms send, or 0/1).
+    pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match value(d)? {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(Some(true)),
+                "false" | "0" | "no" | "off" => Ok(Some(false)),
+                _ => Err(D::Error::custom(format!(
+                    "must be true or false, got {s:?}"
+                ))),
+            },
+            Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(Some(false)),
+            Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(Some(true)),
+            Some(v) => Err(D::Error::custom(format!("must be true or false, got {v}"))),
+        }
+    }
+
     /// A finite number.
     pub fn float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
         let f = match value(d)? {
@@ -432,6 +477,8 @@ mod tests {
                 defaults: &ModelDefaults::helios_distilled(),
                 budget: &WorkBudget::default(),
                 max_upload_bytes: 1 << 20,
+                lora: &Default::default(),
+                postprocess: &Default::default(),
             },
         )
     }
@@ -551,6 +598,8 @@ mod tests {
             defaults: &base,
             budget: &WorkBudget::default(),
             max_upload_bytes: 1 << 20,
+            lora: &Default::default(),
+            postprocess: &Default::default(),
         };
         for (body, steps) in [
             (json!({"prompt":"p","num_inference_steps":3}), 3),

@@ -134,7 +134,7 @@ impl JobRecord {
             "stage_durations": self.stage_durations,
             "peak_memory_mb": self.peak_memory_mb,
             "fps": self.request.fps,
-            "num_frames": self.request.output_frames(),
+            "num_frames": self.request.video_frames(),
             "started_at": self.started_at,
         })
     }

@@ -14,8 +14,10 @@ pub mod create;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod lora;
 pub mod models;
 pub mod openapi;
+pub mod postprocess;
 pub mod previews;
 pub mod reference;
 pub mod remix;
@@ -86,6 +88,8 @@ pub async fn serve(
             .map_err(|e| ServeError::Preset(e.message))?;
         lower_layers.push(preset.patch.clone());
     }
+    let lora =
+        lora::LoraPolicy::new(&cfg.lora_dirs, &cfg.lora, &cfg.model).map_err(ServeError::Load)?;
     let (jobs, resume) =
         jobs::Jobs::open(&cfg.storage, cfg.limits.max_attempts).map_err(|source| {
             ServeError::Storage {
@@ -156,6 +160,7 @@ pub async fn serve(
         webhooks: hooks,
         remote,
         streams,
+        lora,
     });
     let graceful = GracefulShutdown::new();
     let max_connections = state.cfg.limits.max_connections;

@@ -477,6 +477,11 @@ fn extra_params_schema(d: &Described) -> Value {
                 "maximum": d.budget.max_latent_frames_per_chunk}),
             "max_sequence_length" => json!({"type": "integer", "minimum": 1, "maximum": 4096}),
             "zero_steps" => uint(u64::MAX),
+            "lora" => lora_schema(),
+            "enable_frame_interpolation" => json!({"type": "boolean"}),
+            "frame_interpolation_exp" => json!({"type": "integer", "minimum": 1, "maximum": 4}),
+            "frame_interpolation_scale" => json!({"enum": [0.25, 0.5, 1, 2, 4]}),
+            "frame_interpolation_model_path" => json!({"type": "string"}),
             other => {
                 json!({"description": format!("{other}: see `omni generate --print-request`")})
             }
@@ -491,6 +496,20 @@ fn extra_params_schema(d: &Described) -> Value {
            "description": "model knobs below the top-level fields (any key of `omni generate --print-request`; a form sends the object's JSON text); unknown keys are a 400"})
 }
 
+/// The `lora` field: one adapter object, a list of them, or the JSON text of either.
+fn lora_schema() -> Value {
+    let adapter = json!({"type": "object", "additionalProperties": false, "properties": {
+        "name": {"type": "string", "description": "a `[lora] preload` name (aliases lora_name, adapter)"},
+        "lora_name": {"type": "string"}, "adapter": {"type": "string"},
+        "path": {"type": "string", "description": "a .safetensors file (or folder) inside the server's lora_dirs, absolute or relative to one (aliases lora_path, local_path)"},
+        "lora_path": {"type": "string"}, "local_path": {"type": "string"},
+        "scale": {"type": ["number", "string"], "description": "strength s of W + s·(α/r)·B·A (default 1, or the preload's); alias lora_scale"},
+        "lora_scale": {"type": ["number", "string"]},
+        "int_id": {"type": "integer", "minimum": 0}, "lora_int_id": {"type": "integer", "minimum": 0}}});
+    json!({"oneOf": [adapter, {"type": "array", "items": adapter}, {"type": "string"}, {"type": "null"}],
+        "description": "LoRA adapters merged into the transformer for this request only (diffusers/PEFT or original Wan/ComfyUI safetensors); several are combined. A path outside lora_dirs, an unknown name or an adapter that does not fit the model is a 400 naming `lora`"})
+}
+
 /// `VideoCreate`: the body of the create endpoints (JSON, form or multipart).
 fn video_create_schema(d: &Described) -> Value {
     let mut props = common_fields(d);
@@ -500,6 +519,15 @@ fn video_create_schema(d: &Described) -> Value {
             "num_frames": int_field(1, u32::MAX as u64), "fps": int_field(1, u32::MAX as u64)},
             "description": "vLLM-Omni / FastVideo: below the top-level fields"},
         "extra_params": extra_params_schema(d),
+        "lora": lora_schema(),
+        "enable_frame_interpolation": {"type": ["boolean", "string", "null"],
+            "description": "insert RIFE frames between the decoded frames; needs the server's `[postprocess] rife_model` (--rife-model) or `frame_interpolation_model_path`, else 400 naming this field. The output fps is the resolved fps × 2^frame_interpolation_exp unless `fps` is set explicitly (request, default_request or preset); num_frames in the Video is the real (N − 1)·2^exp + 1"},
+        "frame_interpolation_exp": {"type": ["integer", "string", "null"], "minimum": 1, "maximum": 4, "default": 1,
+            "description": "n: 2^n − 1 frames between each pair (2x, 4x, …)"},
+        "frame_interpolation_scale": {"type": ["number", "string", "null"], "enum": [0.25, 0.5, 1, 2, 4, null], "default": 1,
+            "description": "RIFE's inference scale (flow resolution)"},
+        "frame_interpolation_model_path": {"type": ["string", "null"],
+            "description": "a RIFE 4.22 lite flownet.pkl: the server's rife_model or a file inside its [postprocess] model_dirs"},
         "input_reference": {"type": "string", "format": "binary",
             "description": "image (PNG/JPEG/WebP → image-to-video) or H.264 MP4 (≥ one chunk, 33 frames → video-to-video) as a multipart file part; in JSON a data URL, base64 or {image_url}. Decoded at admission (undecodable → 400, param input_reference); stretched to the output size"},
         "image_reference": {"type": ["object", "string"], "properties": {"image_url": {"type": "string"}},

@@ -41,6 +41,8 @@ pub struct State {
     pub remote: Option<Arc<super::remote::RemoteMedia>>,
     /// The fragmented MP4 of video jobs, for `stream=true` readers.
     pub streams: Arc<LiveStreams>,
+    /// Which LoRA adapters requests may use.
+    pub lora: super::lora::LoraPolicy,
 }
 
 /// Every response body: a whole buffer, or a streamed video (chunked transfer).
@@ -406,6 +408,8 @@ pub(super) fn admit_over(
             defaults: &state.defaults,
             budget: &cfg.limits.budget,
             max_upload_bytes: cfg.limits.max_upload_bytes,
+            lora: &state.lora,
+            postprocess: &cfg.postprocess,
         },
     )?;
     a.webhook_url = webhook_url;

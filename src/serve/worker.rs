@@ -423,7 +423,7 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     let mut sink = Mp4Sink {
         writer,
         stream,
-        previews: PreviewCollector::new(req.width, req.height, req.output_frames()),
+        previews: PreviewCollector::new(req.width, req.height, req.video_frames()),
     };
     let mut noise = SeededNoise::new(req.seed);
     let mut progress = JobProgress {

@@ -71,6 +71,33 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
     (r"\.norm2\.bias$", ".norm2.beta"),
 ];
 
+/// A diffusers parameter key (`blocks.0.attn1.to_out.0.weight`) as the Burn module path
+/// (`blocks.0.attn1.to_out.weight`), through [`KEY_REMAP`] (LoRA merges address parameters so).
+pub fn burn_param_path(key: &str) -> String {
+    let mut k = format!(".{key}");
+    for (pattern, replacement) in KEY_REMAP {
+        let re = regex::Regex::new(pattern).expect("KEY_REMAP patterns are valid");
+        k = re.replace_all(&k, *replacement).into_owned();
+    }
+    k[1..].to_string()
+}
+
+/// A Burn Linear module path (`blocks.0.ffn.net_0_proj`) as the diffusers module path
+/// (`blocks.0.ffn.net.0.proj`): the inverse of [`KEY_REMAP`]'s Linear rows.
+pub fn diffusers_module_path(path: &str) -> String {
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut out = Vec::with_capacity(parts.len() + 2);
+    for (i, p) in parts.iter().enumerate() {
+        match *p {
+            "to_out" if i + 1 == parts.len() => out.push("to_out.0"),
+            "net_0_proj" => out.push("net.0.proj"),
+            "net_2" => out.push("net.2"),
+            other => out.push(other),
+        }
+    }
+    out.join(".")
+}
+
 /// diffusers `HeliosTransformer3DModel._keep_in_fp32_modules`: parameters under a module of
 /// one of these names stay f32 whatever the compute dtype.
 pub const KEEP_IN_FP32_MODULES: &[&str] = &[
@@ -192,6 +219,46 @@ impl Default for HeliosTransformer3DModelConfig {
 impl HeliosTransformer3DModelConfig {
     /// The diffusers class this config belongs to.
     pub const CLASS_NAME: &'static str = "HeliosTransformer3DModel";
+
+    /// Every Linear of the model by diffusers module path with `(out, in)`: what a LoRA adapter
+    /// may target (checked at admission, before the model is touched). Mirrors [`Self::init`];
+    /// tests/lora.rs checks the two agree.
+    pub fn lora_targets(&self) -> crate::pipeline::lora::LoraTargets {
+        let dim = self.inner_dim();
+        let p = self.patch_size;
+        let mut t = crate::pipeline::lora::LoraTargets::new();
+        let mut put = |k: String, out: usize, inp: usize| {
+            t.insert(k, (out, inp));
+        };
+        put(
+            "condition_embedder.time_embedder.linear_1".into(),
+            dim,
+            self.freq_dim,
+        );
+        put("condition_embedder.time_embedder.linear_2".into(), dim, dim);
+        put("condition_embedder.time_proj".into(), 6 * dim, dim);
+        put(
+            "condition_embedder.text_embedder.linear_1".into(),
+            dim,
+            self.text_dim,
+        );
+        put("condition_embedder.text_embedder.linear_2".into(), dim, dim);
+        for i in 0..self.num_layers {
+            for attn in ["attn1", "attn2"] {
+                for m in ["to_q", "to_k", "to_v", "to_out.0"] {
+                    put(format!("blocks.{i}.{attn}.{m}"), dim, dim);
+                }
+            }
+            put(format!("blocks.{i}.ffn.net.0.proj"), self.ffn_dim, dim);
+            put(format!("blocks.{i}.ffn.net.2"), dim, self.ffn_dim);
+        }
+        put(
+            "proj_out".into(),
+            self.out_channels() * p.iter().product::<usize>(),
+            dim,
+        );
+        t
+    }
 
     /// `num_attention_heads * attention_head_dim`.
     pub fn inner_dim(&self) -> usize {

@@ -1,0 +1,75 @@
+//! Per-frame cost of frame interpolation (RIFE 4.22 lite, full size: blocks 192/128/64/32) and of
+//! the compact Real-ESRGAN x4 upscaler (`realesr-animevideov3` size: 64 features, 16 convs; tiles
+//! of 256 with a 18-pixel border) on the CPU backend, random weights (they do not change the work).
+//!
+//! `cargo bench --bench postprocess [-- --size 640x384 --scale 1 --repeats 3]`: prints the
+//! seconds per interpolated frame (one `IFNet` call: two Head passes, four IFBlocks, eight
+//! warps) for the size and scale. Not a test: nothing is asserted about speed.
+
+use std::time::Instant;
+
+use burn::tensor::{Distribution, Tensor};
+use omni::pipeline::backend::CpuBackend;
+use omni::postprocess::realesrgan::SRVGGNetCompact;
+use omni::postprocess::rife::IFNet;
+
+fn main() {
+    let (mut w, mut h, mut scale, mut repeats) = (640usize, 384usize, 1.0f64, 3usize);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--size" => {
+                let v = it.next().unwrap();
+                let (a, b) = v.split_once('x').unwrap();
+                (w, h) = (a.parse().unwrap(), b.parse().unwrap());
+            }
+            "--scale" => scale = it.next().unwrap().parse().unwrap(),
+            "--repeats" => repeats = it.next().unwrap().parse().unwrap(),
+            _ => {}
+        }
+    }
+    let _ = omni::pipeline::backend::init_threads(None);
+    let device = Default::default();
+    let net = IFNet::<CpuBackend>::random([192, 128, 64, 32], &device);
+    let img =
+        || Tensor::<CpuBackend, 4>::random([1, 3, h, w], Distribution::Uniform(0.0, 1.0), &device);
+    let (a, b) = (img(), img());
+    // Warm-up (allocations, thread pool).
+    let _ = net
+        .interpolate(a.clone(), b.clone(), 0.5, scale)
+        .into_data();
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let _ = net
+            .interpolate(a.clone(), b.clone(), 0.5, scale)
+            .into_data();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "RIFE 4.22 lite (192/128/64/32, f32, CPU backend, {} threads) {w}x{h} scale {scale}: {mean:.3} s per interpolated frame (best {best:.3} s, {repeats} runs)",
+        rayon::current_num_threads()
+    );
+    let up = SRVGGNetCompact::<CpuBackend>::random(64, 16, 4, &device);
+    let _ = up
+        .forward_tiled(a.clone(), 256, up.receptive_radius())
+        .into_data();
+    let mut times = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let _ = up
+            .forward_tiled(a.clone(), 256, up.receptive_radius())
+            .into_data();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "SRVGGNetCompact x4 (64 feat, 16 convs, f32, CPU backend) {w}x{h} -> {}x{}, tiles 256: {mean:.3} s per frame (best {best:.3} s, {repeats} runs)",
+        w * 4,
+        h * 4
+    );
+}

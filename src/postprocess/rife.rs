@@ -1,0 +1,595 @@
+//! RIFE frame interpolation: `IFNet` as in RIFE 4.22 lite (Practical-RIFE `IFNet_HDv3` v4.22.lite,
+//! the model vLLM-Omni uses by default), read from the `flownet.pkl` PyTorch pickle users download
+//! through burn-store's PyTorch reader.
+//!
+//! Mirrors `vsrife` 5.7.0 `IFNet_HDv3_v4_22_lite.py` (`Head`, `ResConv`, `IFBlock`, `IFNet`) and
+//! `warplayer.py` (`warp`: `grid_sample(bilinear, border, align_corners=True)`), with the input
+//! preparation of vsrife's `rife()`: zero padding right/bottom to a multiple of
+//! `max(32, 32/scale)`, `tenFlow_div`, `backwarp_tenGrid`, Head features of both frames and a
+//! constant timestep plane; the output is cropped back. The channel widths of the four blocks are
+//! read from the checkpoint (192/128/64/32 in the released 4.22 lite), so narrower test models load
+//! too (tests/rife.rs pins parity with vsrife's classes ≤ 1e-4).
+//!
+//! Frames are produced as vLLM-Omni's `FrameInterpolator` does: `frame_interpolation_exp = n`
+//! inserts `2^n − 1` frames between each pair by recursive t = 0.5 bisection, so `N` frames become
+//! `(N − 1)·2^n + 1` ([`InterpolatingSink`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{conv_transpose2d, conv2d, interpolate};
+use burn::tensor::ops::{
+    ConvOptions, ConvTransposeOptions, GridSampleOptions, GridSamplePaddingMode, InterpolateMode,
+    InterpolateOptions,
+};
+use burn::tensor::{DType, Tensor, TensorData};
+
+use crate::pipeline::generator::{FrameSink, VideoFrames};
+
+/// The inference scales RIFE accepts (vsrife, Practical-RIFE).
+pub const SCALES: [f64; 5] = [0.25, 0.5, 1.0, 2.0, 4.0];
+
+/// A `flownet.pkl` that cannot be used; names the file and, where one is at fault, the tensor.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RifeError {
+    #[error("RIFE model {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("RIFE model {path}: tensor `{tensor}`: {message}")]
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        message: String,
+    },
+}
+
+/// A Conv2d / ConvTranspose2d: `weight` as PyTorch stores it, `[out, in, k, k]` (transposed:
+/// `[in, out, k, k]`), and `bias [out]`.
+#[derive(Debug, Clone)]
+struct Conv<B: Backend> {
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+}
+
+impl<B: Backend> Conv<B> {
+    fn forward(&self, x: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.weight.clone(),
+            Some(self.bias.clone()),
+            ConvOptions::new([stride, stride], [1, 1], [1, 1], 1),
+        )
+    }
+
+    /// `ConvTranspose2d(k=4, stride=2, padding=1)`: doubles H and W.
+    fn forward_transposed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv_transpose2d(
+            x,
+            self.weight.clone(),
+            Some(self.bias.clone()),
+            ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1),
+        )
+    }
+}
+
+fn lrelu<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    burn::tensor::activation::leaky_relu(x, 0.2)
+}
+
+/// vsrife `Head`: 4 feature channels at full resolution from a `[B, 3, H, W]` frame.
+#[derive(Debug, Clone)]
+struct Head<B: Backend> {
+    cnn0: Conv<B>,
+    cnn1: Conv<B>,
+    cnn2: Conv<B>,
+    cnn3: Conv<B>,
+}
+
+impl<B: Backend> Head<B> {
+    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = x.clamp(0.0, 1.0);
+        let x = lrelu(self.cnn0.forward(x, 2));
+        let x = lrelu(self.cnn1.forward(x, 1));
+        let x = lrelu(self.cnn2.forward(x, 1));
+        self.cnn3.forward_transposed(x)
+    }
+}
+
+/// vsrife `IFBlock`.
+#[derive(Debug, Clone)]
+struct IFBlock<B: Backend> {
+    conv0: [Conv<B>; 2],
+    /// `ResConv`s: the conv and `beta [1, c, 1, 1]`.
+    convblock: Vec<(Conv<B>, Tensor<B, 4>)>,
+    lastconv: Conv<B>,
+}
+
+/// `F.interpolate(x, scale_factor=f, mode="bilinear")` (align_corners=False) for sizes that are
+/// exact multiples (the padding guarantees it); identity at f = 1.
+fn resize<B: Backend>(x: Tensor<B, 4>, f: f64) -> Tensor<B, 4> {
+    if f == 1.0 {
+        return x;
+    }
+    let [_, _, h, w] = x.dims();
+    let size = [
+        (h as f64 * f).floor() as usize,
+        (w as f64 * f).floor() as usize,
+    ];
+    interpolate(
+        x,
+        size,
+        InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
+    )
+}
+
+/// `nn.PixelShuffle(r)`: `[B, C·r², H, W]` → `[B, C, H·r, W·r]`.
+fn pixel_shuffle<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let c_out = c / (r * r);
+    x.reshape([b, c_out, r, r, h, w])
+        .permute([0, 1, 4, 2, 5, 3]) // [b, c, h, r, w, r]
+        .reshape([b, c_out, h * r, w * r])
+}
+
+impl<B: Backend> IFBlock<B> {
+    /// # Shapes
+    /// `x: [B, C_in, H, W]`, `flow: [B, 4, H, W]` → (flow `[B, 4, H, W]`, mask `[B, 1, H, W]`,
+    /// feat `[B, 8, H, W]`).
+    fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        flow: Option<Tensor<B, 4>>,
+        scale: f64,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let mut x = resize(x, 1.0 / scale);
+        if let Some(flow) = flow {
+            let flow = resize(flow, 1.0 / scale).div_scalar(scale);
+            x = Tensor::cat(vec![x, flow], 1);
+        }
+        let mut feat = lrelu(self.conv0[0].forward(x, 2));
+        feat = lrelu(self.conv0[1].forward(feat, 2));
+        for (conv, beta) in &self.convblock {
+            // ResConv: relu(conv(x) * beta + x)
+            feat = lrelu(conv.forward(feat.clone(), 1) * beta.clone() + feat);
+        }
+        let tmp = pixel_shuffle(self.lastconv.forward_transposed(feat), 2);
+        let tmp = resize(tmp, scale);
+        let [b, c, h, w] = tmp.dims();
+        let flow = tmp
+            .clone()
+            .slice([0..b, 0..4, 0..h, 0..w])
+            .mul_scalar(scale);
+        let mask = tmp.clone().slice([0..b, 4..5, 0..h, 0..w]);
+        let feat = tmp.slice([0..b, 5..c, 0..h, 0..w]);
+        (flow, mask, feat)
+    }
+}
+
+/// RIFE 4.22 lite `IFNet` with its feature `Head`, in f32 on `B`'s device.
+#[derive(Debug, Clone)]
+pub struct IFNet<B: Backend> {
+    blocks: Vec<IFBlock<B>>,
+    encode: Head<B>,
+    device: B::Device,
+}
+
+/// `warp` of vsrife's warplayer: backward warp of `x` by `flow` (pixels).
+fn warp<B: Backend>(
+    x: Tensor<B, 4>,
+    flow: Tensor<B, 4>,
+    div: [f32; 2],
+    grid: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, _, h, w] = flow.dims();
+    let fx = flow
+        .clone()
+        .slice([0..b, 0..1, 0..h, 0..w])
+        .div_scalar(div[0]);
+    let fy = flow.slice([0..b, 1..2, 0..h, 0..w]).div_scalar(div[1]);
+    let g = (grid.clone() + Tensor::cat(vec![fx, fy], 1)).permute([0, 2, 3, 1]);
+    x.grid_sample_2d(
+        g,
+        GridSampleOptions {
+            mode: InterpolateMode::Bilinear,
+            padding_mode: GridSamplePaddingMode::Border,
+            align_corners: true,
+        },
+    )
+}
+
+impl<B: Backend> IFNet<B> {
+    /// Read a `flownet.pkl` (a PyTorch state dict; a `module.` prefix is removed) onto `device`.
+    ///
+    /// # Errors
+    /// [`RifeError`]: unreadable pickle, a missing, unexpected or wrongly shaped tensor.
+    pub fn load(path: &Path, device: &B::Device) -> Result<Self, RifeError> {
+        let file_err = |message: String| RifeError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(file_err("no such file".into()));
+        }
+        let reader = burn_store::pytorch::PytorchReader::new(path)
+            .map_err(|e| file_err(format!("not a PyTorch checkpoint: {e}")))?;
+        let mut tensors: BTreeMap<String, TensorData> = BTreeMap::new();
+        for (key, snap) in reader.into_tensors() {
+            let data = snap.to_data().map_err(|e| RifeError::Tensor {
+                path: path.to_path_buf(),
+                tensor: key.clone(),
+                message: format!("{e:?}"),
+            })?;
+            let name = key.strip_prefix("module.").unwrap_or(&key).to_string();
+            tensors.insert(name, data.convert::<f32>());
+        }
+        let mut w = Weights {
+            path,
+            tensors: &mut tensors,
+        };
+        let dev = (device, DType::F32);
+        let encode = Head {
+            cnn0: w.conv("encode.cnn0", dev)?,
+            cnn1: w.conv("encode.cnn1", dev)?,
+            cnn2: w.conv("encode.cnn2", dev)?,
+            cnn3: w.conv("encode.cnn3", dev)?,
+        };
+        let mut blocks = Vec::new();
+        for k in 0..4 {
+            let p = format!("block{k}");
+            let conv0 = [
+                w.conv(&format!("{p}.conv0.0.0"), dev)?,
+                w.conv(&format!("{p}.conv0.1.0"), dev)?,
+            ];
+            let mut convblock = Vec::new();
+            for i in 0..8 {
+                let c = w.conv(&format!("{p}.convblock.{i}.conv"), dev)?;
+                let beta = w.take(&format!("{p}.convblock.{i}.beta"), 4)?;
+                convblock.push((c, Tensor::from_data(beta, dev)));
+            }
+            let lastconv = w.conv(&format!("{p}.lastconv.0"), dev)?;
+            blocks.push(IFBlock {
+                conv0,
+                convblock,
+                lastconv,
+            });
+        }
+        if let Some(name) = tensors.keys().next() {
+            return Err(RifeError::Tensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                message: "unexpected (only the RIFE 4.22 lite IFNet layout is supported)".into(),
+            });
+        }
+        Ok(Self {
+            blocks,
+            encode,
+            device: device.clone(),
+        })
+    }
+
+    /// A 4.22 lite IFNet with block widths `c` (192, 128, 64, 32 in the released model) and
+    /// random weights (uniform ±1/√fan_in, beta 1): for benchmarks, where weights do not matter.
+    pub fn random(c: [usize; 4], device: &B::Device) -> Self {
+        use burn::tensor::Distribution;
+        let dev = (device, DType::F32);
+        let conv = |o: usize, i: usize, k: usize, transposed: bool| {
+            let bound = 1.0 / ((i * k * k) as f64).sqrt();
+            let shape = if transposed {
+                [i, o, k, k]
+            } else {
+                [o, i, k, k]
+            };
+            Conv {
+                weight: Tensor::random(shape, Distribution::Uniform(-bound, bound), dev),
+                bias: Tensor::random([o], Distribution::Uniform(-bound, bound), dev),
+            }
+        };
+        let encode = Head {
+            cnn0: conv(16, 3, 3, false),
+            cnn1: conv(16, 16, 3, false),
+            cnn2: conv(16, 16, 3, false),
+            cnn3: conv(4, 16, 4, true),
+        };
+        let blocks = c
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                let inp = if k == 0 { 7 + 8 } else { 8 + 4 + 8 + 8 };
+                IFBlock {
+                    conv0: [conv(c / 2, inp, 3, false), conv(c, c / 2, 3, false)],
+                    convblock: (0..8)
+                        .map(|_| (conv(c, c, 3, false), Tensor::ones([1, c, 1, 1], dev)))
+                        .collect(),
+                    lastconv: Conv {
+                        weight: conv(52, c, 4, true).weight,
+                        bias: Tensor::zeros([52], dev),
+                    },
+                }
+            })
+            .collect();
+        Self {
+            blocks,
+            encode,
+            device: device.clone(),
+        }
+    }
+
+    /// The frame at time `t` between `img0` and `img1` at inference scale `scale` (one of
+    /// [`SCALES`]), as vsrife's `rife()` computes it.
+    ///
+    /// # Shapes
+    /// `img0, img1: [B, 3, H, W]` in `[0, 1]` → `[B, 3, H, W]`.
+    pub fn interpolate(
+        &self,
+        img0: Tensor<B, 4>,
+        img1: Tensor<B, 4>,
+        t: f32,
+        scale: f64,
+    ) -> Tensor<B, 4> {
+        let [b, c, h, w] = img0.dims();
+        let m = 32usize.max((32.0 / scale) as usize);
+        let (ph, pw) = (h.div_ceil(m) * m, w.div_ceil(m) * m);
+        let pad = |x: Tensor<B, 4>| {
+            if (ph, pw) == (h, w) {
+                return x;
+            }
+            Tensor::<B, 4>::zeros([b, c, ph, pw], (&self.device, DType::F32))
+                .slice_assign([0..b, 0..c, 0..h, 0..w], x)
+        };
+        let (img0, img1) = (pad(img0), pad(img1));
+        let div = [(pw as f32 - 1.0) / 2.0, (ph as f32 - 1.0) / 2.0];
+        let grid = backwarp_grid::<B>(b, ph, pw, &self.device);
+        let f0 = self.encode.forward(img0.clone());
+        let f1 = self.encode.forward(img1.clone());
+        let timestep = Tensor::<B, 4>::full([b, 1, ph, pw], t, (&self.device, DType::F32));
+        let out = self.forward(img0, img1, timestep, div, &grid, f0, f1, scale);
+        out.slice([0..b, 0..3, 0..h, 0..w])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        img0: Tensor<B, 4>,
+        img1: Tensor<B, 4>,
+        timestep: Tensor<B, 4>,
+        div: [f32; 2],
+        grid: &Tensor<B, 4>,
+        f0: Tensor<B, 4>,
+        f1: Tensor<B, 4>,
+        scale: f64,
+    ) -> Tensor<B, 4> {
+        let img0 = img0.clamp(0.0, 1.0);
+        let img1 = img1.clamp(0.0, 1.0);
+        let scale_list = [8.0 / scale, 4.0 / scale, 2.0 / scale, 1.0 / scale];
+        let (mut warped0, mut warped1) = (img0.clone(), img1.clone());
+        let mut state: Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> = None; // flow, mask, feat
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (flow, mask, feat) = match state {
+                None => block.forward(
+                    Tensor::cat(
+                        vec![
+                            img0.clone(),
+                            img1.clone(),
+                            f0.clone(),
+                            f1.clone(),
+                            timestep.clone(),
+                        ],
+                        1,
+                    ),
+                    None,
+                    scale_list[i],
+                ),
+                Some((flow, mask, feat)) => {
+                    let [b, _, h, w] = flow.dims();
+                    let wf0 = warp(
+                        f0.clone(),
+                        flow.clone().slice([0..b, 0..2, 0..h, 0..w]),
+                        div,
+                        grid,
+                    );
+                    let wf1 = warp(
+                        f1.clone(),
+                        flow.clone().slice([0..b, 2..4, 0..h, 0..w]),
+                        div,
+                        grid,
+                    );
+                    let (fd, m0, feat) = block.forward(
+                        Tensor::cat(
+                            vec![
+                                warped0.clone(),
+                                warped1.clone(),
+                                wf0,
+                                wf1,
+                                timestep.clone(),
+                                mask,
+                                feat,
+                            ],
+                            1,
+                        ),
+                        Some(flow.clone()),
+                        scale_list[i],
+                    );
+                    (flow + fd, m0, feat)
+                }
+            };
+            let [b, _, h, w] = flow.dims();
+            warped0 = warp(
+                img0.clone(),
+                flow.clone().slice([0..b, 0..2, 0..h, 0..w]),
+                div,
+                grid,
+            );
+            warped1 = warp(
+                img1.clone(),
+                flow.clone().slice([0..b, 2..4, 0..h, 0..w]),
+                div,
+                grid,
+            );
+            state = Some((flow, mask, feat));
+        }
+        let mask = burn::tensor::activation::sigmoid(state.expect("four blocks").1);
+        warped0 * mask.clone() + warped1 * (mask.neg().add_scalar(1.0))
+    }
+}
+
+/// The tensors of a checkpoint, taken one by one (what is left over is unexpected).
+struct Weights<'a> {
+    path: &'a Path,
+    tensors: &'a mut BTreeMap<String, TensorData>,
+}
+
+impl Weights<'_> {
+    fn take(&mut self, name: &str, rank: usize) -> Result<TensorData, RifeError> {
+        let data = self.tensors.remove(name).ok_or_else(|| RifeError::Tensor {
+            path: self.path.to_path_buf(),
+            tensor: name.to_string(),
+            message: "missing (is this a RIFE 4.22 lite flownet.pkl?)".into(),
+        })?;
+        if data.shape.len() != rank {
+            return Err(RifeError::Tensor {
+                path: self.path.to_path_buf(),
+                tensor: name.to_string(),
+                message: format!("expected rank {rank}, got shape {:?}", data.shape),
+            });
+        }
+        Ok(data)
+    }
+
+    fn conv<B: Backend>(
+        &mut self,
+        prefix: &str,
+        dev: (&B::Device, DType),
+    ) -> Result<Conv<B>, RifeError> {
+        let w = self.take(&format!("{prefix}.weight"), 4)?;
+        let b = self.take(&format!("{prefix}.bias"), 1)?;
+        Ok(Conv {
+            weight: Tensor::from_data(w, dev),
+            bias: Tensor::from_data(b, dev),
+        })
+    }
+}
+
+/// vsrife's `backwarp_tenGrid`: `[B, 2, H, W]` of x then y, each `linspace(-1, 1)`.
+fn backwarp_grid<B: Backend>(b: usize, h: usize, w: usize, device: &B::Device) -> Tensor<B, 4> {
+    let lin = |n: usize| -> Vec<f32> {
+        // torch.linspace(-1, 1, n): start + i·step, the second half computed from the end.
+        let step = 2.0f32 / (n.max(2) - 1) as f32;
+        (0..n)
+            .map(|i| {
+                if i < n / 2 {
+                    -1.0 + step * i as f32
+                } else {
+                    1.0 - step * (n - 1 - i) as f32
+                }
+            })
+            .collect()
+    };
+    let (xs, ys) = (lin(w), lin(h));
+    let mut data = Vec::with_capacity(2 * h * w);
+    for _ in 0..h {
+        data.extend_from_slice(&xs);
+    }
+    for y in &ys {
+        data.extend(std::iter::repeat_n(*y, w));
+    }
+    Tensor::<B, 4>::from_data(TensorData::new(data, [1, 2, h, w]), (device, DType::F32))
+        .repeat_dim(0, b)
+}
+
+/// A [`FrameSink`] that inserts `2^exp − 1` RIFE frames between every pair of frames it is given
+/// (across chunk boundaries too: the last frame of a chunk is kept for the next), passing
+/// `(N − 1)·2^exp + 1` frames on to `inner`, one delivery per incoming chunk.
+pub struct InterpolatingSink<'a, B: Backend> {
+    pub net: &'a IFNet<B>,
+    pub exp: u32,
+    pub scale: f64,
+    pub inner: &'a mut dyn FrameSink,
+    last: Option<Tensor<B, 4>>,
+    /// Seconds spent in RIFE and frames made (for the bench / logs).
+    pub seconds: f64,
+    pub made: usize,
+}
+
+impl<'a, B: Backend> InterpolatingSink<'a, B> {
+    pub fn new(net: &'a IFNet<B>, exp: u32, scale: f64, inner: &'a mut dyn FrameSink) -> Self {
+        Self {
+            net,
+            exp,
+            scale,
+            inner,
+            last: None,
+            seconds: 0.0,
+            made: 0,
+        }
+    }
+
+    /// vLLM-Omni `make_inference`: `n` frames between `a` and `b` by t = 0.5 bisection, in order.
+    fn between(
+        &mut self,
+        a: &Tensor<B, 4>,
+        b: &Tensor<B, 4>,
+        n: usize,
+        out: &mut Vec<Tensor<B, 4>>,
+    ) {
+        let mid = self.net.interpolate(a.clone(), b.clone(), 0.5, self.scale);
+        self.made += 1;
+        if n == 1 {
+            out.push(mid);
+            return;
+        }
+        self.between(a, &mid, n / 2, out);
+        out.push(mid.clone());
+        self.between(&mid, b, n / 2, out);
+    }
+}
+
+/// `[F, H, W, 3]` host frames ↔ `[1, 3, H, W]` device tensors.
+fn frame_tensor<B: Backend>(v: &VideoFrames, i: usize, device: &B::Device) -> Tensor<B, 4> {
+    let n = v.height * v.width * 3;
+    let data = v.data[i * n..(i + 1) * n].to_vec();
+    Tensor::<B, 3>::from_data(
+        TensorData::new(data, [v.height, v.width, 3]),
+        (device, DType::F32),
+    )
+    .permute([2, 0, 1])
+    .unsqueeze::<4>()
+}
+
+fn host_frames<B: Backend>(frames: Vec<Tensor<B, 4>>, height: usize, width: usize) -> VideoFrames {
+    let n = frames.len();
+    let data: Vec<f32> = Tensor::cat(frames, 0)
+        .clamp(0.0, 1.0)
+        .permute([0, 2, 3, 1])
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 frames");
+    VideoFrames {
+        data,
+        frames: n,
+        height,
+        width,
+    }
+}
+
+impl<B: Backend> FrameSink for InterpolatingSink<'_, B> {
+    fn push_frames(&mut self, frames: VideoFrames) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let n_between = (1usize << self.exp) - 1;
+        let device = self.net.device.clone();
+        let mut out = Vec::new();
+        for i in 0..frames.frames {
+            let cur = frame_tensor::<B>(&frames, i, &device);
+            if let Some(prev) = self.last.take()
+                && n_between > 0
+            {
+                self.between(&prev, &cur, n_between.div_ceil(2), &mut out);
+            }
+            out.push(cur.clone());
+            self.last = Some(cur);
+        }
+        let made = host_frames(out, frames.height, frames.width);
+        self.seconds += started.elapsed().as_secs_f64();
+        self.inner.push_frames(made)
+    }
+}

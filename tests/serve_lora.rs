@@ -1,0 +1,283 @@
+//! `omni serve` with per-request LoRA over real sockets: the `lora` field as multipart JSON text
+//! and as a JSON object / list, `[lora] preload` names, `lora_dirs` confinement, and the 400s
+//! (bad path, unknown name, adapter that does not fit, unknown key in the object). Also
+//! `omni generate --lora`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use common::{assert_one_line_error, copy_dir, fixture, spawn_serve, tiny_distilled};
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(storage: &Path, config: &Path) -> Server {
+    let (child, addr) = spawn_serve(
+        Command::new(env!("CARGO_BIN_EXE_omni"))
+            .arg("serve")
+            .arg(tiny_distilled())
+            .args(["--port", "0", "--served-model-name", "tiny-helios"])
+            .arg("--storage")
+            .arg(storage)
+            .arg("--config")
+            .arg(config)
+            .stderr(Stdio::inherit()),
+    );
+    let s = Server { child, addr };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while http(&s.addr, "GET", "/readyz", &[], b"").0 != 200 {
+        assert!(Instant::now() < deadline, "model never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s
+}
+
+/// One HTTP/1.1 request: (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, raw[split + 4..].to_vec())
+}
+
+fn post_json(s: &Server, path: &str, body: Value) -> (u16, Vec<u8>) {
+    http(
+        &s.addr,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "omniLoraBoundary42";
+    let mut body = String::new();
+    for (k, v) in fields {
+        body.push_str(&format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+        ));
+    }
+    body.push_str(&format!("--{boundary}--\r\n"));
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+/// The `error` of an OpenAI envelope with status 400.
+fn error_400(r: (u16, Vec<u8>)) -> Value {
+    let text = String::from_utf8_lossy(&r.1).into_owned();
+    assert_eq!(r.0, 400, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["error"].clone()
+}
+
+/// A lora_dirs folder with the fixture adapters and one adapter whose A has the wrong width.
+fn lora_dir(root: &Path) -> std::path::PathBuf {
+    let dir = root.join("loras");
+    copy_dir(&fixture("lora"), &dir);
+    let bad = std::fs::read(fixture("lora/peft_b/pytorch_lora_weights.safetensors")).unwrap();
+    // Same file, renamed so that a 24-wide lora_A targets a 32-wide Linear (ffn.net.2 ← to_q).
+    let st = safetensors::SafeTensors::deserialize(&bad).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k.replace("attn1.to_q", "ffn.net.2x")
+                    .replace("ffn.net.2.", "attn1.to_q.")
+                    .replace("ffn.net.2x", "ffn.net.2"),
+                v,
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(tensors, None, &dir.join("bad.safetensors")).unwrap();
+    dir
+}
+
+const SYNC: &str = "/v1/videos/sync";
+
+#[test]
+fn lora_over_multipart_and_json_with_preload_names_and_400s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loras = lora_dir(tmp.path());
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "lora_dirs = [{:?}]\n[[lora.preload]]\nname = \"style\"\npath = {:?}\nscale = 0.75\n",
+            loras.display().to_string(),
+            loras.join("peft_a").display().to_string()
+        ),
+    )
+    .unwrap();
+    let s = start(&tmp.path().join("st"), &config);
+
+    // Multipart: the field is JSON text. A preloaded name, then no adapter, same seed.
+    let sync = |lora: Option<&str>| {
+        let mut fields = vec![
+            ("prompt", "a lighthouse"),
+            ("size", "128x64"),
+            ("num_frames", "33"),
+            ("seed", "5"),
+        ];
+        if let Some(l) = lora {
+            fields.push(("lora", l));
+        }
+        let (ct, body) = multipart(&fields);
+        let r = http(&s.addr, "POST", SYNC, &[("Content-Type", &ct)], &body);
+        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
+        assert_eq!(&r.1[4..8], b"ftyp");
+        r.1
+    };
+    let with_style = sync(Some(r#"{"name": "style"}"#));
+    let plain = sync(None);
+    let again = sync(Some(r#"[{"lora_name": "style", "lora_scale": "0.75"}]"#));
+    assert_ne!(with_style, plain, "the adapter changes the video");
+    assert_eq!(with_style, again, "same adapter, same scale, same bytes");
+    assert_eq!(plain, sync(None), "no adapter left behind after a LoRA job");
+
+    // JSON: an object with a path relative to lora_dirs, and a list of two adapters.
+    for lora in [
+        json!({"adapter": "b", "local_path": "peft_b", "scale": 1.5}),
+        json!([{"path": loras.join("wan_orig.safetensors")}, {"name": "style", "lora_int_id": 7}]),
+    ] {
+        let r = post_json(
+            &s,
+            SYNC,
+            json!({"prompt": "a lighthouse", "size": "128x64", "num_frames": 33, "lora": lora}),
+        );
+        assert_eq!(r.0, 200, "{lora}: {}", String::from_utf8_lossy(&r.1));
+    }
+
+    // 400s naming `lora`.
+    let outside = fixture("lora/peft_a").display().to_string();
+    for (lora, words) in [
+        (json!({"path": "/etc/passwd"}), "outside"),
+        (json!({"path": outside}), "outside"),
+        (json!({"path": "nope.safetensors"}), "no such adapter"),
+        (json!({"name": "unknown"}), "not preloaded"),
+        (
+            json!({"path": "bad.safetensors"}),
+            "key `transformer.blocks.0.attn1.to_q.lora_A.weight`",
+        ),
+        (json!({"pathh": "peft_b"}), "unknown field"),
+        (json!({"scale": 1}), "name"),
+        (json!("{not json"), "JSON"),
+    ] {
+        let e = error_400(post_json(
+            &s,
+            "/v1/videos",
+            json!({"prompt": "p", "size": "128x64", "lora": lora}),
+        ));
+        assert_eq!(e["param"], "lora", "{lora}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(words),
+            "{lora}: {e}"
+        );
+    }
+    // The same through multipart.
+    let (ct, body) = multipart(&[("prompt", "p"), ("lora", r#"{"path": "/etc/passwd"}"#)]);
+    let e = error_400(http(
+        &s.addr,
+        "POST",
+        "/v1/videos",
+        &[("Content-Type", &ct)],
+        &body,
+    ));
+    assert_eq!(e["param"], "lora", "{e}");
+}
+
+#[test]
+fn a_server_without_lora_dirs_refuses_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, "").unwrap();
+    let s = start(&tmp.path().join("st"), &config);
+    let path = fixture("lora/peft_a").display().to_string();
+    let e = error_400(post_json(
+        &s,
+        "/v1/videos",
+        json!({"prompt": "p", "lora": {"path": path}}),
+    ));
+    assert_eq!(e["param"], "lora");
+    assert!(e["message"].as_str().unwrap().contains("lora_dirs"), "{e}");
+}
+
+#[test]
+fn generate_takes_lora_path_scale_and_names_a_bad_adapter_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loras = lora_dir(tmp.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_omni"))
+        .args(["generate", "--prompt", "p", "--print-request", "--model"])
+        .arg(tiny_distilled())
+        .arg("--lora")
+        .arg(format!("{}:0.5", loras.join("peft_a").display()))
+        .arg("--lora")
+        .arg(loras.join("wan_orig.safetensors"))
+        .args(["-o"])
+        .arg(tmp.path().join("x.mp4"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["lora"][0]["scale"], 0.5);
+    assert!(
+        r["lora"][1]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("wan_orig.safetensors")
+    );
+    assert!(r["lora"][1].get("scale").is_none());
+    let out = Command::new(env!("CARGO_BIN_EXE_omni"))
+        .args(["generate", "--prompt", "p", "--model"])
+        .arg(tiny_distilled())
+        .arg("--lora")
+        .arg(loras.join("bad.safetensors"))
+        .args(["-o"])
+        .arg(tmp.path().join("y.mp4"))
+        .output()
+        .unwrap();
+    let line = assert_one_line_error(&out);
+    assert!(
+        line.contains("transformer.blocks.0.attn1.to_q.lora_A.weight"),
+        "{line}"
+    );
+    assert!(!tmp.path().join("y.mp4").exists());
+}
