@@ -42,7 +42,10 @@ fn top_level_boxes(bytes: &[u8]) -> Vec<String> {
 fn ffprobe_stdin(bytes: &[u8]) -> (String, String, String, u64, u64) {
     let mut child = Command::new("ffprobe")
         .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
-        .args(["-show_entries", "stream=codec_name,width,height,r_frame_rate,nb_read_frames"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,r_frame_rate,nb_read_frames",
+        ])
         .args(["-of", "json", "-i", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -74,7 +77,15 @@ fn generate(extra: &[&str], output: &Path) -> std::process::Output {
         .args(["generate", "--model"])
         .arg(tiny_distilled())
         .args(["--prompt", PROMPT, "--width", "128", "--height", "64"])
-        .args(["--num-frames", "66", "--fps", "12", "--seed", "3", "--quiet"])
+        .args([
+            "--num-frames",
+            "66",
+            "--fps",
+            "12",
+            "--seed",
+            "3",
+            "--quiet",
+        ])
         .args(extra)
         .arg("-o")
         .arg(output)
@@ -89,13 +100,24 @@ fn generate_to_stdout_is_a_fragmented_mp4_that_ffmpeg_decodes_from_a_pipe() {
         .args(["generate", "--model"])
         .arg(tiny_distilled())
         .args(["--prompt", PROMPT, "--width", "128", "--height", "64"])
-        .args(["--num-frames", "66", "--fps", "12", "--seed", "3", "-o", "-"])
+        .args([
+            "--num-frames",
+            "66",
+            "--fps",
+            "12",
+            "--seed",
+            "3",
+            "-o",
+            "-",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let ffmpeg = Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .args([
+            "-v", "error", "-xerror", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        ])
         .stdin(omni.stdout.take().unwrap())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -103,7 +125,11 @@ fn generate_to_stdout_is_a_fragmented_mp4_that_ffmpeg_decodes_from_a_pipe() {
         .unwrap();
     let status = omni.wait().unwrap();
     let mut err = String::new();
-    omni.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    omni.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "omni failed: {err}");
     // Progress and the summary stay on stderr.
     assert!(err.contains("streamed 65 frames (2 fragments"), "{err}");
@@ -117,7 +143,17 @@ fn generate_to_stdout_is_a_fragmented_mp4_that_ffmpeg_decodes_from_a_pipe() {
         .args(["generate", "--model"])
         .arg(tiny_distilled())
         .args(["--prompt", PROMPT, "--width", "128", "--height", "64"])
-        .args(["--num-frames", "66", "--fps", "12", "--seed", "3", "-q", "-o", "-"])
+        .args([
+            "--num-frames",
+            "66",
+            "--fps",
+            "12",
+            "--seed",
+            "3",
+            "-q",
+            "-o",
+            "-",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -164,7 +200,10 @@ fn npy_and_png_hold_exactly_the_frames_the_mp4_was_encoded_from() {
     for (i, name) in names.iter().enumerate() {
         let img = image::open(pngs.join(name)).unwrap().into_rgb8();
         assert_eq!((img.width(), img.height()), (W, H));
-        assert!(img.as_raw() == frames[i], "frame {i} differs between PNG and npy");
+        assert!(
+            img.as_raw() == frames[i],
+            "frame {i} differs between PNG and npy"
+        );
     }
     // The encoder is deterministic: encoding the npy frames again gives the CLI's MP4 byte for
     // byte, so these are exactly the frames it was encoded from.
@@ -285,9 +324,12 @@ fn http_raw(addr: &str, method: &str, path: &str, ct: &str, body: &[u8]) -> (u16
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16)
-            .unwrap();
+        let line_end = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16).unwrap();
         b = &b[line_end + 2..];
         if size == 0 {
             return out;
@@ -305,7 +347,13 @@ fn the_server_streams_fragments_with_chunked_transfer() {
         Command::new(env!("CARGO_BIN_EXE_omni"))
             .arg("serve")
             .arg(tiny_distilled())
-            .args(["--port", "0", "--served-model-name", "tiny-helios", "--storage"])
+            .args([
+                "--port",
+                "0",
+                "--served-model-name",
+                "tiny-helios",
+                "--storage",
+            ])
             .arg(storage.path())
             .stderr(Stdio::inherit()),
     );
@@ -318,8 +366,13 @@ fn the_server_streams_fragments_with_chunked_transfer() {
 
     // Asynchronous job: the stream is asked for right after the create, while it is queued or
     // running, and follows it to the end.
-    let (status, _, created) =
-        http_raw(&addr, "POST", "/v1/videos", "application/json", body.to_string().as_bytes());
+    let (status, _, created) = http_raw(
+        &addr,
+        "POST",
+        "/v1/videos",
+        "application/json",
+        body.to_string().as_bytes(),
+    );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&created));
     let id = serde_json::from_slice::<serde_json::Value>(&created).unwrap()["id"]
         .as_str()
@@ -345,7 +398,13 @@ fn the_server_streams_fragments_with_chunked_transfer() {
     let (_, _, again) = http_raw(&addr, "GET", &path, "text/plain", b"");
     assert!(dechunk(&again) == streamed);
     // The fast-start MP4 is still there.
-    let (status, head, _) = http_raw(&addr, "GET", &format!("/v1/videos/{id}/content"), "text/plain", b"");
+    let (status, head, _) = http_raw(
+        &addr,
+        "GET",
+        &format!("/v1/videos/{id}/content"),
+        "text/plain",
+        b"",
+    );
     assert_eq!(status, 200);
     assert!(head.contains("content-length"), "{head}");
 
@@ -366,7 +425,13 @@ fn the_server_streams_fragments_with_chunked_transfer() {
     assert_eq!(frames, "65");
 
     // A bad flag is a 400 naming `stream`.
-    let (status, _, err) = http_raw(&addr, "GET", &format!("/v1/videos/{id}/content?stream=maybe"), "text/plain", b"");
+    let (status, _, err) = http_raw(
+        &addr,
+        "GET",
+        &format!("/v1/videos/{id}/content?stream=maybe"),
+        "text/plain",
+        b"",
+    );
     assert_eq!(status, 400);
     let e: serde_json::Value = serde_json::from_slice(&err).unwrap();
     assert_eq!(e["error"]["param"], "stream");

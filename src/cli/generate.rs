@@ -10,6 +10,7 @@ use omni::hub;
 use omni::media::fmp4_out::Fmp4Writer;
 use omni::media::frames_out::{NpyWriter, PngDirWriter};
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
+use omni::pipeline::continuation::HeliosState;
 use omni::pipeline::generator::FrameSink;
 use omni::pipeline::generator::RunContext;
 use omni::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy};
@@ -94,6 +95,15 @@ pub struct GenerateArgs {
     /// one PNG per frame; a `.npy` path for the uint8 array [frames, height, width, 3].
     #[arg(short = 'o', long, value_name = "FILE|DIR/|-")]
     pub output: PathBuf,
+    /// Continue the video whose continuation state this file holds (written by
+    /// --return-state): the history, anchor and chunk index it left off at. Same checkpoint,
+    /// size and --seed as the first part give the frames one longer run would have made.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Also write the continuation state after the last chunk to this file (safetensors,
+    /// kind helios.v1), for a later --state.
+    #[arg(long, value_name = "FILE")]
+    pub return_state: Option<PathBuf>,
     /// Output format; by default taken from -o (see there).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<OutputFormat>,
@@ -138,7 +148,10 @@ impl Output {
         let format = args.format.unwrap_or_else(|| {
             if is_dir {
                 OutputFormat::Png
-            } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
+            {
                 OutputFormat::Npy
             } else {
                 OutputFormat::Mp4
@@ -147,8 +160,14 @@ impl Output {
         let (w, h, fps) = (req.width, req.height, req.fps);
         Ok(match format {
             OutputFormat::Mp4 if stdout => Self::Stream(
-                Fmp4Writer::new(std::io::stdout().lock(), w, h, fps, EncodeOptions::default())
-                    .map_err(anyhow::Error::msg)?,
+                Fmp4Writer::new(
+                    std::io::stdout().lock(),
+                    w,
+                    h,
+                    fps,
+                    EncodeOptions::default(),
+                )
+                .map_err(anyhow::Error::msg)?,
             ),
             _ if stdout => anyhow::bail!(
                 "-o - writes a fragmented MP4 to stdout; --format {format:?} needs a path \
@@ -161,7 +180,10 @@ impl Output {
             ),
             OutputFormat::Png => Self::Png(PngDirWriter::create(path)?),
             OutputFormat::Npy if is_dir => {
-                anyhow::bail!("-o {} is a folder; --format npy needs a file path", path.display())
+                anyhow::bail!(
+                    "-o {} is a folder; --format npy needs a file path",
+                    path.display()
+                )
             }
             OutputFormat::Npy => {
                 // Fails now if the folder is missing, rather than after generating.
@@ -216,7 +238,10 @@ impl Output {
             Self::Png(w) => format!("wrote {} PNG frames to {}", w.frames(), path.display()),
             Self::Npy(w) => {
                 let frames = w.finish().with_context(with_path)?;
-                format!("wrote {} ({frames} frames, uint8 [F, H, W, 3])", path.display())
+                format!(
+                    "wrote {} ({frames} frames, uint8 [F, H, W, 3])",
+                    path.display()
+                )
             }
         })
     }
@@ -285,6 +310,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(path) => Box::new(FileNoise::open(path)?),
         None => Box::new(SeededNoise::new(req.seed)),
     };
+    let state = match &args.state {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading --state {}", path.display()))?;
+            Some(
+                HeliosState::from_bytes(&bytes)
+                    .with_context(|| format!("reading --state {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     // Fails now, before minutes of loading, if the output cannot be written.
     let mut output = Output::open(&args, &req)?;
 
@@ -303,7 +339,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         progress: &mut bars,
         cancel: CancelToken::new(),
     };
-    generator.generate(&req, &mut ctx, output.sink())?;
+    let (_, state_out) = generator.generate_continued(
+        &req,
+        &mut ctx,
+        output.sink(),
+        state.as_ref(),
+        args.return_state.is_some(),
+    )?;
+    if let (Some(path), Some(st)) = (&args.return_state, state_out) {
+        std::fs::write(path, st.to_bytes())
+            .with_context(|| format!("writing --return-state {}", path.display()))?;
+    }
     bars.finish();
     let wrote = output.finish(&args.output)?;
     if !args.quiet {

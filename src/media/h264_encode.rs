@@ -59,7 +59,12 @@ impl std::fmt::Debug for H264Encoder {
 /// # Errors
 /// [`Mp4Error::InvalidSize`], [`Mp4Error::InvalidFps`], [`Mp4Error::InvalidBitrate`],
 /// [`Mp4Error::InvalidKeyframeInterval`].
-pub fn check_video(width: u32, height: u32, fps: u32, opts: &EncodeOptions) -> Result<(), Mp4Error> {
+pub fn check_video(
+    width: u32,
+    height: u32,
+    fps: u32,
+    opts: &EncodeOptions,
+) -> Result<(), Mp4Error> {
     check_size(width, height)?;
     if fps == 0 || fps > MAX_FPS {
         return Err(Mp4Error::InvalidFps { fps });

@@ -9,6 +9,8 @@ pub mod image_in;
 pub mod mp4_out;
 pub mod video_in;
 
+pub use fmp4_out::{Fmp4Summary, Fmp4Writer};
+pub use frames_out::{FramesError, NpyWriter, PngDirWriter};
 pub use image_in::{
     MediaError, image_dimensions, load_image, load_image_bytes, to_video_tensor_data,
 };
@@ -17,5 +19,3 @@ pub use mp4_out::{
     frame_f32_to_rgb8,
 };
 pub use video_in::{DecodedVideo, VideoReadOptions, VideoReader, read_video, read_video_bytes};
-pub use fmp4_out::{Fmp4Summary, Fmp4Writer};
-pub use frames_out::{FramesError, NpyWriter, PngDirWriter};

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use super::backend::{DefaultBackend, DeviceMemory, device_memory};
 use super::checkpoint::{LoadError, read_config};
+use super::continuation::HeliosState;
 use super::error::PipelineError;
 pub use super::pipelines::pipeline_helios_pyramid::RunContext;
 use super::pipelines::pipeline_helios_pyramid::{
@@ -60,6 +61,21 @@ pub trait DiffusionPipeline {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError>;
+
+    /// [`generate`](Self::generate) continuing from `state` and/or returning the state after
+    /// the last chunk ([`crate::pipeline::continuation`]).
+    ///
+    /// # Errors
+    /// As [`generate`](Self::generate); [`PipelineError::Unsupported`] ("state: …") for a
+    /// state this pipeline cannot continue.
+    fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError>;
 }
 
 /// How a registry line opens a checkpoint folder.
@@ -179,6 +195,23 @@ impl Generator {
         self.pipeline.generate(req, ctx, sink)
     }
 
+    /// [`generate`](Self::generate) continuing from a continuation `state` (of a video this
+    /// checkpoint made at the same size) and/or returning the state after the last chunk.
+    ///
+    /// # Errors
+    /// As [`DiffusionPipeline::generate_continued`].
+    pub fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+        self.pipeline
+            .generate_continued(req, ctx, sink, state, want_state)
+    }
+
     /// GPU memory in use now on the build's device (`None` on the CPU backend).
     pub fn device_memory() -> Option<DeviceMemory> {
         device_memory::<DefaultBackend>(&Default::default())
@@ -249,8 +282,20 @@ impl DiffusionPipeline for Helios {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
+        Ok(self.generate_continued(req, ctx, sink, None, false)?.0)
+    }
+
+    fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
         if let Some(pipe) = &self.pipe {
-            return pipe.call(req, ctx, sink);
+            let embeds = pipe.encode_request(req, &mut *ctx.progress)?;
+            return pipe.call_continued(req, embeds, ctx, sink, state, want_state);
         }
         // EncodeThenLoad: the prompt first, then the text encoder goes before the transformer
         // is loaded.
@@ -265,6 +310,6 @@ impl DiffusionPipeline for Helios {
         };
         self.load(&mut *ctx.progress)?;
         let pipe = self.pipe.as_ref().expect("loaded above");
-        pipe.call_with_embeds(req, embeds, ctx, sink)
+        pipe.call_continued(req, embeds, ctx, sink, state, want_state)
     }
 }

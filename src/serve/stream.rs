@@ -228,7 +228,12 @@ impl Reader {
 }
 
 /// A chunked body that replays `stream` and follows it to its end.
-pub fn body(stream: Arc<LiveStream>, jobs: Arc<Jobs>, id: &str, keep: Option<Keep>) -> StreamedBody {
+pub fn body(
+    stream: Arc<LiveStream>,
+    jobs: Arc<Jobs>,
+    id: &str,
+    keep: Option<Keep>,
+) -> StreamedBody {
     let reader = Reader {
         rx: stream.changed.subscribe(),
         stream,
