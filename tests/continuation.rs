@@ -213,3 +213,56 @@ fn the_server_returns_a_state_and_continues_from_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_cli_round_trip_through_a_state_file_equals_one_run() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let run = |frames: &str, extra: &[&std::ffi::OsStr], out: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_omni"))
+            .args(["generate", "--model"])
+            .arg(tiny_distilled())
+            .args([
+                "--prompt", PROMPT, "--width", "128", "--height", "64", "--seed", "5",
+            ])
+            .args(["--num-frames", frames, "-q", "-o"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", common::stderr(&o));
+    };
+    run("66", &[], &p("ab.npy"));
+    run(
+        "33",
+        &["--return-state".as_ref(), p("a.state").as_os_str()],
+        &p("a.npy"),
+    );
+    run(
+        "33",
+        &["--state".as_ref(), p("a.state").as_os_str()],
+        &p("b.npy"),
+    );
+    let read = |name: &str| -> ndarray::Array4<u8> { ndarray_npy::read_npy(p(name)).unwrap() };
+    let (ab, a, b) = (read("ab.npy"), read("a.npy"), read("b.npy"));
+    assert_eq!(ab.shape()[0], 65);
+    assert_eq!((a.shape()[0], b.shape()[0]), (33, 33));
+    let ab = ab.as_slice().unwrap();
+    let frame = 64 * 128 * 3;
+    assert!(a.as_slice().unwrap() == &ab[..33 * frame]);
+    assert!(&b.as_slice().unwrap()[..32 * frame] == &ab[33 * frame..]);
+    // A file that is not a state: one line naming the flag.
+    std::fs::write(p("bad.state"), b"nope").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_omni"))
+        .args(["generate", "--model"])
+        .arg(tiny_distilled())
+        .args(["--prompt", PROMPT, "--state"])
+        .arg(p("bad.state"))
+        .arg("-o")
+        .arg(p("x.mp4"))
+        .output()
+        .unwrap();
+    let line = common::assert_one_line_error(&o);
+    assert!(line.contains("--state"), "{line}");
+}
