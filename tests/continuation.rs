@@ -251,7 +251,7 @@ fn the_cli_round_trip_through_a_state_file_equals_one_run() {
     let ab = ab.as_slice().unwrap();
     let frame = 64 * 128 * 3;
     assert!(a.as_slice().unwrap() == &ab[..33 * frame]);
-    assert!(&b.as_slice().unwrap()[..32 * frame] == &ab[33 * frame..]);
+    assert!(b.as_slice().unwrap()[..32 * frame] == ab[33 * frame..]);
     // A file that is not a state: one line naming the flag.
     std::fs::write(p("bad.state"), b"nope").unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_omni"))

@@ -20,6 +20,9 @@ pub const KIND: &str = "helios.v1";
 /// The payload layout version.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// A tensor on the host: f32 values and their shape.
+pub type HostTensor = (Vec<f32>, [usize; 5]);
+
 /// Where a continued Helios video picks up; see the module docs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeliosState {
@@ -28,9 +31,9 @@ pub struct HeliosState {
     /// `model_index.json` `_class_name` of the checkpoint that made it.
     pub pipeline: String,
     /// History buffer, f32 values and shape `[1, C, N, h, w]`.
-    pub history: (Vec<f32>, [usize; 5]),
+    pub history: HostTensor,
     /// Anchor latent, f32 values and shape `[1, C, 1, h, w]`.
-    pub anchor: Option<(Vec<f32>, [usize; 5])>,
+    pub anchor: Option<HostTensor>,
 }
 
 /// A state that cannot be read or does not fit the request.
@@ -92,7 +95,7 @@ impl HeliosState {
         let segment_index = get("segment_index")?
             .parse()
             .map_err(|_| bad("segment_index is not a number".into()))?;
-        let tensor = |name: &str| -> Result<Option<(Vec<f32>, [usize; 5])>, StateError> {
+        let tensor = |name: &str| -> Result<Option<HostTensor>, StateError> {
             let Ok(t) = st.tensor(name) else {
                 return Ok(None);
             };

@@ -702,6 +702,17 @@ type PredictInputs<'a, B> = (
     &'a [i64],
 );
 
+/// A host tensor of a continuation state on `device` (f32).
+fn host_tensor<B: Backend>(
+    (values, shape): &crate::pipeline::continuation::HostTensor,
+    device: &B::Device,
+) -> Tensor<B, 5> {
+    Tensor::from_data(
+        TensorData::new(values.clone(), *shape),
+        (device, DType::F32),
+    )
+}
+
 /// Sizes and guidance shared by every chunk of a request.
 struct ChunkPlan {
     /// Index in the whole video of this request's first chunk (`segment_index` of a
@@ -847,11 +858,8 @@ impl<B: Backend> History<B> {
                 st.history.1, want
             )));
         }
-        let tensor = |(v, s): &(Vec<f32>, [usize; 5])| {
-            Tensor::<B, 5>::from_data(TensorData::new(v.clone(), *s), (device, DType::F32))
-        };
-        self.buffer = tensor(&st.history);
-        self.anchor = st.anchor.as_ref().map(tensor);
+        self.buffer = host_tensor(&st.history, device);
+        self.anchor = st.anchor.as_ref().map(|a| host_tensor(a, device));
         Ok(())
     }
 
