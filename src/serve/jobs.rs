@@ -532,10 +532,17 @@ impl Jobs {
                 self.spritesheet_path(id),
                 self.image_path(id),
                 self.state_path(id),
+                self.fmp4_path(id),
             ] {
                 let _ = std::fs::remove_file(p);
             }
         }
+    }
+
+    /// `<storage>/<id>.fmp4`: the fragmented MP4 a finished video streams from
+    /// (`content?stream=true`), written when the job completes.
+    pub fn fmp4_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.fmp4"))
     }
 
     /// `<storage>/<id>.state`: the continuation state a job returned (safetensors).

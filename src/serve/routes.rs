@@ -883,13 +883,46 @@ async fn stream_video(
         return Err(ApiError::JobFailed);
     }
     state.streams.prune(&state.jobs);
-    let stream = match (rec.status, state.streams.get(id)) {
-        (_, Some(s)) => s,
-        (Status::Completed, None) => return serve_video(state, rec, req).await,
-        _ => state.streams.get_or_create(id),
+    let completed = |id: &str| {
+        state
+            .jobs
+            .get(id)
+            .is_some_and(|r| r.status == Status::Completed)
+    };
+    let stream = match state.streams.get(id) {
+        Some(s) => s,
+        None if rec.status == Status::Completed => return finished_stream(state, rec, req).await,
+        None => {
+            // Queued or running: wait for the worker's fragments. The worker drops a finished
+            // job's stream after writing `<id>.fmp4`; a stream made here after that (the job
+            // completed since `rec` was read) stays empty, so read the file instead.
+            let s = state.streams.get_or_create(id);
+            if completed(id) && s.ended().is_none() && s.is_empty() {
+                state.streams.remove(id);
+                return finished_stream(state, rec, req).await;
+            }
+            s
+        }
     };
     let body = live::body(stream, state.jobs.clone(), id, None);
     Ok(streamed_response(body, id))
+}
+
+/// A finished job's `<id>.fmp4` as a streamed body (its fast-start MP4 when there is none).
+async fn finished_stream(
+    state: &State,
+    rec: &JobRecord,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let id = rec.id.as_str();
+    match tokio::fs::read(state.jobs.fmp4_path(id)).await {
+        Ok(bytes) => {
+            let stream = live::LiveStream::completed(bytes);
+            let body = live::body(stream, state.jobs.clone(), id, None);
+            Ok(streamed_response(body, id))
+        }
+        Err(_) => serve_video(state, rec, req).await,
+    }
 }
 
 /// 404 while the job runs, 422 once it failed.

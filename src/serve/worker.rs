@@ -336,6 +336,13 @@ fn run_job(generator: &mut Generator, jobs: &Jobs, streams: &LiveStreams, id: &s
             complete(jobs, &rec, sink, progress, started, state_out);
             let ok = jobs.get(id).is_some_and(|r| r.status == Status::Completed);
             end_stream(ok);
+            // Later readers stream from disk; the fragments leave memory.
+            if let (true, Some(live)) = (ok, &live) {
+                if let Err(e) = std::fs::write(jobs.fmp4_path(id), live.contents()) {
+                    tracing::error!("job {id}: writing its fragmented MP4: {e}");
+                }
+                streams.remove(id);
+            }
         }
         Ok(Err(PipelineError::Cancelled)) => {
             drop(sink);
