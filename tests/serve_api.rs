@@ -879,6 +879,8 @@ fn thumbnail_and_spritesheet_come_with_the_video_and_go_with_it() {
     assert_eq!(
         files_of(dir.path(), &id),
         [
+            // The fragmented MP4 `content?stream=true` serves once the job is done.
+            format!("{id}.fmp4"),
             format!("{id}.mp4"),
             format!("{id}.spritesheet.jpg"),
             format!("{id}.thumbnail.webp")

@@ -394,7 +394,12 @@ fn the_server_streams_fragments_with_chunked_transfer() {
         (codec.as_str(), fps.as_str(), frames.as_str(), w, h),
         ("h264", "12/1", "65", 128, 64)
     );
-    // Asked again after completion: the same bytes.
+    // Asked again after completion: the same bytes, now from `<id>.fmp4` on disk.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !storage.path().join(format!("{id}.fmp4")).is_file() {
+        assert!(Instant::now() < deadline, "no {id}.fmp4");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (_, _, again) = http_raw(&addr, "GET", &path, "text/plain", b"");
     assert!(dechunk(&again) == streamed);
     // The fast-start MP4 is still there.

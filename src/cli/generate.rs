@@ -10,6 +10,7 @@ use omni::hub;
 use omni::media::fmp4_out::Fmp4Writer;
 use omni::media::frames_out::{NpyWriter, PngDirWriter};
 use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
+use omni::pipeline::continuation::HeliosState;
 use omni::pipeline::generator::FrameSink;
 use omni::pipeline::generator::RunContext;
 use omni::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy};
@@ -105,6 +106,15 @@ pub struct GenerateArgs {
     /// one PNG per frame; a `.npy` path for the uint8 array [frames, height, width, 3].
     #[arg(short = 'o', long, value_name = "FILE|DIR/|-")]
     pub output: PathBuf,
+    /// Continue the video whose continuation state this file holds (written by
+    /// --return-state): the history, anchor and chunk index it left off at. Same checkpoint,
+    /// size and --seed as the first part give the frames one longer run would have made.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+    /// Also write the continuation state after the last chunk to this file (safetensors,
+    /// kind helios.v1), for a later --state.
+    #[arg(long, value_name = "FILE")]
+    pub return_state: Option<PathBuf>,
     /// Output format; by default taken from -o (see there).
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<OutputFormat>,
@@ -355,6 +365,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Some(path) => Box::new(FileNoise::open(path)?),
         None => Box::new(SeededNoise::new(req.seed)),
     };
+    let state = match &args.state {
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("reading --state {}", path.display()))?;
+            Some(
+                HeliosState::from_bytes(&bytes)
+                    .with_context(|| format!("reading --state {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     // Fails now, before minutes of loading, if the output cannot be written.
     let mut output = Output::open(&args, &req)?;
 
@@ -373,7 +394,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         progress: &mut bars,
         cancel: CancelToken::new(),
     };
-    generator.generate(&req, &mut ctx, output.sink())?;
+    let (_, state_out) = generator.generate_continued(
+        &req,
+        &mut ctx,
+        output.sink(),
+        state.as_ref(),
+        args.return_state.is_some(),
+    )?;
+    if let (Some(path), Some(st)) = (&args.return_state, state_out) {
+        std::fs::write(path, st.to_bytes())
+            .with_context(|| format!("writing --return-state {}", path.display()))?;
+    }
     bars.finish();
     let wrote = output.finish(&args.output)?;
     if !args.quiet {

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use super::backend::{DefaultBackend, DeviceMemory, device_memory};
 use super::checkpoint::{LoadError, read_config};
+use super::continuation::HeliosState;
 use super::error::PipelineError;
 use super::lora::{LoraCache, LoraError};
 use super::models::transformer_helios;
@@ -64,6 +65,21 @@ pub trait DiffusionPipeline {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError>;
+
+    /// [`generate`](Self::generate) continuing from `state` and/or returning the state after
+    /// the last chunk ([`crate::pipeline::continuation`]).
+    ///
+    /// # Errors
+    /// As [`generate`](Self::generate); [`PipelineError::Unsupported`] ("state: …") for a
+    /// state this pipeline cannot continue.
+    fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError>;
 }
 
 /// How a registry line opens a checkpoint folder.
@@ -218,6 +234,23 @@ impl Generator {
         self.pipeline.generate(req, ctx, sink)
     }
 
+    /// [`generate`](Self::generate) continuing from a continuation `state` (of a video this
+    /// checkpoint made at the same size) and/or returning the state after the last chunk.
+    ///
+    /// # Errors
+    /// As [`DiffusionPipeline::generate_continued`].
+    pub fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+        self.pipeline
+            .generate_continued(req, ctx, sink, state, want_state)
+    }
+
     /// GPU memory in use now on the build's device (`None` on the CPU backend).
     pub fn device_memory() -> Option<DeviceMemory> {
         device_memory::<DefaultBackend>(&Default::default())
@@ -294,6 +327,17 @@ impl DiffusionPipeline for Helios {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
+        Ok(self.generate_continued(req, ctx, sink, None, false)?.0)
+    }
+
+    fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
         self.ensure_rife(req)?;
         // Adapters are read (and checked) before anything heavy runs.
         let adapters = req
@@ -333,14 +377,18 @@ impl DiffusionPipeline for Helios {
             }
             _ => sink,
         };
-        let n = with_loras(pipe, &adapters, |pipe| match embeds {
-            Some(embeds) => pipe.call_with_embeds(req, embeds, ctx, sink),
-            None => pipe.call(req, ctx, sink),
+        let (n, state_out) = with_loras(pipe, &adapters, |pipe| {
+            let embeds = match embeds {
+                Some(embeds) => embeds,
+                None => pipe.encode_request(req, &mut *ctx.progress)?,
+            };
+            pipe.call_continued(req, embeds, ctx, sink, state, want_state)
         })?;
-        Ok(match req.enable_frame_interpolation {
+        let n = match req.enable_frame_interpolation {
             true => (n.max(1) - 1) * (1 << req.frame_interpolation_exp) + 1,
             false => n,
-        })
+        };
+        Ok((n, state_out))
     }
 }
 
@@ -436,6 +484,23 @@ impl DiffusionPipeline for Wan {
         self.load(&mut *ctx.progress)?;
         let pipe = self.pipe.as_ref().expect("loaded above");
         pipe.call_with_embeds(req, embeds, ctx, sink)
+    }
+
+    /// Wan makes the whole video in one window: there is no chunk history to continue from.
+    fn generate_continued(
+        &mut self,
+        req: &GenerationRequest,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+        if state.is_some() || want_state {
+            return Err(PipelineError::Unsupported(
+                "state: continuation is a Helios feature; a WanPipeline checkpoint makes the whole video at once".into(),
+            ));
+        }
+        Ok((self.generate(req, ctx, sink)?, None))
     }
 }
 

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod continuation;
 pub mod error;
 pub mod generator;
 pub mod guidance;

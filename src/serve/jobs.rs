@@ -99,6 +99,10 @@ pub struct JobRecord {
     /// (the request's `webhook_url`, else `[webhooks] url`); `None`: no event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Continuation state (FastVideo's `ContinuationState`, kind `helios.v1`): asked for, taken
+    /// from `<id>.input`, and the one returned.
+    #[serde(default, skip_serializing_if = "Continuation::is_empty")]
+    pub continuation: Continuation,
     /// `/v1/videos/sync` jobs: never listed, never stored.
     #[serde(skip)]
     pub hidden: bool,
@@ -110,9 +114,38 @@ pub struct JobRecord {
     pub admitted: Option<std::time::Instant>,
 }
 
+/// A job's continuation state (see [`crate::pipeline::continuation`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Continuation {
+    /// The job whose state this one continues (its state blob was copied to `<id>.input`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `output.return_state` / `return_state`: store the state after the last chunk.
+    #[serde(default)]
+    pub return_state: bool,
+    /// The returned `state` object (`{"kind": "helios.v1", "payload": {…, "blob": id}}`); the
+    /// blob is `<id>.state`, removed with the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Value>,
+}
+
+impl Continuation {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl JobRecord {
     /// The OpenAI/vLLM-Omni `Video` object; `ttl` (seconds) sets `expires_at`.
     pub fn video(&self, ttl: Option<u64>) -> Value {
+        let mut v = self.video_fields(ttl);
+        if let Some(state) = &self.continuation.state {
+            v["state"] = state.clone();
+        }
+        v
+    }
+
+    fn video_fields(&self, ttl: Option<u64>) -> Value {
         json!({
             "id": self.id,
             "object": "video",
@@ -551,10 +584,23 @@ impl Jobs {
                 self.thumbnail_path(id),
                 self.spritesheet_path(id),
                 self.image_path(id),
+                self.state_path(id),
+                self.fmp4_path(id),
             ] {
                 let _ = std::fs::remove_file(p);
             }
         }
+    }
+
+    /// `<storage>/<id>.fmp4`: the fragmented MP4 a finished video streams from
+    /// (`content?stream=true`), written when the job completes.
+    pub fn fmp4_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.fmp4"))
+    }
+
+    /// `<storage>/<id>.state`: the continuation state a job returned (safetensors).
+    pub fn state_path(&self, id: &str) -> PathBuf {
+        self.storage.join(format!("{id}.state"))
     }
 
     /// `<storage>/<id>.input`: the reference file of an I2V / V2V job, as uploaded.
@@ -664,6 +710,7 @@ mod tests {
             request: crate::pipeline::request::ModelDefaults::helios_distilled().request,
             remixed_from_video_id: None,
             webhook_url: None,
+            continuation: Default::default(),
             hidden: false,
             cancel: Default::default(),
             admitted: None,

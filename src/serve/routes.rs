@@ -23,6 +23,7 @@ use super::openapi;
 use super::reference;
 use super::stream::{self as live, LiveStreams};
 use super::worker::{Job, Worker};
+use crate::pipeline::continuation::{self, HeliosState};
 use crate::pipeline::request::{ModelDefaults, RequestPatch};
 
 /// What every handler can see.
@@ -511,6 +512,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         request: a.request,
         remixed_from_video_id: None,
         webhook_url: a.webhook_url,
+        continuation: Default::default(),
         hidden,
         cancel: Default::default(),
         admitted: Some(std::time::Instant::now()),
@@ -564,8 +566,11 @@ pub(super) fn video_response(state: &State, rec: &JobRecord) -> Resp {
 }
 
 async fn create(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let admitted = admit_body(state, req).await?;
-    let job = new_job(state, admitted, false, JobKind::Video).await?;
+    let mut fields = read_fields(state, req).await?;
+    let ask = take_continuation(state, &mut fields)?;
+    let admitted = admit_fields(state, &fields)?;
+    let mut job = new_job(state, admitted, false, JobKind::Video).await?;
+    attach_continuation(state, &mut job, ask).await?;
     // Answer the job as admitted (`queued`): the worker may already have picked it up (or even
     // finished it) by the time the response is written, and a create answers the creation.
     let created = job.rec.clone();
@@ -779,16 +784,174 @@ async fn content(state: &State, id: &str, req: &Request<Incoming>) -> Result<Res
 
 /// `stream`: `true`/`false` (JSON boolean, or the strings of a form or query); absent = false.
 fn stream_flag(v: Option<&Value>) -> Result<bool, ApiError> {
+    bool_field("stream", v)
+}
+
+/// A boolean field named `param`: JSON boolean, or `true`/`false`/`1`/`0`; absent = false.
+fn bool_field(param: &str, v: Option<&Value>) -> Result<bool, ApiError> {
     match v {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(Value::String(s)) if s == "true" || s == "1" => Ok(true),
         Some(Value::String(s)) if s == "false" || s == "0" || s.is_empty() => Ok(false),
         Some(v) => Err(ApiError::invalid(
-            "stream",
+            param,
             format!("{v} is not true or false"),
         )),
     }
+}
+
+/// What a create body asks of continuation (FastVideo's `ContinuationState` contract):
+/// `output.return_state` / `return_state`, and the `state` to continue (its blob, read).
+struct ContinuationAsk {
+    return_state: bool,
+    from: Option<(String, Vec<u8>, HeliosState)>,
+}
+
+/// Takes `return_state`, `output` and `state` out of the fields (before admission, which ignores
+/// unknown fields): 400 naming `state` for an unknown or expired state, "incompatible" for one
+/// of another kind, schema or checkpoint.
+fn take_continuation(
+    state: &State,
+    fields: &mut body::Fields,
+) -> Result<ContinuationAsk, ApiError> {
+    // Objects may come as their JSON text (forms).
+    let object = |v: Value, param: &str| match v {
+        Value::String(s) => serde_json::from_str::<Value>(&s)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| ApiError::invalid(param, "must be a JSON object".to_string())),
+        v if v.is_object() => Ok(v),
+        _ => Err(ApiError::invalid(
+            param,
+            "must be a JSON object".to_string(),
+        )),
+    };
+    let mut return_state = bool_field("return_state", fields.map.remove("return_state").as_ref())?;
+    if let Some(out) = fields.map.remove("output").filter(|v| !v.is_null()) {
+        let out = object(out, "output")?;
+        for (k, v) in out.as_object().expect("checked") {
+            match k.as_str() {
+                "return_state" => return_state |= bool_field("output.return_state", Some(v))?,
+                other => {
+                    return Err(ApiError::invalid(
+                        &format!("output.{other}"),
+                        "not supported (only output.return_state)".to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    if return_state && !state.defaults.pipeline_class.starts_with("Helios") {
+        return Err(ApiError::invalid(
+            "return_state",
+            format!(
+                "continuation state is a Helios feature; this checkpoint ({}) makes the whole video at once",
+                state.defaults.pipeline_class
+            ),
+        ));
+    }
+    let from = match fields.map.remove("state").filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => Some(read_state(state, &object(v, "state")?)?),
+    };
+    Ok(ContinuationAsk { return_state, from })
+}
+
+/// The stored blob a `state` object names, checked against this server's checkpoint.
+fn read_state(state: &State, v: &Value) -> Result<(String, Vec<u8>, HeliosState), ApiError> {
+    let incompatible =
+        |why: String| ApiError::invalid("state", format!("incompatible state: {why}"));
+    if v["kind"] != continuation::KIND {
+        return Err(incompatible(format!(
+            "kind is {}, this server continues {}",
+            v["kind"],
+            continuation::KIND
+        )));
+    }
+    let payload = &v["payload"];
+    if payload["schema_version"] != continuation::SCHEMA_VERSION {
+        return Err(incompatible(format!(
+            "schema_version {} (this server reads {})",
+            payload["schema_version"],
+            continuation::SCHEMA_VERSION
+        )));
+    }
+    let unknown = || {
+        ApiError::invalid(
+            "state",
+            "unknown or expired state: its video is gone (states live as long as the video)"
+                .to_string(),
+        )
+    };
+    let blob = payload["blob"].as_str().ok_or_else(unknown)?;
+    if !valid_id(blob)
+        || state
+            .jobs
+            .get(blob)
+            .is_none_or(|r| r.continuation.state.is_none())
+    {
+        return Err(unknown());
+    }
+    let bytes = std::fs::read(state.jobs.state_path(blob)).map_err(|_| unknown())?;
+    let st = HeliosState::from_bytes(&bytes).map_err(|e| incompatible(e.to_string()))?;
+    let class = crate::pipeline::generator::pipeline_entry(&state.cfg.model)
+        .map(|e| e.class_name)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if st.pipeline != class {
+        return Err(incompatible(format!(
+            "made by {}, this server runs {class}",
+            st.pipeline
+        )));
+    }
+    Ok((blob.to_string(), bytes, st))
+}
+
+/// Attaches the continuation to an admitted job: the state's shape must fit the resolved
+/// request, its blob is copied to `<id>.input` (the job keeps it even if the first video
+/// expires).
+async fn attach_continuation<'a>(
+    state: &'a State,
+    job: &mut NewJob<'a>,
+    ask: ContinuationAsk,
+) -> Result<(), ApiError> {
+    job.rec.continuation.return_state = ask.return_state;
+    let Some((blob, bytes, st)) = ask.from else {
+        return Ok(());
+    };
+    let req = &job.rec.request;
+    let n: usize = req.history_sizes.iter().sum();
+    let [_, _, hn, hh, hw] = st.history.1;
+    if job.input.is_some() {
+        return Err(ApiError::invalid(
+            "state",
+            "a continuation cannot also take an image or video reference".to_string(),
+        ));
+    }
+    if (hn, hh * 8, hw * 8) != (n, req.height as usize, req.width as usize) {
+        return Err(ApiError::invalid(
+            "state",
+            format!(
+                "incompatible state: made at {}x{} with {hn} history frames, this request is {}x{} with {n}",
+                hw * 8,
+                hh * 8,
+                req.width,
+                req.height
+            ),
+        ));
+    }
+    let path = state.jobs.input_path(&job.rec.id);
+    tokio::fs::write(&path, &bytes).await.map_err(|e| {
+        tracing::error!("writing {}: {e}", path.display());
+        ApiError::InsufficientStorage("could not store the continuation state".into())
+    })?;
+    job.input = Some(InputFile {
+        jobs: &state.jobs,
+        id: job.rec.id.clone(),
+        queued: false,
+    });
+    job.rec.continuation.from = Some(blob);
+    Ok(())
 }
 
 /// Headers of a streamed fragmented MP4 (no `Content-Length`: chunked transfer).
@@ -816,13 +979,46 @@ async fn stream_video(
         return Err(ApiError::JobFailed);
     }
     state.streams.prune(&state.jobs);
-    let stream = match (rec.status, state.streams.get(id)) {
-        (_, Some(s)) => s,
-        (Status::Completed, None) => return serve_video(state, rec, req).await,
-        _ => state.streams.get_or_create(id),
+    let completed = |id: &str| {
+        state
+            .jobs
+            .get(id)
+            .is_some_and(|r| r.status == Status::Completed)
+    };
+    let stream = match state.streams.get(id) {
+        Some(s) => s,
+        None if rec.status == Status::Completed => return finished_stream(state, rec, req).await,
+        None => {
+            // Queued or running: wait for the worker's fragments. The worker drops a finished
+            // job's stream after writing `<id>.fmp4`; a stream made here after that (the job
+            // completed since `rec` was read) stays empty, so read the file instead.
+            let s = state.streams.get_or_create(id);
+            if completed(id) && s.ended().is_none() && s.is_empty() {
+                state.streams.remove(id);
+                return finished_stream(state, rec, req).await;
+            }
+            s
+        }
     };
     let body = live::body(stream, state.jobs.clone(), id, None);
     Ok(streamed_response(body, id))
+}
+
+/// A finished job's `<id>.fmp4` as a streamed body (its fast-start MP4 when there is none).
+async fn finished_stream(
+    state: &State,
+    rec: &JobRecord,
+    req: &Request<Incoming>,
+) -> Result<Resp, ApiError> {
+    let id = rec.id.as_str();
+    match tokio::fs::read(state.jobs.fmp4_path(id)).await {
+        Ok(bytes) => {
+            let stream = live::LiveStream::completed(bytes);
+            let body = live::body(stream, state.jobs.clone(), id, None);
+            Ok(streamed_response(body, id))
+        }
+        Err(_) => serve_video(state, rec, req).await,
+    }
 }
 
 /// 404 while the job runs, 422 once it failed.
@@ -1068,9 +1264,17 @@ async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let field_stream = fields.map.remove("stream");
     let stream = stream_flag(field_stream.as_ref().or(query_stream.as_ref()))?;
     no_webhook(&fields, "/v1/videos/sync")?;
+    let ask = take_continuation(state, &mut fields)?;
+    if ask.return_state {
+        return Err(ApiError::invalid(
+            "return_state",
+            "/v1/videos/sync keeps no job to hold a state; use POST /v1/videos".to_string(),
+        ));
+    }
     let admitted = admit_fields(state, &fields)?;
     let started = Instant::now();
-    let job = new_job(state, admitted, true, JobKind::Video).await?;
+    let mut job = new_job(state, admitted, true, JobKind::Video).await?;
+    attach_continuation(state, &mut job, ask).await?;
     let model = job.rec.model.clone();
     if stream {
         // Fragments go out as chunks finish; the job lives as long as the response body.

@@ -10,9 +10,10 @@
 //! ends the body with an error (the client sees a truncated chunked response, not a short
 //! video that looks complete).
 //!
-//! Fragments stay in memory while the job exists (about the size of its MP4) and are dropped
-//! with it; a completed job without a live stream (the server restarted since) is answered
-//! with its fast-start MP4 instead.
+//! Fragments stay in memory while the job runs; once it completes they are written to
+//! `<id>.fmp4` and the memory is freed (readers already attached finish from memory), and later
+//! readers get the file. A completed job without that file (made before this server version)
+//! is answered with its fast-start MP4 instead.
 
 use std::collections::HashMap;
 use std::io;
@@ -72,6 +73,19 @@ impl LiveStream {
     pub fn end(&self, ok: bool) {
         self.lock().end.get_or_insert(ok);
         self.bump();
+    }
+
+    /// A stream that is already complete with `bytes` (a finished job's `<id>.fmp4`).
+    pub fn completed(bytes: Vec<u8>) -> Arc<Self> {
+        let s = Self::new();
+        s.append(&bytes);
+        s.end(true);
+        Arc::new(s)
+    }
+
+    /// Everything written so far, in one buffer.
+    pub fn contents(&self) -> Vec<u8> {
+        self.lock().pieces.concat()
     }
 
     /// Whether the stream ended, and how.

@@ -20,6 +20,7 @@ use super::stream::{LiveStreams, LiveWriter};
 use crate::media::fmp4_out::Fmp4Writer;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
 use crate::pipeline::backend::DeviceMemory;
+use crate::pipeline::continuation::{self, HeliosState};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::generator::{FrameSink, Generator, GeneratorOptions, RunContext, VideoFrames};
 use crate::pipeline::noise::SeededNoise;
@@ -368,6 +369,20 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
             Err(e) => return fail(jobs, id, "invalid_input", e.to_string()),
         }
     }
+    // A continuation: the state blob copied to `<id>.input` at admission.
+    let state_in = match &rec.continuation.from {
+        Some(_) => match std::fs::read(jobs.input_path(id))
+            .ok()
+            .and_then(|b| HeliosState::from_bytes(&b).ok())
+        {
+            Some(st) => Some(st),
+            None => {
+                let message = "the job's continuation state is no longer in storage";
+                return fail(jobs, id, "input_missing", message.into());
+            }
+        },
+        None => None,
+    };
     // Persisted before the work starts: if the process dies under this job, the next start
     // knows how often it tried (crash-loop safety, `Jobs::open`).
     jobs.update(id, true, |r| {
@@ -441,7 +456,13 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
             progress: &mut progress,
             cancel: rec.cancel.clone(),
         };
-        generator.generate(&req, &mut ctx, &mut sink)
+        generator.generate_continued(
+            &req,
+            &mut ctx,
+            &mut sink,
+            state_in.as_ref(),
+            rec.continuation.return_state,
+        )
     }));
     let end_stream = |ok: bool| {
         if let Some(live) = &live {
@@ -449,10 +470,17 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
         }
     };
     match outcome {
-        Ok(Ok(frames)) => {
-            complete(me, jobs, &rec, sink, progress, started, frames);
+        Ok(Ok((frames, state_out))) => {
+            complete(me, jobs, &rec, sink, progress, started, frames, state_out);
             let ok = jobs.get(id).is_some_and(|r| r.status == Status::Completed);
             end_stream(ok);
+            // Later readers stream from disk; the fragments leave memory.
+            if let (true, Some(live)) = (ok, &live) {
+                if let Err(e) = std::fs::write(jobs.fmp4_path(id), live.contents()) {
+                    tracing::error!("job {id}: writing its fragmented MP4: {e}");
+                }
+                streams.remove(id);
+            }
         }
         Ok(Err(PipelineError::Cancelled)) => {
             drop(sink);
@@ -483,8 +511,33 @@ fn complete(
     progress: JobProgress<'_>,
     started: Instant,
     frames: usize,
+    state_out: Option<HeliosState>,
 ) {
     let id = rec.id.as_str();
+    // The continuation state after the last chunk, stored as `<id>.state` (removed with the job).
+    let state_json = match state_out {
+        Some(st) => {
+            if let Err(e) = std::fs::write(jobs.state_path(id), st.to_bytes()) {
+                tracing::error!("job {id}: writing its state: {e}");
+                jobs.remove_files(id);
+                let message = "could not store the continuation state";
+                return fail(jobs, id, "internal_error", message.into());
+            }
+            Some(serde_json::json!({
+                "kind": continuation::KIND,
+                "payload": {
+                    "schema_version": continuation::SCHEMA_VERSION,
+                    "segment_index": st.segment_index,
+                    "blob": id,
+                    "pipeline": st.pipeline,
+                    "width": rec.request.width,
+                    "height": rec.request.height,
+                    "history_sizes": rec.request.history_sizes,
+                },
+            }))
+        }
+        None => None,
+    };
     if let Some(Err(e)) = sink.stream.map(Fmp4Writer::finish) {
         tracing::error!("job {id}: finishing the stream: {e}");
     }
@@ -530,6 +583,7 @@ fn complete(
         r.inference_time_s = Some(ms(secs));
         r.stage_durations = stage_durations;
         r.peak_memory_mb = peak_memory_mb;
+        r.continuation.state = state_json;
     });
     if kept.is_none() {
         // Deleted while finishing (counted as cancelled by the DELETE).

@@ -48,6 +48,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::pipeline::checkpoint::component_dir;
+use crate::pipeline::continuation::HeliosState;
 use crate::pipeline::guidance::Guidance;
 use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
 use crate::pipeline::models::transformer_helios::{
@@ -245,6 +246,59 @@ impl<B: Backend> HeliosPyramidPipeline<B> {
         )
     }
 
+    /// Step 3 alone: the request's prompt embeddings (and negative ones under CFG).
+    ///
+    /// # Errors
+    /// As [`encode_prompt`](Self::encode_prompt).
+    pub fn encode_request(
+        &self,
+        req: &GenerationRequest,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<PromptEmbeds<B>, PipelineError> {
+        self.with_prompt_encoder(|e| e.encode_request(req, progress))
+    }
+
+    /// [`call_with_embeds`](Self::call_with_embeds) that starts from a continuation `state`
+    /// (the history, anchor and chunk index of an earlier video) and/or returns the state after
+    /// its last chunk (`want_state`); see [`crate::pipeline::continuation`].
+    ///
+    /// # Errors
+    /// As [`call`](Self::call); [`PipelineError::Unsupported`] starting with "state:" for a
+    /// state made by another checkpoint or size, or given with an image / video reference.
+    pub fn call_continued(
+        &self,
+        req: &GenerationRequest,
+        embeds: PromptEmbeds<B>,
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+        if let Some(st) = state
+            && st.pipeline != self.model_index.class_name
+        {
+            return Err(PipelineError::Unsupported(format!(
+                "state: incompatible: made by {}, this checkpoint is {}",
+                st.pipeline, self.model_index.class_name
+            )));
+        }
+        let (n, out) = self.parts().denoise_continued(
+            req,
+            (embeds.prompt_embeds, embeds.negative_prompt_embeds),
+            ctx,
+            sink,
+            state,
+            want_state,
+        )?;
+        Ok((
+            n,
+            out.map(|mut s| {
+                s.pipeline = self.model_index.class_name.clone();
+                s
+            }),
+        ))
+    }
+
     /// The components the denoising loop needs, borrowed.
     pub fn parts(&self) -> DenoiseParts<'_, B> {
         DenoiseParts {
@@ -284,18 +338,57 @@ impl<B: Backend> DenoiseParts<'_, B> {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
-        let plan = self.plan(req)?;
+        let embeds = (prompt_embeds, negative_prompt_embeds);
+        Ok(self
+            .denoise_continued(req, embeds, ctx, sink, None, false)?
+            .0)
+    }
+
+    /// [`denoise`](Self::denoise) from a continuation `state` (history, anchor, chunk index)
+    /// instead of an empty history, returning the state after the last chunk when `want_state`.
+    /// Chunk `k` of this request is chunk `segment_index + k` of the whole video: its draws are
+    /// `chunk{segment_index + k}.…`, so a continued video equals the one-request video.
+    ///
+    /// # Errors
+    /// As [`denoise`](Self::denoise); [`PipelineError::Unsupported`] ("state: …") for a state
+    /// of another size, or given with an image / video reference.
+    pub fn denoise_continued(
+        &self,
+        req: &GenerationRequest,
+        (prompt_embeds, negative_prompt_embeds): (Tensor<B, 3>, Option<Tensor<B, 3>>),
+        ctx: &mut RunContext<'_>,
+        sink: &mut dyn FrameSink,
+        state: Option<&HeliosState>,
+        want_state: bool,
+    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+        let mut plan = self.plan(req)?;
         let texts = self.text_contexts(&plan, prompt_embeds, negative_prompt_embeds)?;
         // 5. History buffer and RoPE frame indices; 4. image / video conditioning fills it.
         let mut history = History::new(req, &plan, self.device);
-        if let Some(prepared) = self.prepare_conditioning(req, ctx, plan.t_chunk)? {
-            history.condition(prepared);
+        match state {
+            Some(st) => {
+                if !matches!(
+                    req.conditioning,
+                    crate::pipeline::request::Conditioning::None
+                ) {
+                    return Err(PipelineError::Unsupported(
+                        "state: a continuation cannot also take an image or video reference".into(),
+                    ));
+                }
+                history.restore(st, self.device)?;
+                plan.first_chunk = st.segment_index;
+            }
+            None => {
+                if let Some(prepared) = self.prepare_conditioning(req, ctx, plan.t_chunk)? {
+                    history.condition(prepared);
+                }
+            }
         }
         // 6. Denoising loop, one chunk at a time, each decoded as soon as it is done.
         let mut delivered = 0usize;
         for k in 0..req.num_chunks() {
             let latents = self.denoise_chunk(req, &plan, k, &texts, &history, ctx)?;
-            history.push(req, k, latents.clone());
+            history.push(req, plan.first_chunk + k, latents.clone());
             let keep = plan.window.min(req.output_frames() - delivered);
             delivered += self.decode_chunk(k, latents, keep, ctx, sink)?;
             ctx.progress.event(Progress::FramesReady {
@@ -303,7 +396,8 @@ impl<B: Backend> DenoiseParts<'_, B> {
                 frames: delivered,
             });
         }
-        Ok(delivered)
+        let out = want_state.then(|| history.save(plan.first_chunk + req.num_chunks()));
+        Ok((delivered, out))
     }
 
     /// Step 1 (what `resolve` cannot know: the loaded scheduler) and the latent sizes.
@@ -325,6 +419,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
         }
         let t_chunk = req.num_latent_frames_per_chunk;
         Ok(ChunkPlan {
+            first_chunk: 0,
             stages,
             channels: self.transformer.config().in_channels,
             t_chunk,
@@ -382,7 +477,9 @@ impl<B: Backend> DenoiseParts<'_, B> {
         history: &History<B>,
         ctx: &mut RunContext<'_>,
     ) -> Result<Tensor<B, 5>, PipelineError> {
-        let mut samplers = self.stage_samplers(req, k, plan)?;
+        // `k` counts this request's chunks (progress); `g` the whole video's (draws, schedule).
+        let g = plan.first_chunk + k;
+        let mut samplers = self.stage_samplers(req, g, plan)?;
         let steps: usize = samplers.iter().map(|s| s.timesteps().len()).sum();
         ctx.progress.event(Progress::ChunkStarted {
             chunk: k,
@@ -392,11 +489,11 @@ impl<B: Backend> DenoiseParts<'_, B> {
         });
         let hist = history.inputs(1);
         let hist_cfg = texts.cfg.as_ref().map(|_| history.inputs(2));
-        let mut latents = self.initial_latents(plan, k, ctx)?;
+        let mut latents = self.initial_latents(plan, g, ctx)?;
         let mut step_done = 0usize;
         for (s, sampler) in samplers.iter_mut().enumerate() {
             if s > 0 {
-                latents = self.stage_renoise(k, s, latents, ctx)?;
+                latents = self.stage_renoise(g, s, latents, ctx)?;
             }
             sampler.begin(&latents);
             for i in 0..sampler.timesteps().len() {
@@ -605,8 +702,22 @@ type PredictInputs<'a, B> = (
     &'a [i64],
 );
 
+/// A host tensor of a continuation state on `device` (f32).
+fn host_tensor<B: Backend>(
+    (values, shape): &crate::pipeline::continuation::HostTensor,
+    device: &B::Device,
+) -> Tensor<B, 5> {
+    Tensor::from_data(
+        TensorData::new(values.clone(), *shape),
+        (device, DType::F32),
+    )
+}
+
 /// Sizes and guidance shared by every chunk of a request.
 struct ChunkPlan {
+    /// Index in the whole video of this request's first chunk (`segment_index` of a
+    /// continuation state, else 0).
+    first_chunk: usize,
     /// Pyramid stages (1 for Base).
     stages: usize,
     /// Latent channels (16).
@@ -712,6 +823,44 @@ impl<B: Backend> History<B> {
             indices_latents_history_mid: self.indices_mid.clone(),
             indices_latents_history_long: self.indices_long.clone(),
         }
+    }
+
+    /// The continuation state after `segment_index` chunks (buffer and anchor to the host).
+    fn save(&self, segment_index: usize) -> HeliosState {
+        let host = |t: &Tensor<B, 5>| {
+            let v = t
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .expect("f32 data");
+            (v, t.dims())
+        };
+        HeliosState {
+            segment_index,
+            pipeline: String::new(),
+            history: host(&self.buffer),
+            anchor: self.anchor.as_ref().map(host),
+        }
+    }
+
+    /// Starts from a saved state; its buffer must have this request's shape.
+    fn restore(&mut self, st: &HeliosState, device: &B::Device) -> Result<(), PipelineError> {
+        let want = self.buffer.dims();
+        let anchor_ok = st
+            .anchor
+            .as_ref()
+            .is_none_or(|(_, s)| *s == [1, want[1], 1, want[3], want[4]]);
+        if st.history.1 != want || !anchor_ok {
+            return Err(PipelineError::Unsupported(format!(
+                "state: incompatible: its history is {:?} latent values, this request needs {:?} \
+                 (same model, width, height and history_sizes)",
+                st.history.1, want
+            )));
+        }
+        self.buffer = host_tensor(&st.history, device);
+        self.anchor = st.anchor.as_ref().map(|a| host_tensor(a, device));
+        Ok(())
     }
 
     /// After chunk `k`: the anchor from its first latent frame when there is none yet (or from
