@@ -39,6 +39,8 @@ pub enum LogFormat {
 pub const THREADS_ENV: &str = "OMNI_NUM_THREADS";
 
 /// Subcommands.
+// Parsed once per process: the size of the `generate` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate one video from a prompt and write it as an H.264 MP4.

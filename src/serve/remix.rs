@@ -29,12 +29,18 @@ use hyper::Request;
 use hyper::body::Incoming;
 
 /// The request of a stored job as a request layer: every field set, except the steps knob of
-/// the sampler the checkpoint does not run (a layer that sets it is refused by `resolve`; its
-/// value is the checkpoint's default, unused).
-fn patch_of(req: &GenerationRequest) -> Result<RequestPatch, ApiError> {
-    let mut p: RequestPatch = serde_json::to_value(req)
-        .and_then(serde_json::from_value)
-        .map_err(|e| ApiError::Internal(format!("reading the source job's request: {e}")))?;
+/// the sampler the checkpoint does not run and the fields the checkpoint cannot honour (a layer
+/// that sets them is refused by `resolve`; their values are the defaults, unused).
+fn patch_of(state: &State, req: &GenerationRequest) -> Result<RequestPatch, ApiError> {
+    let internal =
+        |e: serde_json::Error| ApiError::Internal(format!("reading the source job's request: {e}"));
+    let mut v = serde_json::to_value(req).map_err(internal)?;
+    if let Some(m) = v.as_object_mut() {
+        for k in &state.defaults.unsupported {
+            m.remove(*k);
+        }
+    }
+    let mut p: RequestPatch = serde_json::from_value(v).map_err(internal)?;
     match req.is_enable_stage2 {
         true => p.num_inference_steps = None,
         false => p.pyramid_num_inference_steps_list = None,
@@ -50,7 +56,7 @@ fn patch_of(req: &GenerationRequest) -> Result<RequestPatch, ApiError> {
 pub async fn remix(state: &State, id: &str, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let src = lookup(state, id)?;
     let fields = read_fields(state, req).await?;
-    let mut a = admit_over(state, &fields, Some(patch_of(&src.request)?))?;
+    let mut a = admit_over(state, &fields, Some(patch_of(state, &src.request)?))?;
     if src.input.is_some() && a.reference.is_none() {
         return Err(ApiError::invalid(
             "video_id",
@@ -160,7 +166,10 @@ async fn from_video(state: &State, req: Request<Incoming>, verb: &str) -> Result
             max,
         });
     }
-    let patch = source.as_ref().map(|r| patch_of(&r.request)).transpose()?;
+    let patch = source
+        .as_ref()
+        .map(|r| patch_of(state, &r.request))
+        .transpose()?;
     let mut a = admit_over(state, &fields, patch)?;
     if let Some(r) = &a.reference {
         return Err(ApiError::invalid(

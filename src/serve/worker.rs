@@ -471,7 +471,7 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     };
     match outcome {
         Ok(Ok((frames, state_out))) => {
-            complete(me, jobs, &rec, sink, progress, started, frames, state_out);
+            complete(me, jobs, &rec, sink, progress, started, (frames, state_out));
             let ok = jobs.get(id).is_some_and(|r| r.status == Status::Completed);
             end_stream(ok);
             // Later readers stream from disk; the fragments leave memory.
@@ -510,8 +510,7 @@ fn complete(
     sink: Mp4Sink,
     progress: JobProgress<'_>,
     started: Instant,
-    frames: usize,
-    state_out: Option<HeliosState>,
+    (frames, state_out): (usize, Option<HeliosState>),
 ) {
     let id = rec.id.as_str();
     // The continuation state after the last chunk, stored as `<id>.state` (removed with the job).

@@ -254,8 +254,7 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     d.unsupported = HELIOS_ONLY_FIELDS.to_vec();
     // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer) and RIFE
     // (applied by the Helios generator).
-    d.unsupported
-        .extend(["lora", "enable_frame_interpolation"]);
+    d.unsupported.extend(["lora", "enable_frame_interpolation"]);
     d.whole_video = true;
     d.guidance_scale_2_follows = c.model_index.has_transformer_2();
     if !d.guidance_scale_2_follows {
