@@ -119,6 +119,13 @@ pub struct CreateVideoBody {
     pub frame_interpolation_scale: Option<f64>,
     #[serde(deserialize_with = "lenient::string")]
     pub frame_interpolation_model_path: Option<String>,
+    /// vLLM-Omni / SGLang upscaling (Real-ESRGAN): not served yet, so any value other than
+    /// null/false is a 400 naming the field.
+    pub enable_upscale: Option<Value>,
+    /// See `enable_upscale`.
+    pub upscale_factor: Option<Value>,
+    /// See `enable_upscale`.
+    pub upscale_model_path: Option<Value>,
 }
 
 /// `video_params`.
@@ -198,7 +205,27 @@ impl CreateVideoBody {
             frame_interpolation_exp,
             frame_interpolation_scale,
             frame_interpolation_model_path,
+            enable_upscale,
+            upscale_factor,
+            upscale_model_path,
         } = self;
+        for (name, v) in [
+            ("enable_upscale", enable_upscale),
+            ("upscale_factor", upscale_factor),
+            ("upscale_model_path", upscale_model_path),
+        ] {
+            let unset = |v: &Value| {
+                v.is_null() || v == &Value::Bool(false) || v.as_str().is_some_and(|s| s == "false")
+            };
+            if v.is_some_and(|v| !unset(&v)) {
+                return Err(ApiError::invalid(
+                    name,
+                    format!(
+                        "`{name}`: upscaling (Real-ESRGAN) is not served by this build yet; remove the field"
+                    ),
+                ));
+            }
+        }
         if end_image.is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(
                 "end_image",
@@ -501,6 +528,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a.request.guidance_scale, 1.0);
+    }
+
+    #[test]
+    fn upscaling_fields_are_refused_until_served() {
+        let d = RequestPatch::default();
+        for (field, v) in [
+            ("enable_upscale", json!(true)),
+            ("enable_upscale", json!("true")),
+            ("upscale_factor", json!(2)),
+            ("upscale_model_path", json!("/m/x4.pth")),
+        ] {
+            let e = admit_json(json!({"prompt": "p", field: v}), &d).unwrap_err();
+            assert_eq!(e.body()["error"]["param"], field, "{e}");
+        }
+        // Off or null asks for nothing.
+        admit_json(
+            json!({"prompt":"p","enable_upscale":false,"upscale_factor":null}),
+            &d,
+        )
+        .unwrap();
     }
 
     #[test]

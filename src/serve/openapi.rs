@@ -415,7 +415,8 @@ fn common_fields(d: &Described) -> Map<String, Value> {
     ] {
         let schema = match d.unsupported.contains(&key) {
             true => {
-                json!({"not": {}, "description": format!("this model cannot honour `{key}`: any value is a 400 naming it")})
+                json!({"type": ["string", "null"], "maxLength": 0,
+                    "description": format!("this model cannot honour `{key}`: any value is a 400 naming it (null, or an empty form value, is absent)")})
             }
             false => {
                 // guidance_scale_2 takes 0..=20; boundary_ratio (0, 1) and flow_shift (0, 100]
