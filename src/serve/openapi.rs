@@ -488,13 +488,33 @@ fn extra_params_schema(d: &Described) -> Value {
             }
         };
         let schema = match as_json.get(*key) {
-            Some(default) => with(schema, json!({"default": default})),
-            None => schema,
+            Some(default) => with(nullable(schema), json!({"default": default})),
+            None => nullable(schema),
         };
         props.insert(key.to_string(), schema);
     }
     json!({"type": ["object", "string", "null"], "properties": props, "additionalProperties": false,
            "description": "model knobs below the top-level fields (any key of `omni generate --print-request`; a form sends the object's JSON text); unknown keys are a 400"})
+}
+
+/// `schema` or JSON null: an `extra_params` key set to null is absent (the server reads every
+/// key as optional).
+fn nullable(mut v: Value) -> Value {
+    let null = Value::Null;
+    if let Some(t) = v.get_mut("type") {
+        match t {
+            Value::String(s) => *t = json!([s.clone(), "null"]),
+            Value::Array(a) if !a.contains(&json!("null")) => a.push(json!("null")),
+            _ => {}
+        }
+    } else if let Some(c) = v.as_object_mut().and_then(|o| o.remove("const")) {
+        v["enum"] = json!([c, null]);
+    } else if let Some(Value::Array(e)) = v.get_mut("enum") {
+        e.push(null);
+    } else if v.get("anyOf").is_some() || v.get("oneOf").is_some() {
+        return json!({"anyOf": [v, {"type": "null"}]});
+    }
+    v
 }
 
 /// The `lora` field: one adapter object, a list of them, or the JSON text of either.
