@@ -3,11 +3,14 @@
 //! and the default scale `1/sqrt(head_dim)`.
 //!
 //! Which kernel runs depends on the backend type:
-//! - the CPU backend ([`CpuBackend`], burn-flex) gets [`blocked_attention`]: per block of
-//!   queries, `Q·Kᵀ` and `·V` as batched matrix products (burn-flex's gemm, threaded over rayon's
-//!   pool) around a fused row softmax, the blocks spread over the pool. burn-flex's own
-//!   `attention` is a scalar online-softmax loop that runs on one core. The softmax is fused and
-//!   in place, with a vectorised `exp` ([`exp_nonpositive`]);
+//! - the CPU backend ([`CpuBackend`], burn-flex) gets [`flash_attention`], PyTorch's CPU flash
+//!   kernel (`aten/src/ATen/native/cpu/FlashAttentionKernel.cpp`) in Rust: one rayon task per
+//!   head and block of queries, which walks the keys in blocks: `S = Q·Kᵀ·scale` and `O += P·V`
+//!   are single-threaded gemm calls (burn-flex's gemm crate, read straight from the strided
+//!   `[B, H, L, D]` views the models pass), between them an online softmax (running row max and
+//!   sum, the accumulated output rescaled when the max grows) with a vectorised `exp`
+//!   ([`exp_nonpositive`]). The score tile (`q_block × kv_block` f32, 512 KiB) stays in the
+//!   core's L2 cache. burn-flex's own `attention` is a scalar online-softmax loop on one core;
 //! - every other backend (CUDA) keeps [`burn::tensor::module::attention`], whose CubeCL flash
 //!   kernels never materialise the score matrix.
 //!
@@ -16,26 +19,23 @@
 
 use std::any::TypeId;
 
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::pipeline::backend::{CpuBackend, flex_map};
+use crate::pipeline::backend::{CpuBackend, as_flex, flex_map, num_threads};
 
-/// Score elements (f32) one query block may hold across its batch and heads: 1 Mi elements
-/// (4 MiB), so the block's scores stay near the cache while its softmax runs (when
-/// [`MIN_QUERY_BLOCK`] allows).
-const SCORE_BLOCK_ELEMENTS: usize = 1 << 20;
-/// Fewest queries per block: the gemm packs `Kᵀ` and `V` again for every block, so small blocks
-/// spend their time packing (16-query blocks ran the 1536-wide DiT's attention at a third of
-/// the speed of 128-query blocks).
-const MIN_QUERY_BLOCK: usize = 128;
-/// Most queries per block.
-const MAX_QUERY_BLOCK: usize = 1024;
+/// Most queries per task of [`flash_attention`] (PyTorch's `qSplitSize` for 768 queries or
+/// more).
+pub const MAX_QUERY_BLOCK: usize = 256;
+/// Fewest queries per task when short sequences are split further to fill the pool.
+const MIN_QUERY_BLOCK: usize = 32;
+/// Keys per step of [`flash_attention`] (PyTorch's `kvSplitSize`).
+pub const KV_BLOCK: usize = 512;
 
-/// `F.scaled_dot_product_attention(query, key, value)`: [`blocked_attention`] on the CPU
+/// `F.scaled_dot_product_attention(query, key, value)`: [`flash_attention`] on the CPU
 /// backend, [`burn::tensor::module::attention`] (flash kernels) on the others.
 ///
 /// # Shapes
@@ -47,10 +47,9 @@ pub fn dispatch_attention<B: Backend>(
     value: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     if TypeId::of::<B>() == TypeId::of::<CpuBackend>() {
-        let [b, h, _, _] = query.dims();
-        let l_k = key.dims()[2];
-        let block = query_block(b * h, l_k);
-        blocked_attention(query, key, value, block)
+        let [b, h, l_q, _] = query.dims();
+        let q_block = query_block(b * h, l_q, num_threads());
+        flash_attention(query, key, value, q_block, KV_BLOCK)
     } else {
         burn::tensor::module::attention(
             query,
@@ -63,127 +62,311 @@ pub fn dispatch_attention<B: Backend>(
     }
 }
 
-/// Queries per block so that one block's scores `[B, H, block, L_k]` hold about
-/// [`SCORE_BLOCK_ELEMENTS`], within [`MIN_QUERY_BLOCK`]..=[`MAX_QUERY_BLOCK`].
-pub fn query_block(batch_heads: usize, l_k: usize) -> usize {
-    (SCORE_BLOCK_ELEMENTS / (batch_heads * l_k).max(1)).clamp(MIN_QUERY_BLOCK, MAX_QUERY_BLOCK)
+/// Queries per task: [`MAX_QUERY_BLOCK`], or fewer (down to [`MIN_QUERY_BLOCK`]) when that
+/// would leave fewer than four tasks per thread of the pool.
+pub fn query_block(batch_heads: usize, l_q: usize, threads: usize) -> usize {
+    let per_head = (4 * threads).div_ceil(batch_heads.max(1));
+    l_q.div_ceil(per_head.max(1))
+        .clamp(MIN_QUERY_BLOCK, MAX_QUERY_BLOCK)
 }
 
-/// `softmax((Q · sqrt(D)⁻¹) · Kᵀ) · V` over blocks of `block` queries, in f32 (inputs of another
-/// dtype are widened first, the output is cast back to the dtype of `query`). No mask.
+/// `softmax(Q·Kᵀ · sqrt(D)⁻¹) · V` in f32 (inputs of another dtype are widened first, the output
+/// is cast back to the dtype of `query`), no mask: on the CPU backend the flash kernel described
+/// in the module docs, with `q_block` queries per task and `kv_block` keys per step; on any other
+/// backend [`burn::tensor::module::attention`].
 ///
-/// Each block materialises its scores `[B, H, block, L_k]` only, so memory stays bounded for
-/// long sequences; the blocks are independent and run on rayon's pool (the matmuls and softmax
-/// inside a block may split further). The scale is applied to the queries, as PyTorch's math
-/// kernel does, rather than to the larger score matrix.
+/// Memory: the output plus one `q_block × kv_block` score tile and a few rows per task; the
+/// inputs are read in place whatever their strides.
 ///
 /// # Shapes
 /// `query: [B, H, L_q, D]`, `key: [B, H, L_k, D]`, `value: [B, H, L_k, D_v]` → `[B, H, L_q, D_v]`
 ///
 /// # Panics
-/// If `block` is 0 or the shapes disagree.
-pub fn blocked_attention<B: Backend>(
+/// If a block size is 0 or the shapes disagree.
+pub fn flash_attention<B: Backend>(
     query: Tensor<B, 4>,
     key: Tensor<B, 4>,
     value: Tensor<B, 4>,
-    block: usize,
+    q_block: usize,
+    kv_block: usize,
 ) -> Tensor<B, 4> {
-    assert!(block > 0, "blocked_attention: block must be positive");
+    assert!(
+        q_block > 0 && kv_block > 0,
+        "flash_attention: block sizes must be positive"
+    );
+    let [b, h, l_q, d] = query.dims();
+    let [bk, hk, l_k, dk] = key.dims();
+    let [bv, hv, l_v, d_v] = value.dims();
+    assert!(
+        (bk, hk, dk) == (b, h, d) && (bv, hv, l_v) == (b, h, l_k),
+        "flash_attention: query {:?}, key {:?} and value {:?} disagree",
+        [b, h, l_q, d],
+        [bk, hk, l_k, dk],
+        [bv, hv, l_v, d_v]
+    );
     let dtype = query.dtype();
-    let [_, _, l_q, d] = query.dims();
-    let scale = (d as f64).sqrt().recip();
-    let query = query.cast(DType::F32) * scale;
-    let key_t = key.cast(DType::F32).swap_dims(2, 3); // [B, H, D, L_k]
-    let value = value.cast(DType::F32);
-    let attend =
-        |q: Tensor<B, 4>| softmax_last_in_place(q.matmul(key_t.clone())).matmul(value.clone());
-    let out = if l_q <= block {
-        attend(query)
-    } else {
-        let starts: Vec<usize> = (0..l_q).step_by(block).collect();
-        let blocks: Vec<Tensor<B, 4>> = starts
-            .into_par_iter()
-            .map(|start| attend(query.clone().narrow(2, start, block.min(l_q - start))))
-            .collect();
-        Tensor::cat(blocks, 2)
+    let (query, key, value) = (
+        query.cast(DType::F32),
+        key.cast(DType::F32),
+        value.cast(DType::F32),
+    );
+    let fused = match (as_flex(&key), as_flex(&value)) {
+        (Some(k), Some(v)) => flex_map(query, |q| {
+            flash_attention_f32(&q, &k, &v, q_block, kv_block)
+        }),
+        _ => Err(query),
     };
-    out.cast(dtype)
+    match fused {
+        Ok(out) => out,
+        Err(query) => burn::tensor::module::attention(
+            query,
+            key,
+            value,
+            None,
+            None,
+            AttentionModuleOptions::default(),
+        ),
+    }
+    .cast(dtype)
 }
 
-/// `softmax(scores, -1)`: on the CPU backend in f32, in place in the scores' own buffer (the
-/// matmul's fresh output) with [`softmax_rows`]; elsewhere burn's `softmax`.
+/// An f32 burn-flex tensor of rank 4 read in place: its buffer from the view's first element,
+/// and its strides in elements.
+struct View<'a> {
+    data: &'a [f32],
+    offset: usize,
+    strides: [isize; 4],
+}
+
+impl<'a> View<'a> {
+    fn new(t: &'a FlexTensor) -> Self {
+        let s = t.layout().strides();
+        Self {
+            data: t.storage(),
+            offset: t.layout().start_offset(),
+            strides: [s[0], s[1], s[2], s[3]],
+        }
+    }
+
+    /// Pointer to element `[b, h, row, 0]`.
+    fn at(&self, b: usize, h: usize, row: usize) -> *const f32 {
+        let [sb, sh, sl, _] = self.strides;
+        let index = self.offset as isize + b as isize * sb + h as isize * sh + row as isize * sl;
+        self.data.as_ptr().wrapping_offset(index)
+    }
+}
+
+/// The CPU flash kernel on f32 burn-flex tensors (any strides, as long as every element lies
+/// in the buffer, which burn-flex's layouts guarantee; broadcast strides of 0 are fine).
 ///
 /// # Shapes
-/// `[B, H, L_q, L_k]` → same
-fn softmax_last_in_place<B: Backend>(scores: Tensor<B, 4>) -> Tensor<B, 4> {
-    if scores.dtype() != DType::F32 {
-        return softmax(scores, 3);
+/// `q: [B, H, L_q, D]`, `k: [B, H, L_k, D]`, `v: [B, H, L_k, D_v]` → `[B, H, L_q, D_v]`, contiguous
+fn flash_attention_f32(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    q_block: usize,
+    kv_block: usize,
+) -> FlexTensor {
+    let [b, h, l_q, d] = dims4(q);
+    let [_, _, l_k, d_v] = dims4(v);
+    let scale = (d as f32).sqrt().recip();
+    let (qv, kv, vv) = (View::new(q), View::new(k), View::new(v));
+    let mut out = vec![0.0f32; b * h * l_q * d_v];
+    if l_q * d_v > 0 {
+        out.par_chunks_mut(l_q * d_v)
+            .enumerate()
+            .for_each(|(bh, head_out)| {
+                let (bi, hi) = (bh / h, bh % h);
+                head_out
+                    .par_chunks_mut(q_block * d_v)
+                    .enumerate()
+                    .for_each(|(i, acc)| {
+                        let row0 = i * q_block;
+                        let rows = acc.len() / d_v;
+                        let q_ptr = qv.at(bi, hi, row0);
+                        attend_block(
+                            (q_ptr, qv.strides),
+                            (&kv, &vv, bi, hi),
+                            acc,
+                            [rows, d, l_k, d_v],
+                            kv_block,
+                            scale,
+                        );
+                    });
+            });
     }
-    flex_map(scores, |t| {
-        let mut t = t.to_contiguous();
-        let row = *t.layout().shape().last().expect("rank 4");
-        let data: &mut [f32] = t.storage_mut();
-        if row > 0 {
-            data.par_chunks_mut(SOFTMAX_ROWS_PER_TASK * row)
-                .for_each(|rows| softmax_rows(rows, row));
-        }
-        t
-    })
-    .unwrap_or_else(|t| softmax(t, 3))
+    FlexTensor::from_data(TensorData::new(out, [b, h, l_q, d_v]))
 }
 
-/// Rows per rayon task of [`softmax_last_in_place`].
-const SOFTMAX_ROWS_PER_TASK: usize = 16;
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// One task: `rows` queries (at `q`, with the view's strides) against all `l_k` keys, the
+/// normalised result written to `acc` (`[rows, D_v]`, zeros on entry).
+fn attend_block(
+    (q, q_strides): (*const f32, [isize; 4]),
+    (k, v, bi, hi): (&View, &View, usize, usize),
+    acc: &mut [f32],
+    [rows, d, l_k, d_v]: [usize; 4],
+    kv_block: usize,
+    scale: f32,
+) {
+    let mut scores = vec![0.0f32; rows * kv_block.min(l_k)];
+    let mut row_max = vec![f32::NEG_INFINITY; rows];
+    let mut row_sum = vec![0.0f32; rows];
+    for j0 in (0..l_k).step_by(kv_block) {
+        let n = kv_block.min(l_k - j0);
+        let s = &mut scores[..rows * n];
+        // SAFETY: every pointer and stride comes from a burn-flex layout of the shapes
+        // asserted in `flash_attention` (rows j0..j0+n of K and V, rows of this block of Q), so
+        // each element gemm reads lies in its buffer; `s` and `acc` are this task's own
+        // `[rows, n]` and `[rows, d_v]` row-major buffers.
+        unsafe {
+            // S = scale · Q·Kᵀ   [rows, n]
+            gemm::gemm(
+                rows,
+                n,
+                d,
+                s.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                q,
+                q_strides[3],
+                q_strides[2],
+                k.at(bi, hi, j0),
+                k.strides[2],
+                k.strides[3],
+                0.0f32,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        online_softmax_step(s, n, &mut row_max, &mut row_sum, acc, d_v);
+        // SAFETY: as above.
+        unsafe {
+            // O += P·V   [rows, d_v]
+            gemm::gemm(
+                rows,
+                d_v,
+                n,
+                acc.as_mut_ptr(),
+                1,
+                d_v as isize,
+                true,
+                s.as_ptr(),
+                1,
+                n as isize,
+                v.at(bi, hi, j0),
+                v.strides[3],
+                v.strides[2],
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    for (o, sum) in acc.chunks_exact_mut(d_v).zip(&row_sum) {
+        let inv = 1.0 / sum;
+        for x in o {
+            *x *= inv;
+        }
+    }
+}
+
 /// Independent accumulators of the row max and sum (lets the compiler keep them in vector
 /// registers; the sum is then a 16-way tree, as in vectorised softmax kernels).
 const LANES: usize = 16;
 
-/// Softmax of each `row`-long row of `data`, in place: `exp(x - max) · (1 / Σ exp(x - max))`,
-/// PyTorch's vectorised CPU softmax. Dispatches at run time to an AVX-512 or AVX2 build of the
-/// same code (plain multiplies and adds, no FMA contraction, so every path gives the same bits).
-fn softmax_rows(data: &mut [f32], row: usize) {
+/// One key block of the online softmax, per row of `scores` (`[rows, n]`, in place): the new
+/// max `m' = max(m, max(s))`, `s ← exp(s − m')`, `sum ← sum·exp(m − m') + Σ s`, and the
+/// output so far `acc` (`[rows, d_v]`) scaled by `exp(m − m')` when the max grew. Dispatches at
+/// run time to an AVX-512 or AVX2 build of the same code (plain multiplies and adds, no FMA
+/// contraction, so every path gives the same bits).
+fn online_softmax_step(
+    scores: &mut [f32],
+    n: usize,
+    row_max: &mut [f32],
+    row_sum: &mut [f32],
+    acc: &mut [f32],
+    d_v: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F (checked just above).
-            return unsafe { softmax_rows_avx512(data, row) };
+            return unsafe { online_softmax_step_avx512(scores, n, row_max, row_sum, acc, d_v) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { softmax_rows_avx2(data, row) };
+            return unsafe { online_softmax_step_avx2(scores, n, row_max, row_sum, acc, d_v) };
         }
     }
-    softmax_rows_generic(data, row)
+    online_softmax_step_generic(scores, n, row_max, row_sum, acc, d_v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn softmax_rows_avx512(data: &mut [f32], row: usize) {
-    softmax_rows_generic(data, row)
+unsafe fn online_softmax_step_avx512(
+    scores: &mut [f32],
+    n: usize,
+    row_max: &mut [f32],
+    row_sum: &mut [f32],
+    acc: &mut [f32],
+    d_v: usize,
+) {
+    online_softmax_step_generic(scores, n, row_max, row_sum, acc, d_v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn softmax_rows_avx2(data: &mut [f32], row: usize) {
-    softmax_rows_generic(data, row)
+unsafe fn online_softmax_step_avx2(
+    scores: &mut [f32],
+    n: usize,
+    row_max: &mut [f32],
+    row_sum: &mut [f32],
+    acc: &mut [f32],
+    d_v: usize,
+) {
+    online_softmax_step_generic(scores, n, row_max, row_sum, acc, d_v)
 }
 
 #[inline(always)]
-fn softmax_rows_generic(data: &mut [f32], row: usize) {
-    for r in data.chunks_exact_mut(row) {
+fn online_softmax_step_generic(
+    scores: &mut [f32],
+    n: usize,
+    row_max: &mut [f32],
+    row_sum: &mut [f32],
+    acc: &mut [f32],
+    d_v: usize,
+) {
+    let rows = scores
+        .chunks_exact_mut(n)
+        .zip(row_max.iter_mut().zip(row_sum.iter_mut()))
+        .zip(acc.chunks_exact_mut(d_v));
+    for ((r, (m, sum)), o) in rows {
         let mut maxes = [f32::NEG_INFINITY; LANES];
         let mut chunks = r.chunks_exact(LANES);
         for c in &mut chunks {
-            for (m, &x) in maxes.iter_mut().zip(c) {
-                *m = if x > *m { x } else { *m };
+            for (mx, &x) in maxes.iter_mut().zip(c) {
+                *mx = if x > *mx { x } else { *mx };
             }
         }
         let mut max = chunks
             .remainder()
             .iter()
-            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-        for m in maxes {
-            max = if m > max { m } else { max };
+            .fold(*m, |a, &x| if x > a { x } else { a });
+        for mx in maxes {
+            max = if mx > max { mx } else { max };
         }
         let mut sums = [0.0f32; LANES];
         let mut chunks = r.chunks_exact_mut(LANES);
@@ -198,10 +381,19 @@ fn softmax_rows_generic(data: &mut [f32], row: usize) {
             *x = exp_nonpositive(*x - max);
             tail += *x;
         }
-        let inv = 1.0 / (sums.iter().sum::<f32>() + tail);
-        for x in r.iter_mut() {
-            *x *= inv;
+        let block_sum = sums.iter().sum::<f32>() + tail;
+        if max > *m {
+            // The first block finds an empty output and sum: nothing to rescale.
+            if *m != f32::NEG_INFINITY {
+                let correction = exp_nonpositive(*m - max);
+                *sum *= correction;
+                for x in o.iter_mut() {
+                    *x *= correction;
+                }
+            }
+            *m = max;
         }
+        *sum += block_sum;
     }
 }
 
@@ -243,38 +435,59 @@ mod tests {
         Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
     }
 
-    /// The blocked kernel equals burn's `module::attention` for every block size, including
-    /// blocks that do not divide the sequence and a key length other than the query length.
-    #[test]
-    fn blocked_attention_matches_module_attention() {
-        let (q, k, v) = (
-            random([2, 3, 37, 8]),
-            random([2, 3, 29, 8]),
-            random([2, 3, 29, 5]),
-        );
-        let expected = burn::tensor::module::attention(
+    fn module_attention(q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>) -> TensorData {
+        burn::tensor::module::attention(
             q.clone(),
             k.clone(),
             v.clone(),
             None,
             None,
             AttentionModuleOptions::default(),
+        )
+        .into_data()
+    }
+
+    /// The flash kernel equals burn's `module::attention` for every block size, including
+    /// blocks that do not divide the sequences, a key length other than the query length and a
+    /// value width other than the key width.
+    #[test]
+    fn flash_attention_matches_module_attention() {
+        let (q, k, v) = (
+            random([2, 3, 37, 8]) * 3.0,
+            random([2, 3, 29, 8]),
+            random([2, 3, 29, 5]),
         );
-        for block in [1, 7, 16, 37, 64] {
-            let got = blocked_attention(q.clone(), k.clone(), v.clone(), block);
+        let expected = module_attention(&q, &k, &v);
+        for (q_block, kv_block) in [(1, 1), (7, 5), (16, 29), (37, 8), (64, 512)] {
+            let got = flash_attention(q.clone(), k.clone(), v.clone(), q_block, kv_block);
             got.into_data()
-                .assert_approx_eq::<f32>(&expected.to_data(), Tolerance::absolute(1e-5));
+                .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
         }
         let got = dispatch_attention(q, k, v);
         got.into_data()
-            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
+            .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+
+    /// Strided views as the models pass them (`[B, L, H, D]` with heads swapped to dim 1, a
+    /// `narrow` with an offset) are read in place and give the same result as contiguous
+    /// copies.
+    #[test]
+    fn flash_attention_reads_strided_views() {
+        let x = random([1, 40, 2, 6]) * 2.0; // [B, L, H, D]
+        let q = x.clone().narrow(1, 3, 30).swap_dims(1, 2); // [1, 2, 30, 6], offset 3·H·D
+        let k = x.clone().swap_dims(1, 2);
+        let v = (x * 0.5).swap_dims(1, 2);
+        let expected = module_attention(&q, &k, &v);
+        let got = flash_attention(q, k, v, 8, 16);
+        got.into_data()
+            .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
     }
 
     /// bf16 inputs: f32 inside, the output back in bf16.
     #[test]
-    fn blocked_attention_keeps_the_input_dtype() {
+    fn flash_attention_keeps_the_input_dtype() {
         let q = random([1, 2, 20, 4]).cast(DType::BF16);
-        let out = blocked_attention(q.clone(), q.clone(), q, 8);
+        let out = flash_attention(q.clone(), q.clone(), q, 8, 8);
         assert_eq!(out.dtype(), DType::BF16);
         assert_eq!(out.dims(), [1, 2, 20, 4]);
     }
@@ -292,20 +505,11 @@ mod tests {
     }
 
     #[test]
-    fn fused_softmax_matches_burns_softmax() {
-        // Up to a few f32 roundings apart: a 16-way sum and `·(1/Σ)` against burn's order.
-        let s = random([1, 2, 33, 531]) * 4.0;
-        let expected = softmax(s.clone(), 3).into_data();
-        softmax_last_in_place(s)
-            .into_data()
-            .assert_approx_eq::<f32>(&expected, Tolerance::rel_abs(4e-6, 1e-7));
-    }
-
-    #[test]
-    fn query_block_is_bounded() {
-        assert_eq!(query_block(2, 11_040), MIN_QUERY_BLOCK);
-        assert_eq!(query_block(1, 2_000), 524);
-        assert_eq!(query_block(12, 11_040), MIN_QUERY_BLOCK);
-        assert_eq!(query_block(1, 10), MAX_QUERY_BLOCK);
+    fn query_block_fills_the_pool() {
+        // Long sequences: PyTorch's 256; short ones split to four tasks per thread.
+        assert_eq!(query_block(2, 11_040, 2), MAX_QUERY_BLOCK);
+        assert_eq!(query_block(1, 1_000, 2), 125);
+        assert_eq!(query_block(1, 100, 2), MIN_QUERY_BLOCK);
+        assert_eq!(query_block(24, 2_000, 2), MAX_QUERY_BLOCK);
     }
 }
