@@ -90,7 +90,6 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -98,6 +97,7 @@ use std::convert::Infallible;
 
 use crate::pipeline::checkpoint::load_methods;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
+use crate::pipeline::models::conv3d_dispatch::conv3d;
 use crate::pipeline::weights::KeyMap;
 
 /// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
