@@ -266,20 +266,65 @@ impl Generator {
     }
 }
 
-/// The Helios family (Base, Mid, Distilled) on the build's backend.
-struct Helios {
+/// A pipeline class a family struct ([`Family`]) loads on the build's default device: the
+/// `load_with` every pipeline has.
+trait FamilyPipeline: Sized {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError>;
+}
+
+impl FamilyPipeline for HeliosPyramidPipeline<DefaultBackend> {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+impl FamilyPipeline for WanPipeline<DefaultBackend> {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+/// One model family's pipeline `P` on the build's backend: the checkpoint folder, the load
+/// policy (everything at [`Family::open`], or lazily after the prompt is encoded under
+/// [`LoadPolicy::EncodeThenLoad`]) and the per-request adapters. [`Helios`] and [`Wan`] are its
+/// instances; each implements [`DiffusionPipeline`] for its own loop.
+struct Family<P> {
     dir: std::path::PathBuf,
     policy: LoadPolicy,
     precision: Precision,
     /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
-    pipe: Option<HeliosPyramidPipeline<DefaultBackend>>,
+    pipe: Option<P>,
     /// Parsed LoRA adapters by path.
     loras: LoraCache,
     /// The last RIFE model used, by path.
     rife: Option<(std::path::PathBuf, IFNet<DefaultBackend>)>,
 }
 
-impl Helios {
+/// The Helios family (Base, Mid, Distilled) on the build's backend.
+type Helios = Family<HeliosPyramidPipeline<DefaultBackend>>;
+
+/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend.
+type Wan = Family<WanPipeline<DefaultBackend>>;
+
+impl<P: FamilyPipeline + 'static> Family<P>
+where
+    Family<P>: DiffusionPipeline,
+{
     fn open(
         dir: &Path,
         options: &GeneratorOptions,
@@ -290,7 +335,7 @@ impl Helios {
         if let Some(vae) = options.vae_dtype {
             precision.vae = vae.into();
         }
-        let mut helios = Self {
+        let mut family = Self {
             dir: dir.to_path_buf(),
             policy: options.load,
             precision,
@@ -299,23 +344,43 @@ impl Helios {
             rife: None,
         };
         if options.load != LoadPolicy::EncodeThenLoad {
-            helios.load(progress)?;
+            family.load(progress)?;
         }
-        Ok(Box::new(helios))
+        Ok(Box::new(family))
     }
+}
 
+impl<P: FamilyPipeline> Family<P> {
     fn load(&mut self, progress: &mut dyn ProgressSink) -> Result<(), PipelineError> {
         let residency = match self.policy {
             LoadPolicy::KeepAll => TextEncoderResidency::Resident,
             _ => TextEncoderResidency::OnDemand,
         };
-        self.pipe = Some(HeliosPyramidPipeline::load_with(
+        self.pipe = Some(P::load_with(
             &self.dir,
-            &Default::default(),
             self.precision,
             residency,
             progress,
         )?);
+        Ok(())
+    }
+
+    /// Load the request's RIFE model unless it is the one already loaded.
+    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
+        if !req.enable_frame_interpolation {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
+        if req.frame_interpolation_model_path.is_empty() {
+            return Err(PipelineError::Unsupported(
+                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
+            ));
+        }
+        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
+            let net = IFNet::load(&path, &Default::default())
+                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
+            self.rife = Some((path, net));
+        }
         Ok(())
     }
 }
@@ -389,76 +454,6 @@ impl DiffusionPipeline for Helios {
             false => n,
         };
         Ok((n, state_out))
-    }
-}
-
-/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend, with the same
-/// load policies as [`Helios`].
-struct Wan {
-    dir: std::path::PathBuf,
-    policy: LoadPolicy,
-    precision: Precision,
-    /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
-    pipe: Option<WanPipeline<DefaultBackend>>,
-}
-
-impl Wan {
-    fn open(
-        dir: &Path,
-        options: &GeneratorOptions,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
-        let device = Default::default();
-        let mut precision = Precision::for_device::<DefaultBackend>(&device);
-        if let Some(vae) = options.vae_dtype {
-            precision.vae = vae.into();
-        }
-        let mut wan = Self {
-            dir: dir.to_path_buf(),
-            policy: options.load,
-            precision,
-            pipe: None,
-        };
-        if options.load != LoadPolicy::EncodeThenLoad {
-            wan.load(progress)?;
-        }
-        Ok(Box::new(wan))
-    }
-
-    fn load(&mut self, progress: &mut dyn ProgressSink) -> Result<(), PipelineError> {
-        let residency = match self.policy {
-            LoadPolicy::KeepAll => TextEncoderResidency::Resident,
-            _ => TextEncoderResidency::OnDemand,
-        };
-        self.pipe = Some(WanPipeline::load_with(
-            &self.dir,
-            &Default::default(),
-            self.precision,
-            residency,
-            progress,
-        )?);
-        Ok(())
-    }
-}
-
-impl Helios {
-    /// Load the request's RIFE model unless it is the one already loaded.
-    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
-        if !req.enable_frame_interpolation {
-            return Ok(());
-        }
-        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
-        if req.frame_interpolation_model_path.is_empty() {
-            return Err(PipelineError::Unsupported(
-                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
-            ));
-        }
-        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
-            let net = IFNet::load(&path, &Default::default())
-                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-            self.rife = Some((path, net));
-        }
-        Ok(())
     }
 }
 
