@@ -21,6 +21,8 @@ use super::pipelines::pipeline_helios_pyramid::{
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
 use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
+use super::pipelines::pipeline_wan_i2v::{WanImageToVideoPipeline, wan_i2v_defaults};
+use super::pipelines::pipeline_wan_video2video::{WanVideoToVideoPipeline, wan_v2v_defaults};
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
@@ -115,6 +117,16 @@ pub const PIPELINES: &[PipelineEntry] = &[
         class_name: super::pipelines::pipeline_wan::CLASS_NAME,
         defaults: wan_defaults,
         open: Wan::open,
+    },
+    PipelineEntry {
+        class_name: super::pipelines::pipeline_wan_i2v::CLASS_NAME,
+        defaults: wan_i2v_defaults,
+        open: WanI2V::open,
+    },
+    PipelineEntry {
+        class_name: super::pipelines::pipeline_wan_video2video::CLASS_NAME,
+        defaults: wan_v2v_defaults,
+        open: WanV2V::open,
     },
 ];
 
@@ -275,9 +287,50 @@ trait FamilyPipeline: Sized {
         residency: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError>;
+
+    /// Check `req`'s inputs against the checkpoint `dir` before anything is loaded (an input the
+    /// checkpoint cannot take fails in one line, not after minutes of loading).
+    ///
+    /// # Errors
+    /// [`PipelineError::Unsupported`] naming the input.
+    fn check_inputs(_dir: &Path, _req: &GenerationRequest) -> Result<(), PipelineError> {
+        Ok(())
+    }
 }
 
 impl FamilyPipeline for HeliosPyramidPipeline<DefaultBackend> {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+impl FamilyPipeline for WanImageToVideoPipeline<DefaultBackend> {
+    fn check_inputs(dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+        let configs = super::pipelines::pipeline_wan_i2v::read_wan_i2v_configs(dir)?;
+        super::pipelines::pipeline_wan_i2v::check_i2v_inputs(configs.takes_last_image, req)
+            .map(|_| ())
+    }
+
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+impl FamilyPipeline for WanVideoToVideoPipeline<DefaultBackend> {
+    fn check_inputs(_dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+        super::pipelines::pipeline_wan_video2video::check_v2v_inputs(req).map(|_| ())
+    }
+
     fn load_with(
         dir: &Path,
         precision: Precision,
@@ -320,6 +373,13 @@ type Helios = Family<HeliosPyramidPipeline<DefaultBackend>>;
 
 /// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend.
 type Wan = Family<WanPipeline<DefaultBackend>>;
+
+/// The Wan image-to-video family (`WanImageToVideoPipeline`: Wan2.1 I2V / FLF2V, Wan2.2 I2V
+/// A14B) on the build's backend.
+type WanI2V = Family<WanImageToVideoPipeline<DefaultBackend>>;
+
+/// The Wan video-to-video family (`WanVideoToVideoPipeline`) on the build's backend.
+type WanV2V = Family<WanVideoToVideoPipeline<DefaultBackend>>;
 
 impl<P: FamilyPipeline + 'static> Family<P>
 where
@@ -523,3 +583,69 @@ fn with_loras<T>(
     pipe.transformer = originals.restore(pipe.transformer.clone());
     out
 }
+
+/// [`DiffusionPipeline`] for a Wan family whose pipeline has `call` and `call_with_embeds` (the
+/// whole video in one window; `EncodeThenLoad` encodes the prompt before loading the models).
+macro_rules! wan_family_generate {
+    ($family:ty, $pipe:ty, $class:literal) => {
+        impl DiffusionPipeline for $family {
+            fn generate(
+                &mut self,
+                req: &GenerationRequest,
+                ctx: &mut RunContext<'_>,
+                sink: &mut dyn FrameSink,
+            ) -> Result<usize, PipelineError> {
+                <$pipe as FamilyPipeline>::check_inputs(&self.dir, req)?;
+                if let Some(pipe) = &self.pipe {
+                    return pipe.call(req, ctx, sink);
+                }
+                let embeds = {
+                    let encoder = PromptEncoder::<DefaultBackend>::load(
+                        &self.dir,
+                        &Default::default(),
+                        self.precision.text_encoder,
+                        &mut *ctx.progress,
+                    )?;
+                    encoder.encode_request(req, &mut *ctx.progress)?
+                };
+                self.load(&mut *ctx.progress)?;
+                let pipe = self.pipe.as_ref().expect("loaded above");
+                pipe.call_with_embeds(req, embeds, ctx, sink)
+            }
+
+            /// Wan makes the whole video in one window: there is no chunk history to continue
+            /// from.
+            fn generate_continued(
+                &mut self,
+                req: &GenerationRequest,
+                ctx: &mut RunContext<'_>,
+                sink: &mut dyn FrameSink,
+                state: Option<&HeliosState>,
+                want_state: bool,
+            ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+                if state.is_some() || want_state {
+                    return Err(PipelineError::Unsupported(
+                        concat!(
+                            "state: continuation is a Helios feature; a ",
+                            $class,
+                            " checkpoint makes the whole video at once"
+                        )
+                        .into(),
+                    ));
+                }
+                Ok((self.generate(req, ctx, sink)?, None))
+            }
+        }
+    };
+}
+
+wan_family_generate!(
+    WanI2V,
+    WanImageToVideoPipeline<DefaultBackend>,
+    "WanImageToVideoPipeline"
+);
+wan_family_generate!(
+    WanV2V,
+    WanVideoToVideoPipeline<DefaultBackend>,
+    "WanVideoToVideoPipeline"
+);
