@@ -79,6 +79,11 @@ pub struct GenerateArgs {
     /// Wan: the scheduler's flow shift [default: the checkpoint's scheduler config].
     #[arg(long, value_name = "SHIFT")]
     pub flow_shift: Option<f64>,
+    /// Wan video-to-video (with --video on a WanVideoToVideoPipeline checkpoint): how far the
+    /// input video is re-noised, in (0, 1]; the last floor(steps·strength) steps run
+    /// [default: 0.8].
+    #[arg(long, value_name = "STRENGTH")]
+    pub strength: Option<f64>,
     /// Request defaults from a preset: a built-in name (helios-base, helios-mid,
     /// helios-distilled) or a TOML file. Flags beat the preset; the preset beats the checkpoint.
     #[arg(long, value_name = "NAME|FILE.toml")]
@@ -96,8 +101,13 @@ pub struct GenerateArgs {
     /// size; it becomes the first latent frame of the history.
     #[arg(long, value_name = "FILE", conflicts_with = "video")]
     pub image: Option<PathBuf>,
+    /// First-last-frame-to-video (a Wan2.1 FLF2V checkpoint, diffusers `last_image`): the last
+    /// frame (PNG, JPEG or WebP), stretched to the output size like --image; needs --image.
+    #[arg(long, value_name = "FILE", requires = "image")]
+    pub last_image: Option<PathBuf>,
     /// Video-to-video: continue this H.264 MP4 (frames stretched to the output size; at least
     /// 33 frames, cut into 33-frame windows from the end). The output holds only the new frames.
+    /// On a Wan video-to-video checkpoint: restyle its first --num-frames frames (see --strength).
     #[arg(long, value_name = "FILE.mp4")]
     pub video: Option<PathBuf>,
     /// Output: an MP4 path (written to a temporary file and renamed when complete); `-` for a
@@ -290,6 +300,7 @@ impl GenerateArgs {
             guidance_scale_2: self.guidance_scale_2,
             boundary_ratio: self.boundary_ratio,
             flow_shift: self.flow_shift,
+            strength: self.strength,
             lora: (!self.lora.is_empty()).then(|| Loras(self.lora.clone())),
             enable_frame_interpolation: self.frame_interpolation_exp.map(|_| true),
             frame_interpolation_exp: self.frame_interpolation_exp,
@@ -319,6 +330,14 @@ impl GenerateArgs {
     /// Decode `--image` / `--video` to pixels at the output size (before any output file exists).
     fn conditioning(&self, req: &GenerationRequest) -> anyhow::Result<Conditioning> {
         let with_path = |p: &PathBuf| format!("reading {}", p.display());
+        if let (Some(first), Some(last)) = (&self.image, &self.last_image) {
+            return Conditioning::from_first_last(
+                MediaSource::File(first),
+                MediaSource::File(last),
+                req,
+            )
+            .with_context(|| format!("reading {} and {}", first.display(), last.display()));
+        }
         if let Some(path) = &self.image {
             return Conditioning::from_image(MediaSource::File(path), req)
                 .with_context(|| with_path(path));

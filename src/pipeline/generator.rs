@@ -21,6 +21,8 @@ use super::pipelines::pipeline_helios_pyramid::{
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
 use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
+use super::pipelines::pipeline_wan_i2v::{WanImageToVideoPipeline, wan_i2v_defaults};
+use super::pipelines::pipeline_wan_video2video::{WanVideoToVideoPipeline, wan_v2v_defaults};
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
@@ -115,6 +117,16 @@ pub const PIPELINES: &[PipelineEntry] = &[
         class_name: super::pipelines::pipeline_wan::CLASS_NAME,
         defaults: wan_defaults,
         open: Wan::open,
+    },
+    PipelineEntry {
+        class_name: super::pipelines::pipeline_wan_i2v::CLASS_NAME,
+        defaults: wan_i2v_defaults,
+        open: WanI2V::open,
+    },
+    PipelineEntry {
+        class_name: super::pipelines::pipeline_wan_video2video::CLASS_NAME,
+        defaults: wan_v2v_defaults,
+        open: WanV2V::open,
     },
 ];
 
@@ -266,20 +278,113 @@ impl Generator {
     }
 }
 
-/// The Helios family (Base, Mid, Distilled) on the build's backend.
-struct Helios {
+/// A pipeline class a family struct ([`Family`]) loads on the build's default device: the
+/// `load_with` every pipeline has.
+trait FamilyPipeline: Sized {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError>;
+
+    /// Check `req`'s inputs against the checkpoint `dir` before anything is loaded (an input the
+    /// checkpoint cannot take fails in one line, not after minutes of loading).
+    ///
+    /// # Errors
+    /// [`PipelineError::Unsupported`] naming the input.
+    fn check_inputs(_dir: &Path, _req: &GenerationRequest) -> Result<(), PipelineError> {
+        Ok(())
+    }
+}
+
+impl FamilyPipeline for HeliosPyramidPipeline<DefaultBackend> {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+impl FamilyPipeline for WanImageToVideoPipeline<DefaultBackend> {
+    fn check_inputs(dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+        let configs = super::pipelines::pipeline_wan_i2v::read_wan_i2v_configs(dir)?;
+        super::pipelines::pipeline_wan_i2v::check_i2v_inputs(configs.takes_last_image, req)
+            .map(|_| ())
+    }
+
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+impl FamilyPipeline for WanVideoToVideoPipeline<DefaultBackend> {
+    fn check_inputs(_dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+        super::pipelines::pipeline_wan_video2video::check_v2v_inputs(req).map(|_| ())
+    }
+
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+impl FamilyPipeline for WanPipeline<DefaultBackend> {
+    fn load_with(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, &Default::default(), precision, residency, progress)
+    }
+}
+
+/// One model family's pipeline `P` on the build's backend: the checkpoint folder, the load
+/// policy (everything at [`Family::open`], or lazily after the prompt is encoded under
+/// [`LoadPolicy::EncodeThenLoad`]) and the per-request adapters. [`Helios`] and [`Wan`] are its
+/// instances; each implements [`DiffusionPipeline`] for its own loop.
+struct Family<P> {
     dir: std::path::PathBuf,
     policy: LoadPolicy,
     precision: Precision,
     /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
-    pipe: Option<HeliosPyramidPipeline<DefaultBackend>>,
+    pipe: Option<P>,
     /// Parsed LoRA adapters by path.
     loras: LoraCache,
     /// The last RIFE model used, by path.
     rife: Option<(std::path::PathBuf, IFNet<DefaultBackend>)>,
 }
 
-impl Helios {
+/// The Helios family (Base, Mid, Distilled) on the build's backend.
+type Helios = Family<HeliosPyramidPipeline<DefaultBackend>>;
+
+/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend.
+type Wan = Family<WanPipeline<DefaultBackend>>;
+
+/// The Wan image-to-video family (`WanImageToVideoPipeline`: Wan2.1 I2V / FLF2V, Wan2.2 I2V
+/// A14B) on the build's backend.
+type WanI2V = Family<WanImageToVideoPipeline<DefaultBackend>>;
+
+/// The Wan video-to-video family (`WanVideoToVideoPipeline`) on the build's backend.
+type WanV2V = Family<WanVideoToVideoPipeline<DefaultBackend>>;
+
+impl<P: FamilyPipeline + 'static> Family<P>
+where
+    Family<P>: DiffusionPipeline,
+{
     fn open(
         dir: &Path,
         options: &GeneratorOptions,
@@ -290,7 +395,7 @@ impl Helios {
         if let Some(vae) = options.vae_dtype {
             precision.vae = vae.into();
         }
-        let mut helios = Self {
+        let mut family = Self {
             dir: dir.to_path_buf(),
             policy: options.load,
             precision,
@@ -299,23 +404,43 @@ impl Helios {
             rife: None,
         };
         if options.load != LoadPolicy::EncodeThenLoad {
-            helios.load(progress)?;
+            family.load(progress)?;
         }
-        Ok(Box::new(helios))
+        Ok(Box::new(family))
     }
+}
 
+impl<P: FamilyPipeline> Family<P> {
     fn load(&mut self, progress: &mut dyn ProgressSink) -> Result<(), PipelineError> {
         let residency = match self.policy {
             LoadPolicy::KeepAll => TextEncoderResidency::Resident,
             _ => TextEncoderResidency::OnDemand,
         };
-        self.pipe = Some(HeliosPyramidPipeline::load_with(
+        self.pipe = Some(P::load_with(
             &self.dir,
-            &Default::default(),
             self.precision,
             residency,
             progress,
         )?);
+        Ok(())
+    }
+
+    /// Load the request's RIFE model unless it is the one already loaded.
+    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
+        if !req.enable_frame_interpolation {
+            return Ok(());
+        }
+        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
+        if req.frame_interpolation_model_path.is_empty() {
+            return Err(PipelineError::Unsupported(
+                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
+            ));
+        }
+        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
+            let net = IFNet::load(&path, &Default::default())
+                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
+            self.rife = Some((path, net));
+        }
         Ok(())
     }
 }
@@ -392,76 +517,6 @@ impl DiffusionPipeline for Helios {
     }
 }
 
-/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend, with the same
-/// load policies as [`Helios`].
-struct Wan {
-    dir: std::path::PathBuf,
-    policy: LoadPolicy,
-    precision: Precision,
-    /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
-    pipe: Option<WanPipeline<DefaultBackend>>,
-}
-
-impl Wan {
-    fn open(
-        dir: &Path,
-        options: &GeneratorOptions,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
-        let device = Default::default();
-        let mut precision = Precision::for_device::<DefaultBackend>(&device);
-        if let Some(vae) = options.vae_dtype {
-            precision.vae = vae.into();
-        }
-        let mut wan = Self {
-            dir: dir.to_path_buf(),
-            policy: options.load,
-            precision,
-            pipe: None,
-        };
-        if options.load != LoadPolicy::EncodeThenLoad {
-            wan.load(progress)?;
-        }
-        Ok(Box::new(wan))
-    }
-
-    fn load(&mut self, progress: &mut dyn ProgressSink) -> Result<(), PipelineError> {
-        let residency = match self.policy {
-            LoadPolicy::KeepAll => TextEncoderResidency::Resident,
-            _ => TextEncoderResidency::OnDemand,
-        };
-        self.pipe = Some(WanPipeline::load_with(
-            &self.dir,
-            &Default::default(),
-            self.precision,
-            residency,
-            progress,
-        )?);
-        Ok(())
-    }
-}
-
-impl Helios {
-    /// Load the request's RIFE model unless it is the one already loaded.
-    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
-        if !req.enable_frame_interpolation {
-            return Ok(());
-        }
-        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
-        if req.frame_interpolation_model_path.is_empty() {
-            return Err(PipelineError::Unsupported(
-                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
-            ));
-        }
-        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
-            let net = IFNet::load(&path, &Default::default())
-                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-            self.rife = Some((path, net));
-        }
-        Ok(())
-    }
-}
-
 impl DiffusionPipeline for Wan {
     fn generate(
         &mut self,
@@ -528,3 +583,69 @@ fn with_loras<T>(
     pipe.transformer = originals.restore(pipe.transformer.clone());
     out
 }
+
+/// [`DiffusionPipeline`] for a Wan family whose pipeline has `call` and `call_with_embeds` (the
+/// whole video in one window; `EncodeThenLoad` encodes the prompt before loading the models).
+macro_rules! wan_family_generate {
+    ($family:ty, $pipe:ty, $class:literal) => {
+        impl DiffusionPipeline for $family {
+            fn generate(
+                &mut self,
+                req: &GenerationRequest,
+                ctx: &mut RunContext<'_>,
+                sink: &mut dyn FrameSink,
+            ) -> Result<usize, PipelineError> {
+                <$pipe as FamilyPipeline>::check_inputs(&self.dir, req)?;
+                if let Some(pipe) = &self.pipe {
+                    return pipe.call(req, ctx, sink);
+                }
+                let embeds = {
+                    let encoder = PromptEncoder::<DefaultBackend>::load(
+                        &self.dir,
+                        &Default::default(),
+                        self.precision.text_encoder,
+                        &mut *ctx.progress,
+                    )?;
+                    encoder.encode_request(req, &mut *ctx.progress)?
+                };
+                self.load(&mut *ctx.progress)?;
+                let pipe = self.pipe.as_ref().expect("loaded above");
+                pipe.call_with_embeds(req, embeds, ctx, sink)
+            }
+
+            /// Wan makes the whole video in one window: there is no chunk history to continue
+            /// from.
+            fn generate_continued(
+                &mut self,
+                req: &GenerationRequest,
+                ctx: &mut RunContext<'_>,
+                sink: &mut dyn FrameSink,
+                state: Option<&HeliosState>,
+                want_state: bool,
+            ) -> Result<(usize, Option<HeliosState>), PipelineError> {
+                if state.is_some() || want_state {
+                    return Err(PipelineError::Unsupported(
+                        concat!(
+                            "state: continuation is a Helios feature; a ",
+                            $class,
+                            " checkpoint makes the whole video at once"
+                        )
+                        .into(),
+                    ));
+                }
+                Ok((self.generate(req, ctx, sink)?, None))
+            }
+        }
+    };
+}
+
+wan_family_generate!(
+    WanI2V,
+    WanImageToVideoPipeline<DefaultBackend>,
+    "WanImageToVideoPipeline"
+);
+wan_family_generate!(
+    WanV2V,
+    WanVideoToVideoPipeline<DefaultBackend>,
+    "WanVideoToVideoPipeline"
+);

@@ -16,6 +16,7 @@ pub mod continuation;
 pub mod error;
 pub mod generator;
 pub mod guidance;
+pub mod image_processing_clip;
 pub mod lora;
 pub mod models;
 pub mod noise;

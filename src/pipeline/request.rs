@@ -123,6 +123,9 @@ request_fields! {
     boundary_ratio: f64,
     /// Wan: the scheduler's flow shift (`s·σ / (1 + (s − 1)·σ)`); the checkpoint's by default.
     flow_shift: f64,
+    /// Wan video-to-video (`WanVideoToVideoPipeline`): how far the input video is re-noised, in
+    /// (0, 1]; the last `floor(num_inference_steps · strength)` steps run. Default 0.8.
+    strength: f64,
     /// LoRA adapters merged into the transformer for this request only: an object
     /// `{name|lora_name|adapter, path|lora_path|local_path, scale|lora_scale, int_id|lora_int_id}`,
     /// a list of them (combined), or the JSON text of either. Server paths must lie in `lora_dirs`.
@@ -219,6 +222,9 @@ pub const HELIOS_ONLY_FIELDS: &[&str] = &[
 /// two-expert ones).
 pub const WAN_ONLY_FIELDS: &[&str] = &["guidance_scale_2", "boundary_ratio", "flow_shift"];
 
+/// The request fields only a video-to-video Wan checkpoint (`WanVideoToVideoPipeline`) reads.
+pub const V2V_ONLY_FIELDS: &[&str] = &["strength"];
+
 impl std::ops::Deref for ModelDefaults {
     type Target = GenerationRequest;
 
@@ -258,6 +264,7 @@ impl ModelDefaults {
                 guidance_scale_2: 1.0,
                 boundary_ratio: 0.0,
                 flow_shift: 1.0,
+                strength: 0.8,
                 lora: Loras::default(),
                 enable_frame_interpolation: false,
                 frame_interpolation_exp: 1,
@@ -265,7 +272,7 @@ impl ModelDefaults {
                 frame_interpolation_model_path: String::new(),
                 conditioning: Conditioning::None,
             },
-            unsupported: WAN_ONLY_FIELDS.to_vec(),
+            unsupported: [WAN_ONLY_FIELDS, V2V_ONLY_FIELDS].concat(),
             whole_video: false,
             guidance_scale_2_follows: false,
         }
@@ -349,6 +356,9 @@ pub enum Conditioning {
     Image(ConditioningPixels),
     /// Video-to-video: the input video; the output continues it.
     Video(ConditioningPixels),
+    /// First-last-frame-to-video (Wan2.1 FLF2V, diffusers `image` + `last_image`): two frames,
+    /// the first and the last of the video.
+    FirstLast(ConditioningPixels),
 }
 
 /// Where a conditioning image or video comes from.
@@ -394,6 +404,35 @@ impl Conditioning {
             height: req.height as usize,
             width: req.width as usize,
         }))
+    }
+
+    /// First-last-frame-to-video: two images (PNG, JPEG or WebP) each stretched to `req`'s
+    /// output size as [`from_image`](Self::from_image) does, as one two-frame
+    /// [`Conditioning::FirstLast`].
+    ///
+    /// # Errors
+    /// [`ConditioningError::Media`] when an image cannot be read or decoded.
+    pub fn from_first_last(
+        first: MediaSource<'_>,
+        last: MediaSource<'_>,
+        req: &GenerationRequest,
+    ) -> Result<Self, ConditioningError> {
+        let (Self::Image(a), Self::Image(b)) =
+            (Self::from_image(first, req)?, Self::from_image(last, req)?)
+        else {
+            unreachable!("from_image makes an image")
+        };
+        let mut pixels = a;
+        let plane = pixels.height * pixels.width;
+        // [3, 1, H, W] + [3, 1, H, W] → [3, 2, H, W]: interleave per channel.
+        let mut data = Vec::with_capacity(6 * plane);
+        for c in 0..3 {
+            data.extend_from_slice(&pixels.data[c * plane..(c + 1) * plane]);
+            data.extend_from_slice(&b.data[c * plane..(c + 1) * plane]);
+        }
+        pixels.data = data;
+        pixels.frames = 2;
+        Ok(Self::FirstLast(pixels))
     }
 
     /// Video-to-video: an H.264 MP4 whose frames are stretched to `req`'s output size; it needs
@@ -551,6 +590,12 @@ fn whole_video(
         return Err(bad(
             "flow_shift",
             format!("{} is outside (0, 100]", req.flow_shift),
+        ));
+    }
+    if !(req.strength > 0.0 && req.strength <= 1.0) {
+        return Err(bad(
+            "strength",
+            format!("{} is outside (0, 1]", req.strength),
         ));
     }
     Ok(())

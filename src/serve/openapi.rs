@@ -483,6 +483,7 @@ fn extra_params_schema(d: &Described) -> Value {
             "frame_interpolation_exp" => json!({"type": "integer", "minimum": 1, "maximum": 4}),
             "frame_interpolation_scale" => json!({"enum": [0.25, 0.5, 1, 2, 4]}),
             "frame_interpolation_model_path" => json!({"type": "string"}),
+            "strength" => json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1}),
             other => {
                 json!({"description": format!("{other}: see `omni generate --print-request`")})
             }

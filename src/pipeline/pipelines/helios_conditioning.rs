@@ -55,6 +55,11 @@ impl<B: Backend> DenoiseParts<'_, B> {
             Conditioning::None => return Ok(None),
             Conditioning::Image(p) => (p, false),
             Conditioning::Video(p) => (p, true),
+            Conditioning::FirstLast(_) => {
+                return Err(PipelineError::Unsupported(
+                    "last_image: a first-last-frame video needs a Wan FLF2V checkpoint; Helios takes one image".into(),
+                ));
+            }
         };
         let (h, w) = (req.height as usize, req.width as usize);
         if (pixels.height, pixels.width) != (h, w)

@@ -6,6 +6,9 @@
 //!   with CFG, chunk decode); Mid and Distilled pyramids, Base as one stage.
 //! * [`pipeline_helios`]: the Base-specific schedule (`HeliosPipeline`).
 //! * [`pipeline_wan`]: `WanPipeline` (Wan2.1 T2V, Wan2.2 A14B two-expert T2V).
+//! * [`pipeline_wan_i2v`]: `WanImageToVideoPipeline` (Wan2.1 I2V and FLF2V with CLIP, Wan2.2
+//!   I2V A14B).
+//! * [`pipeline_wan_video2video`]: `WanVideoToVideoPipeline` (V2V with `strength`).
 //! * [`helios_variant`]: which Helios a checkpoint folder holds (`model_index.json` + scheduler
 //!   config) and its request defaults.
 //! * [`prompt_encoder`]: tokenizer + UMT5, step 3 (`encode_prompt`).
@@ -24,5 +27,7 @@ pub mod pipeline_helios;
 pub mod pipeline_helios_pyramid;
 pub mod pipeline_output;
 pub mod pipeline_wan;
+pub mod pipeline_wan_i2v;
+pub mod pipeline_wan_video2video;
 pub mod prompt_encoder;
 pub mod pyramid_latents;

@@ -39,7 +39,7 @@ use crate::pipeline::models::transformer_wan::{WanContext, WanTransformer3DModel
 use crate::pipeline::precision::Precision;
 use crate::pipeline::progress::{NoProgress, Progress, ProgressSink, loading};
 use crate::pipeline::request::{
-    GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults, WAN_ONLY_FIELDS,
+    GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults, V2V_ONLY_FIELDS, WAN_ONLY_FIELDS,
 };
 use crate::pipeline::schedulers::SchedulerError;
 use crate::pipeline::schedulers::scheduling_flow_match_euler_discrete::{
@@ -142,6 +142,23 @@ impl WanSolver {
         }
     }
 
+    /// `scheduler.sigmas`, `[n + 1]` (float32 values).
+    pub fn sigmas(&self) -> &[f64] {
+        match self {
+            Self::UniPc(s) => s.sigmas(),
+            Self::FlowMatchEuler(s) => s.sigmas(),
+        }
+    }
+
+    /// Start at step `i` of the schedule (video-to-video `strength`: diffusers truncates
+    /// `timesteps` and finds its place with `index_for_timestep`).
+    pub fn begin_at(&mut self, i: usize) {
+        match self {
+            Self::UniPc(s) => s.begin_at(i),
+            Self::FlowMatchEuler(s) => s.begin_at(i),
+        }
+    }
+
     /// The plan of step `i` (in order).
     pub fn step_plan(&mut self, i: usize) -> StepPlan {
         match self {
@@ -186,6 +203,20 @@ pub fn read_wan_configs(dir: &Path) -> Result<WanConfigs, PipelineError> {
             index_path.display()
         )));
     }
+    let scheduler = read_wan_scheduler(dir)?;
+    Ok(WanConfigs {
+        model_index,
+        scheduler,
+    })
+}
+
+/// Read `scheduler/scheduler_config.json` of the Wan checkpoint `dir` (every Wan pipeline class
+/// shares it).
+///
+/// # Errors
+/// [`PipelineError::Load`] for a missing or unreadable file; [`PipelineError::Unsupported`] for
+/// a scheduler class the Wan pipelines do not run.
+pub fn read_wan_scheduler(dir: &Path) -> Result<WanScheduler, PipelineError> {
     let path = component_dir(dir, "scheduler")?.join("scheduler_config.json");
     #[derive(serde::Deserialize)]
     struct ClassOnly {
@@ -222,10 +253,7 @@ pub fn read_wan_configs(dir: &Path) -> Result<WanConfigs, PipelineError> {
             )));
         }
     };
-    Ok(WanConfigs {
-        model_index,
-        scheduler,
-    })
+    Ok(scheduler)
 }
 
 /// The request defaults of a `WanPipeline` checkpoint: diffusers' `__call__` defaults (832×480,
@@ -251,7 +279,7 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     r.num_latent_frames_per_chunk = 21;
     r.flow_shift = c.scheduler.flow_shift();
     r.boundary_ratio = c.model_index.boundary_ratio.unwrap_or(0.0);
-    d.unsupported = HELIOS_ONLY_FIELDS.to_vec();
+    d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
     // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer) and RIFE
     // (applied by the Helios generator).
     d.unsupported.extend(["lora", "enable_frame_interpolation"]);

@@ -248,6 +248,15 @@ impl FlowMatchEulerSolver {
         self.timesteps.is_empty()
     }
 
+    /// Plan from step `i` on (a truncated schedule: video-to-video `strength`).
+    ///
+    /// # Panics
+    /// If a step was planned already.
+    pub fn begin_at(&mut self, i: usize) {
+        assert_eq!(self.next_step, 0, "begin_at after planning");
+        self.next_step = i;
+    }
+
     /// Step `i`: `dt = σ_{i+1} − σ_i` in float32.
     ///
     /// # Panics

@@ -374,4 +374,10 @@ impl UniPcSolver {
     pub fn step_plan(&mut self, i: usize) -> StepPlan {
         StepPlan::UniPc(self.planner.plan(&self.sigmas, i))
     }
+
+    /// Plan from step `i` on (a truncated schedule: video-to-video `strength`); see
+    /// [`UniPcPlanner::begin_at`](super::unipc::UniPcPlanner::begin_at).
+    pub fn begin_at(&mut self, i: usize) {
+        self.planner.begin_at(i);
+    }
 }

@@ -165,6 +165,9 @@ pub struct UniPcPlanner {
     lower_order_nums: usize,
     /// diffusers `this_order` of the last predictor (0 before the first step).
     this_order: usize,
+    /// The first step planned ([`begin_at`](Self::begin_at); 0 from the start): diffusers runs
+    /// no corrector there (`last_sample is None`).
+    first_step: usize,
 }
 
 impl UniPcPlanner {
@@ -175,7 +178,23 @@ impl UniPcPlanner {
             next_step: 0,
             lower_order_nums: 0,
             this_order: 0,
+            first_step: 0,
         }
+    }
+
+    /// Start a fresh planner at step `i` instead of 0, as diffusers' image/video-to-video
+    /// pipelines do by truncating `timesteps` (`get_timesteps(strength)`): the first planned
+    /// step is `i`, with an empty history (no corrector, first-order predictor).
+    ///
+    /// # Panics
+    /// If a step was planned already.
+    pub fn begin_at(&mut self, i: usize) {
+        assert!(
+            self.next_step == self.first_step && self.this_order == 0,
+            "begin_at after planning"
+        );
+        self.next_step = i;
+        self.first_step = i;
     }
 
     /// The scalars of step `i` over `sigmas: [n + 1]` (diffusers `step`), advancing the
@@ -200,7 +219,7 @@ impl UniPcPlanner {
         let to_f32 = |x: f64| (x as f32) as f64; // `.to(x.dtype)` of rhos_c
 
         // Corrector (multistep_uni_c_bh_update), order = the previous predictor's.
-        let use_corrector = i > 0 && !c.disable_corrector.contains(&(i - 1));
+        let use_corrector = i > self.first_step && !c.disable_corrector.contains(&(i - 1));
         let corrector = use_corrector.then(|| {
             let order = self.this_order;
             let (alpha_t, sigma_t) = a_s(i);
