@@ -220,17 +220,28 @@ fn vae_config_parses_real_and_tiny_configs() {
 }
 
 #[test]
-fn vae_config_rejects_wan22() {
-    let residual = AutoencoderKLWanConfig {
+fn vae_config_accepts_wan22_and_rejects_bad_patch_channels() {
+    // The Wan2.2 VAE (is_residual, patch_size 2, 12 channels) is supported since issue 10 part 2;
+    // its parity tests are in tests/autoencoder_kl_wan22.rs.
+    let wan22 = AutoencoderKLWanConfig {
         is_residual: true,
+        patch_size: Some(2),
+        in_channels: 12,
+        out_channels: 12,
         ..Default::default()
     };
-    assert!(residual.validate().unwrap_err().contains("is_residual"));
+    assert!(wan22.validate().is_ok());
+    assert_eq!((wan22.video_channels(), wan22.spatial_scale()), (3, 16));
     let patched = AutoencoderKLWanConfig {
         patch_size: Some(2),
         ..Default::default()
     };
     assert!(patched.validate().unwrap_err().contains("patch_size"));
+    let zero = AutoencoderKLWanConfig {
+        patch_size: Some(0),
+        ..Default::default()
+    };
+    assert!(zero.validate().unwrap_err().contains("patch_size"));
     let ok = AutoencoderKLWanConfig {
         patch_size: Some(1),
         ..Default::default()

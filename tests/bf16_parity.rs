@@ -1,6 +1,7 @@
 //! The bf16 precision plan (`omni::pipeline::precision`) against diffusers run in bf16
 //! (`tests/fixtures/reference/bf16.safetensors`, `make_fixtures.py --only-bf16`: transformer and
 //! UMT5 in bf16 with the transformer's `_keep_in_fp32_modules` in f32, VAE in f32).
+//! The Wan2.2 TI2V run: `reference/bf16_wan_ti2v.safetensors` (`make_wan_ti2v.py --bf16`).
 //!
 //! This test binary runs its own process with the device's default float dtype set to bf16, so
 //! the models load and compute exactly as on `Cuda<bf16>`: on the CPU backend (`Flex`, bf16 ops
@@ -215,6 +216,64 @@ fn two_chunk_distilled_run_matches_diffusers_bf16() {
     eprintln!(
         "distilled 2 chunks: PSNR vs f32 frames omni bf16 {ours:.2} dB, diffusers bf16 \
          {theirs:.2} dB; omni bf16 vs diffusers bf16 {between:.2} dB"
+    );
+    assert!(
+        ours >= theirs - PSNR_SLACK_DB,
+        "omni bf16 frames at {ours:.2} dB vs f32, diffusers bf16 at {theirs:.2} dB"
+    );
+}
+
+#[test]
+fn wan22_ti2v_run_matches_diffusers_bf16() {
+    // One Wan pipeline in bf16: the tiny Wan2.2 TI2V checkpoint (per-token timesteps, the Wan2.2
+    // VAE in f32), the request and injected latents of tests/wan_ti2v.rs, against diffusers' bf16
+    // run of the same (`make_wan_ti2v.py --bf16`).
+    use omni::pipeline::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
+    use omni::pipeline::pipelines::prompt_encoder::TextEncoderResidency;
+    use omni::pipeline::precision::Precision;
+    use omni::pipeline::request::{RequestPatch, resolve};
+
+    let device = device();
+    let dir = common::fixture("tiny-wan2.2-ti2v");
+    let pipe = WanPipeline::<B>::load_with(
+        &dir,
+        &device,
+        Precision::for_device::<B>(&device),
+        TextEncoderResidency::Resident,
+        &mut NoProgress,
+    )
+    .expect("tiny TI2V pipeline loads");
+    assert_eq!(pipe.transformer_dtype(), DType::BF16);
+    assert_eq!(pipe.vae.dtype(), DType::F32);
+    let patch = RequestPatch {
+        prompt: Some(common::PROMPT.into()),
+        negative_prompt: Some("blurry, low quality, static".into()),
+        height: Some(64),
+        width: Some(96),
+        num_frames: Some(9),
+        num_inference_steps: Some(4),
+        guidance_scale: Some(5.0),
+        ..Default::default()
+    };
+    let req = resolve(&[patch], &wan_defaults(&dir).unwrap()).unwrap();
+    let mut noise =
+        FileNoise::open(&common::fixture("reference/pipeline_wan_ti2v.safetensors")).unwrap();
+    let mut sink = Collect::default();
+    let mut ctx = RunContext {
+        noise: &mut noise,
+        progress: &mut Record::default(),
+        cancel: CancelToken::new(),
+    };
+    assert_eq!(pipe.call(&req, &mut ctx, &mut sink).unwrap(), 9);
+    let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
+    let (_, f32_frames) = Reference::open("pipeline_wan_ti2v.safetensors").frames01("frames");
+    let (_, bf16_frames) = Reference::open("bf16_wan_ti2v.safetensors").frames01("frames");
+    let ours = psnr(&got, &f32_frames);
+    let theirs = psnr(&bf16_frames, &f32_frames);
+    let between = psnr(&got, &bf16_frames);
+    eprintln!(
+        "wan2.2 ti2v: PSNR vs f32 frames omni bf16 {ours:.2} dB, diffusers bf16 {theirs:.2} dB; \
+         omni bf16 vs diffusers bf16 {between:.2} dB"
     );
     assert!(
         ours >= theirs - PSNR_SLACK_DB,

@@ -11,6 +11,7 @@ use omni::pipeline::bench::on_default_device as bench;
 use omni::pipeline::bench::{
     BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, PipelineBench, bench_request, peak_rss_bytes,
 };
+use omni::pipeline::bench::{WanDitOptions, WanDitScale, bench_wan_dit_on_default_device};
 use omni::pipeline::generator::{FrameSink, Generator};
 use omni::pipeline::precision::{Dtype, Precision};
 
@@ -25,6 +26,14 @@ pub enum BenchConfig {
     Medium,
     /// The tiny test shapes (CPU).
     Tiny,
+    /// `dit` only: the Wan2.1-T2V-14B DiT (5120 wide, 40 layers; also each Wan2.2-A14B expert)
+    /// at the model card's 1280x720, 81 frames.
+    #[value(name = "wan2.1-14b")]
+    Wan21_14b,
+    /// `dit` only: the Wan2.2-TI2V-5B DiT (3072 wide, 30 layers, per-token timesteps) at the
+    /// model card's 1280x704, 121 frames (16x VAE).
+    #[value(name = "wan2.2-5b")]
+    Wan22_5b,
 }
 
 /// Arguments shared by the benchmarks.
@@ -65,6 +74,8 @@ impl Common {
             Some(BenchConfig::Helios14b) => ModelScale::Helios14B,
             Some(BenchConfig::Medium) => ModelScale::Medium,
             Some(BenchConfig::Tiny) => ModelScale::Tiny,
+            // Refused by `run` for every benchmark but `dit`, which takes the Wan path.
+            Some(BenchConfig::Wan21_14b | BenchConfig::Wan22_5b) => ModelScale::Tiny,
             None if cfg!(feature = "cuda") => ModelScale::Helios14B,
             None => ModelScale::Tiny,
         }
@@ -98,6 +109,8 @@ pub enum BenchCommand {
         /// Pyramid stage to time (0 = quarter, 1 = half, 2 = full resolution) [default: all].
         #[arg(long)]
         stage: Option<usize>,
+        #[command(flatten)]
+        wan: WanDitArgs,
     },
     /// VAE decode of one 33-frame chunk.
     Vae {
@@ -160,10 +173,118 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
+/// `omni bench dit --config wan2.1-14b|wan2.2-5b` options.
+#[derive(Debug, Args)]
+pub struct WanDitArgs {
+    /// Wan configs: video size WIDTHxHEIGHT in pixels [default: the model card's, 1280x720 for
+    /// wan2.1-14b, 1280x704 for wan2.2-5b] (--width / --height are the Helios sizes).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Wan configs: video frames [default: the model card's, 81 / 121].
+    #[arg(long)]
+    pub num_frames: Option<usize>,
+    /// Wan configs: transformer layers built and timed [default: all (40 / 30) with --features
+    /// cuda, 1 on the CPU]; FLOPs count the layers run, so TFLOP/s stays comparable.
+    #[arg(long)]
+    pub layers: Option<usize>,
+}
+
+fn wan_scale(common: &Common) -> Option<WanDitScale> {
+    match common.config {
+        Some(BenchConfig::Wan21_14b) => Some(WanDitScale::Wan21_14B),
+        Some(BenchConfig::Wan22_5b) => Some(WanDitScale::Wan22_5B),
+        _ => None,
+    }
+}
+
+/// `omni bench dit --config wan…`: one row (or JSON line) for one conditional forward.
+fn wan_dit(common: &Common, scale: WanDitScale, wan: &WanDitArgs) -> anyhow::Result<()> {
+    let (mut width, mut height, frames) = scale.default_size();
+    if let Some(size) = &wan.size {
+        let parsed = size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
+        let Some((w, h)) = parsed else {
+            anyhow::bail!("--size {size:?} is not WIDTHxHEIGHT (e.g. 1280x704)");
+        };
+        (width, height) = (w, h);
+    }
+    let multiple = scale.vae_scale_spatial() * 2;
+    if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {
+        anyhow::bail!("--size {width}x{height}: width and height must be positive multiples of {multiple} pixels for this model");
+    }
+    let opts = WanDitOptions {
+        scale,
+        dtype: common.precision().transformer,
+        width,
+        height,
+        num_frames: wan.num_frames.unwrap_or(frames),
+        layers: wan
+            .layers
+            .or(if cfg!(feature = "cuda") { None } else { Some(1) }),
+        warmup: common.warmup,
+        iters: common.iters,
+    };
+    let r = bench_wan_dit_on_default_device(opts);
+    let (mean, min) = stats(&r.ms);
+    let tflops = r.flops / (mean / 1e3) / 1e12;
+    let [c, t, h, w] = r.latent;
+    if common.json {
+        println!(
+            "{}",
+            serde_json::json!({"config": format!("{scale:?}"), "width": width, "height": height,
+                "num_frames": opts.num_frames, "latent": [c, t, h, w], "tokens": r.tokens,
+                "layers": r.layers, "model_layers": r.model_layers, "dtype": format!("{:?}", opts.dtype),
+                "ms_mean": mean, "ms_min": min, "tflop": r.flops / 1e12, "tflops": tflops,
+                "mfu": tflops * 1e12 / H100_BF16_PEAK_FLOPS,
+                "ms_full_model_estimate": mean * r.model_layers as f64 / r.layers as f64})
+        );
+        return Ok(());
+    }
+    println!(
+        "Wan DiT forward, {scale:?}, {width}x{height} pixels, {} frames, {:?}, device {}, {} warm-up + {} timed",
+        opts.num_frames,
+        opts.dtype,
+        device_name(&common.precision()),
+        common.warmup,
+        common.iters
+    );
+    if r.layers != r.model_layers {
+        println!(
+            "(reduced: {} of the model's {} layers; FLOPs and times are for the layers run, the full-model estimate scales them)",
+            r.layers, r.model_layers
+        );
+    }
+    println!("latent(CxTxHxW)  tokens  layers  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU  ms(full model est.)");
+    println!(
+        "{c}x{t}x{h}x{w:<8}  {:>6}  {:>6}  {mean:>8.1}  {min:>7.1}  {:>5.2}  {tflops:>7.3}  {:>4.1}%  {:>10.1}",
+        r.tokens,
+        r.layers,
+        r.flops / 1e12,
+        100.0 * tflops * 1e12 / H100_BF16_PEAK_FLOPS,
+        mean * r.model_layers as f64 / r.layers as f64
+    );
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     Generator::probe_device().map_err(anyhow::Error::msg)?;
+    let wan_only = match &args.command {
+        BenchCommand::Dit { .. } => None,
+        BenchCommand::Vae { common }
+        | BenchCommand::Ops { common }
+        | BenchCommand::TextEncoder { common }
+        | BenchCommand::Pipeline { common, .. } => wan_scale(common),
+    };
+    if wan_only.is_some() {
+        anyhow::bail!("--config wan2.1-14b / wan2.2-5b is only for `omni bench dit`");
+    }
     match args.command {
-        BenchCommand::Dit { common, stage } => dit(&common, stage),
+        BenchCommand::Dit { common, wan, .. } if wan_scale(&common).is_some() => {
+            let scale = wan_scale(&common).expect("checked");
+            wan_dit(&common, scale, &wan)?
+        }
+        BenchCommand::Dit { common, stage, .. } => dit(&common, stage),
         BenchCommand::Vae { common } => vae(&common),
         BenchCommand::Ops { common } => ops(&common),
         BenchCommand::TextEncoder { common } => text_encoder(&common),

@@ -109,6 +109,26 @@ impl DeviceMemory {
     }
 }
 
+/// Total memory of `device` in bytes when it is a CUDA device (the driver's
+/// `cuDeviceTotalMem`), `None` otherwise (the CPU backend has no device memory of its own).
+/// Used by the Wan2.2 A14B expert residency (`pipeline_wan::offload_experts_auto`).
+pub fn device_total_memory<B: Backend>(device: &B::Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    {
+        let any: &dyn std::any::Any = device;
+        if let Some(cuda) = any.downcast_ref::<cubecl::cuda::CudaDevice>() {
+            use cudarc::driver::result;
+            result::init().ok()?;
+            let dev = result::device::get(cuda.index as i32).ok()?;
+            // SAFETY: `dev` is a device handle the driver just returned after `init`.
+            let total = unsafe { result::device::total_mem(dev) }.ok()?;
+            return Some(total as u64);
+        }
+    }
+    let _ = device;
+    None
+}
+
 /// Current device memory of `device` when it is a CUDA device, `None` otherwise (the CPU
 /// backend allocates from the process heap: see `bench::peak_rss_bytes`). The caller syncs the
 /// device first if it wants the memory after pending work.

@@ -24,6 +24,7 @@ use crate::pipeline::models::transformer_helios::{
     apply_rotary_emb_transposed, fp32_layer_norm,
 };
 use crate::pipeline::models::umt5::{UMT5Config, UMT5EncoderModel};
+use crate::pipeline::models::transformer_wan::WanTransformer3DModelConfig;
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::pipelines::pipeline_helios_pyramid::{
     DenoiseParts, FrameSink, PipelineError, PipelineScheduler, RunContext, Variant, VideoFrames,
@@ -744,4 +745,164 @@ pub mod on_default_device {
     ) -> Result<PipelineBench, PipelineError> {
         bench_pipeline::<DefaultBackend>(scale, precision, req, sink, &Default::default())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wan DiT (`omni bench dit --config wan2.1-14b|wan2.2-5b`)
+// ---------------------------------------------------------------------------------------------
+
+/// The Wan transformers `omni bench dit` times, at their published shapes
+/// (`shared/reference/wan.md` §2.1, diffusers `scripts/convert_wan_to_diffusers.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WanDitScale {
+    /// Wan2.1-T2V-14B (also each Wan2.2-A14B expert): 40 heads × 128 = 5120 wide, FFN 13824,
+    /// 40 layers, 16 latent channels, Wan2.1 VAE (8× spatial). Model card size 1280×720, 81 frames.
+    Wan21_14B,
+    /// Wan2.2-TI2V-5B: 24 heads × 128 = 3072 wide, FFN 14336, 30 layers, 48 latent channels,
+    /// Wan2.2 VAE (16× spatial). Model card size 1280×704, 121 frames.
+    Wan22_5B,
+}
+
+impl WanDitScale {
+    /// The transformer config (`transformer/config.json` of the Diffusers repo).
+    pub fn transformer_config(self) -> WanTransformer3DModelConfig {
+        let base = WanTransformer3DModelConfig::default(); // the 14B values
+        match self {
+            WanDitScale::Wan21_14B => base,
+            WanDitScale::Wan22_5B => WanTransformer3DModelConfig {
+                num_attention_heads: 24,
+                ffn_dim: 14336,
+                num_layers: 30,
+                in_channels: 48,
+                out_channels: Some(48),
+                ..base
+            },
+        }
+    }
+
+    /// Video pixels per latent pixel of the checkpoint's VAE.
+    pub fn vae_scale_spatial(self) -> usize {
+        match self {
+            WanDitScale::Wan21_14B => 8,
+            WanDitScale::Wan22_5B => 16,
+        }
+    }
+
+    /// The model card's `(width, height, frames)`.
+    pub fn default_size(self) -> (usize, usize, usize) {
+        match self {
+            WanDitScale::Wan21_14B => (1280, 720, 81),
+            WanDitScale::Wan22_5B => (1280, 704, 121),
+        }
+    }
+}
+
+/// FLOPs of one Wan DiT forward (2 FLOP per multiply-add), `shared/reference/wan.md` §5: per
+/// layer `2L·4d² + 4L²d + 2L·2d² + 2T·2d² + 4LTd + 2L·2df` with `L` video tokens, `T` text
+/// tokens, `d` the width and `f` the FFN width (the Helios model of [`dit_forward_flops`] with
+/// every token noisy and cross-attending); embeddings, modulation and norms left out.
+pub fn wan_dit_forward_flops(
+    cfg: &WanTransformer3DModelConfig,
+    tokens: usize,
+    text_len: usize,
+) -> f64 {
+    let d = cfg.inner_dim() as f64;
+    let (l, t, f) = (tokens as f64, text_len as f64, cfg.ffn_dim as f64);
+    let per_layer = 2.0 * l * 4.0 * d * d
+        + 4.0 * l * l * d
+        + 2.0 * l * 2.0 * d * d
+        + 2.0 * t * 2.0 * d * d
+        + 4.0 * l * t * d
+        + 2.0 * l * 2.0 * d * f;
+    per_layer * cfg.num_layers as f64
+}
+
+/// What [`bench_wan_dit`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct WanDitOptions {
+    pub scale: WanDitScale,
+    /// Transformer compute dtype (f32 kept where diffusers keeps it).
+    pub dtype: DType,
+    /// Video size in pixels and frames.
+    pub width: usize,
+    pub height: usize,
+    pub num_frames: usize,
+    /// Layers built and run (`None`: all of the model's). The FLOPs count these layers only.
+    pub layers: Option<usize>,
+    pub warmup: usize,
+    pub iters: usize,
+}
+
+/// Result of [`bench_wan_dit`].
+#[derive(Debug, Clone)]
+pub struct WanDitBench {
+    /// Latent size `[C, T, H, W]`.
+    pub latent: [usize; 4],
+    /// Video tokens `T·(H/2)·(W/2)`.
+    pub tokens: usize,
+    /// Layers run.
+    pub layers: usize,
+    /// Layers of the real model.
+    pub model_layers: usize,
+    /// FLOPs of one forward of the layers run ([`wan_dit_forward_flops`]).
+    pub flops: f64,
+    /// Milliseconds of each timed forward.
+    pub ms: Vec<f64>,
+}
+
+/// Time one conditional Wan DiT forward (batch 1, 512 text tokens, the text projection and
+/// cross-attention K/V computed once outside the timing, as the pipeline does) at the real
+/// widths with random weights, `warmup` untimed then `iters` timed calls. Wan2.2 TI2V runs with
+/// per-token timesteps, as its pipeline does.
+pub fn bench_wan_dit<B: Backend>(opts: WanDitOptions, device: &B::Device) -> WanDitBench {
+    let mut cfg = opts.scale.transformer_config();
+    let model_layers = cfg.num_layers;
+    cfg.num_layers = opts.layers.unwrap_or(model_layers).max(1);
+    let model = cfg.init_with_dtype::<B>(device, opts.dtype);
+    let s = opts.scale.vae_scale_spatial();
+    let (t, h, w) = (
+        (opts.num_frames.max(1) - 1) / 4 + 1,
+        opts.height / s,
+        opts.width / s,
+    );
+    let c = cfg.in_channels;
+    let hidden = Tensor::<B, 5>::random([1, c, t, h, w], Distribution::Normal(0.0, 1.0), device);
+    let ctx = model.context(
+        Tensor::random(
+            [1, 512, cfg.text_dim],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ),
+        None,
+    );
+    let tokens = t * (h / 2) * (w / 2);
+    let ts = match opts.scale {
+        WanDitScale::Wan22_5B => vec![500.0; tokens],
+        WanDitScale::Wan21_14B => vec![500.0],
+    };
+    let timing = BenchOptions {
+        scale: ModelScale::Tiny,
+        precision: Precision::for_device::<B>(device),
+        height: opts.height,
+        width: opts.width,
+        warmup: opts.warmup,
+        iters: opts.iters,
+    };
+    let ms = time_calls::<B, _>(&timing, device, || {
+        drop(model.forward_stoppable(hidden.clone(), &ts, &ctx, &|| false))
+    });
+    WanDitBench {
+        latent: [c, t, h, w],
+        tokens,
+        layers: cfg.num_layers,
+        model_layers,
+        flops: wan_dit_forward_flops(&cfg, tokens, 512),
+        ms,
+    }
+}
+
+/// [`bench_wan_dit`] on the build's default device.
+pub fn bench_wan_dit_on_default_device(opts: WanDitOptions) -> WanDitBench {
+    use crate::pipeline::backend::DefaultBackend;
+    bench_wan_dit::<DefaultBackend>(opts, &Default::default())
 }

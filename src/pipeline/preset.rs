@@ -59,6 +59,10 @@ pub const BUILTIN_PRESETS: &[(&str, &str)] = &[
         "wan2.2-i2v-a14b",
         include_str!("../../presets/wan2.2-i2v-a14b.toml"),
     ),
+    (
+        "wan2.2-ti2v-5b",
+        include_str!("../../presets/wan2.2-ti2v-5b.toml"),
+    ),
 ];
 
 /// `[model]` of a preset file.
@@ -109,7 +113,7 @@ impl Preset {
 
     /// The embedded preset `name` (`helios-base`, `helios-mid`, `helios-distilled`,
     /// `wan2.1-t2v-1.3b`, `wan2.1-t2v-14b`, `wan2.2-t2v-a14b`, `wan2.1-i2v-14b-480p`,
-    /// `wan2.1-flf2v-14b-720p`, `wan2.2-i2v-a14b`).
+    /// `wan2.1-flf2v-14b-720p`, `wan2.2-i2v-a14b`, `wan2.2-ti2v-5b`).
     pub fn builtin(name: &str) -> Option<Self> {
         BUILTIN_PRESETS
             .iter()

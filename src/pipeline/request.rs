@@ -203,6 +203,10 @@ pub struct ModelDefaults {
     /// Wan2.2 two-expert checkpoints: `guidance_scale_2` follows `guidance_scale` unless a layer
     /// sets it (diffusers: `guidance_scale_2 = None` means "the same").
     pub guidance_scale_2_follows: bool,
+    /// Width and height must be multiples of this many pixels when the model needs more than
+    /// the pyramid rule (`0`: `16·2^(stages−1)`); Wan2.2 TI2V: 32 (the VAE's 16× times the
+    /// transformer's 2×2 patches).
+    pub size_multiple: u32,
 }
 
 /// The request fields only the Helios chunked pyramid pipelines read.
@@ -275,6 +279,7 @@ impl ModelDefaults {
             unsupported: [WAN_ONLY_FIELDS, V2V_ONLY_FIELDS].concat(),
             whole_video: false,
             guidance_scale_2_follows: false,
+            size_multiple: 0,
         }
     }
 
@@ -751,14 +756,18 @@ fn check_sampler(
 
 /// Pixel, frame and history sizes.
 fn check_sizes(req: &GenerationRequest, defaults: &ModelDefaults) -> Result<(), RequestError> {
-    let multiple = 16u32 << (defaults.pyramid_num_stages.saturating_sub(1));
+    let pyramid = 16u32 << (defaults.pyramid_num_stages.saturating_sub(1));
+    let multiple = pyramid.max(defaults.size_multiple);
+    let reason = match multiple == pyramid {
+        true => format!("the {}-stage pyramid", defaults.pyramid_num_stages),
+        false => "the VAE's spatial compression times the 2x2 patches".into(),
+    };
     for (param, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % multiple != 0 {
             return Err(bad(
                 param,
                 format!(
-                    "{v} is not a positive multiple of {multiple} pixels (required by the {}-stage pyramid); try {}",
-                    defaults.pyramid_num_stages,
+                    "{v} is not a positive multiple of {multiple} pixels (required by {reason}); try {}",
                     // Nearest multiple at or above, without overflowing (4294967295 → 4294967232).
                     ((v.max(1) as u64).div_ceil(multiple as u64) * multiple as u64)
                         .min((u32::MAX / multiple * multiple) as u64)

@@ -1,5 +1,8 @@
 //! Mirrors diffusers 0.42.1 `models/autoencoders/autoencoder_kl_wan.py` `AutoencoderKLWan`
-//! (the Wan2.1 causal video VAE of Helios): `encode` / `_encode` with `WanEncoder3d`, the
+//! (the Wan2.1 causal video VAE of Helios, and, config-driven, the Wan2.2 VAE of TI2V-5B:
+//! `is_residual` with `WanResidualDownBlock` / `WanResidualUpBlock` and their weightless
+//! [`AvgDown3D`] / [`DupUp3D`] shortcuts, `patch_size = 2` [`patchify`] / [`unpatchify`],
+//! `z_dim = 48`): `encode` / `_encode` with `WanEncoder3d`, the
 //! `DiagonalGaussianDistribution` of `models/autoencoders/vae.py` (mean, clamped logvar,
 //! `sample`), and `decode` / `_decode` with `WanDecoder3d`; plus the pipelines' latent
 //! (de)normalisation.
@@ -53,8 +56,14 @@
 //!   (diffusers' `"Rep"` marker): the first latent frame skips the temporal upsampling and yields
 //!   **1** video frame, every later one yields 2 per `upsample3d` (4 with Wan2.1's two), so `T`
 //!   latents give `1 + 4(T-1)` frames. The `time_conv` history starts at the second latent frame
-//!   (diffusers zero-pads instead of reusing the first frame). `first_chunk` is only read by
-//!   Wan2.2's `WanResidualUpBlock`, which is not supported.
+//!   (diffusers zero-pads instead of reusing the first frame). `first_chunk` (diffusers passes
+//!   it for latent frame 0 only; here [`WanDecoderCache`]`.started`) is only read by Wan2.2's
+//!   [`DupUp3D`] shortcut, which then drops its first `factor_t − 1` frames.
+//!
+//! Wan2.2 keys: the encoder's `down_blocks.{i}` are `WanResidualDownBlock`s (`resnets.{j}`,
+//! `downsampler`), the [`WanDownLayer::ResidualDown`] variant; the decoder's `up_blocks.{i}` are
+//! `WanResidualUpBlock`s (`resnets.{j}`, `upsampler`), held by the same [`WanUpBlock`] struct as
+//! Wan2.1's (`upsamplers.0`), since one decoder list holds one kind or the other.
 //!
 //! # Deliberate divergences
 //!
@@ -62,8 +71,8 @@
 //!   distribution object; [`AutoencoderKLWan::sample`] takes the standard-normal draw as an
 //!   argument instead of calling `randn_tensor(generator)` (test `vae_encode_matches_diffusers`,
 //!   which injects diffusers' draw).
-//! * Unsupported configs are rejected at load instead of half-working: `is_residual = true` or a
-//!   `patch_size` other than 1 (the Wan2.2 VAE); test `vae_config_rejects_wan22`.
+//! * Configs whose channels do not fit the patch size are rejected at load (test
+//!   `vae_config_accepts_wan22_and_rejects_bad_patch_channels`).
 //! * `attn_scales` only adds encoder attention blocks, exactly as in diffusers (the decoder
 //!   ignores it). Dropout is an inference no-op and is not modelled.
 //! * No spatial tiling (`enable_tiling`) and no batch slicing (`use_slicing`): they only trade
@@ -84,6 +93,9 @@
 //! Parity: `tests/autoencoder_kl_wan.rs` against diffusers on the tiny fixture VAE (fp32 on
 //! Flex): decode max abs error 8e-6 on `[1,3,9,32,48]`; encode (`[1,3,9,32,48]` →
 //! `[1,16,3,4,6]`) mean / logvar / sample 1.5e-6, single-frame image 1.2e-6.
+//! `tests/autoencoder_kl_wan22.rs` on the tiny Wan2.2 VAE of `tiny-wan2.2-ti2v`: decode
+//! (`[1,48,3,2,3]` → `[1,3,9,32,48]`) 2.3e-6; encode mean / logvar / sample 1.0e-6 / 9.8e-7 /
+//! 1.4e-6, single-frame image 4.5e-7 / 6.0e-7.
 
 use burn::module::{Initializer, Module, Param};
 use burn::nn::PaddingConfig2d;
@@ -133,6 +145,26 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
         r"^encoder\.down_blocks\.(\d+)\.time_conv\.",
         "encoder.down_blocks.$1.Resample.time_conv.",
     ),
+    // Wan2.2 (`is_residual`): the encoder's `down_blocks` are `WanResidualDownBlock`s
+    // (`resnets.{j}`, `downsampler`), the [`WanDownLayer::ResidualDown`] variant ...
+    (
+        r"^encoder\.down_blocks\.(\d+)\.resnets\.",
+        "encoder.down_blocks.$1.ResidualDown.resnets.",
+    ),
+    // ... whose `downsampler` is a `WanResample` (`resample.1` = the conv, as above).
+    (
+        r"^encoder\.down_blocks\.(\d+)\.downsampler\.resample\.1\.",
+        "encoder.down_blocks.$1.ResidualDown.downsampler.resample.",
+    ),
+    (
+        r"^encoder\.down_blocks\.(\d+)\.downsampler\.time_conv\.",
+        "encoder.down_blocks.$1.ResidualDown.downsampler.time_conv.",
+    ),
+    // Wan2.2 `WanResidualUpBlock.upsampler` (a single `WanResample`, not a list): `resample.1`.
+    (
+        r"^decoder\.up_blocks\.(\d+)\.upsampler\.resample\.1\.",
+        "decoder.up_blocks.$1.upsampler.resample.",
+    ),
 ];
 
 /// Checkpoint keys deliberately not loaded: none (encoder, `quant_conv`, `post_quant_conv` and
@@ -178,13 +210,14 @@ pub struct AutoencoderKLWanConfig {
     pub latents_mean: Vec<f64>,
     /// Per-channel latent standard deviation, `z_dim` values.
     pub latents_std: Vec<f64>,
-    /// Wan2.2 residual up/down blocks (unsupported).
+    /// Wan2.2: `WanResidualDownBlock` / `WanResidualUpBlock` (with the `AvgDown3D` / `DupUp3D`
+    /// shortcuts) instead of the flat Wan2.1 layers, and no channel halving in the decoder.
     pub is_residual: bool,
-    /// Video channels into the encoder.
+    /// Channels into the encoder, after [`patchify`] (3 · `patch_size`²: 12 for Wan2.2).
     pub in_channels: usize,
-    /// Video channels out of the decoder.
+    /// Channels out of the decoder, before [`unpatchify`] (3 · `patch_size`²).
     pub out_channels: usize,
-    /// Wan2.2 pixel patchify size (unsupported unless `None` or 1).
+    /// Wan2.2 pixel patchify size (`None`: no patchify, as 1).
     pub patch_size: Option<usize>,
     /// Frames per latent frame (informational; the architecture decides).
     pub scale_factor_temporal: Option<usize>,
@@ -236,17 +269,14 @@ impl AutoencoderKLWanConfig {
                 "_class_name is `{name}`, expected `AutoencoderKLWan`"
             ));
         }
-        if self.is_residual {
-            return Err(
-                "is_residual = true (the Wan2.2 VAE) is not supported; only the Wan2.1 VAE is"
-                    .into(),
-            );
+        if self.patch() == 0 {
+            return Err("patch_size = 0".into());
         }
-        if let Some(p) = self.patch_size
-            && p != 1
-        {
+        let p2 = self.patch() * self.patch();
+        if self.in_channels % p2 != 0 || self.out_channels % p2 != 0 {
             return Err(format!(
-                "patch_size = {p} (the Wan2.2 VAE) is not supported; only the Wan2.1 VAE is"
+                "in_channels ({}) and out_channels ({}) must be multiples of patch_size² ({p2})",
+                self.in_channels, self.out_channels
             ));
         }
         if self.dim_mult.is_empty() {
@@ -305,9 +335,20 @@ impl AutoencoderKLWanConfig {
         1 << up.iter().take(n).filter(|t| **t).count()
     }
 
-    /// Video pixels per latent pixel (2^(number of levels − 1); 8 for Wan2.1).
+    /// Video pixels per latent pixel (2^(number of levels − 1) · `patch_size`; 8 for Wan2.1, 16
+    /// for Wan2.2).
     pub fn spatial_scale(&self) -> usize {
-        1 << self.dim_mult.len().saturating_sub(1)
+        (1 << self.dim_mult.len().saturating_sub(1)) * self.patch()
+    }
+
+    /// `patch_size`, 1 when absent.
+    pub fn patch(&self) -> usize {
+        self.patch_size.unwrap_or(1)
+    }
+
+    /// Video channels (before [`patchify`]): `in_channels / patch_size²` (3).
+    pub fn video_channels(&self) -> usize {
+        self.in_channels / (self.patch() * self.patch())
     }
 }
 
@@ -658,9 +699,11 @@ pub struct WanResample<B: Backend> {
 }
 
 impl<B: Backend> WanResample<B> {
-    pub fn new(dim: usize, temporal: bool, device: &B::Device) -> Self {
+    /// `WanResample(dim, mode, upsample_out_dim)`: the conv goes to `out_dim` channels
+    /// (diffusers' default `dim // 2`; Wan2.2's residual up blocks pass `dim`).
+    pub fn new(dim: usize, temporal: bool, out_dim: usize, device: &B::Device) -> Self {
         Self {
-            resample: Conv2dConfig::new([dim, dim / 2], [3, 3])
+            resample: Conv2dConfig::new([dim, out_dim], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device),
             time_conv: temporal
@@ -672,7 +715,7 @@ impl<B: Backend> WanResample<B> {
     /// `Some` (diffusers `"Rep"`, later the cached frames).
     ///
     /// # Shapes
-    /// `x: [B, C, T, H, W]` → `[B, C/2, T', 2H, 2W]` with `T' = 2T`, or `T' = T` for
+    /// `x: [B, C, T, H, W]` → `[B, C_out, T', 2H, 2W]` (`C_out = C/2` for Wan2.1) with `T' = 2T`, or `T' = T` for
     /// `upsample2d` and for the first chunk of `upsample3d`.
     pub fn forward(&self, x: Tensor<B, 5>, cache: &mut Option<CausalConvCache<B>>) -> Tensor<B, 5> {
         let [b, c, t, h, w] = x.dims();
@@ -710,12 +753,84 @@ fn upsample_nearest_2x<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     x.expand([n, c, h, 2, w, 2]).reshape([n, c, 2 * h, 2 * w])
 }
 
-/// `WanUpBlock`: `num_res_blocks + 1` residual blocks, then an optional upsampler.
+/// `AvgDown3D`, the shortcut of Wan2.2's `WanResidualDownBlock`: zero frames in front up to a
+/// multiple of `factor_t`, then every `factor_t × factor_s × factor_s` neighbourhood folded into
+/// the channels and each run of `group_size` consecutive channels averaged. No weights.
+#[derive(Debug, Clone)]
+pub struct AvgDown3D {
+    pub out_channels: usize,
+    pub factor_t: usize,
+    pub factor_s: usize,
+}
+
+impl AvgDown3D {
+    /// # Shapes
+    /// `x: [B, C, T, H, W]` → `[B, out_channels, ⌈T/f_t⌉, H/f_s, W/f_s]`.
+    pub fn forward<B: Backend>(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
+        let (ft, fs) = (self.factor_t, self.factor_s);
+        let t = x.dims()[2];
+        // pad_t = (factor_t - T % factor_t) % factor_t zero frames in front
+        let pad_t = (ft - t % ft) % ft;
+        let x = if pad_t > 0 { zero_pad(x, 2, pad_t, 0) } else { x };
+        let [b, c, t, h, w] = x.dims();
+        let (t2, h2, w2) = (t / ft, h / fs, w / fs);
+        // view(B, C, T/ft, ft, H/fs, fs, W/fs, fs).permute(0, 1, 3, 5, 7, 2, 4, 6)
+        let x: Tensor<B, 8> = x.reshape([b, c, t2, ft, h2, fs, w2, fs]);
+        let x = x.permute([0, 1, 3, 5, 7, 2, 4, 6]);
+        // view(B, C·factor, …) → view(B, out, group_size, …) → mean(dim=2)
+        let group = c * ft * fs * fs / self.out_channels;
+        let x: Tensor<B, 6> = x.reshape([b, self.out_channels, group, t2, h2, w2]);
+        x.mean_dim(2).reshape([b, self.out_channels, t2, h2, w2])
+    }
+}
+
+/// `DupUp3D`, the shortcut of Wan2.2's `WanResidualUpBlock`: every channel repeated
+/// (`repeat_interleave`) and unfolded into a `factor_t × factor_s × factor_s` neighbourhood; on
+/// the first chunk of a decode the first `factor_t − 1` frames are dropped. No weights.
+#[derive(Debug, Clone)]
+pub struct DupUp3D {
+    pub out_channels: usize,
+    pub factor_t: usize,
+    pub factor_s: usize,
+}
+
+impl DupUp3D {
+    /// # Shapes
+    /// `x: [B, C, T, H, W]` → `[B, out_channels, T·f_t, H·f_s, W·f_s]` (`T·f_t − (f_t − 1)`
+    /// frames with `first_chunk`).
+    pub fn forward<B: Backend>(&self, x: Tensor<B, 5>, first_chunk: bool) -> Tensor<B, 5> {
+        let (ft, fs) = (self.factor_t, self.factor_s);
+        let [b, c, t, h, w] = x.dims();
+        let repeats = self.out_channels * ft * fs * fs / c;
+        // x.repeat_interleave(repeats, dim=1)
+        let x: Tensor<B, 6> = x.reshape([b, c, 1, t, h, w]);
+        let x = x.expand([b, c, repeats, t, h, w]);
+        // view(B, out, ft, fs, fs, T, H, W).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        let x: Tensor<B, 8> = x.reshape([b, self.out_channels, ft, fs, fs, t, h, w]);
+        let x = x.permute([0, 1, 5, 2, 6, 3, 7, 4]);
+        let x: Tensor<B, 5> = x.reshape([b, self.out_channels, t * ft, h * fs, w * fs]);
+        match first_chunk {
+            // x[:, :, factor_t - 1:]
+            true => x.narrow(2, ft - 1, t * ft - (ft - 1)),
+            false => x,
+        }
+    }
+}
+
+/// `WanUpBlock` (Wan2.1) and `WanResidualUpBlock` (Wan2.2, `is_residual`) in one struct, since
+/// the decoder's `up_blocks` list holds one kind or the other: `num_res_blocks + 1` residual
+/// blocks, then an optional upsampler: `upsamplers.0` (Wan2.1, to half the channels) or
+/// `upsampler` (Wan2.2, same channels) plus the [`DupUp3D`] shortcut added to the output.
 #[derive(Module, Debug)]
 pub struct WanUpBlock<B: Backend> {
     pub resnets: Vec<WanResidualBlock<B>>,
-    /// `nn.ModuleList([WanResample])`, empty for the last block.
+    /// Wan2.1 `nn.ModuleList([WanResample])`, empty for the last block and for Wan2.2.
     pub upsamplers: Vec<WanResample<B>>,
+    /// Wan2.2 `WanResidualUpBlock.upsampler` (`None` for the last block and for Wan2.1).
+    pub upsampler: Option<WanResample<B>>,
+    /// Wan2.2 `avg_shortcut` (with `upsampler`).
+    #[module(skip)]
+    avg_shortcut: Option<DupUp3D>,
 }
 
 /// The cache of one [`WanUpBlock`].
@@ -727,30 +842,54 @@ pub struct UpBlockCache<B: Backend> {
 }
 
 impl<B: Backend> WanUpBlock<B> {
-    /// `upsample`: `None`, `Some(false)` (`upsample2d`) or `Some(true)` (`upsample3d`).
+    /// `upsample`: `None`, `Some(false)` (`upsample2d`) or `Some(true)` (`upsample3d`);
+    /// `residual`: build diffusers' `WanResidualUpBlock` instead of `WanUpBlock`.
     pub fn new(
         in_dim: usize,
         out_dim: usize,
         num_res_blocks: usize,
         upsample: Option<bool>,
+        residual: bool,
         device: &B::Device,
     ) -> Self {
         let resnets = (0..=num_res_blocks)
             .map(|j| WanResidualBlock::new(if j == 0 { in_dim } else { out_dim }, out_dim, device))
             .collect();
+        if residual {
+            return Self {
+                resnets,
+                upsamplers: Vec::new(),
+                upsampler: upsample
+                    .map(|temporal| WanResample::new(out_dim, temporal, out_dim, device)),
+                avg_shortcut: upsample.map(|temporal| DupUp3D {
+                    out_channels: out_dim,
+                    factor_t: if temporal { 2 } else { 1 },
+                    factor_s: 2,
+                }),
+            };
+        }
         Self {
             resnets,
             upsamplers: upsample
-                .map(|temporal| WanResample::new(out_dim, temporal, device))
+                .map(|temporal| WanResample::new(out_dim, temporal, out_dim / 2, device))
                 .into_iter()
                 .collect(),
+            upsampler: None,
+            avg_shortcut: None,
         }
     }
 
+    /// `first_chunk` (the first latent frame of a decode) is only read by the Wan2.2 shortcut.
+    ///
     /// # Shapes
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T', H', W']` (see [`WanResample::forward`]).
-    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut UpBlockCache<B>) -> Tensor<B, 5> {
-        let Ok(x) = self.forward_stoppable(x, cache, &|| Ok::<(), Infallible>(()));
+    pub fn forward(
+        &self,
+        x: Tensor<B, 5>,
+        cache: &mut UpBlockCache<B>,
+        first_chunk: bool,
+    ) -> Tensor<B, 5> {
+        let Ok(x) = self.forward_stoppable(x, cache, first_chunk, &|| Ok::<(), Infallible>(()));
         x
     }
 
@@ -763,19 +902,24 @@ impl<B: Backend> WanUpBlock<B> {
         &self,
         x: Tensor<B, 5>,
         cache: &mut UpBlockCache<B>,
+        first_chunk: bool,
         stop: &dyn Fn() -> Result<(), E>,
     ) -> Result<Tensor<B, 5>, E> {
         cache
             .resnets
             .resize_with(self.resnets.len(), Default::default);
+        let x_copy = self.avg_shortcut.as_ref().map(|_| x.clone());
         let mut x = x;
         for (resnet, c) in self.resnets.iter().zip(cache.resnets.iter_mut()) {
             stop()?;
             x = resnet.forward(x, c);
         }
-        for up in &self.upsamplers {
+        for up in self.upsamplers.iter().chain(&self.upsampler) {
             stop()?;
             x = up.forward(x, &mut cache.time_conv);
+        }
+        if let (Some(shortcut), Some(x_copy)) = (&self.avg_shortcut, x_copy) {
+            x = x + shortcut.forward(x_copy, first_chunk);
         }
         Ok(x)
     }
@@ -872,21 +1016,76 @@ pub enum WanDownLayer<B: Backend> {
     Attention(WanAttentionBlock<B>),
     /// `WanResample` in `downsample2d` / `downsample3d` mode.
     Resample(WanDownsample<B>),
+    /// Wan2.2 (`is_residual`): `WanResidualDownBlock`, one per level.
+    ResidualDown(WanResidualDownBlock<B>),
+}
+
+/// Wan2.2's `WanResidualDownBlock`: `num_res_blocks` residual blocks and an optional
+/// `downsampler` ([`WanDownsample`]), plus the weightless [`AvgDown3D`] shortcut of the input.
+#[derive(Module, Debug)]
+pub struct WanResidualDownBlock<B: Backend> {
+    pub resnets: Vec<WanResidualBlock<B>>,
+    pub downsampler: Option<WanDownsample<B>>,
+    #[module(skip)]
+    avg_shortcut: AvgDown3D,
+}
+
+impl<B: Backend> WanResidualDownBlock<B> {
+    /// `down`: `None` (last level), `Some(temporal)` (`downsample3d` when `temporal`).
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        num_res_blocks: usize,
+        down: Option<bool>,
+        device: &B::Device,
+    ) -> Self {
+        let resnets = (0..num_res_blocks)
+            .map(|j| WanResidualBlock::new(if j == 0 { in_dim } else { out_dim }, out_dim, device))
+            .collect();
+        Self {
+            resnets,
+            downsampler: down.map(|temporal| WanDownsample::new(out_dim, temporal, device)),
+            avg_shortcut: AvgDown3D {
+                out_channels: out_dim,
+                factor_t: if down == Some(true) { 2 } else { 1 },
+                factor_s: if down.is_some() { 2 } else { 1 },
+            },
+        }
+    }
+
+    /// # Shapes
+    /// `x: [B, C_in, T, H, W]` → `[B, C_out, T', H', W']` (see [`WanDownsample::forward`]).
+    pub fn forward(&self, x: Tensor<B, 5>, cache: &mut DownLayerCache<B>) -> Tensor<B, 5> {
+        let x_copy = x.clone();
+        cache
+            .resnets
+            .resize_with(self.resnets.len(), Default::default);
+        let mut x = x;
+        for (resnet, c) in self.resnets.iter().zip(cache.resnets.iter_mut()) {
+            x = resnet.forward(x, c);
+        }
+        if let Some(down) = &self.downsampler {
+            x = down.forward(x, &mut cache.time_conv);
+        }
+        x + self.avg_shortcut.forward(x_copy)
+    }
 }
 
 /// The cache of one [`WanDownLayer`]: `resnet` is used by `Residual` layers, `time_conv` by
-/// `downsample3d` layers; the rest stays empty.
+/// `downsample3d` layers (and the `downsample3d` of `ResidualDown`), `resnets` by `ResidualDown`
+/// layers; the rest stays empty.
 #[derive(Debug, Clone, Default)]
 pub struct DownLayerCache<B: Backend> {
     pub resnet: ResidualBlockCache<B>,
     pub time_conv: TimeDownsampleCache<B>,
+    pub resnets: Vec<ResidualBlockCache<B>>,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Encoder
 // ---------------------------------------------------------------------------------------------
 
-/// `WanEncoder3d` (Wan2.1, `is_residual = False`).
+/// `WanEncoder3d` (Wan2.1 layers, or Wan2.2 residual down blocks with `is_residual`).
 #[derive(Module, Debug)]
 pub struct WanEncoder3d<B: Backend> {
     pub conv_in: WanCausalConv3d<B>,
@@ -922,6 +1121,18 @@ impl<B: Backend> WanEncoder3d<B> {
         let mut scale = 1.0f64;
         for i in 0..n {
             let (mut in_dim, out_dim) = (dims[i], dims[i + 1]);
+            if config.is_residual {
+                // Wan2.2: one `WanResidualDownBlock` per level (no attention blocks).
+                let down = (i != n - 1).then(|| config.temperal_downsample[i]);
+                down_blocks.push(WanDownLayer::ResidualDown(WanResidualDownBlock::new(
+                    in_dim,
+                    out_dim,
+                    config.num_res_blocks,
+                    down,
+                    device,
+                )));
+                continue;
+            }
             for _ in 0..config.num_res_blocks {
                 down_blocks.push(WanDownLayer::Residual(WanResidualBlock::new(
                     in_dim, out_dim, device,
@@ -976,6 +1187,7 @@ impl<B: Backend> WanEncoder3d<B> {
                 WanDownLayer::Residual(block) => block.forward(x, &mut c.resnet),
                 WanDownLayer::Attention(attn) => attn.forward(x),
                 WanDownLayer::Resample(down) => down.forward(x, &mut c.time_conv),
+                WanDownLayer::ResidualDown(block) => block.forward(x, c),
             };
         }
         let x = self.mid_block.forward(x, &mut cache.mid_block);
@@ -988,7 +1200,7 @@ impl<B: Backend> WanEncoder3d<B> {
 // Decoder
 // ---------------------------------------------------------------------------------------------
 
-/// `WanDecoder3d` (Wan2.1, `is_residual = False`).
+/// `WanDecoder3d` (Wan2.1 up blocks, or Wan2.2 residual up blocks with `is_residual`).
 #[derive(Module, Debug)]
 pub struct WanDecoder3d<B: Backend> {
     pub conv_in: WanCausalConv3d<B>,
@@ -1003,6 +1215,9 @@ pub struct WanDecoder3d<B: Backend> {
 /// `clear_cache`).
 #[derive(Debug, Clone, Default)]
 pub struct WanDecoderCache<B: Backend> {
+    /// Whether a chunk has been decoded (diffusers passes `first_chunk=True` only for latent
+    /// frame 0; read by Wan2.2's [`DupUp3D`] shortcuts).
+    pub started: bool,
     pub conv_in: CausalConvCache<B>,
     pub mid_block: Vec<ResidualBlockCache<B>>,
     pub up_blocks: Vec<UpBlockCache<B>>,
@@ -1020,12 +1235,24 @@ impl<B: Backend> WanDecoder3d<B> {
             .collect();
         let temperal_upsample = config.temperal_upsample();
         let n = mult.len();
+        let residual = config.is_residual;
         let up_blocks = (0..n)
             .map(|i| {
                 // Wan2.1: blocks after the first get the halved channels of the upsampler.
-                let in_dim = if i > 0 { dims[i] / 2 } else { dims[i] };
+                let in_dim = if i > 0 && !residual {
+                    dims[i] / 2
+                } else {
+                    dims[i]
+                };
                 let upsample = (i != n - 1).then(|| temperal_upsample[i]);
-                WanUpBlock::new(in_dim, dims[i + 1], config.num_res_blocks, upsample, device)
+                WanUpBlock::new(
+                    in_dim,
+                    dims[i + 1],
+                    config.num_res_blocks,
+                    upsample,
+                    residual,
+                    device,
+                )
             })
             .collect();
         let out_dim = dims[n];
@@ -1073,6 +1300,8 @@ impl<B: Backend> WanDecoder3d<B> {
         cache: &mut WanDecoderCache<B>,
         stop: &dyn Fn() -> Result<(), E>,
     ) -> Result<Tensor<B, 5>, E> {
+        let first_chunk = !cache.started;
+        cache.started = true;
         let x = self.conv_in.forward_cached(x, &mut cache.conv_in);
         stop()?;
         let mut x = self.mid_block.forward(x, &mut cache.mid_block);
@@ -1080,7 +1309,7 @@ impl<B: Backend> WanDecoder3d<B> {
             .up_blocks
             .resize_with(self.up_blocks.len(), Default::default);
         for (block, c) in self.up_blocks.iter().zip(cache.up_blocks.iter_mut()) {
-            x = block.forward_stoppable(x, c, stop)?;
+            x = block.forward_stoppable(x, c, first_chunk, stop)?;
         }
         stop()?;
         let x = silu(self.norm_out.forward(x));
@@ -1088,11 +1317,51 @@ impl<B: Backend> WanDecoder3d<B> {
     }
 }
 
+/// diffusers `patchify(x, patch_size)` (Wan2.2): every `p × p` pixel block folded into the
+/// channels, channel index `c·p² + j·p + i` for the pixel at row offset `i`, column offset `j`
+/// (`permute(0, 1, 6, 4, 2, 3, 5)`). The identity for `p = 1`.
+///
+/// # Shapes
+/// `x: [B, C, F, H, W]` → `[B, C·p², F, H/p, W/p]`.
+///
+/// # Panics
+/// If `H` or `W` is not a multiple of `p`.
+pub fn patchify<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
+    if p == 1 {
+        return x;
+    }
+    let [b, c, f, h, w] = x.dims();
+    assert!(
+        h % p == 0 && w % p == 0,
+        "height ({h}) and width ({w}) must be divisible by patch_size ({p})"
+    );
+    // view(b, c, f, h/p, p, w/p, p).permute(0, 1, 6, 4, 2, 3, 5)
+    let x: Tensor<B, 7> = x.reshape([b, c, f, h / p, p, w / p, p]);
+    x.permute([0, 1, 6, 4, 2, 3, 5])
+        .reshape([b, c * p * p, f, h / p, w / p])
+}
+
+/// diffusers `unpatchify(x, patch_size)`, the inverse of [`patchify`]
+/// (`view(b, c, p, p, f, h, w).permute(0, 1, 4, 5, 3, 6, 2)`).
+///
+/// # Shapes
+/// `x: [B, C·p², F, H, W]` → `[B, C, F, H·p, W·p]`.
+pub fn unpatchify<B: Backend>(x: Tensor<B, 5>, p: usize) -> Tensor<B, 5> {
+    if p == 1 {
+        return x;
+    }
+    let [b, cp, f, h, w] = x.dims();
+    let c = cp / (p * p);
+    let x: Tensor<B, 7> = x.reshape([b, c, p, p, f, h, w]);
+    x.permute([0, 1, 4, 5, 3, 6, 2])
+        .reshape([b, c, f, h * p, w * p])
+}
+
 // ---------------------------------------------------------------------------------------------
 // AutoencoderKLWan
 // ---------------------------------------------------------------------------------------------
 
-/// The Wan2.1 video VAE (see the module docs).
+/// The Wan2.1 / Wan2.2 video VAE (see the module docs).
 #[derive(Module, Debug)]
 pub struct AutoencoderKLWan<B: Backend> {
     pub encoder: WanEncoder3d<B>,
@@ -1190,12 +1459,14 @@ impl<B: Backend> AutoencoderKLWan<B> {
     pub fn encode(&self, video: Tensor<B, 5>) -> (Tensor<B, 5>, Tensor<B, 5>) {
         let dims = video.dims();
         assert_eq!(
-            dims[1], self.config.in_channels,
-            "`video` must be [B, in_channels={}, F, H, W], got {dims:?}",
-            self.config.in_channels
+            dims[1],
+            self.config.video_channels(),
+            "`video` must be [B, in_channels / patch_size²={}, F, H, W], got {dims:?}",
+            self.config.video_channels()
         );
         assert!(dims[2] >= 1, "`video` has no frames: {dims:?}");
-        let video = video.cast(self.dtype());
+        // Wan2.2: `x = patchify(x, patch_size)` before the chunked encode.
+        let video = patchify(video.cast(self.dtype()), self.config.patch());
         let chunks = 1 + (dims[2] - 1) / 4;
         let mut cache = WanEncoderCache::default();
         let mut outs = Vec::with_capacity(chunks);
@@ -1254,7 +1525,7 @@ impl<B: Backend> AutoencoderKLWan<B> {
         for i in 0..num_frames {
             outs.push(self.decoder.forward(x.clone().narrow(2, i, 1), &mut cache));
         }
-        Tensor::cat(outs, 2).clamp(-1.0, 1.0)
+        unpatchify(Tensor::cat(outs, 2), self.config.patch()).clamp(-1.0, 1.0)
     }
 
     /// Like [`decode`](Self::decode), but hands each latent frame's video frames to `sink` as
@@ -1286,8 +1557,9 @@ impl<B: Backend> AutoencoderKLWan<B> {
         for i in 0..num_frames {
             let frames = self
                 .decoder
-                .forward_stoppable(x.clone().narrow(2, i, 1), &mut cache, stop)?
-                .clamp(-1.0, 1.0);
+                .forward_stoppable(x.clone().narrow(2, i, 1), &mut cache, stop)?;
+            // Wan2.2: `unpatchify` (per frame, as it acts on each frame alone), then the clamp.
+            let frames = unpatchify(frames, self.config.patch()).clamp(-1.0, 1.0);
             let n = frames.dims()[2];
             sink(next, frames)?;
             next += n;

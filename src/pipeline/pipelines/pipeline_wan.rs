@@ -1,7 +1,10 @@
-//! Mirrors diffusers 0.42.1 `pipelines/wan/pipeline_wan.py` `WanPipeline`: Wan2.1 text-to-video
-//! and the Wan2.2 A14B two-expert text-to-video (`transformer` for the high-noise steps,
+//! Mirrors diffusers 0.42.1 `pipelines/wan/pipeline_wan.py` `WanPipeline`: Wan2.1 text-to-video,
+//! the Wan2.2 A14B two-expert text-to-video (`transformer` for the high-noise steps,
 //! `transformer_2` below `boundary_ratio · num_train_timesteps`, each with its own guidance
-//! scale).
+//! scale) and the Wan2.2 TI2V-5B text-to-video (`expand_timesteps`: the transformer gets one
+//! timestep per token, `mask[0][0][:, ::2, ::2] · t` with diffusers' all-ones `mask`, i.e. the
+//! step's timestep on every token; 48-channel latents of the Wan2.2 VAE, 16× spatial and 4×
+//! temporal compression, so height and width must be multiples of 16 · 2 = 32).
 //!
 //! Steps, numbered as in `__call__`:
 //! 1. check inputs ([`crate::pipeline::request::resolve`] already did: sizes multiple of 16,
@@ -10,7 +13,8 @@
 //!    `max_sequence_length`: [`PromptEncoder`], shared with Helios);
 //! 4. `scheduler.set_timesteps(num_inference_steps)` with the request's `flow_shift`
 //!    (`UniPCMultistepScheduler` or `FlowMatchEulerDiscreteScheduler`);
-//! 5. the initial latents `[1, C, (F − 1)/4 + 1, H/8, W/8]`, the one random draw, named `latents`;
+//! 5. the initial latents `[1, C, (F − 1)/4 + 1, H/s, W/s]` (`s = vae.config.scale_factor_spatial`:
+//!    8, or 16 for the Wan2.2 VAE), the one random draw, named `latents`;
 //! 6. per step: the expert of the timestep, its guidance (CFG as one batch-of-two transformer
 //!    call, [cond, uncond]; the same math per row), the scheduler step;
 //! 7. de-normalise and decode with the VAE, frames to the [`FrameSink`].
@@ -23,19 +27,31 @@
 //!   (diffusers users do `UniPCMultistepScheduler.from_config(config, flow_shift=…)`);
 //! - guidance is computed in f32 on the f32-cast predictions (as in the Helios pipelines).
 //!
-//! Memory: both experts are loaded at start and stay resident (the tiny and the CPU cases); on a
-//! device a two-expert 14B checkpoint needs 2 × 26.6 GiB in bf16 — see the README's Wan section.
+//! Memory (Wan2.2 A14B): a two-expert 14B checkpoint needs 2 × 26.6 GiB in bf16. With
+//! [`ExpertResidency::On`] only the expert of the current step is on the device: the other is
+//! dropped first, then loaded again from the checkpoint when the schedule crosses the boundary
+//! (once per request, plus once at the start of the next request). [`ExpertResidency::Auto`] (the
+//! default) decides at load: after the first expert is loaded, both stay resident if the
+//! device's total memory minus what omni's allocator already holds covers the second expert's
+//! parameter bytes plus a 20 % working reserve ([`offload_experts_auto`]); on the CPU, or where
+//! the device's total memory cannot be read, both stay resident. The output is the same either
+//! way (test `one_expert_residency_gives_identical_frames` in `tests/wan_ti2v.rs`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::guidance::Guidance;
-use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
-use crate::pipeline::models::transformer_wan::{WanContext, WanTransformer3DModel};
+use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
+use crate::pipeline::backend::{device_memory, device_total_memory};
+use crate::pipeline::models::transformer_wan::{
+    WanContext, WanTransformer3DModel, WanTransformer3DModelConfig,
+};
 use crate::pipeline::precision::Precision;
 use crate::pipeline::progress::{NoProgress, Progress, ProgressSink, loading};
 use crate::pipeline::request::{
@@ -70,7 +86,7 @@ pub struct WanModelIndex {
     /// Wan2.2 A14B: where `transformer_2` takes over (`None`: one expert).
     #[serde(default)]
     pub boundary_ratio: Option<f64>,
-    /// Wan2.2 TI2V: per-token timesteps (not supported yet).
+    /// Wan2.2 TI2V: per-token timesteps (`timestep: [B, S]`).
     #[serde(default)]
     pub expand_timesteps: bool,
     /// `"transformer_2": ["diffusers", "WanTransformer3DModel"]` or `[null, null]`.
@@ -179,8 +195,8 @@ pub struct WanConfigs {
 ///
 /// # Errors
 /// [`PipelineError::Load`] for a missing or unreadable file; [`PipelineError::Unsupported`] for
-/// another pipeline class, `expand_timesteps` (TI2V), a `transformer_2` without
-/// `boundary_ratio`, or a scheduler class this pipeline does not run.
+/// another pipeline class, a `transformer_2` without `boundary_ratio`, or a scheduler class this
+/// pipeline does not run.
 pub fn read_wan_configs(dir: &Path) -> Result<WanConfigs, PipelineError> {
     let index_path = dir.join("model_index.json");
     let (model_index, _) = read_config::<WanModelIndex>(&index_path)?;
@@ -189,12 +205,6 @@ pub fn read_wan_configs(dir: &Path) -> Result<WanConfigs, PipelineError> {
             "{}: `{}` is not a WanPipeline",
             index_path.display(),
             model_index.class_name
-        )));
-    }
-    if model_index.expand_timesteps {
-        return Err(PipelineError::Unsupported(format!(
-            "{}: expand_timesteps (Wan2.2 TI2V) is not supported yet",
-            index_path.display()
         )));
     }
     if model_index.has_transformer_2() != model_index.boundary_ratio.is_some() {
@@ -279,6 +289,19 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     r.num_latent_frames_per_chunk = 21;
     r.flow_shift = c.scheduler.flow_shift();
     r.boundary_ratio = c.model_index.boundary_ratio.unwrap_or(0.0);
+    // Sizes: multiples of `vae.config.scale_factor_spatial · patch_size` (diffusers rounds
+    // down to them with a warning; here the request is refused naming the field): 16 for the
+    // Wan2.1 VAE, 32 for Wan2.2's.
+    let vae_path = component_dir(dir, "vae")?.join("config.json");
+    let (vae, _) = read_config::<AutoencoderKLWanConfig>(&vae_path)?;
+    d.size_multiple = 2 * vae
+        .scale_factor_spatial
+        .unwrap_or_else(|| vae.spatial_scale()) as u32;
+    if c.model_index.expand_timesteps {
+        // Wan2.2 TI2V-5B: 24 fps (Wan-Video/Wan2.2@42bf4cf wan/configs/wan_ti2v_5B.py
+        // `sample_fps = 24`; the diffusers Wan2.2 TI2V example exports at fps=24).
+        r.fps = 24;
+    }
     d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
     // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer) and RIFE
     // (applied by the Helios generator).
@@ -292,15 +315,43 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     Ok(d)
 }
 
+/// Where the two experts of a Wan2.2 A14B checkpoint live (`--offload-experts`); see the
+/// module docs. One-expert checkpoints ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExpertResidency {
+    /// Decide at load with [`offload_experts_auto`].
+    #[default]
+    Auto,
+    /// One expert on the device at a time (`on`).
+    On,
+    /// Both experts resident (`off`).
+    Off,
+}
+
+/// The `auto` rule of [`ExpertResidency`]: offload (one expert at a time) when the device's
+/// free memory, `total − in_use` bytes (what omni's allocator holds after loading the first
+/// expert; other processes are not seen), is less than the second expert's parameter bytes plus
+/// a 20 % working reserve for activations. `total = None` (the CPU, or no device query):
+/// both resident.
+pub fn offload_experts_auto(total: Option<u64>, in_use: u64, expert_bytes: u64) -> bool {
+    match total {
+        None => false,
+        Some(total) => total.saturating_sub(in_use) < expert_bytes + expert_bytes / 5,
+    }
+}
+
 /// The loaded `WanPipeline`.
 pub struct WanPipeline<B: Backend> {
     pub model_index: WanModelIndex,
     /// `None` with [`TextEncoderResidency::OnDemand`].
     pub prompt_encoder: Option<PromptEncoder<B>>,
-    /// The (high-noise) expert.
-    pub transformer: WanTransformer3DModel<B>,
-    /// Wan2.2 A14B: the low-noise expert.
-    pub transformer_2: Option<WanTransformer3DModel<B>>,
+    /// The config of `transformer` (both experts share the architecture).
+    transformer_config: WanTransformer3DModelConfig,
+    /// `[transformer]` (the high-noise expert) or `[transformer, transformer_2]` (Wan2.2 A14B:
+    /// the low-noise one); `None` where an expert is not resident (one-expert residency).
+    experts: Mutex<Vec<Option<WanTransformer3DModel<B>>>>,
+    /// Whether only one expert is on the device at a time.
+    offload_experts: bool,
     pub vae: AutoencoderKLWan<B>,
     pub scheduler: WanScheduler,
     dir: PathBuf,
@@ -322,6 +373,29 @@ impl<B: Backend> WanPipeline<B> {
         text_encoder: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
+        Self::load_with_experts(
+            dir,
+            device,
+            precision,
+            text_encoder,
+            ExpertResidency::Auto,
+            progress,
+        )
+    }
+
+    /// [`load_with`](Self::load_with) with the experts' residency chosen (see
+    /// [`ExpertResidency`]).
+    ///
+    /// # Errors
+    /// As [`load_with`](Self::load_with).
+    pub fn load_with_experts(
+        dir: &Path,
+        device: &B::Device,
+        precision: Precision,
+        text_encoder: TextEncoderResidency,
+        residency: ExpertResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
         let WanConfigs {
             model_index,
             scheduler,
@@ -340,18 +414,45 @@ impl<B: Backend> WanPipeline<B> {
             WanTransformer3DModel::load_with_dtype(&sub(name)?, device, precision.transformer)
         };
         let transformer = loading(progress, "transformer", || load_expert("transformer"))?;
-        let transformer_2 = match model_index.has_transformer_2() {
+        let image_err = || {
+            PipelineError::Unsupported(
+                "this transformer takes CLIP image embeddings (image_dim): it is an image-to-video checkpoint, not a WanPipeline one".into(),
+            )
+        };
+        if transformer.takes_image_embeds() {
+            return Err(image_err());
+        }
+        let transformer_config = transformer.config().clone();
+        let two = model_index.has_transformer_2();
+        let offload_experts = two
+            && match residency {
+                ExpertResidency::On => true,
+                ExpertResidency::Off => false,
+                ExpertResidency::Auto => {
+                    let _ = B::sync(device);
+                    let expert_bytes = transformer.num_params() as u64
+                        * precision.transformer.size() as u64;
+                    let in_use = device_memory::<B>(device).map_or(0, |m| m.bytes_reserved);
+                    offload_experts_auto(device_total_memory::<B>(device), in_use, expert_bytes)
+                }
+            };
+        if offload_experts {
+            tracing::info!(
+                "one expert resident at a time: transformer_2 is loaded when the schedule reaches boundary_ratio"
+            );
+        }
+        let transformer_2 = match two && !offload_experts {
             true => Some(loading(progress, "transformer", || {
                 load_expert("transformer_2")
             })?),
             false => None,
         };
-        for t in std::iter::once(&transformer).chain(&transformer_2) {
-            if t.takes_image_embeds() {
-                return Err(PipelineError::Unsupported(
-                    "this transformer takes CLIP image embeddings (image_dim): it is an image-to-video checkpoint, not a WanPipeline one".into(),
-                ));
-            }
+        if transformer_2.as_ref().is_some_and(|t| t.takes_image_embeds()) {
+            return Err(image_err());
+        }
+        let mut experts = vec![Some(transformer)];
+        if two {
+            experts.push(transformer_2);
         }
         let vae = loading(progress, "vae", || {
             AutoencoderKLWan::load_with_dtype(&sub("vae")?, device, precision.vae)
@@ -359,8 +460,9 @@ impl<B: Backend> WanPipeline<B> {
         Ok(Self {
             model_index,
             prompt_encoder,
-            transformer,
-            transformer_2,
+            transformer_config,
+            experts: Mutex::new(experts),
+            offload_experts,
             vae,
             scheduler,
             dir: dir.to_path_buf(),
@@ -414,6 +516,18 @@ impl<B: Backend> WanPipeline<B> {
             ));
         }
         let device = &self.device;
+        // diffusers rounds height and width down to multiples of
+        // `vae_scale_factor_spatial · patch_size` (32 for TI2V) with a warning; here the request
+        // is refused naming the field instead of silently changing the size.
+        let multiple = self.vae_scale_factor_spatial() * 2;
+        for (field, v) in [("height", req.height), ("width", req.width)] {
+            if v as usize % multiple != 0 {
+                return Err(PipelineError::Unsupported(format!(
+                    "{field} = {v} is not a multiple of {multiple} pixels (the VAE's {}x spatial compression times the transformer's 2x2 patches)",
+                    self.vae_scale_factor_spatial()
+                )));
+            }
+        }
         // 4. Timesteps with the request's flow shift.
         let mut solver = self
             .scheduler
@@ -435,25 +549,23 @@ impl<B: Backend> WanPipeline<B> {
             true => Guidance::Cfg { scale },
             false => Guidance::None,
         };
-        let experts: Vec<(&WanTransformer3DModel<B>, Guidance)> =
-            std::iter::once((&self.transformer, guidance(req.guidance_scale)))
-                .chain(
-                    self.transformer_2
-                        .iter()
-                        .map(|t| (t, guidance(req.guidance_scale_2))),
-                )
-                .collect();
+        let mut experts = self
+            .experts
+            .lock()
+            .map_err(|_| PipelineError::Unsupported("a previous run panicked".into()))?;
+        let guidances = [
+            guidance(req.guidance_scale),
+            guidance(req.guidance_scale_2),
+        ];
         let text = cfg_text.unwrap_or(embeds.prompt_embeds);
-        let contexts: Vec<WanContext<B>> = experts
-            .iter()
-            .map(|(model, _)| model.context(text.clone(), None))
-            .collect();
+        // Each expert's text context (cross-attention K/V), made when the expert is first used.
+        let mut contexts: Vec<Option<WanContext<B>>> = (0..experts.len()).map(|_| None).collect();
 
         // 5. Initial latents.
         let latent_frames = (req.num_frames as usize - 1) / 4 + 1;
         let shape = [
             1,
-            self.transformer.config().in_channels,
+            self.transformer_config.in_channels,
             latent_frames,
             req.height as usize / self.vae_scale_factor_spatial(),
             req.width as usize / self.vae_scale_factor_spatial(),
@@ -480,8 +592,10 @@ impl<B: Backend> WanPipeline<B> {
                 Some(b) if t < b => 1,
                 _ => 0,
             };
-            let (model, g) = experts[e];
-            let v = self.predict(model, &contexts[e], &g, &latents, t, i, ctx)?;
+            self.make_resident(&mut experts, e)?;
+            let model = experts[e].as_ref().expect("made resident");
+            let context = contexts[e].get_or_insert_with(|| model.context(text.clone(), None));
+            let v = self.predict(model, context, &guidances[e], &latents, t, i, ctx)?;
             let plan = solver.step_plan(i);
             latents = history.step(&plan, latents, v, combine::<B>);
             ctx.progress.event(Progress::Step {
@@ -524,9 +638,58 @@ impl<B: Backend> WanPipeline<B> {
         Ok(n)
     }
 
-    /// `vae.config.scale_factor_spatial` (8 for the Wan2.1 VAE).
-    fn vae_scale_factor_spatial(&self) -> usize {
-        8
+    /// With one-expert residency: drop every other expert, then load expert `e` (`transformer`
+    /// or `transformer_2`) unless it is already resident. With both resident: nothing.
+    fn make_resident(
+        &self,
+        experts: &mut [Option<WanTransformer3DModel<B>>],
+        e: usize,
+    ) -> Result<(), PipelineError> {
+        if experts[e].is_some() {
+            return Ok(());
+        }
+        for (j, slot) in experts.iter_mut().enumerate() {
+            if j != e {
+                *slot = None; // freed before the other expert is loaded
+            }
+        }
+        let name = ["transformer", "transformer_2"][e];
+        experts[e] = Some(WanTransformer3DModel::load_with_dtype(
+            &component_dir(&self.dir, name)?,
+            &self.device,
+            self.precision.transformer,
+        )?);
+        Ok(())
+    }
+
+    /// The transformer's config (both experts share it).
+    pub fn transformer_config(&self) -> &WanTransformer3DModelConfig {
+        &self.transformer_config
+    }
+
+    /// Whether only one expert is on the device at a time ([`ExpertResidency`]).
+    pub fn offloads_experts(&self) -> bool {
+        self.offload_experts
+    }
+
+    /// Which experts are resident now (`0` = `transformer`, `1` = `transformer_2`).
+    pub fn resident_experts(&self) -> Vec<usize> {
+        let experts = self.experts.lock().expect("not poisoned");
+        (0..experts.len())
+            .filter(|&j| experts[j].is_some())
+            .collect()
+    }
+
+    /// The compute dtype of the transformer(s).
+    pub fn transformer_dtype(&self) -> DType {
+        self.precision.transformer
+    }
+
+    /// `vae.config.scale_factor_spatial` (8 for the Wan2.1 VAE, 16 for Wan2.2's), or the
+    /// architecture's scale when the config omits it.
+    pub fn vae_scale_factor_spatial(&self) -> usize {
+        let c = self.vae.config();
+        c.scale_factor_spatial.unwrap_or_else(|| c.spatial_scale())
     }
 
     /// The guided flow prediction of step `i` at timestep `t` (f32 `[1, C, T, h, w]`): one
@@ -546,8 +709,17 @@ impl<B: Backend> WanPipeline<B> {
             2 => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
             _ => latents.clone(),
         };
-        // `timestep = t.expand(B)`: the int64 timestep, embedded as float.
-        let ts = vec![t as f32; context.batch];
+        // `timestep = t.expand(B)`: the int64 timestep, embedded as float. With
+        // `expand_timesteps` (TI2V): `timestep = (mask[0][0][:, ::2, ::2] * t).flatten()`
+        // expanded to `[B, S]`, one value per token (`mask` is all ones for text-to-video).
+        let per_row = match self.model_index.expand_timesteps {
+            true => {
+                let [_, _, f, h, w] = latents.dims();
+                f * (h / 2) * (w / 2)
+            }
+            false => 1,
+        };
+        let ts = vec![t as f32; context.batch * per_row];
         let cancel = ctx.cancel.clone();
         let out = model
             .forward_stoppable(batch, &ts, context, &|| cancel.is_cancelled())
