@@ -24,7 +24,7 @@ use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
-use crate::postprocess::rife::{IFNet, InterpolatingSink};
+use crate::postprocess::chain::PostprocessModels;
 
 /// When the models are loaded and whether the text encoder stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,8 +275,8 @@ struct Helios {
     pipe: Option<HeliosPyramidPipeline<DefaultBackend>>,
     /// Parsed LoRA adapters by path.
     loras: LoraCache,
-    /// The last RIFE model used, by path.
-    rife: Option<(std::path::PathBuf, IFNet<DefaultBackend>)>,
+    /// The last RIFE / Real-ESRGAN models used, by path.
+    post: PostprocessModels<DefaultBackend>,
 }
 
 impl Helios {
@@ -296,7 +296,7 @@ impl Helios {
             precision,
             pipe: None,
             loras: LoraCache::default(),
-            rife: None,
+            post: PostprocessModels::default(),
         };
         if options.load != LoadPolicy::EncodeThenLoad {
             helios.load(progress)?;
@@ -338,7 +338,7 @@ impl DiffusionPipeline for Helios {
         state: Option<&HeliosState>,
         want_state: bool,
     ) -> Result<(usize, Option<HeliosState>), PipelineError> {
-        self.ensure_rife(req)?;
+        self.post.ensure(req)?;
         // Adapters are read (and checked) before anything heavy runs.
         let adapters = req
             .lora
@@ -364,31 +364,15 @@ impl DiffusionPipeline for Helios {
             }
         };
         let pipe = self.pipe.as_mut().expect("loaded above");
-        let mut rife_sink;
-        let sink: &mut dyn FrameSink = match &self.rife {
-            Some((_, net)) if req.enable_frame_interpolation => {
-                rife_sink = InterpolatingSink::new(
-                    net,
-                    req.frame_interpolation_exp,
-                    req.frame_interpolation_scale,
-                    sink,
-                );
-                &mut rife_sink
-            }
-            _ => sink,
-        };
-        let (n, state_out) = with_loras(pipe, &adapters, |pipe| {
-            let embeds = match embeds {
-                Some(embeds) => embeds,
-                None => pipe.encode_request(req, &mut *ctx.progress)?,
-            };
-            pipe.call_continued(req, embeds, ctx, sink, state, want_state)
-        })?;
-        let n = match req.enable_frame_interpolation {
-            true => (n.max(1) - 1) * (1 << req.frame_interpolation_exp) + 1,
-            false => n,
-        };
-        Ok((n, state_out))
+        self.post.run(req, sink, |sink| {
+            with_loras(pipe, &adapters, |pipe| {
+                let embeds = match embeds {
+                    Some(embeds) => embeds,
+                    None => pipe.encode_request(req, &mut *ctx.progress)?,
+                };
+                pipe.call_continued(req, embeds, ctx, sink, state, want_state)
+            })
+        })
     }
 }
 
@@ -400,6 +384,8 @@ struct Wan {
     precision: Precision,
     /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
     pipe: Option<WanPipeline<DefaultBackend>>,
+    /// The last RIFE / Real-ESRGAN models used, by path.
+    post: PostprocessModels<DefaultBackend>,
 }
 
 impl Wan {
@@ -418,6 +404,7 @@ impl Wan {
             policy: options.load,
             precision,
             pipe: None,
+            post: PostprocessModels::default(),
         };
         if options.load != LoadPolicy::EncodeThenLoad {
             wan.load(progress)?;
@@ -441,27 +428,6 @@ impl Wan {
     }
 }
 
-impl Helios {
-    /// Load the request's RIFE model unless it is the one already loaded.
-    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
-        if !req.enable_frame_interpolation {
-            return Ok(());
-        }
-        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
-        if req.frame_interpolation_model_path.is_empty() {
-            return Err(PipelineError::Unsupported(
-                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
-            ));
-        }
-        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
-            let net = IFNet::load(&path, &Default::default())
-                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-            self.rife = Some((path, net));
-        }
-        Ok(())
-    }
-}
-
 impl DiffusionPipeline for Wan {
     fn generate(
         &mut self,
@@ -469,8 +435,12 @@ impl DiffusionPipeline for Wan {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
+        self.post.ensure(req)?;
         if let Some(pipe) = &self.pipe {
-            return pipe.call(req, ctx, sink);
+            let post = &self.post;
+            return Ok(post
+                .run(req, sink, |sink| Ok((pipe.call(req, ctx, sink)?, ())))?
+                .0);
         }
         let embeds = {
             let encoder = PromptEncoder::<DefaultBackend>::load(
@@ -483,7 +453,12 @@ impl DiffusionPipeline for Wan {
         };
         self.load(&mut *ctx.progress)?;
         let pipe = self.pipe.as_ref().expect("loaded above");
-        pipe.call_with_embeds(req, embeds, ctx, sink)
+        let post = &self.post;
+        Ok(post
+            .run(req, sink, |sink| {
+                Ok((pipe.call_with_embeds(req, embeds, ctx, sink)?, ()))
+            })?
+            .0)
     }
 
     /// Wan makes the whole video in one window: there is no chunk history to continue from.

@@ -252,9 +252,8 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     r.flow_shift = c.scheduler.flow_shift();
     r.boundary_ratio = c.model_index.boundary_ratio.unwrap_or(0.0);
     d.unsupported = HELIOS_ONLY_FIELDS.to_vec();
-    // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer) and RIFE
-    // (applied by the Helios generator).
-    d.unsupported.extend(["lora", "enable_frame_interpolation"]);
+    // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer).
+    d.unsupported.extend(["lora"]);
     d.whole_video = true;
     d.guidance_scale_2_follows = c.model_index.has_transformer_2();
     if !d.guidance_scale_2_follows {
