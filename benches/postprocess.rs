@@ -1,6 +1,9 @@
 //! Per-frame cost of frame interpolation (RIFE 4.22 lite, full size: blocks 192/128/64/32) and of
 //! the compact Real-ESRGAN x4 upscaler (`realesr-animevideov3` size: 64 features, 16 convs; tiles
-//! of 256 with a 18-pixel border) on the CPU backend, random weights (they do not change the work).
+//! of 256 with a 18-pixel border) and the RRDBNet x4 upscaler (`RealESRGAN_x4plus` size: 64
+//! features, 23 RRDBs, growth 32; `Upscaler::upscale_frames`, tiles of 256 with a 32-pixel border)
+//! on the CPU backend, random weights (they do not change the work). `--skip-rrdb` leaves out the
+//! slowest one.
 //!
 //! `cargo bench --bench postprocess [-- --size 640x384 --scale 1 --repeats 3]`: prints the
 //! seconds per interpolated frame (one `IFNet` call: two Head passes, four IFBlocks, eight
@@ -10,11 +13,13 @@ use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
 use omni::pipeline::backend::CpuBackend;
-use omni::postprocess::realesrgan::SRVGGNetCompact;
+use omni::postprocess::realesrgan::{SRVGGNetCompact, Upscaler};
 use omni::postprocess::rife::IFNet;
+use omni::postprocess::rrdbnet::RRDBNet;
 
 fn main() {
     let (mut w, mut h, mut scale, mut repeats) = (640usize, 384usize, 1.0f64, 3usize);
+    let mut skip_rrdb = false;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -26,6 +31,7 @@ fn main() {
             }
             "--scale" => scale = it.next().unwrap().parse().unwrap(),
             "--repeats" => repeats = it.next().unwrap().parse().unwrap(),
+            "--skip-rrdb" => skip_rrdb = true,
             _ => {}
         }
     }
@@ -71,5 +77,23 @@ fn main() {
         "SRVGGNetCompact x4 (64 feat, 16 convs, f32, CPU backend) {w}x{h} -> {}x{}, tiles 256: {mean:.3} s per frame (best {best:.3} s, {repeats} runs)",
         w * 4,
         h * 4
+    );
+    if skip_rrdb {
+        return;
+    }
+    let up = Upscaler::Rrdb(RRDBNet::<CpuBackend>::random(64, 23, 32, 4, &device));
+    let mut times = Vec::new();
+    for _ in 0..repeats.min(2) {
+        let t = Instant::now();
+        let _ = up.upscale_frames(a.clone(), 4).into_data();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+    println!(
+        "RRDBNet x4 (RealESRGAN_x4plus size: 64 feat, 23 RRDBs, f32, CPU backend) {w}x{h} -> {}x{}, tiles 256 + 32 context: {mean:.3} s per frame (best {best:.3} s, {} runs, no warm-up)",
+        w * 4,
+        h * 4,
+        times.len()
     );
 }

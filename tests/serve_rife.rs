@@ -5,30 +5,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{assert_one_line_error, fixture, spawn_serve, stderr, tiny_distilled};
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::http::{Server, error_400, multipart, write};
+use common::{assert_one_line_error, fixture, stderr, tiny_distilled};
 
 fn start(storage: &Path, extra: &[&str]) -> Server {
-    let (child, addr) = spawn_serve(
+    Server::start(
         Command::new(env!("CARGO_BIN_EXE_omni"))
             .arg("serve")
             .arg(tiny_distilled())
@@ -37,14 +24,7 @@ fn start(storage: &Path, extra: &[&str]) -> Server {
             .arg(storage)
             .args(extra)
             .stderr(Stdio::inherit()),
-    );
-    let s = Server { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while http(&s.addr, "GET", "/readyz", &[], b"").0 != 200 {
-        assert!(Instant::now() < deadline, "model never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    s
+    )
 }
 
 fn http(
@@ -54,87 +34,17 @@ fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, raw[split + 4..].to_vec())
+    common::http::http(addr, method, path, headers, body)
 }
 
 fn post_json(s: &Server, path: &str, body: Value) -> (u16, Vec<u8>) {
-    http(
-        &s.addr,
-        "POST",
-        path,
-        &[("Content-Type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-}
-
-fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
-    let boundary = "omniRifeBoundary42";
-    let mut body = String::new();
-    for (k, v) in fields {
-        body.push_str(&format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
-        ));
-    }
-    body.push_str(&format!("--{boundary}--\r\n"));
-    (
-        format!("multipart/form-data; boundary={boundary}"),
-        body.into_bytes(),
-    )
-}
-
-fn error_400(r: (u16, Vec<u8>)) -> Value {
-    let text = String::from_utf8_lossy(&r.1).into_owned();
-    assert_eq!(r.0, 400, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["error"].clone()
+    s.post_json(path, &body)
 }
 
 /// (frames counted by decoding, r_frame_rate) of an MP4.
 fn ffprobe(path: &Path) -> (u64, String) {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-count_frames",
-            "-show_entries",
-            "stream=r_frame_rate,nb_read_frames",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe must be installed (apt-get install -y ffmpeg; .ci/run does it)");
-    assert!(out.status.success(), "ffprobe failed: {}", stderr(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v["streams"][0];
-    (
-        s["nb_read_frames"].as_str().unwrap().parse().unwrap(),
-        s["r_frame_rate"].as_str().unwrap().to_string(),
-    )
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+    let p = common::http::ffprobe(path);
+    (p.frames, p.rate)
 }
 
 #[test]

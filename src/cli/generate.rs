@@ -148,6 +148,16 @@ pub struct GenerateArgs {
     /// The RIFE 4.22 lite `flownet.pkl` (Practical-RIFE's download) for frame interpolation.
     #[arg(long, value_name = "FILE")]
     pub rife_model: Option<PathBuf>,
+    /// Upscale every frame with Real-ESRGAN (after interpolation) by FACTOR, 2 or 4: the
+    /// model's own scale, or 2 from a x4 model (its output averaged over 2x2 pixels)
+    /// [default without FACTOR: the model's own scale]. Needs --upscale-model.
+    #[arg(long, value_name = "FACTOR", num_args = 0..=1, default_missing_value = "0")]
+    pub upscale: Option<u32>,
+    /// The Real-ESRGAN `.pth` for --upscale: RRDBNet (`RealESRGAN_x4plus.pth`,
+    /// `RealESRGAN_x2plus.pth`) or SRVGGNetCompact (`realesr-general-x4v3.pth`,
+    /// `realesr-animevideov3.pth`), told apart by its keys.
+    #[arg(long, value_name = "FILE")]
+    pub upscale_model: Option<PathBuf>,
     /// Print the resolved request as JSON and exit without generating.
     #[arg(long)]
     pub print_request: bool,
@@ -193,7 +203,7 @@ impl Output {
                 OutputFormat::Mp4
             }
         });
-        let (w, h, fps) = (req.width, req.height, req.fps);
+        let ((w, h), fps) = (req.video_size(), req.fps);
         Ok(match format {
             OutputFormat::Mp4 if stdout => Self::Stream(
                 Fmp4Writer::new(
@@ -309,6 +319,9 @@ impl GenerateArgs {
                 .rife_model
                 .as_ref()
                 .map(|p| p.display().to_string()),
+            enable_upscale: self.upscale.map(|_| true),
+            upscale_factor: self.upscale.filter(|f| *f != 0),
+            upscale_model_path: self.upscale_model.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         }
     }
@@ -374,6 +387,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let p = &req.frame_interpolation_model_path;
         let abs = std::fs::canonicalize(p).with_context(|| format!("--rife-model {p}"))?;
         req.frame_interpolation_model_path = abs.display().to_string();
+    }
+    if req.enable_upscale {
+        if req.upscale_model_path.is_empty() {
+            anyhow::bail!(
+                "invalid `enable_upscale`: upscaling needs a Real-ESRGAN model; pass --upscale-model FILE (e.g. RealESRGAN_x4plus.pth)"
+            );
+        }
+        let p = &req.upscale_model_path;
+        let abs = std::fs::canonicalize(p).with_context(|| format!("--upscale-model {p}"))?;
+        req.upscale_model_path = abs.display().to_string();
+        let native = omni::postprocess::realesrgan::native_scale(&abs)?;
+        if req.upscale_factor == 0 {
+            req.upscale_factor = native as u32;
+        }
+        omni::postprocess::realesrgan::check_factor(native, req.upscale_factor as usize)
+            .map_err(|m| anyhow::anyhow!("invalid `upscale_factor` (--upscale): {m}"))?;
     }
     if args.print_request {
         println!("{}", serde_json::to_string_pretty(&req)?);

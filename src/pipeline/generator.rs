@@ -26,7 +26,7 @@ use super::pipelines::pipeline_wan_video2video::{WanVideoToVideoPipeline, wan_v2
 use super::precision::{Dtype, Precision};
 use super::progress::ProgressSink;
 use super::request::{GenerationRequest, ModelDefaults};
-use crate::postprocess::rife::{IFNet, InterpolatingSink};
+use crate::postprocess::chain::PostprocessModels;
 
 /// When the models are loaded and whether the text encoder stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -364,8 +364,8 @@ struct Family<P> {
     pipe: Option<P>,
     /// Parsed LoRA adapters by path.
     loras: LoraCache,
-    /// The last RIFE model used, by path.
-    rife: Option<(std::path::PathBuf, IFNet<DefaultBackend>)>,
+    /// The last RIFE / Real-ESRGAN models used, by path.
+    post: PostprocessModels<DefaultBackend>,
 }
 
 /// The Helios family (Base, Mid, Distilled) on the build's backend.
@@ -401,7 +401,7 @@ where
             precision,
             pipe: None,
             loras: LoraCache::default(),
-            rife: None,
+            post: PostprocessModels::default(),
         };
         if options.load != LoadPolicy::EncodeThenLoad {
             family.load(progress)?;
@@ -424,25 +424,6 @@ impl<P: FamilyPipeline> Family<P> {
         )?);
         Ok(())
     }
-
-    /// Load the request's RIFE model unless it is the one already loaded.
-    fn ensure_rife(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
-        if !req.enable_frame_interpolation {
-            return Ok(());
-        }
-        let path = std::path::PathBuf::from(&req.frame_interpolation_model_path);
-        if req.frame_interpolation_model_path.is_empty() {
-            return Err(PipelineError::Unsupported(
-                "`enable_frame_interpolation` needs a RIFE model: set `frame_interpolation_model_path` (or --rife-model / [postprocess] rife_model)".into(),
-            ));
-        }
-        if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
-            let net = IFNet::load(&path, &Default::default())
-                .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-            self.rife = Some((path, net));
-        }
-        Ok(())
-    }
 }
 
 impl DiffusionPipeline for Helios {
@@ -463,7 +444,7 @@ impl DiffusionPipeline for Helios {
         state: Option<&HeliosState>,
         want_state: bool,
     ) -> Result<(usize, Option<HeliosState>), PipelineError> {
-        self.ensure_rife(req)?;
+        self.post.ensure(req)?;
         // Adapters are read (and checked) before anything heavy runs.
         let adapters = req
             .lora
@@ -489,73 +470,15 @@ impl DiffusionPipeline for Helios {
             }
         };
         let pipe = self.pipe.as_mut().expect("loaded above");
-        let mut rife_sink;
-        let sink: &mut dyn FrameSink = match &self.rife {
-            Some((_, net)) if req.enable_frame_interpolation => {
-                rife_sink = InterpolatingSink::new(
-                    net,
-                    req.frame_interpolation_exp,
-                    req.frame_interpolation_scale,
-                    sink,
-                );
-                &mut rife_sink
-            }
-            _ => sink,
-        };
-        let (n, state_out) = with_loras(pipe, &adapters, |pipe| {
-            let embeds = match embeds {
-                Some(embeds) => embeds,
-                None => pipe.encode_request(req, &mut *ctx.progress)?,
-            };
-            pipe.call_continued(req, embeds, ctx, sink, state, want_state)
-        })?;
-        let n = match req.enable_frame_interpolation {
-            true => (n.max(1) - 1) * (1 << req.frame_interpolation_exp) + 1,
-            false => n,
-        };
-        Ok((n, state_out))
-    }
-}
-
-impl DiffusionPipeline for Wan {
-    fn generate(
-        &mut self,
-        req: &GenerationRequest,
-        ctx: &mut RunContext<'_>,
-        sink: &mut dyn FrameSink,
-    ) -> Result<usize, PipelineError> {
-        if let Some(pipe) = &self.pipe {
-            return pipe.call(req, ctx, sink);
-        }
-        let embeds = {
-            let encoder = PromptEncoder::<DefaultBackend>::load(
-                &self.dir,
-                &Default::default(),
-                self.precision.text_encoder,
-                &mut *ctx.progress,
-            )?;
-            encoder.encode_request(req, &mut *ctx.progress)?
-        };
-        self.load(&mut *ctx.progress)?;
-        let pipe = self.pipe.as_ref().expect("loaded above");
-        pipe.call_with_embeds(req, embeds, ctx, sink)
-    }
-
-    /// Wan makes the whole video in one window: there is no chunk history to continue from.
-    fn generate_continued(
-        &mut self,
-        req: &GenerationRequest,
-        ctx: &mut RunContext<'_>,
-        sink: &mut dyn FrameSink,
-        state: Option<&HeliosState>,
-        want_state: bool,
-    ) -> Result<(usize, Option<HeliosState>), PipelineError> {
-        if state.is_some() || want_state {
-            return Err(PipelineError::Unsupported(
-                "state: continuation is a Helios feature; a WanPipeline checkpoint makes the whole video at once".into(),
-            ));
-        }
-        Ok((self.generate(req, ctx, sink)?, None))
+        self.post.run(req, sink, |sink| {
+            with_loras(pipe, &adapters, |pipe| {
+                let embeds = match embeds {
+                    Some(embeds) => embeds,
+                    None => pipe.encode_request(req, &mut *ctx.progress)?,
+                };
+                pipe.call_continued(req, embeds, ctx, sink, state, want_state)
+            })
+        })
     }
 }
 
@@ -596,8 +519,12 @@ macro_rules! wan_family_generate {
                 sink: &mut dyn FrameSink,
             ) -> Result<usize, PipelineError> {
                 <$pipe as FamilyPipeline>::check_inputs(&self.dir, req)?;
+                self.post.ensure(req)?;
                 if let Some(pipe) = &self.pipe {
-                    return pipe.call(req, ctx, sink);
+                    let post = &self.post;
+                    return Ok(post
+                        .run(req, sink, |sink| Ok((pipe.call(req, ctx, sink)?, ())))?
+                        .0);
                 }
                 let embeds = {
                     let encoder = PromptEncoder::<DefaultBackend>::load(
@@ -610,7 +537,12 @@ macro_rules! wan_family_generate {
                 };
                 self.load(&mut *ctx.progress)?;
                 let pipe = self.pipe.as_ref().expect("loaded above");
-                pipe.call_with_embeds(req, embeds, ctx, sink)
+                let post = &self.post;
+                Ok(post
+                    .run(req, sink, |sink| {
+                        Ok((pipe.call_with_embeds(req, embeds, ctx, sink)?, ()))
+                    })?
+                    .0)
             }
 
             /// Wan makes the whole video in one window: there is no chunk history to continue
@@ -639,6 +571,7 @@ macro_rules! wan_family_generate {
     };
 }
 
+wan_family_generate!(Wan, WanPipeline<DefaultBackend>, "WanPipeline");
 wan_family_generate!(
     WanI2V,
     WanImageToVideoPipeline<DefaultBackend>,

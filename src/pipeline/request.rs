@@ -139,6 +139,14 @@ request_fields! {
     frame_interpolation_scale: f64,
     /// The RIFE 4.22 lite `flownet.pkl`; empty = the server's / CLI's configured model.
     frame_interpolation_model_path: String,
+    /// Upscale the frames with Real-ESRGAN, after interpolation (vLLM-Omni / SGLang's field);
+    /// needs a model (`upscale_model_path`, `[postprocess] upscale_model` or `--upscale-model`).
+    enable_upscale: bool,
+    /// The output scale, 2 or 4: the model's own, or 2 from a x4 model (its output averaged over
+    /// 2x2 pixel blocks). Unset (0 before admission) = the model's own.
+    upscale_factor: u32,
+    /// The Real-ESRGAN `.pth` (RRDBNet or SRVGGNetCompact); empty = the configured model.
+    upscale_model_path: String,
 }
 
 impl RequestPatch {
@@ -274,6 +282,9 @@ impl ModelDefaults {
                 frame_interpolation_exp: 1,
                 frame_interpolation_scale: 1.0,
                 frame_interpolation_model_path: String::new(),
+                enable_upscale: false,
+                upscale_factor: 0,
+                upscale_model_path: String::new(),
                 conditioning: Conditioning::None,
             },
             unsupported: [WAN_ONLY_FIELDS, V2V_ONLY_FIELDS].concat(),
@@ -495,6 +506,15 @@ impl GenerationRequest {
             false => n,
         }
     }
+    /// `(width, height)` of the video: the generated size, times `upscale_factor` with
+    /// upscaling.
+    pub fn video_size(&self) -> (u32, u32) {
+        let f = match self.enable_upscale {
+            true => self.upscale_factor.max(1),
+            false => 1,
+        };
+        (self.width * f, self.height * f)
+    }
 }
 
 /// Merge `layers` (highest precedence first) over `defaults` and validate.
@@ -514,6 +534,17 @@ pub fn resolve(
     check_sampler(layers, &req, defaults)?;
     check_sizes(&req, defaults)?;
     check_interpolation(layers, &mut req)?;
+    check_upscale(layers, &req)?;
+    for (enable, on, fields) in [
+        (
+            "enable_frame_interpolation",
+            req.enable_frame_interpolation,
+            &INTERPOLATION_FIELDS[..],
+        ),
+        ("enable_upscale", req.enable_upscale, &UPSCALE_FIELDS[..]),
+    ] {
+        check_enabled(layers, enable, on, fields)?;
+    }
     Ok(req)
 }
 
@@ -646,6 +677,63 @@ fn check_interpolation(
             ));
         }
         req.fps = fps;
+    }
+    Ok(())
+}
+
+/// The settings of frame interpolation, used only with `enable_frame_interpolation`.
+pub const INTERPOLATION_FIELDS: [&str; 3] = [
+    "frame_interpolation_exp",
+    "frame_interpolation_scale",
+    "frame_interpolation_model_path",
+];
+
+/// The settings of upscaling, used only with `enable_upscale`.
+pub const UPSCALE_FIELDS: [&str; 2] = ["upscale_factor", "upscale_model_path"];
+
+/// A layer that sets one of `fields` without setting `enable`, when the feature resolves off, is
+/// an error naming the field: the setting would be silently ignored. A layer that sets `enable`
+/// itself (false, with its settings: a remix of a stored request) turns the feature off
+/// knowingly.
+fn check_enabled(
+    layers: &[RequestPatch],
+    enable: &'static str,
+    on: bool,
+    fields: &[&'static str],
+) -> Result<(), RequestError> {
+    if on {
+        return Ok(());
+    }
+    for layer in layers {
+        let serde_json::Value::Object(set) = serde_json::to_value(layer).unwrap_or_default() else {
+            continue;
+        };
+        let is_set = |k: &str| set.get(k).is_some_and(|v| !v.is_null());
+        if is_set(enable) {
+            continue;
+        }
+        if let Some(field) = fields.iter().find(|k| is_set(k)) {
+            return Err(bad(
+                field,
+                format!(
+                    "`{field}` has no effect without `{enable}: true`; set `{enable}` or remove `{field}`"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Upscale settings: `upscale_factor`, where set, is 2 or 4 (whether the model can make it is
+/// checked where the model is known); the upscale fields without `enable_upscale` are an error
+/// naming them, never ignored.
+fn check_upscale(layers: &[RequestPatch], req: &GenerationRequest) -> Result<(), RequestError> {
+    if let Some(f) = layers.iter().find_map(|l| l.upscale_factor)
+        && req.enable_upscale
+        && f != 2
+        && f != 4
+    {
+        return Err(bad("upscale_factor", format!("{f} is not 2 or 4")));
     }
     Ok(())
 }

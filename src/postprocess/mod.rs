@@ -1,6 +1,8 @@
-//! Post-processing of decoded frames: RIFE frame interpolation ([`rife`]), applied chunk by
-//! chunk as frames are decoded, and the compact Real-ESRGAN upscaler with tiling
-//! ([`realesrgan`]; the model only so far, not wired into requests).
+//! Post-processing of decoded frames, applied chunk by chunk as frames are decoded: RIFE frame
+//! interpolation ([`rife`]), then Real-ESRGAN upscaling ([`realesrgan`]: the compact
+//! SRVGGNetCompact and [`rrdbnet`]'s RRDBNet, tiled so memory is bounded).
 
+pub mod chain;
 pub mod realesrgan;
 pub mod rife;
+pub mod rrdbnet;

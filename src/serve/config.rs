@@ -84,7 +84,7 @@ pub struct ServeFile {
     /// `[lora]`: adapters loaded at start-up.
     #[serde(default)]
     pub lora: super::lora::LoraSection,
-    /// `[postprocess]`: the RIFE model.
+    /// `[postprocess]`: the RIFE and Real-ESRGAN models.
     #[serde(default)]
     pub postprocess: super::postprocess::PostprocessSection,
 }
@@ -201,7 +201,8 @@ pub struct ServeConfig {
     pub lora_dirs: Vec<PathBuf>,
     /// See [`ServeFile::lora`].
     pub lora: super::lora::LoraSection,
-    /// See [`ServeFile::postprocess`] (`--rife-model` beats its `rife_model`).
+    /// See [`ServeFile::postprocess`] (`--rife-model` / `--upscale-model` beat its
+    /// `rife_model` / `upscale_model`).
     pub postprocess: super::postprocess::PostprocessSection,
 }
 
@@ -243,6 +244,11 @@ pub struct ServeOverrides {
     /// [default: `[postprocess] rife_model` in the config].
     #[arg(long, value_name = "FILE")]
     pub rife_model: Option<PathBuf>,
+    /// Real-ESRGAN `.pth` (RRDBNet `RealESRGAN_x4plus`/`x2plus` or SRVGGNetCompact
+    /// `realesr-general-x4v3`/`realesr-animevideov3`) for requests with `enable_upscale`
+    /// [default: `[postprocess] upscale_model` in the config].
+    #[arg(long, value_name = "FILE")]
+    pub upscale_model: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -268,6 +274,7 @@ impl ServeConfig {
             aliases,
             workers,
             rife_model,
+            upscale_model,
         } = flags;
         let ServeFile {
             host: f_host,
@@ -294,6 +301,9 @@ impl ServeConfig {
         } = file;
         if rife_model.is_some() {
             postprocess.rife_model = rife_model;
+        }
+        if upscale_model.is_some() {
+            postprocess.upscale_model = upscale_model;
         }
         let model = model.or(f_model).ok_or(ConfigError::NoModel)?;
         let Located { dir: model, name } = locate(&model).map_err(ConfigError::Model)?;

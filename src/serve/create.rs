@@ -119,13 +119,15 @@ pub struct CreateVideoBody {
     pub frame_interpolation_scale: Option<f64>,
     #[serde(deserialize_with = "lenient::string")]
     pub frame_interpolation_model_path: Option<String>,
-    /// vLLM-Omni / SGLang upscaling (Real-ESRGAN): not served yet, so any value other than
-    /// null/false is a 400 naming the field.
-    pub enable_upscale: Option<Value>,
-    /// See `enable_upscale`.
-    pub upscale_factor: Option<Value>,
-    /// See `enable_upscale`.
-    pub upscale_model_path: Option<Value>,
+    /// vLLM-Omni / SGLang upscaling (Real-ESRGAN), after interpolation.
+    #[serde(deserialize_with = "lenient::boolean")]
+    pub enable_upscale: Option<bool>,
+    /// 2 or 4 (the model's own scale when absent).
+    #[serde(deserialize_with = "lenient::integer")]
+    pub upscale_factor: Option<u32>,
+    /// A Real-ESRGAN `.pth`: the server's `upscale_model` or one inside its `model_dirs`.
+    #[serde(deserialize_with = "lenient::string")]
+    pub upscale_model_path: Option<String>,
 }
 
 /// `video_params`.
@@ -209,23 +211,6 @@ impl CreateVideoBody {
             upscale_factor,
             upscale_model_path,
         } = self;
-        for (name, v) in [
-            ("enable_upscale", enable_upscale),
-            ("upscale_factor", upscale_factor),
-            ("upscale_model_path", upscale_model_path),
-        ] {
-            let unset = |v: &Value| {
-                v.is_null() || v == &Value::Bool(false) || v.as_str().is_some_and(|s| s == "false")
-            };
-            if v.is_some_and(|v| !unset(&v)) {
-                return Err(ApiError::invalid(
-                    name,
-                    format!(
-                        "`{name}`: upscaling (Real-ESRGAN) is not served by this build yet; remove the field"
-                    ),
-                ));
-            }
-        }
         if end_image.is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(
                 "end_image",
@@ -295,6 +280,9 @@ impl CreateVideoBody {
             frame_interpolation_exp,
             frame_interpolation_scale,
             frame_interpolation_model_path,
+            enable_upscale,
+            upscale_factor,
+            upscale_model_path,
             ..Default::default()
         };
         Ok(BodyLayers {
@@ -488,6 +476,7 @@ mod lenient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::postprocess::PostprocessSection;
     use serde_json::json;
 
     fn admit_json(v: Value, default_request: &RequestPatch) -> Result<Admitted, ApiError> {
@@ -530,24 +519,81 @@ mod tests {
         assert_eq!(a.request.guidance_scale, 1.0);
     }
 
+    fn admit_with(v: Value, postprocess: &PostprocessSection) -> Result<Admitted, ApiError> {
+        let fields = Fields {
+            map: v.as_object().unwrap().clone(),
+            uploads: Vec::new(),
+        };
+        admit(
+            &fields,
+            &AdmitContext {
+                served: "tiny",
+                serves: &|n| n == "tiny",
+                lower_layers: &[],
+                defaults: &ModelDefaults::helios_distilled(),
+                budget: &WorkBudget::default(),
+                max_upload_bytes: 1 << 20,
+                lora: &Default::default(),
+                postprocess,
+            },
+        )
+    }
+
     #[test]
-    fn upscaling_fields_are_refused_until_served() {
-        let d = RequestPatch::default();
+    fn upscaling_needs_a_model_and_its_settings_need_enable_upscale() {
+        let none = PostprocessSection::default();
+        for v in [json!(true), json!("true")] {
+            let e = admit_with(json!({"prompt": "p", "enable_upscale": v}), &none).unwrap_err();
+            assert_eq!(e.body()["error"]["param"], "enable_upscale", "{e}");
+        }
+        // A setting without its switch would be ignored: a 400 naming it.
         for (field, v) in [
-            ("enable_upscale", json!(true)),
-            ("enable_upscale", json!("true")),
             ("upscale_factor", json!(2)),
             ("upscale_model_path", json!("/m/x4.pth")),
+            ("frame_interpolation_exp", json!(2)),
+            ("frame_interpolation_scale", json!(0.5)),
+            ("frame_interpolation_model_path", json!("/m/flownet.pkl")),
         ] {
-            let e = admit_json(json!({"prompt": "p", field: v}), &d).unwrap_err();
+            let e = admit_with(json!({"prompt": "p", field: v}), &none).unwrap_err();
             assert_eq!(e.body()["error"]["param"], field, "{e}");
+            assert!(e.to_string().contains("has no effect without"), "{e}");
         }
         // Off or null asks for nothing.
-        admit_json(
+        admit_with(
             json!({"prompt":"p","enable_upscale":false,"upscale_factor":null}),
-            &d,
+            &none,
         )
         .unwrap();
+        let x4 = PostprocessSection {
+            upscale_model: Some(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/esrgan/srvgg_x4.pth"),
+            ),
+            ..Default::default()
+        };
+        let a = admit_with(json!({"prompt":"p","enable_upscale":"true"}), &x4).unwrap();
+        assert_eq!(a.request.upscale_factor, 4, "the model's own scale");
+        assert_eq!(a.request.video_size(), (2560, 1536));
+        let a = admit_with(
+            json!({"prompt":"p","enable_upscale":true,"upscale_factor":"2"}),
+            &x4,
+        )
+        .unwrap();
+        assert_eq!(a.request.video_size(), (1280, 768));
+        for (factor, param) in [(3, "upscale_factor"), (8, "upscale_factor")] {
+            let e = admit_with(
+                json!({"prompt":"p","enable_upscale":true,"upscale_factor":factor}),
+                &x4,
+            )
+            .unwrap_err();
+            assert_eq!(e.body()["error"]["param"], param, "{e}");
+        }
+        let e = admit_with(
+            json!({"prompt":"p","enable_upscale":true,"upscale_model_path":"/etc/passwd"}),
+            &x4,
+        )
+        .unwrap_err();
+        assert_eq!(e.body()["error"]["param"], "upscale_model_path", "{e}");
     }
 
     #[test]

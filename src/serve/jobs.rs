@@ -146,6 +146,8 @@ impl JobRecord {
     }
 
     fn video_fields(&self, ttl: Option<u64>) -> Value {
+        // The video file's size: the generated size times `upscale_factor` with upscaling.
+        let (video_width, video_height) = self.request.video_size();
         json!({
             "id": self.id,
             "object": "video",
@@ -157,7 +159,7 @@ impl JobRecord {
             "expires_at": self.expires_at(ttl),
             "prompt": self.request.prompt,
             "seconds": self.seconds,
-            "size": format!("{}x{}", self.request.width, self.request.height),
+            "size": format!("{video_width}x{video_height}"),
             "quality": "default",
             "remixed_from_video_id": self.remixed_from_video_id,
             "error": self.error,

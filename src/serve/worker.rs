@@ -398,10 +398,12 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     }
     let _busy = Busy::start(me, id);
     let started = Instant::now();
+    // The video's size: the generated one, times `upscale_factor` with upscaling.
+    let (video_width, video_height) = req.video_size();
     let writer = match Mp4Writer::create(
         &jobs.video_path(id),
-        req.width,
-        req.height,
+        video_width,
+        video_height,
         req.fps,
         EncodeOptions::default(),
     ) {
@@ -416,8 +418,8 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     let stream = match &live {
         Some(live) => match Fmp4Writer::new(
             LiveWriter(live.clone()),
-            req.width,
-            req.height,
+            video_width,
+            video_height,
             req.fps,
             EncodeOptions::default(),
         ) {
@@ -438,7 +440,7 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     let mut sink = Mp4Sink {
         writer,
         stream,
-        previews: PreviewCollector::new(req.width, req.height, req.video_frames()),
+        previews: PreviewCollector::new(video_width, video_height, req.video_frames()),
     };
     let mut noise = SeededNoise::new(req.seed);
     let mut progress = JobProgress {

@@ -4,6 +4,8 @@
 //! committed, so the tests need no Python.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;

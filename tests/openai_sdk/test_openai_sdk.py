@@ -311,3 +311,43 @@ def test_webhook_events_verify_with_the_sdk(tmp_path):
     finally:
         s.stop()
         httpd.shutdown()
+
+
+def test_lora_interpolation_and_upscale_through_extra_body(tmp_path):
+    # vLLM-Omni's request fields as the SDK sends them: `extra_body` (form parts, the `lora`
+    # object in bracket notation).
+    fixtures = ROOT / "tests" / "fixtures"
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text(f'lora_dirs = ["{fixtures / "lora"}"]\n')
+    s = Server(tmp_path / "st", ["--config", str(cfg),
+                                 "--rife-model", str(fixtures / "rife" / "flownet.pkl"),
+                                 "--upscale-model", str(fixtures / "esrgan" / "srvgg_x4.pth")])
+    try:
+        c = s.client()
+        v = c.videos.create_and_poll(
+            prompt="a lighthouse", size=SMALL, poll_interval_ms=20,
+            extra_body={"num_frames": 33, "lora": {"path": "peft_a", "scale": 0.5},
+                        "enable_frame_interpolation": True, "frame_interpolation_exp": 1,
+                        "enable_upscale": True, "upscale_factor": 2},
+        )
+        assert v.status == "completed", v
+        assert v.size == "256x128"
+        assert (v.model_extra["num_frames"], v.model_extra["fps"]) == (65, 48)
+        mp4 = tmp_path / "out.mp4"
+        mp4.write_bytes(c.videos.download_content(v.id).read())
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+             "stream=width,height,nb_read_frames", "-of", "csv=p=0", str(mp4)],
+            check=True, capture_output=True, text=True).stdout.strip()
+        assert probe == "256,128,65"
+        for extra, param in [
+            ({"upscale_factor": 2}, "upscale_factor"),
+            ({"frame_interpolation_exp": 2}, "frame_interpolation_exp"),
+            ({"enable_upscale": True, "upscale_factor": 3}, "upscale_factor"),
+            ({"lora": {"path": "/etc/passwd"}}, "lora"),
+        ]:
+            with pytest.raises(openai.BadRequestError) as e:
+                c.videos.create(prompt="p", size=SMALL, extra_body=extra)
+            assert e.value.param == param, extra
+    finally:
+        s.stop()

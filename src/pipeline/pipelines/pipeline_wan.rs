@@ -303,9 +303,8 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
         r.fps = 24;
     }
     d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
-    // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer) and RIFE
-    // (applied by the Helios generator).
-    d.unsupported.extend(["lora", "enable_frame_interpolation"]);
+    // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer).
+    d.unsupported.extend(["lora"]);
     d.whole_video = true;
     d.guidance_scale_2_follows = c.model_index.has_transformer_2();
     if !d.guidance_scale_2_follows {
