@@ -18,6 +18,13 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// Own `child` (killed on drop).
+    pub fn from_child(child: Child) -> Self {
+        Self(child)
+    }
+}
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct Conn {
     w: TcpStream,

@@ -42,6 +42,9 @@ pub enum ConfigError {
     Preset(String),
     #[error("`workers = {0}` is not a worker count: give 1 to 64")]
     Workers(usize),
+    /// `[store]` or `role` cannot be used.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// The file as written; every key optional.
@@ -87,6 +90,11 @@ pub struct ServeFile {
     /// `[postprocess]`: the RIFE and Real-ESRGAN models.
     #[serde(default)]
     pub postprocess: super::postprocess::PostprocessSection,
+    /// `all` (default), `api` or `worker` (see [`super::store::Role`]).
+    pub role: Option<super::store::Role>,
+    /// `[store]`: where job records live (see [`super::store`]).
+    #[serde(default)]
+    pub store: super::store::StoreSection,
 }
 
 /// `[storage]`.
@@ -204,6 +212,10 @@ pub struct ServeConfig {
     /// See [`ServeFile::postprocess`] (`--rife-model` / `--upscale-model` beat its
     /// `rife_model` / `upscale_model`).
     pub postprocess: super::postprocess::PostprocessSection,
+    /// Which part of the server this process runs (`--role` beats `role`).
+    pub role: super::store::Role,
+    /// The resolved `[store]`.
+    pub store: super::store::StoreConfig,
 }
 
 /// What the command line sets (each `None` = not given); the flags of `omni serve`.
@@ -249,6 +261,11 @@ pub struct ServeOverrides {
     /// [default: `[postprocess] upscale_model` in the config].
     #[arg(long, value_name = "FILE")]
     pub upscale_model: Option<PathBuf>,
+    /// all: API and workers; api: HTTP API only, no model loaded; worker: runs jobs, serves
+    /// only /health, /readyz and /metrics. api and worker need `[store] url = "postgres://…"`
+    /// in the config [default: `role` in the config, else all].
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub role: Option<super::store::Role>,
 }
 
 impl ServeConfig {
@@ -275,6 +292,7 @@ impl ServeConfig {
             workers,
             rife_model,
             upscale_model,
+            role,
         } = flags;
         let ServeFile {
             host: f_host,
@@ -298,6 +316,8 @@ impl ServeConfig {
             lora_dirs,
             lora,
             mut postprocess,
+            role: f_role,
+            store,
         } = file;
         if rife_model.is_some() {
             postprocess.rife_model = rife_model;
@@ -323,6 +343,8 @@ impl ServeConfig {
             Some(w @ 1..=64) => w,
             Some(w) => return Err(ConfigError::Workers(w)),
         };
+        let role = role.or(f_role).unwrap_or_default();
+        let store = store.resolve(&storage, role).map_err(ConfigError::Store)?;
         Ok(Self {
             host: host.or(f_host).unwrap_or_else(|| "127.0.0.1".to_string()),
             port: port.or(f_port).unwrap_or(8000),
@@ -359,6 +381,8 @@ impl ServeConfig {
             lora_dirs,
             lora,
             postprocess,
+            role,
+            store,
         })
     }
 

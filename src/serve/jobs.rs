@@ -362,6 +362,21 @@ impl Store for JsonDirStore {
     }
 }
 
+/// The record store of a table on a shared store (which writes its own rows).
+struct NoStore;
+
+impl Store for NoStore {
+    fn load_all(&self) -> Vec<JobRecord> {
+        Vec::new()
+    }
+    fn put(&self, _: &JobRecord) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn remove(&self, _: &str) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Called with a job's record when a stored change makes it terminal (completed or failed).
 pub type TerminalHook = Box<dyn Fn(&JobRecord) + Send + Sync>;
 
@@ -374,6 +389,8 @@ pub struct Jobs {
     on_terminal: std::sync::OnceLock<TerminalHook>,
     /// Jobs [`Jobs::open`] failed as `worker_crashed`, for the hook once it is set.
     failed_at_open: Mutex<Vec<String>>,
+    /// The shared store (`[store] url = "postgres://…"`): the source of truth, `inner` unused.
+    shared: Option<std::sync::Arc<super::postgres::PgStore>>,
 }
 
 struct Inner {
@@ -391,8 +408,21 @@ impl Jobs {
     /// # Errors
     /// The storage folder cannot be created.
     pub fn open(storage: &Path, max_attempts: u32) -> std::io::Result<(Self, Vec<String>)> {
+        Self::open_file(storage, storage, max_attempts)
+    }
+
+    /// [`Jobs::open`] with the records under `<records>/jobs` (`[store] url = "file:///…"`) and
+    /// the job files in `storage`.
+    ///
+    /// # Errors
+    /// Either folder cannot be created.
+    pub fn open_file(
+        storage: &Path,
+        records: &Path,
+        max_attempts: u32,
+    ) -> std::io::Result<(Self, Vec<String>)> {
         std::fs::create_dir_all(storage)?;
-        let store = JsonDirStore::open(storage)?;
+        let store = JsonDirStore::open(records)?;
         let mut map = HashMap::new();
         let mut resume = Vec::new();
         let mut next_seq = 0;
@@ -447,9 +477,68 @@ impl Jobs {
                 inner: Mutex::new(Inner { map, next_seq }),
                 on_terminal: std::sync::OnceLock::new(),
                 failed_at_open: Mutex::new(failed_at_open),
+                shared: None,
             },
             resume,
         ))
+    }
+
+    /// The table on a shared store (PostgreSQL), with the job files in `storage` (a folder every
+    /// process on the store sees). Nothing is resumed here: workers claim from the store.
+    ///
+    /// # Errors
+    /// The storage folder cannot be created.
+    pub fn open_shared(
+        storage: &Path,
+        pg: std::sync::Arc<super::postgres::PgStore>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(storage)?;
+        Ok(Self {
+            storage: storage.to_path_buf(),
+            store: Box::new(NoStore),
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                next_seq: 0,
+            }),
+            on_terminal: std::sync::OnceLock::new(),
+            failed_at_open: Mutex::default(),
+            shared: Some(pg),
+        })
+    }
+
+    /// The shared store, if the table is on one.
+    pub fn shared(&self) -> Option<&std::sync::Arc<super::postgres::PgStore>> {
+        self.shared.as_ref()
+    }
+
+    /// Failed store queries so far (0 for the file store): a request during which this grows
+    /// is answered 503.
+    pub fn store_failures(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |pg| pg.failures())
+    }
+
+    /// The shared store is unreachable (its last query failed).
+    pub fn store_down(&self) -> bool {
+        self.shared.as_ref().is_some_and(|pg| pg.is_down())
+    }
+
+    /// Shared store: block until this process holds the next job and return its id (the
+    /// removed rows of jobs whose worker died are cleaned up first). `None` for the file store,
+    /// whose jobs come through the worker channel.
+    pub fn claim_next(&self) -> Option<String> {
+        let pg = self.shared.as_ref()?;
+        for id in pg.reap() {
+            self.remove_files(&id);
+        }
+        Some(pg.claim(self.on_terminal.get()))
+    }
+
+    /// The worker is done with job `id` (shared store: stop renewing its lease; remove the row
+    /// of a job deleted while it ran). Nothing for the file store.
+    pub fn release(&self, id: &str) {
+        if let Some(pg) = &self.shared {
+            pg.release(id);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -467,6 +556,9 @@ impl Jobs {
 
     /// The next creation sequence number.
     pub fn next_seq(&self) -> u64 {
+        if let Some(pg) = &self.shared {
+            return pg.next_seq();
+        }
         let mut g = self.lock();
         g.next_seq += 1;
         g.next_seq - 1
@@ -474,6 +566,10 @@ impl Jobs {
 
     /// Add a new record (and store it unless hidden).
     pub fn insert(&self, rec: JobRecord) {
+        if let Some(pg) = &self.shared {
+            let _ = pg.insert(&rec, None);
+            return;
+        }
         self.persist(&rec);
         self.lock().map.insert(rec.id.clone(), rec);
     }
@@ -487,6 +583,9 @@ impl Jobs {
     /// [`Admission::Full`] with `max` waiting; [`Admission::Storage`] when the record cannot be
     /// written (the job is then not in the table either).
     pub fn insert_queued(&self, rec: JobRecord, max: usize) -> Result<(), Admission> {
+        if let Some(pg) = &self.shared {
+            return pg.insert(&rec, Some(max));
+        }
         {
             let mut g = self.lock();
             let waiting = g
@@ -511,6 +610,9 @@ impl Jobs {
 
     /// A copy of the record.
     pub fn get(&self, id: &str) -> Option<JobRecord> {
+        if let Some(pg) = &self.shared {
+            return pg.get(id);
+        }
         self.lock().map.get(id).cloned()
     }
 
@@ -522,6 +624,9 @@ impl Jobs {
         persist: bool,
         f: impl FnOnce(&mut JobRecord) -> R,
     ) -> Option<R> {
+        if let Some(pg) = &self.shared {
+            return pg.update(id, persist, f, self.on_terminal.get());
+        }
         let mut g = self.lock();
         let slot = g.map.get_mut(id)?;
         if !persist {
@@ -568,6 +673,14 @@ impl Jobs {
 
     /// Remove the record, cancel the job and delete its files.
     pub fn remove(&self, id: &str) -> Option<JobRecord> {
+        if let Some(pg) = &self.shared {
+            // A running job's files are removed by its worker when it stops.
+            let rec = pg.remove(id)?;
+            if rec.status != Status::InProgress {
+                self.remove_files(id);
+            }
+            return Some(rec);
+        }
         let rec = self.lock().map.remove(id)?;
         rec.cancel.cancel();
         if let Err(e) = self.store.remove(id) {
@@ -579,6 +692,10 @@ impl Jobs {
 
     /// Delete the job's files: the video, its previews and its input reference.
     pub fn remove_files(&self, id: &str) {
+        if self.shared.as_ref().is_some_and(|pg| pg.lost(id)) {
+            // Another worker runs the job now and writes these files.
+            return;
+        }
         if valid_id(id) {
             for p in [
                 self.input_path(id),
@@ -634,6 +751,10 @@ impl Jobs {
     /// admission, a crashed encoder or a corrupted record left); returns how many. Runs with the
     /// TTL sweep; the startup sweep removes them whatever their age.
     pub fn sweep_orphaned_files(&self) -> usize {
+        if self.shared.is_some() {
+            // Other processes write into the shared folder; their jobs are not in this table.
+            return 0;
+        }
         let records = self.lock().map.clone();
         sweep_orphans(&self.storage, &records, true)
     }
@@ -655,6 +776,9 @@ impl Jobs {
 
     /// Jobs queued and jobs running, hidden (`/v1/videos/sync`) ones included.
     pub fn counts(&self) -> (usize, usize) {
+        if let Some(pg) = &self.shared {
+            return pg.counts();
+        }
         let g = self.lock();
         let count = |s: Status| g.map.values().filter(|r| r.status == s).count();
         (count(Status::Queued), count(Status::InProgress))
@@ -662,6 +786,9 @@ impl Jobs {
 
     /// Visible records in creation order.
     pub fn list(&self) -> Vec<JobRecord> {
+        if let Some(pg) = &self.shared {
+            return pg.list();
+        }
         let g = self.lock();
         let mut v: Vec<JobRecord> = g.map.values().filter(|r| !r.hidden).cloned().collect();
         v.sort_by_key(|r| r.seq);

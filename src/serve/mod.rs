@@ -17,12 +17,14 @@ pub mod lora;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod postgres;
 pub mod postprocess;
 pub mod previews;
 pub mod reference;
 pub mod remix;
 pub mod remote;
 pub mod routes;
+pub mod store;
 pub mod stream;
 pub mod web;
 pub mod webhooks;
@@ -90,13 +92,32 @@ pub async fn serve(
     }
     let lora =
         lora::LoraPolicy::new(&cfg.lora_dirs, &cfg.lora, &cfg.model).map_err(ServeError::Load)?;
-    let (jobs, resume) =
-        jobs::Jobs::open(&cfg.storage, cfg.limits.max_attempts).map_err(|source| {
-            ServeError::Storage {
-                path: cfg.storage.display().to_string(),
-                source,
-            }
-        })?;
+    let storage_err = |source| ServeError::Storage {
+        path: cfg.storage.display().to_string(),
+        source,
+    };
+    let (jobs, resume) = match &cfg.store.url {
+        store::StoreUrl::File(records) => {
+            jobs::Jobs::open_file(&cfg.storage, records, cfg.limits.max_attempts)
+                .map_err(storage_err)?
+        }
+        store::StoreUrl::Postgres(url) => {
+            let pg = postgres::PgStore::connect(
+                url,
+                postgres::PgOptions {
+                    lease: cfg.store.lease,
+                    poll: cfg.store.poll,
+                    max_attempts: cfg.limits.max_attempts,
+                    // One per worker, the request handlers', the LISTEN and the renewals'.
+                    max_connections: cfg.workers as u32 + 6,
+                },
+            )
+            .await
+            .map_err(ServeError::Config)?;
+            let jobs = jobs::Jobs::open_shared(&cfg.storage, pg).map_err(storage_err)?;
+            (jobs, Vec::new())
+        }
+    };
     if !resume.is_empty() {
         tracing::info!("re-running {} unfinished job(s)", resume.len());
     }
@@ -105,6 +126,11 @@ pub async fn serve(
     // and every job that becomes terminal queues its event.
     let hooks =
         webhooks::Webhooks::open(&cfg.webhooks, &cfg.storage).map_err(ServeError::Config)?;
+    if hooks.is_some() && jobs.shared().is_some() {
+        return Err(ServeError::Config(
+            "[webhooks] cannot be used with [store] url = \"postgres://…\" yet (the outbox is one process's); remove one of them".into(),
+        ));
+    }
     if let Some(h) = &hooks {
         let h2 = h.clone();
         jobs.on_terminal(Box::new(move |rec| h2.emit_terminal(rec)));
@@ -123,8 +149,10 @@ pub async fn serve(
         },
     };
     let streams = Arc::new(stream::LiveStreams::default());
+    let workers = if cfg.role.runs_jobs() { cfg.workers } else { 0 };
+    tracing::info!("role {}: {workers} worker(s)", cfg.role.name());
     let (worker, loaded) =
-        worker::Worker::spawn(model, cfg.workers, jobs.clone(), streams.clone(), resume);
+        worker::Worker::spawn(model, workers, jobs.clone(), streams.clone(), resume);
     // The periodic sweep: expired jobs (with a TTL) and orphaned files (always).
     {
         let jobs = jobs.clone();

@@ -62,7 +62,14 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, I
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = Instant::now();
+    // A shared store that is down: every route that needs it is a 503 (and so is a request
+    // during which a store query failed: its answer may be a "not found" that is not true).
+    let needs_store = !matches!(path.as_str(), "/health" | "/healthz" | "/metrics");
+    let failures = state.jobs.store_failures();
+    let down =
+        || ApiError::Unavailable("the job store (PostgreSQL) is unreachable; retry shortly".into());
     let resp = match route(&state, req).await {
+        _ if needs_store && state.jobs.store_failures() != failures => error_response(&down()),
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
@@ -219,8 +226,20 @@ async fn route(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> 
             allow: row.allow,
         });
     }
+    if !state.cfg.role.serves_api()
+        && !matches!(row.path, "/health" | "/healthz" | "/readyz" | "/metrics")
+    {
+        return Err(ApiError::NotFound(format!(
+            "No route for {path}: this process runs --role worker (only /health, /readyz and /metrics)"
+        )));
+    }
     if row.access == Access::Key {
         authorize(&state.cfg, &req)?;
+    }
+    if state.jobs.store_down() && !matches!(row.path, "/health" | "/healthz" | "/metrics") {
+        return Err(ApiError::Unavailable(
+            "the job store (PostgreSQL) is unreachable; retry shortly".into(),
+        ));
     }
     let param = params.first().copied().unwrap_or_default();
     match (row.path, method.as_str()) {
@@ -988,6 +1007,13 @@ async fn stream_video(
     let stream = match state.streams.get(id) {
         Some(s) => s,
         None if rec.status == Status::Completed => return finished_stream(state, rec, req).await,
+        None if state.jobs.shared().is_some() => {
+            // The fragments are in the memory of whichever worker process runs the job.
+            return Err(ApiError::invalid(
+                "stream",
+                "with a PostgreSQL job store, stream=true is answered once the job is completed (its fragments stay in the worker process while it runs); poll the job, then ask again",
+            ));
+        }
         None => {
             // Queued or running: wait for the worker's fragments. The worker drops a finished
             // job's stream after writing `<id>.fmp4`; a stream made here after that (the job

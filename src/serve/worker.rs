@@ -37,6 +37,8 @@ pub struct Job {
 pub struct Worker {
     tx: Sender<Job>,
     slots: Arc<Vec<Slot>>,
+    /// The job table (on a shared store, workers claim from it instead of the channel).
+    jobs: Arc<Jobs>,
 }
 
 /// What one worker thread shows of itself.
@@ -68,9 +70,12 @@ pub struct WorkerModel {
 }
 
 impl Worker {
-    /// Start `count` (at least 1) worker threads, each loading its own copy of the model.
-    /// `resume` ids are queued first. The returned receiver gets the outcome of loading: `Ok`
-    /// once every worker has its model, or the first error.
+    /// Start `count` worker threads, each loading its own copy of the model (0: `--role api`,
+    /// no model). `resume` ids are queued first. The returned receiver gets the outcome of
+    /// loading: `Ok` once every worker has its model, or the first error.
+    ///
+    /// On a shared store ([`Jobs::shared`]) the workers claim jobs from the store instead of
+    /// the channel (the same run per job).
     pub fn spawn(
         model: WorkerModel,
         count: usize,
@@ -83,12 +88,18 @@ impl Worker {
             let _ = tx.send(Job { id, done: None });
         }
         let rx = Arc::new(Mutex::new(rx));
-        let count = count.max(1);
         let slots: Arc<Vec<Slot>> = Arc::new((0..count).map(|_| Slot::default()).collect());
         let (loaded_tx, loaded_rx) = oneshot::channel();
+        let loaded_tx = match count {
+            0 => {
+                let _ = loaded_tx.send(Ok(()));
+                None
+            }
+            _ => Some(loaded_tx),
+        };
         let loaded = Arc::new(Mutex::new(Loaded {
             left: count,
-            tx: Some(loaded_tx),
+            tx: loaded_tx,
         }));
         let model = Arc::new(model);
         for index in 0..count {
@@ -108,7 +119,7 @@ impl Worker {
                 .spawn(move || run(me, &model, jobs, streams, rx, loaded))
                 .expect("spawning a worker thread");
         }
-        (Self { tx, slots }, loaded_rx)
+        (Self { tx, slots, jobs }, loaded_rx)
     }
 
     /// Whether every worker's model is loaded.
@@ -134,7 +145,32 @@ impl Worker {
     ///
     /// Returns false when the worker thread is gone.
     pub fn submit(&self, job: Job) -> bool {
-        self.tx.send(job).is_ok()
+        let Some(pg) = self.jobs.shared() else {
+            return self.tx.send(job).is_ok();
+        };
+        // The store woke the workers (NOTIFY); `done` fires once the store shows the job
+        // terminal or gone, polled every `poll_ms`.
+        if let Some(done) = job.done {
+            let (jobs, poll) = (self.jobs.clone(), pg.poll());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(poll).await;
+                    let j = jobs.clone();
+                    let id = job.id.clone();
+                    let rec = tokio::task::spawn_blocking(move || j.get(&id)).await;
+                    let finished = match rec {
+                        Ok(Some(r)) => r.status.is_terminal(),
+                        Ok(None) => !jobs.store_down(),
+                        Err(_) => true,
+                    };
+                    if finished || done.is_closed() {
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+            });
+        }
+        true
     }
 }
 
@@ -197,10 +233,17 @@ fn run(
     METRICS.worker_ready.get_or_create(&me.label()).set(1);
     report(Ok(()));
     loop {
-        // The lock is held only while waiting: the first free worker takes the next job.
-        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok(job) = job else { break };
+        // The lock is held only while waiting: the first free worker takes the next job. On a
+        // shared store the worker claims the store's next job instead.
+        let job = match jobs.claim_next() {
+            Some(id) => Job { id, done: None },
+            None => match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
         run_job(&me, &mut generator, &jobs, &streams, &job.id);
+        jobs.release(&job.id);
         if let Some(done) = job.done {
             let _ = done.send(());
         }
