@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::backend::{DefaultBackend, DeviceMemory, device_memory};
+use super::backend::{DefaultBackend, DeviceMemory, device_memory, thread_device};
 use super::checkpoint::{LoadError, read_config};
 use super::continuation::HeliosState;
 use super::error::PipelineError;
@@ -253,7 +253,7 @@ impl Generator {
 
     /// GPU memory in use now on the build's device (`None` on the CPU backend).
     pub fn device_memory() -> Option<DeviceMemory> {
-        device_memory::<DefaultBackend>(&Default::default())
+        device_memory::<DefaultBackend>(&thread_device())
     }
 
     /// Check that the backend's device works (a CUDA build on a machine without a driver or
@@ -285,7 +285,7 @@ impl Helios {
         options: &GeneratorOptions,
         progress: &mut dyn ProgressSink,
     ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
-        let device = Default::default();
+        let device = thread_device();
         let mut precision = Precision::for_device::<DefaultBackend>(&device);
         if let Some(vae) = options.vae_dtype {
             precision.vae = vae.into();
@@ -311,7 +311,7 @@ impl Helios {
         };
         self.pipe = Some(HeliosPyramidPipeline::load_with(
             &self.dir,
-            &Default::default(),
+            &thread_device(),
             self.precision,
             residency,
             progress,
@@ -353,7 +353,7 @@ impl DiffusionPipeline for Helios {
                 // transformer is loaded.
                 let encoder = PromptEncoder::<DefaultBackend>::load(
                     &self.dir,
-                    &Default::default(),
+                    &thread_device(),
                     self.precision.text_encoder,
                     &mut *ctx.progress,
                 )?;
@@ -408,7 +408,7 @@ impl Wan {
         options: &GeneratorOptions,
         progress: &mut dyn ProgressSink,
     ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
-        let device = Default::default();
+        let device = thread_device();
         let mut precision = Precision::for_device::<DefaultBackend>(&device);
         if let Some(vae) = options.vae_dtype {
             precision.vae = vae.into();
@@ -432,7 +432,7 @@ impl Wan {
         };
         self.pipe = Some(WanPipeline::load_with(
             &self.dir,
-            &Default::default(),
+            &thread_device(),
             self.precision,
             residency,
             progress,
@@ -454,7 +454,7 @@ impl Helios {
             ));
         }
         if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
-            let net = IFNet::load(&path, &Default::default())
+            let net = IFNet::load(&path, &thread_device())
                 .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
             self.rife = Some((path, net));
         }
@@ -475,7 +475,7 @@ impl DiffusionPipeline for Wan {
         let embeds = {
             let encoder = PromptEncoder::<DefaultBackend>::load(
                 &self.dir,
-                &Default::default(),
+                &thread_device(),
                 self.precision.text_encoder,
                 &mut *ctx.progress,
             )?;
@@ -514,7 +514,7 @@ fn with_loras<T>(
     if adapters.is_empty() {
         return f(pipe);
     }
-    let device = Default::default();
+    let device = thread_device();
     let transformer = pipe.transformer.clone();
     let (merged, originals) = super::lora::merge(
         transformer,

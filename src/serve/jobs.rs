@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::outputs::Outputs;
 use super::reference::RefKind;
 use crate::pipeline::progress::CancelToken;
 use crate::pipeline::request::GenerationRequest;
@@ -372,6 +373,8 @@ pub struct Jobs {
     on_terminal: std::sync::OnceLock<TerminalHook>,
     /// Jobs [`Jobs::open`] failed as `worker_crashed`, for the hook once it is set.
     failed_at_open: Mutex<Vec<String>>,
+    /// Where finished files are published (see [`Jobs::outputs`]).
+    outputs: Arc<Outputs>,
 }
 
 struct Inner {
@@ -389,6 +392,20 @@ impl Jobs {
     /// # Errors
     /// The storage folder cannot be created.
     pub fn open(storage: &Path, max_attempts: u32) -> std::io::Result<(Self, Vec<String>)> {
+        Self::open_with_outputs(storage, max_attempts, Arc::new(Outputs::folder(storage)))
+    }
+
+    /// [`Jobs::open`] with finished files published to `outputs` ([`super::outputs`]). A
+    /// completed job whose video is missing is failed with `file_missing` only when `outputs`
+    /// is a folder (an object store is not listed at start-up: a missing object is a 404).
+    ///
+    /// # Errors
+    /// The storage folder cannot be created.
+    pub fn open_with_outputs(
+        storage: &Path,
+        max_attempts: u32,
+        outputs: Arc<Outputs>,
+    ) -> std::io::Result<(Self, Vec<String>)> {
         std::fs::create_dir_all(storage)?;
         let store = JsonDirStore::open(storage)?;
         let mut map = HashMap::new();
@@ -400,10 +417,11 @@ impl Jobs {
         for mut rec in recs {
             next_seq = next_seq.max(rec.seq + 1);
             if rec.status == Status::Completed
+                && let Some(dir) = outputs.local_dir()
                 && !rec
                     .file_name
                     .as_ref()
-                    .is_some_and(|f| storage.join(f).is_file())
+                    .is_some_and(|f| dir.join(f).is_file())
             {
                 rec.status = Status::Failed;
                 rec.error = Some(JobError {
@@ -445,6 +463,7 @@ impl Jobs {
                 inner: Mutex::new(Inner { map, next_seq }),
                 on_terminal: std::sync::OnceLock::new(),
                 failed_at_open: Mutex::new(failed_at_open),
+                outputs,
             },
             resume,
         ))
@@ -589,7 +608,13 @@ impl Jobs {
             ] {
                 let _ = std::fs::remove_file(p);
             }
+            self.outputs.remove(id);
         }
+    }
+
+    /// Where finished files are published and read back from.
+    pub fn outputs(&self) -> &Arc<Outputs> {
+        &self.outputs
     }
 
     /// `<storage>/<id>.fmp4`: the fragmented MP4 a finished video streams from

@@ -17,6 +17,7 @@ pub mod lora;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod outputs;
 pub mod postprocess;
 pub mod previews;
 pub mod reference;
@@ -90,13 +91,14 @@ pub async fn serve(
     }
     let lora =
         lora::LoraPolicy::new(&cfg.lora_dirs, &cfg.lora, &cfg.model).map_err(ServeError::Load)?;
+    let outputs = outputs::Outputs::open(&cfg.outputs, &cfg.storage).map_err(ServeError::Config)?;
+    tracing::info!("outputs: {}", outputs.describe);
     let (jobs, resume) =
-        jobs::Jobs::open(&cfg.storage, cfg.limits.max_attempts).map_err(|source| {
-            ServeError::Storage {
+        jobs::Jobs::open_with_outputs(&cfg.storage, cfg.limits.max_attempts, Arc::new(outputs))
+            .map_err(|source| ServeError::Storage {
                 path: cfg.storage.display().to_string(),
                 source,
-            }
-        })?;
+            })?;
     if !resume.is_empty() {
         tracing::info!("re-running {} unfinished job(s)", resume.len());
     }
@@ -121,6 +123,7 @@ pub async fn serve(
             },
             vae_dtype: None,
         },
+        devices: cfg.devices.clone(),
     };
     let streams = Arc::new(stream::LiveStreams::default());
     let (worker, loaded) =
