@@ -129,6 +129,51 @@ pub fn device_total_memory<B: Backend>(device: &B::Device) -> Option<u64> {
     None
 }
 
+thread_local! {
+    /// The GPU index [`thread_device`] answers on this thread (see [`set_thread_device`]).
+    static THREAD_DEVICE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Pick the device the pipelines opened and run on this thread use, as
+/// `torch.cuda.set_device(index)` does: `omni serve --devices 0,1` calls it once at the start
+/// of each worker thread, before [`crate::pipeline::generator::Generator::open`]. On the CPU
+/// build only index 0 exists.
+///
+/// # Errors
+/// A non-zero index on the CPU build.
+pub fn set_thread_device(index: usize) -> Result<(), String> {
+    if cfg!(not(feature = "cuda")) && index != 0 {
+        return Err(format!(
+            "device {index}: this CPU build has one device; use --workers N for more CPU workers"
+        ));
+    }
+    THREAD_DEVICE.with(|d| d.set(index));
+    Ok(())
+}
+
+/// This thread's device of [`DefaultBackend`]: `Cuda(i)` for the index given to
+/// [`set_thread_device`] (0 by default) on the cuda build, the CPU otherwise.
+pub fn thread_device() -> burn::tensor::ops::Device<DefaultBackend> {
+    #[cfg(feature = "cuda")]
+    {
+        cubecl::cuda::CudaDevice {
+            index: THREAD_DEVICE.with(std::cell::Cell::get),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Default::default()
+    }
+}
+
+/// This thread's device as the metrics and `/v1/models` name it: `cuda:<i>` or `cpu`.
+pub fn thread_device_label() -> String {
+    match cfg!(feature = "cuda") {
+        true => format!("cuda:{}", THREAD_DEVICE.with(std::cell::Cell::get)),
+        false => "cpu".to_string(),
+    }
+}
+
 /// Current device memory of `device` when it is a CUDA device, `None` otherwise (the CPU
 /// backend allocates from the process heap: see `bench::peak_rss_bytes`). The caller syncs the
 /// device first if it wants the memory after pending work.

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use super::backend::{DefaultBackend, DeviceMemory, device_memory};
+use super::backend::{DefaultBackend, DeviceMemory, device_memory, thread_device};
 use super::checkpoint::{LoadError, read_config};
 use super::continuation::HeliosState;
 use super::error::PipelineError;
@@ -265,7 +265,7 @@ impl Generator {
 
     /// GPU memory in use now on the build's device (`None` on the CPU backend).
     pub fn device_memory() -> Option<DeviceMemory> {
-        device_memory::<DefaultBackend>(&Default::default())
+        device_memory::<DefaultBackend>(&thread_device())
     }
 
     /// Check that the backend's device works (a CUDA build on a machine without a driver or
@@ -305,7 +305,7 @@ impl FamilyPipeline for HeliosPyramidPipeline<DefaultBackend> {
         residency: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &Default::default(), precision, residency, progress)
+        Self::load_with(dir, &thread_device(), precision, residency, progress)
     }
 }
 
@@ -322,7 +322,7 @@ impl FamilyPipeline for WanImageToVideoPipeline<DefaultBackend> {
         residency: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &Default::default(), precision, residency, progress)
+        Self::load_with(dir, &thread_device(), precision, residency, progress)
     }
 }
 
@@ -337,7 +337,7 @@ impl FamilyPipeline for WanVideoToVideoPipeline<DefaultBackend> {
         residency: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &Default::default(), precision, residency, progress)
+        Self::load_with(dir, &thread_device(), precision, residency, progress)
     }
 }
 
@@ -348,7 +348,7 @@ impl FamilyPipeline for WanPipeline<DefaultBackend> {
         residency: TextEncoderResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &Default::default(), precision, residency, progress)
+        Self::load_with(dir, &thread_device(), precision, residency, progress)
     }
 }
 
@@ -390,7 +390,7 @@ where
         options: &GeneratorOptions,
         progress: &mut dyn ProgressSink,
     ) -> Result<Box<dyn DiffusionPipeline>, PipelineError> {
-        let device = Default::default();
+        let device = thread_device();
         let mut precision = Precision::for_device::<DefaultBackend>(&device);
         if let Some(vae) = options.vae_dtype {
             precision.vae = vae.into();
@@ -444,7 +444,7 @@ impl DiffusionPipeline for Helios {
         state: Option<&HeliosState>,
         want_state: bool,
     ) -> Result<(usize, Option<HeliosState>), PipelineError> {
-        self.post.ensure(req)?;
+        self.post.ensure(req, &thread_device())?;
         // Adapters are read (and checked) before anything heavy runs.
         let adapters = req
             .lora
@@ -459,7 +459,7 @@ impl DiffusionPipeline for Helios {
                 // transformer is loaded.
                 let encoder = PromptEncoder::<DefaultBackend>::load(
                     &self.dir,
-                    &Default::default(),
+                    &thread_device(),
                     self.precision.text_encoder,
                     &mut *ctx.progress,
                 )?;
@@ -492,7 +492,7 @@ fn with_loras<T>(
     if adapters.is_empty() {
         return f(pipe);
     }
-    let device = Default::default();
+    let device = thread_device();
     let transformer = pipe.transformer.clone();
     let (merged, originals) = super::lora::merge(
         transformer,
@@ -519,7 +519,7 @@ macro_rules! wan_family_generate {
                 sink: &mut dyn FrameSink,
             ) -> Result<usize, PipelineError> {
                 <$pipe as FamilyPipeline>::check_inputs(&self.dir, req)?;
-                self.post.ensure(req)?;
+                self.post.ensure(req, &thread_device())?;
                 if let Some(pipe) = &self.pipe {
                     let post = &self.post;
                     return Ok(post
@@ -529,7 +529,7 @@ macro_rules! wan_family_generate {
                 let embeds = {
                     let encoder = PromptEncoder::<DefaultBackend>::load(
                         &self.dir,
-                        &Default::default(),
+                        &thread_device(),
                         self.precision.text_encoder,
                         &mut *ctx.progress,
                     )?;

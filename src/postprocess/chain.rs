@@ -36,8 +36,11 @@ impl<B: Backend> PostprocessModels<B> {
     /// [`PipelineError::Unsupported`]: a model path is empty (the CLI / server fill it in) or
     /// the file is unreadable / not a RIFE 4.22 lite or Real-ESRGAN model, or the upscale
     /// factor is one the model cannot make.
-    pub fn ensure(&mut self, req: &GenerationRequest) -> Result<(), PipelineError> {
-        let device = B::Device::default();
+    pub fn ensure(
+        &mut self,
+        req: &GenerationRequest,
+        device: &B::Device,
+    ) -> Result<(), PipelineError> {
         if req.enable_frame_interpolation {
             let path = PathBuf::from(&req.frame_interpolation_model_path);
             if req.frame_interpolation_model_path.is_empty() {
@@ -46,7 +49,7 @@ impl<B: Backend> PostprocessModels<B> {
                 ));
             }
             if self.rife.as_ref().is_none_or(|(p, _)| *p != path) {
-                let net = IFNet::load(&path, &device)
+                let net = IFNet::load(&path, device)
                     .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
                 self.rife = Some((path, net));
             }
@@ -59,7 +62,7 @@ impl<B: Backend> PostprocessModels<B> {
                 ));
             }
             if self.upscaler.as_ref().is_none_or(|(p, _)| *p != path) {
-                let net = Upscaler::load(&path, &device)
+                let net = Upscaler::load(&path, device)
                     .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
                 self.upscaler = Some((path, net));
             }

@@ -45,6 +45,12 @@ pub enum ConfigError {
     /// `[store]` or `role` cannot be used.
     #[error("{0}")]
     Store(String),
+    /// `devices` / `--devices` that cannot be used (see [`ServeConfig::devices`]).
+    #[error("{0}")]
+    Devices(String),
+    /// `[outputs]` that cannot be used (see [`super::outputs::Outputs::open`]).
+    #[error("{0}")]
+    Outputs(String),
 }
 
 /// The file as written; every key optional.
@@ -95,6 +101,11 @@ pub struct ServeFile {
     /// `[store]`: where job records live (see [`super::store`]).
     #[serde(default)]
     pub store: super::store::StoreSection,
+    /// `[outputs]`: where finished videos and previews go (see [`super::outputs`]).
+    #[serde(default)]
+    pub outputs: super::outputs::OutputsConfig,
+    /// GPU indices, one worker each (cuda build only); the worker count is their number.
+    pub devices: Option<Vec<usize>>,
 }
 
 /// `[storage]`.
@@ -216,6 +227,11 @@ pub struct ServeConfig {
     pub role: super::store::Role,
     /// The resolved `[store]`.
     pub store: super::store::StoreConfig,
+    /// See [`ServeFile::outputs`].
+    pub outputs: super::outputs::OutputsConfig,
+    /// The GPU index of each worker (`--devices` > `devices`), `None` = the default device
+    /// for every worker. When set, `workers` is its length. Only the cuda build accepts it.
+    pub devices: Option<Vec<usize>>,
 }
 
 /// What the command line sets (each `None` = not given); the flags of `omni serve`.
@@ -266,6 +282,11 @@ pub struct ServeOverrides {
     /// in the config [default: `role` in the config, else all].
     #[arg(long, value_enum, value_name = "ROLE")]
     pub role: Option<super::store::Role>,
+    /// GPU indices, comma-separated (`0,1,2,3`): one worker per GPU, each with its own copy of
+    /// the model; the worker count is their number. cuda build only: on the CPU build use
+    /// --workers N [default: `devices` in the config, else one worker on GPU 0].
+    #[arg(long, value_name = "I,J,…", value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
 }
 
 impl ServeConfig {
@@ -293,6 +314,7 @@ impl ServeConfig {
             rife_model,
             upscale_model,
             role,
+            devices,
         } = flags;
         let ServeFile {
             host: f_host,
@@ -318,6 +340,8 @@ impl ServeConfig {
             mut postprocess,
             role: f_role,
             store,
+            outputs,
+            devices: f_devices,
         } = file;
         if rife_model.is_some() {
             postprocess.rife_model = rife_model;
@@ -345,6 +369,11 @@ impl ServeConfig {
         };
         let role = role.or(f_role).unwrap_or_default();
         let store = store.resolve(&storage, role).map_err(ConfigError::Store)?;
+        let devices = devices.or(f_devices);
+        let workers = match &devices {
+            None => workers,
+            Some(d) => check_devices(d, workers, cfg!(feature = "cuda"))?,
+        };
         Ok(Self {
             host: host.or(f_host).unwrap_or_else(|| "127.0.0.1".to_string()),
             port: port.or(f_port).unwrap_or(8000),
@@ -383,6 +412,8 @@ impl ServeConfig {
             postprocess,
             role,
             store,
+            outputs,
+            devices,
         })
     }
 
@@ -390,6 +421,40 @@ impl ServeConfig {
     pub fn serves(&self, name: &str) -> bool {
         name == self.served_model_name || self.aliases.iter().any(|a| a == name)
     }
+}
+
+/// The worker count `devices` gives: one per listed GPU. `workers` (already resolved, 1 when
+/// not given) must then be 1 or the same number; `cuda` is whether this build has a GPU backend.
+///
+/// # Errors
+/// [`ConfigError::Devices`]: any list on the CPU build (use `--workers N`), an empty list, a
+/// repeated index, more than 64, or a different `workers` count.
+fn check_devices(devices: &[usize], workers: usize, cuda: bool) -> Result<usize, ConfigError> {
+    let list = devices
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    if !cuda {
+        return Err(ConfigError::Devices(format!(
+            "--devices {list}: GPU workers need the cuda build (cargo build --release --features cuda); this CPU build runs N CPU workers with --workers N"
+        )));
+    }
+    let mut seen = devices.to_vec();
+    seen.sort_unstable();
+    seen.dedup();
+    if devices.is_empty() || seen.len() != devices.len() || devices.len() > 64 {
+        return Err(ConfigError::Devices(format!(
+            "--devices {list}: give 1 to 64 distinct GPU indices, e.g. --devices 0,1"
+        )));
+    }
+    if workers != 1 && workers != devices.len() {
+        return Err(ConfigError::Devices(format!(
+            "--devices {list} starts {} workers (one per GPU) but workers = {workers}; drop one of them",
+            devices.len()
+        )));
+    }
+    Ok(devices.len())
 }
 
 #[cfg(test)]
@@ -504,6 +569,53 @@ mod tests {
         )
         .unwrap();
         assert!(!c.keep_text_encoder);
+    }
+
+    #[test]
+    fn devices_need_the_cuda_build_and_distinct_indices() {
+        let flags = ServeOverrides {
+            devices: Some(vec![0, 1]),
+            ..Default::default()
+        };
+        let r = ServeConfig::resolve(flags, file("model = \"m\""), |_| None, folder);
+        if cfg!(feature = "cuda") {
+            assert_eq!(r.unwrap().workers, 2);
+        } else {
+            let err = r.unwrap_err().to_string();
+            assert!(err.contains("--workers N") && err.contains("0,1"), "{err}");
+        }
+        let from_file = ServeConfig::resolve(
+            Default::default(),
+            file("model = \"m\"\ndevices = [3]"),
+            |_| None,
+            folder,
+        );
+        assert_eq!(from_file.is_ok(), cfg!(feature = "cuda"));
+        assert_eq!(check_devices(&[2, 0, 1], 1, true).unwrap(), 3);
+        assert_eq!(check_devices(&[2, 0], 2, true).unwrap(), 2);
+        for (d, w) in [(&[][..], 1), (&[1, 1][..], 1), (&[0, 1][..], 3)] {
+            let err = check_devices(d, w, true).unwrap_err().to_string();
+            assert!(err.starts_with("--devices"), "{err}");
+        }
+    }
+
+    #[test]
+    fn outputs_section_parses() {
+        let c = ServeConfig::resolve(
+            Default::default(),
+            file(
+                "model = \"m\"\n[outputs]\nurl = \"s3://b/p\"\nendpoint = \"http://127.0.0.1:9\"\n\
+                 allow_http = true\nredirect = true\npresign_expiry_s = 60\n",
+            ),
+            |_| None,
+            folder,
+        )
+        .unwrap();
+        assert_eq!(c.outputs.url.as_deref(), Some("s3://b/p"));
+        assert_eq!(c.outputs.allow_http, Some(true));
+        assert!(c.outputs.redirect);
+        assert_eq!(c.outputs.presign_expiry_s, 60);
+        assert!(toml::from_str::<ServeFile>("[outputs]\nbucket = \"x\"").is_err());
     }
 
     #[test]

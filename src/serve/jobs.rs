@@ -9,12 +9,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::outputs::Outputs;
 use super::reference::RefKind;
 use crate::pipeline::progress::CancelToken;
 use crate::pipeline::request::GenerationRequest;
@@ -391,6 +392,8 @@ pub struct Jobs {
     failed_at_open: Mutex<Vec<String>>,
     /// The shared store (`[store] url = "postgres://…"`): the source of truth, `inner` unused.
     shared: Option<std::sync::Arc<super::postgres::PgStore>>,
+    /// Where finished files are published (see [`Jobs::outputs`]).
+    outputs: Arc<Outputs>,
 }
 
 struct Inner {
@@ -408,11 +411,18 @@ impl Jobs {
     /// # Errors
     /// The storage folder cannot be created.
     pub fn open(storage: &Path, max_attempts: u32) -> std::io::Result<(Self, Vec<String>)> {
-        Self::open_file(storage, storage, max_attempts)
+        Self::open_file(
+            storage,
+            storage,
+            max_attempts,
+            Arc::new(Outputs::folder(storage)),
+        )
     }
 
-    /// [`Jobs::open`] with the records under `<records>/jobs` (`[store] url = "file:///…"`) and
-    /// the job files in `storage`.
+    /// [`Jobs::open`] with the records under `<records>/jobs` (`[store] url = "file:///…"`), the
+    /// job files in `storage` and finished files published to `outputs` ([`super::outputs`]). A
+    /// completed job whose video is missing is failed with `file_missing` only when `outputs`
+    /// is a folder (an object store is not listed at start-up: a missing object is a 404).
     ///
     /// # Errors
     /// Either folder cannot be created.
@@ -420,6 +430,7 @@ impl Jobs {
         storage: &Path,
         records: &Path,
         max_attempts: u32,
+        outputs: Arc<Outputs>,
     ) -> std::io::Result<(Self, Vec<String>)> {
         std::fs::create_dir_all(storage)?;
         let store = JsonDirStore::open(records)?;
@@ -432,10 +443,11 @@ impl Jobs {
         for mut rec in recs {
             next_seq = next_seq.max(rec.seq + 1);
             if rec.status == Status::Completed
+                && let Some(dir) = outputs.local_dir()
                 && !rec
                     .file_name
                     .as_ref()
-                    .is_some_and(|f| storage.join(f).is_file())
+                    .is_some_and(|f| dir.join(f).is_file())
             {
                 rec.status = Status::Failed;
                 rec.error = Some(JobError {
@@ -478,6 +490,7 @@ impl Jobs {
                 on_terminal: std::sync::OnceLock::new(),
                 failed_at_open: Mutex::new(failed_at_open),
                 shared: None,
+                outputs,
             },
             resume,
         ))
@@ -491,6 +504,7 @@ impl Jobs {
     pub fn open_shared(
         storage: &Path,
         pg: std::sync::Arc<super::postgres::PgStore>,
+        outputs: Arc<Outputs>,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(storage)?;
         Ok(Self {
@@ -503,6 +517,7 @@ impl Jobs {
             on_terminal: std::sync::OnceLock::new(),
             failed_at_open: Mutex::default(),
             shared: Some(pg),
+            outputs,
         })
     }
 
@@ -708,7 +723,13 @@ impl Jobs {
             ] {
                 let _ = std::fs::remove_file(p);
             }
+            self.outputs.remove(id);
         }
+    }
+
+    /// Where finished files are published and read back from.
+    pub fn outputs(&self) -> &Arc<Outputs> {
+        &self.outputs
     }
 
     /// `<storage>/<id>.fmp4`: the fragmented MP4 a finished video streams from

@@ -14,7 +14,7 @@
 //! | `omni_denoising_step_seconds` | histogram | | wall time of one transformer denoising step (all stages, all chunks) |
 //! | `omni_frames_generated_total` | counter | | frames of completed jobs |
 //! | `omni_video_seconds_generated_total` | counter | | seconds of video of completed jobs (frames / fps) |
-//! | `omni_worker_ready` | gauge | `worker` | 1 once the worker's model is loaded |
+//! | `omni_worker_ready` | gauge | `worker` (the index `0`, `1`…; the GPU `cuda:<i>` with `--devices`) | 1 once the worker's model is loaded |
 //! | `omni_worker_busy` | gauge | `worker` | 1 while the worker runs a job |
 //! | `omni_worker_peak_memory_bytes` | gauge | `worker`, `memory` (`device` on CUDA, `host` = peak RSS on CPU) | the largest memory in use seen at the end of a job |
 //! | `omni_http_requests_total` | counter | `route` (the route table's path template, or `unmatched`), `method`, `status` | HTTP requests answered |

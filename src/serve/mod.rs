@@ -17,6 +17,7 @@ pub mod lora;
 pub mod metrics;
 pub mod models;
 pub mod openapi;
+pub mod outputs;
 pub mod postgres;
 pub mod postprocess;
 pub mod previews;
@@ -96,9 +97,12 @@ pub async fn serve(
         path: cfg.storage.display().to_string(),
         source,
     };
+    let outputs =
+        Arc::new(outputs::Outputs::open(&cfg.outputs, &cfg.storage).map_err(ServeError::Config)?);
+    tracing::info!("outputs: {}", outputs.describe);
     let (jobs, resume) = match &cfg.store.url {
         store::StoreUrl::File(records) => {
-            jobs::Jobs::open_file(&cfg.storage, records, cfg.limits.max_attempts)
+            jobs::Jobs::open_file(&cfg.storage, records, cfg.limits.max_attempts, outputs)
                 .map_err(storage_err)?
         }
         store::StoreUrl::Postgres(url) => {
@@ -114,7 +118,8 @@ pub async fn serve(
             )
             .await
             .map_err(ServeError::Config)?;
-            let jobs = jobs::Jobs::open_shared(&cfg.storage, pg).map_err(storage_err)?;
+            let jobs =
+                jobs::Jobs::open_shared(&cfg.storage, pg, outputs).map_err(storage_err)?;
             (jobs, Vec::new())
         }
     };
@@ -147,6 +152,7 @@ pub async fn serve(
             },
             vae_dtype: None,
         },
+        devices: cfg.devices.clone(),
     };
     let streams = Arc::new(stream::LiveStreams::default());
     let workers = if cfg.role.runs_jobs() { cfg.workers } else { 0 };

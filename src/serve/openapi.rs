@@ -174,6 +174,8 @@ fn operation(path: &str, method: &str) -> Option<Value> {
                 {"name": "Range", "in": "header", "schema": {"type": "string"}, "description": "bytes=a-b, bytes=a- or bytes=-n (video only)"}],
             "responses": {"200": binary(&["video/mp4", "image/webp", "image/jpeg"]),
                           "206": binary(&["video/mp4"]), "400": err("Unknown variant"),
+                          "302": {"description": "[outputs] redirect = true: Location is a presigned URL of the file in the object store",
+                                  "headers": {"Location": {"schema": {"type": "string"}}}},
                           "404": err("Unknown id or not finished"),
                           "416": err("Range not satisfiable (Content-Range: bytes */length)"),
                           "422": err("The job failed")}}),

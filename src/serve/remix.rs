@@ -142,8 +142,12 @@ async fn from_video(state: &State, req: Request<Incoming>, verb: &str) -> Result
                             ),
                         ));
                     }
-                    let bytes = tokio::fs::read(state.jobs.video_path(id))
+                    let bytes = state
+                        .jobs
+                        .outputs()
+                        .read(id, super::outputs::OutputFile::Video)
                         .await
+                        .map(Vec::from)
                         .map_err(|_| {
                             ApiError::invalid(
                                 "video",

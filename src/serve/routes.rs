@@ -20,6 +20,7 @@ use super::error::ApiError;
 use super::jobs::{Admission, JobKind, JobRecord, Jobs, Status, new_id, now, valid_id};
 use super::metrics::{self, HttpLabels, METRICS, RouteLabels};
 use super::openapi;
+use super::outputs::{FetchError, OutputFile};
 use super::reference;
 use super::stream::{self as live, LiveStreams};
 use super::worker::{Job, Worker};
@@ -392,11 +393,43 @@ async fn admit_body(state: &State, req: Request<Incoming>) -> Result<Admitted, A
 }
 
 /// A generated file as base64 (`b64_json` answers).
-async fn file_base64(path: std::path::PathBuf, what: &str) -> Result<String, ApiError> {
-    let bytes = tokio::fs::read(path)
+async fn file_base64(
+    state: &State,
+    id: &str,
+    file: OutputFile,
+    what: &str,
+) -> Result<String, ApiError> {
+    let bytes = state
+        .jobs
+        .outputs()
+        .read(id, file)
         .await
         .map_err(|_| ApiError::Internal(format!("the generated {what} is missing")))?;
     Ok(base64(&bytes))
+}
+
+/// With `[outputs] redirect = true`: a 302 to a presigned URL of the file; `None` otherwise.
+async fn redirect_to(state: &State, id: &str, file: OutputFile) -> Option<Result<Resp, ApiError>> {
+    let url = state.jobs.outputs().presigned(id, file).await?;
+    Some(match url {
+        Ok(url) => {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::FOUND;
+            match HeaderValue::from_str(&url) {
+                Ok(v) => {
+                    r.headers_mut().insert(header::LOCATION, v);
+                    Ok(r)
+                }
+                Err(_) => Err(ApiError::Internal(
+                    "the presigned URL is not a header value".into(),
+                )),
+            }
+        }
+        Err(e) => {
+            tracing::error!("presigning {id}{}: {e}", file.suffix());
+            Err(ApiError::Internal("could not sign a download URL".into()))
+        }
+    })
 }
 
 pub(super) fn admit_fields(state: &State, fields: &body::Fields) -> Result<Admitted, ApiError> {
@@ -788,17 +821,23 @@ async fn content(state: &State, id: &str, req: &Request<Incoming>) -> Result<Res
         ));
     }
     let rec = lookup(state, id)?;
-    let (path, ct) = match variant {
+    let (file, ct) = match variant {
         Variant::Video if stream => return stream_video(state, &rec, req).await,
         Variant::Video => return serve_video(state, &rec, req).await,
-        Variant::Thumbnail => (state.jobs.thumbnail_path(id), "image/webp"),
-        Variant::Spritesheet => (state.jobs.spritesheet_path(id), "image/jpeg"),
+        Variant::Thumbnail => (OutputFile::Thumbnail, "image/webp"),
+        Variant::Spritesheet => (OutputFile::Spritesheet, "image/jpeg"),
     };
     ready(&rec)?;
-    let bytes = tokio::fs::read(path)
+    if let Some(r) = redirect_to(state, id, file).await {
+        return r;
+    }
+    let bytes = state
+        .jobs
+        .outputs()
+        .read(id, file)
         .await
         .map_err(|_| ApiError::NotFound(format!("No {variant:?} image for '{id}'")))?;
-    Ok(bytes_response(bytes, ct))
+    Ok(bytes_response(bytes.into(), ct))
 }
 
 /// `stream`: `true`/`false` (JSON boolean, or the strings of a form or query); absent = false.
@@ -912,7 +951,12 @@ fn read_state(state: &State, v: &Value) -> Result<(String, Vec<u8>, HeliosState)
     {
         return Err(unknown());
     }
-    let bytes = std::fs::read(state.jobs.state_path(blob)).map_err(|_| unknown())?;
+    let bytes: Vec<u8> = state
+        .jobs
+        .outputs()
+        .read_blocking(blob, OutputFile::State)
+        .map_err(|_| unknown())?
+        .into();
     let st = HeliosState::from_bytes(&bytes).map_err(|e| incompatible(e.to_string()))?;
     let class = crate::pipeline::generator::pipeline_entry(&state.cfg.model)
         .map(|e| e.class_name)
@@ -1037,9 +1081,9 @@ async fn finished_stream(
     req: &Request<Incoming>,
 ) -> Result<Resp, ApiError> {
     let id = rec.id.as_str();
-    match tokio::fs::read(state.jobs.fmp4_path(id)).await {
+    match state.jobs.outputs().read(id, OutputFile::Fmp4).await {
         Ok(bytes) => {
-            let stream = live::LiveStream::completed(bytes);
+            let stream = live::LiveStream::completed(bytes.into());
             let body = live::body(stream, state.jobs.clone(), id, None);
             Ok(streamed_response(body, id))
         }
@@ -1071,23 +1115,41 @@ async fn serve_video(
 ) -> Result<Resp, ApiError> {
     let id = rec.id.as_str();
     ready(rec)?;
-    let bytes = tokio::fs::read(state.jobs.video_path(id))
-        .await
-        .map_err(|_| ApiError::NotFound("Generated video file not found on disk".into()))?;
-    let len = bytes.len() as u64;
+    if let Some(r) = redirect_to(state, id, OutputFile::Video).await {
+        return r;
+    }
     let range = req
         .headers()
         .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|h| parse_range(h, len));
-    let (status, body, content_range) = match range {
-        None => (StatusCode::OK, Bytes::from(bytes), None),
-        Some(Ok((a, b))) => (
+        .and_then(|v| v.to_str().ok());
+    let fetched = state
+        .jobs
+        .outputs()
+        .fetch(id, OutputFile::Video, |len| {
+            range.and_then(|h| parse_range(h, len))
+        })
+        .await
+        .map_err(|e| match e {
+            FetchError::NotFound => {
+                ApiError::NotFound("Generated video file not found on disk".into())
+            }
+            FetchError::Unsatisfiable(len) => ApiError::RangeNotSatisfiable(len),
+            FetchError::Backend(e) => {
+                tracing::error!(
+                    "reading {id}.mp4 from {}: {e}",
+                    state.jobs.outputs().describe
+                );
+                ApiError::Unavailable("the output store did not answer; retry".into())
+            }
+        })?;
+    let len = fetched.len;
+    let (status, body, content_range) = match fetched.range {
+        None => (StatusCode::OK, fetched.bytes, None),
+        Some((a, b)) => (
             StatusCode::PARTIAL_CONTENT,
-            Bytes::from(bytes).slice(a as usize..=b as usize),
+            fetched.bytes,
             Some(format!("bytes {a}-{b}/{len}")),
         ),
-        Some(Err(())) => return Err(ApiError::RangeNotSatisfiable(len)),
     };
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
@@ -1165,7 +1227,7 @@ async fn localai_video(state: &State, req: Request<Incoming>) -> Result<Resp, Ap
     let job = new_job(state, admitted, false, JobKind::Video).await?;
     let rec = run_blocking(state, job).await?;
     let item = if b64 {
-        let b64 = file_base64(state.jobs.video_path(&rec.id), "file").await?;
+        let b64 = file_base64(state, &rec.id, OutputFile::Video, "file").await?;
         json!({"index": 0, "b64_json": b64})
     } else {
         json!({"index": 0, "url": format!("{base}/generated-videos/{}.mp4", rec.id)})
@@ -1209,7 +1271,7 @@ async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp
     let job = new_job(state, admitted, false, JobKind::Image).await?;
     let rec = run_blocking(state, job).await?;
     let item = if b64 {
-        let b64 = file_base64(state.jobs.image_path(&rec.id), "image").await?;
+        let b64 = file_base64(state, &rec.id, OutputFile::Image, "image").await?;
         json!({"b64_json": b64, "revised_prompt": prompt})
     } else {
         json!({"url": format!("{base}/v1/images/{}/content", rec.id), "revised_prompt": prompt})
@@ -1223,10 +1285,13 @@ async fn image_generations(state: &State, req: Request<Incoming>) -> Result<Resp
 async fn image_content(state: &State, id: &str) -> Result<Resp, ApiError> {
     let rec = lookup_kind(state, id, JobKind::Image)?;
     ready(&rec)?;
-    let bytes = tokio::fs::read(state.jobs.image_path(id))
+    let bytes = state
+        .jobs
+        .outputs()
+        .read(id, OutputFile::Image)
         .await
         .map_err(|_| ApiError::NotFound(format!("No image file for '{id}'")))?;
-    Ok(bytes_response(bytes, "image/png"))
+    Ok(bytes_response(bytes.into(), "image/png"))
 }
 
 /// Standard base64 with padding (RFC 4648), as OpenAI's `b64_json`.
@@ -1350,7 +1415,10 @@ async fn sync(state: &State, req: Request<Incoming>) -> Result<Resp, ApiError> {
             )));
         }
     }
-    let bytes = tokio::fs::read(state.jobs.video_path(&id))
+    let bytes = state
+        .jobs
+        .outputs()
+        .read(&id, OutputFile::Video)
         .await
         .map_err(|_| ApiError::Internal("the generated file is missing".into()))?;
     let mut r = Response::new(full(bytes));

@@ -1,7 +1,9 @@
 //! The worker threads that own the pipeline: each loads its own copy of the model once, then
 //! they take jobs in FIFO order from one channel (the first free worker takes the next job),
 //! writing progress and results into the job table. `workers = N` (`--workers N`) starts N of
-//! them; one is the default.
+//! them; one is the default. `devices = [i, j, …]` (`--devices i,j`, cuda build) starts one per
+//! GPU, each thread bound to its device with
+//! [`set_thread_device`](crate::pipeline::backend::set_thread_device) before it loads the model.
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -14,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::jobs::{JobError, JobKind, Jobs, Status, now};
 use super::metrics::{METRICS, MemoryLabels, WorkerLabels};
+use super::outputs::OutputFile;
 use super::previews::PreviewCollector;
 use super::reference::decode_kind;
 use super::stream::{LiveStreams, LiveWriter};
@@ -44,6 +47,8 @@ pub struct Worker {
 /// What one worker thread shows of itself.
 #[derive(Default)]
 pub struct Slot {
+    /// Its `worker` label: the index (`"0"`), or its GPU (`"cuda:2"`) with `devices`.
+    name: String,
     ready: AtomicBool,
     /// The id of the job it runs now.
     job: Mutex<Option<String>>,
@@ -52,7 +57,8 @@ pub struct Slot {
 /// One worker's state, as `/v1/models` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WorkerState {
-    /// `"0"`, `"1"`, …: the `worker` label of the metrics.
+    /// `"0"`, `"1"`, … (or `"cuda:0"`, `"cuda:3"`, … with `--devices`): the `worker` label of
+    /// the metrics.
     pub worker: String,
     /// Its model is loaded.
     pub ready: bool,
@@ -67,6 +73,8 @@ pub struct WorkerModel {
     /// Load policy ([`LoadPolicy::KeepAll`](crate::pipeline::generator::LoadPolicy::KeepAll), or [`LoadPolicy::TextEncoderPerRequest`](crate::pipeline::generator::LoadPolicy::TextEncoderPerRequest) with
     /// `keep_text_encoder = false`).
     pub options: GeneratorOptions,
+    /// The GPU of each worker (`--devices`); `None` = every worker on the default device.
+    pub devices: Option<Vec<usize>>,
 }
 
 impl Worker {
@@ -88,7 +96,24 @@ impl Worker {
             let _ = tx.send(Job { id, done: None });
         }
         let rx = Arc::new(Mutex::new(rx));
-        let slots: Arc<Vec<Slot>> = Arc::new((0..count).map(|_| Slot::default()).collect());
+        // `--role api` runs no worker (count 0); `--devices` gives one worker per device.
+        let count = match count {
+            0 => 0,
+            c => model.devices.as_ref().map_or(c, Vec::len),
+        };
+        let devices = model.devices.clone();
+        let device = |i: usize| devices.as_ref().and_then(|d| d.get(i).copied());
+        let slots: Arc<Vec<Slot>> = Arc::new(
+            (0..count)
+                .map(|i| Slot {
+                    name: match device(i) {
+                        Some(d) => format!("cuda:{d}"),
+                        None => i.to_string(),
+                    },
+                    ..Slot::default()
+                })
+                .collect(),
+        );
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let loaded_tx = match count {
             0 => {
@@ -106,6 +131,7 @@ impl Worker {
             let me = Me {
                 index,
                 slots: slots.clone(),
+                device: device(index),
             };
             let (model, jobs, streams, rx, loaded) = (
                 model.clone(),
@@ -131,9 +157,8 @@ impl Worker {
     pub fn states(&self) -> Vec<WorkerState> {
         self.slots
             .iter()
-            .enumerate()
-            .map(|(i, s)| WorkerState {
-                worker: i.to_string(),
+            .map(|s| WorkerState {
+                worker: s.name.clone(),
                 ready: s.ready.load(Ordering::SeqCst),
                 job: s.job.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             })
@@ -185,6 +210,8 @@ struct Loaded {
 struct Me {
     index: usize,
     slots: Arc<Vec<Slot>>,
+    /// Its GPU (`--devices`).
+    device: Option<usize>,
 }
 
 impl Me {
@@ -195,7 +222,7 @@ impl Me {
     /// The `worker` label of the metrics.
     fn label(&self) -> WorkerLabels {
         WorkerLabels {
-            worker: self.index.to_string(),
+            worker: self.slot().name.clone(),
         }
     }
 }
@@ -218,6 +245,11 @@ fn run(
             let _ = tx.send(outcome);
         }
     };
+    if let Some(d) = me.device
+        && let Err(e) = crate::pipeline::backend::set_thread_device(d)
+    {
+        return report(Err(e));
+    }
     let mut generator = match Generator::open(&model.dir, model.options, &mut NoProgress) {
         Ok(g) => g,
         Err(e) => {
@@ -225,8 +257,9 @@ fn run(
         }
     };
     tracing::info!(
-        "worker {}: model loaded in {:.1} s",
+        "worker {} ({}): model loaded in {:.1} s",
         me.index,
+        crate::pipeline::backend::thread_device_label(),
         started.elapsed().as_secs_f64()
     );
     me.slot().ready.store(true, Ordering::SeqCst);
@@ -523,6 +556,9 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
             if let (true, Some(live)) = (ok, &live) {
                 if let Err(e) = std::fs::write(jobs.fmp4_path(id), live.contents()) {
                     tracing::error!("job {id}: writing its fragmented MP4: {e}");
+                } else if let Err(e) = jobs.outputs().publish_blocking(id, &[OutputFile::Fmp4]) {
+                    // Readers fall back to the MP4.
+                    tracing::error!("job {id}: publishing its fragmented MP4: {e}");
                 }
                 streams.remove(id);
             }
@@ -606,13 +642,32 @@ fn complete(
         let message = "could not write the preview images";
         return fail(jobs, id, "internal_error", message.into());
     }
+    // Staging → `[outputs]` (an upload for s3://) before anyone can see `completed`.
+    let published = [
+        OutputFile::Video,
+        OutputFile::Thumbnail,
+        OutputFile::Spritesheet,
+        OutputFile::Image,
+        OutputFile::State,
+    ];
+    let upload = Instant::now();
+    if let Err(e) = jobs.outputs().publish_blocking(id, &published) {
+        tracing::error!("job {id}: publishing to {}: {e}", jobs.outputs().describe);
+        jobs.remove_files(id);
+        let message = "could not store the video in the output store";
+        return fail(jobs, id, "internal_error", message.into());
+    }
+    let upload_s = upload.elapsed().as_secs_f64();
     let secs = started.elapsed().as_secs_f64();
     let ms = |s: f64| (s * 1000.0).round() / 1000.0;
-    let stage_durations = progress
+    let mut stage_durations: std::collections::BTreeMap<String, f64> = progress
         .durations
         .iter()
         .map(|(k, v)| (k.clone(), ms(*v)))
         .collect();
+    if jobs.outputs().local_dir() != Some(jobs.storage.as_path()) {
+        stage_durations.insert("publish".into(), ms(upload_s));
+    }
     // GPU memory in use when the job ran on CUDA, else the process's peak RSS.
     let peak = match progress.peak_device {
         Some(m) => Some((m.bytes_in_use, "device")),
