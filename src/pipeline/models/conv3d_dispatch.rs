@@ -194,7 +194,9 @@ mod tests {
     /// N(0, 1) values, up to ~40: a few f32 roundings apart in another order).
     #[test]
     fn shifted_conv3d_matches_burn_conv3d() {
-        let cases: [([usize; 5], [usize; 5], [usize; 3], bool); 5] = [
+        // (input shape, weight shape, padding, with bias)
+        type Case = ([usize; 5], [usize; 5], [usize; 3], bool);
+        let cases: [Case; 5] = [
             ([1, 5, 3, 7, 9], [4, 5, 3, 3, 3], [0, 1, 1], true),
             ([2, 3, 4, 40, 70], [6, 3, 3, 3, 3], [0, 1, 1], true),
             ([1, 4, 5, 6, 5], [3, 4, 3, 1, 1], [0, 0, 0], true),
