@@ -1,8 +1,9 @@
 //! `omni serve` with Wan image-to-video and video-to-video checkpoints over a real socket:
 //! `input_reference` as an image (data URL) on the tiny I2V checkpoint, and as an MP4 (with
 //! `extra_params.strength`) on the tiny V2V checkpoint, each make an MP4 that ffprobe accepts;
-//! LocalAI's `end_image` (not served yet, even for FLF2V) is a 400 naming it, and `strength`
-//! sent to the I2V checkpoint is a 400 naming it.
+//! LocalAI's `end_image` (not served yet, even for FLF2V), `strength` sent to the I2V
+//! checkpoint, no reference for I2V / V2V, and a reference for the T2V checkpoint are each a 400
+//! naming the field.
 
 mod common;
 
@@ -163,6 +164,16 @@ fn input_reference_video_makes_a_v2v_mp4() {
     let p = probe(&path);
     assert_eq!(p["streams"][0]["nb_read_frames"], "9");
     assert_eq!(p["streams"][0]["width"], 48);
+    // No video: a 400 naming the reference field, before any job.
+    let base = json!({"prompt": "p", "size": "48x32", "num_frames": 9});
+    assert_400_naming(&s, base.clone(), "input_reference");
+    drop(s);
+    // A text-to-video checkpoint takes no reference: a 400 naming the field it came in.
+    let storage = tempfile::tempdir().unwrap();
+    let t2v = Server::start(&fixture("tiny-wan2.1-t2v"), storage.path());
+    let mut b = base;
+    b["input_reference"] = json!(png_data_url());
+    assert_400_naming(&t2v, b, "input_reference");
 }
 
 #[test]
@@ -195,6 +206,12 @@ fn input_reference_image_makes_an_i2v_mp4_and_end_image_is_a_400() {
     assert_eq!(probe["streams"][0]["nb_read_frames"], "9");
     assert_eq!(probe["streams"][0]["width"], 48);
     assert_eq!(probe["streams"][0]["height"], 32);
+    // No image: a 400 naming the reference field, before any job.
+    assert_400_naming(
+        &s,
+        json!({"prompt": "p", "size": "48x32", "num_frames": 5}),
+        "input_reference",
+    );
     // LocalAI first/last frame: not served yet, a 400 naming `end_image`, never dropped.
     assert_400_naming(
         &s,

@@ -303,6 +303,39 @@ struct BodyLayers {
     aliases: Vec<(&'static str, &'static str)>,
 }
 
+/// A Wan checkpoint's pipeline class says whether it takes a reference: image-to-video and
+/// video-to-video need one, text-to-video takes none (Helios takes either or none). A mismatch is
+/// a 400 naming the reference field, before a job exists.
+///
+/// # Errors
+/// 400 naming `input_reference` (missing) or the field the reference came in (not taken).
+fn check_reference_fits(
+    defaults: &ModelDefaults,
+    reference: Option<&RawReference>,
+) -> Result<(), ApiError> {
+    use crate::pipeline::pipelines::{pipeline_wan, pipeline_wan_i2v, pipeline_wan_video2video};
+    let class = defaults.pipeline_class.as_str();
+    let needs = match class {
+        pipeline_wan_i2v::CLASS_NAME => Some("an image"),
+        pipeline_wan_video2video::CLASS_NAME => Some("an H.264 MP4 video"),
+        _ => None,
+    };
+    match (reference, needs) {
+        (None, Some(what)) => Err(ApiError::invalid(
+            "input_reference",
+            format!("this {class} checkpoint needs {what} as `input_reference`"),
+        )),
+        (Some(r), None) if class == pipeline_wan::CLASS_NAME => Err(ApiError::invalid(
+            &r.param,
+            format!(
+                "`{}`: a text-to-video WanPipeline checkpoint takes no image or video reference",
+                r.param
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Validate `fields` and resolve them, once, over the lower layers and the checkpoint.
 ///
 /// # Errors
@@ -310,6 +343,7 @@ struct BodyLayers {
 pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiError> {
     let body = CreateVideoBody::from_fields(fields)?;
     let reference = reference::extract(fields, cx.max_upload_bytes)?;
+    check_reference_fits(cx.defaults, reference.as_ref())?;
     let BodyLayers {
         model,
         seconds,
