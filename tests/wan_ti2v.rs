@@ -272,7 +272,10 @@ fn one_expert_residency_gives_identical_frames() {
     use omni::pipeline::pipelines::pipeline_wan::{ExpertResidency, offload_experts_auto};
     // The auto rule: offload when free memory cannot hold the second expert + 20 %.
     let gib = 1u64 << 30;
-    assert!(!offload_experts_auto(None, 0, 27 * gib), "CPU: both resident");
+    assert!(
+        !offload_experts_auto(None, 0, 27 * gib),
+        "CPU: both resident"
+    );
     // A14B in bf16 (26.6 GiB per expert) with the first expert loaded: a 48 GiB card offloads,
     // an 80 GiB one keeps both (52 GiB free ≥ 32.4 GiB).
     assert!(offload_experts_auto(Some(48 * gib), 28 * gib, 27 * gib));
@@ -324,15 +327,27 @@ fn one_expert_residency_gives_identical_frames() {
                     .collect::<Vec<f32>>(),
             );
         }
-        (pipe.offloads_experts(), loaded, pipe.resident_experts(), frames)
+        (
+            pipe.offloads_experts(),
+            loaded,
+            pipe.resident_experts(),
+            frames,
+        )
     };
     let (off, loaded_off, after_off, frames_off) = run(ExpertResidency::Off);
-    assert_eq!((off, loaded_off, after_off), (false, vec![0, 1], vec![0, 1]));
+    assert_eq!(
+        (off, loaded_off, after_off),
+        (false, vec![0, 1], vec![0, 1])
+    );
     let (on, loaded_on, after_on, frames_on) = run(ExpertResidency::On);
     // Only the high-noise expert at load; only the low-noise one after a run (steps t < 875).
     assert_eq!((on, loaded_on, after_on), (true, vec![0], vec![1]));
     let (auto, loaded_auto, _, _) = run(ExpertResidency::Auto);
-    assert_eq!((auto, loaded_auto), (false, vec![0, 1]), "CPU: both resident");
+    assert_eq!(
+        (auto, loaded_auto),
+        (false, vec![0, 1]),
+        "CPU: both resident"
+    );
     assert_eq!(frames_on, frames_off, "residency changed the output");
     assert_eq!(frames_on[0], frames_on[1]);
     // And it is diffusers' run.

@@ -211,7 +211,9 @@ fn wan_dit(common: &Common, scale: WanDitScale, wan: &WanDitArgs) -> anyhow::Res
     }
     let multiple = scale.vae_scale_spatial() * 2;
     if width == 0 || height == 0 || width % multiple != 0 || height % multiple != 0 {
-        anyhow::bail!("--size {width}x{height}: width and height must be positive multiples of {multiple} pixels for this model");
+        anyhow::bail!(
+            "--size {width}x{height}: width and height must be positive multiples of {multiple} pixels for this model"
+        );
     }
     let opts = WanDitOptions {
         scale,
@@ -219,9 +221,11 @@ fn wan_dit(common: &Common, scale: WanDitScale, wan: &WanDitArgs) -> anyhow::Res
         width,
         height,
         num_frames: wan.num_frames.unwrap_or(frames),
-        layers: wan
-            .layers
-            .or(if cfg!(feature = "cuda") { None } else { Some(1) }),
+        layers: wan.layers.or(if cfg!(feature = "cuda") {
+            None
+        } else {
+            Some(1)
+        }),
         warmup: common.warmup,
         iters: common.iters,
     };
@@ -255,7 +259,9 @@ fn wan_dit(common: &Common, scale: WanDitScale, wan: &WanDitArgs) -> anyhow::Res
             r.layers, r.model_layers
         );
     }
-    println!("latent(CxTxHxW)  tokens  layers  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU  ms(full model est.)");
+    println!(
+        "latent(CxTxHxW)  tokens  layers  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU  ms(full model est.)"
+    );
     println!(
         "{c}x{t}x{h}x{w:<8}  {:>6}  {:>6}  {mean:>8.1}  {min:>7.1}  {:>5.2}  {tflops:>7.3}  {:>4.1}%  {:>10.1}",
         r.tokens,

@@ -23,8 +23,8 @@ use crate::pipeline::models::transformer_helios::{
     HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs, RotaryEmbedding,
     apply_rotary_emb_transposed, fp32_layer_norm,
 };
-use crate::pipeline::models::umt5::{UMT5Config, UMT5EncoderModel};
 use crate::pipeline::models::transformer_wan::WanTransformer3DModelConfig;
+use crate::pipeline::models::umt5::{UMT5Config, UMT5EncoderModel};
 use crate::pipeline::noise::SeededNoise;
 use crate::pipeline::pipelines::pipeline_helios_pyramid::{
     DenoiseParts, FrameSink, PipelineError, PipelineScheduler, RunContext, Variant, VideoFrames,

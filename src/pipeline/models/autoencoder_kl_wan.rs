@@ -273,7 +273,7 @@ impl AutoencoderKLWanConfig {
             return Err("patch_size = 0".into());
         }
         let p2 = self.patch() * self.patch();
-        if self.in_channels % p2 != 0 || self.out_channels % p2 != 0 {
+        if !self.in_channels.is_multiple_of(p2) || !self.out_channels.is_multiple_of(p2) {
             return Err(format!(
                 "in_channels ({}) and out_channels ({}) must be multiples of patch_size² ({p2})",
                 self.in_channels, self.out_channels
@@ -771,7 +771,11 @@ impl AvgDown3D {
         let t = x.dims()[2];
         // pad_t = (factor_t - T % factor_t) % factor_t zero frames in front
         let pad_t = (ft - t % ft) % ft;
-        let x = if pad_t > 0 { zero_pad(x, 2, pad_t, 0) } else { x };
+        let x = if pad_t > 0 {
+            zero_pad(x, 2, pad_t, 0)
+        } else {
+            x
+        };
         let [b, c, t, h, w] = x.dims();
         let (t2, h2, w2) = (t / ft, h / fs, w / fs);
         // view(B, C, T/ft, ft, H/fs, fs, W/fs, fs).permute(0, 1, 3, 5, 7, 2, 4, 6)
@@ -1555,9 +1559,9 @@ impl<B: Backend> AutoencoderKLWan<B> {
         let mut cache = WanDecoderCache::default();
         let mut next = 0;
         for i in 0..num_frames {
-            let frames = self
-                .decoder
-                .forward_stoppable(x.clone().narrow(2, i, 1), &mut cache, stop)?;
+            let frames =
+                self.decoder
+                    .forward_stoppable(x.clone().narrow(2, i, 1), &mut cache, stop)?;
             // Wan2.2: `unpatchify` (per frame, as it acts on each frame alone), then the clamp.
             let frames = unpatchify(frames, self.config.patch()).clamp(-1.0, 1.0);
             let n = frames.dims()[2];

@@ -7,7 +7,8 @@
 //! temporal compression, so height and width must be multiples of 16 · 2 = 32).
 //!
 //! Steps, numbered as in `__call__`:
-//! 1. check inputs ([`crate::pipeline::request::resolve`] already did: sizes multiple of 16,
+//! 1. check inputs ([`crate::pipeline::request::resolve`] already did: sizes multiple of 16 (32
+//!    with the Wan2.2 VAE: [`ModelDefaults::size_multiple`]),
 //!    `num_frames` rounded to `4k + 1`, `guidance_scale_2` defaulting to `guidance_scale`);
 //! 3. encode the prompt and, when `guidance_scale > 1`, the negative prompt (UMT5, padded to
 //!    `max_sequence_length`: [`PromptEncoder`], shared with Helios);
@@ -44,11 +45,11 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 
+use crate::pipeline::backend::{device_memory, device_total_memory};
 use crate::pipeline::checkpoint::{LoadError, component_dir, read_config};
 use crate::pipeline::error::PipelineError;
 use crate::pipeline::guidance::Guidance;
 use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
-use crate::pipeline::backend::{device_memory, device_total_memory};
 use crate::pipeline::models::transformer_wan::{
     WanContext, WanTransformer3DModel, WanTransformer3DModelConfig,
 };
@@ -429,8 +430,8 @@ impl<B: Backend> WanPipeline<B> {
                 ExpertResidency::Off => false,
                 ExpertResidency::Auto => {
                     let _ = B::sync(device);
-                    let expert_bytes = transformer.num_params() as u64
-                        * precision.transformer.size() as u64;
+                    let expert_bytes =
+                        transformer.num_params() as u64 * precision.transformer.size() as u64;
                     let in_use = device_memory::<B>(device).map_or(0, |m| m.bytes_reserved);
                     offload_experts_auto(device_total_memory::<B>(device), in_use, expert_bytes)
                 }
@@ -446,7 +447,10 @@ impl<B: Backend> WanPipeline<B> {
             })?),
             false => None,
         };
-        if transformer_2.as_ref().is_some_and(|t| t.takes_image_embeds()) {
+        if transformer_2
+            .as_ref()
+            .is_some_and(|t| t.takes_image_embeds())
+        {
             return Err(image_err());
         }
         let mut experts = vec![Some(transformer)];
@@ -520,7 +524,7 @@ impl<B: Backend> WanPipeline<B> {
         // is refused naming the field instead of silently changing the size.
         let multiple = self.vae_scale_factor_spatial() * 2;
         for (field, v) in [("height", req.height), ("width", req.width)] {
-            if v as usize % multiple != 0 {
+            if !(v as usize).is_multiple_of(multiple) {
                 return Err(PipelineError::Unsupported(format!(
                     "{field} = {v} is not a multiple of {multiple} pixels (the VAE's {}x spatial compression times the transformer's 2x2 patches)",
                     self.vae_scale_factor_spatial()
@@ -552,10 +556,7 @@ impl<B: Backend> WanPipeline<B> {
             .experts
             .lock()
             .map_err(|_| PipelineError::Unsupported("a previous run panicked".into()))?;
-        let guidances = [
-            guidance(req.guidance_scale),
-            guidance(req.guidance_scale_2),
-        ];
+        let guidances = [guidance(req.guidance_scale), guidance(req.guidance_scale_2)];
         let text = cfg_text.unwrap_or(embeds.prompt_embeds);
         // Each expert's text context (cross-attention K/V), made when the expert is first used.
         let mut contexts: Vec<Option<WanContext<B>>> = (0..experts.len()).map(|_| None).collect();
