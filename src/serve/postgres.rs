@@ -259,8 +259,11 @@ impl PgStore {
                 token.cancel();
             }
         }
-        for (id, token) in running.iter() {
-            if !seen.contains(id) {
+        // Only the jobs asked about: one claimed during the query is not missing from the store.
+        for id in ids {
+            if !seen.contains(id)
+                && let Some(token) = running.get(id)
+            {
                 token.cancel();
             }
         }
@@ -459,6 +462,12 @@ impl PgStore {
                     applied = Some((rec, out));
                 }
                 let (rec, _) = applied.as_ref().expect("set above");
+                if !persist {
+                    // A progress value lost in a database crash is harmless: no flush waited on.
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 write(&mut tx, rec).await?;
                 tx.commit().await?;
                 Ok::<_, sqlx::Error>(true)
