@@ -411,6 +411,9 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
         },
         None => None,
     };
+    // The worker shows the job before its record says `in_progress` (a client that sees the
+    // status finds the job on a worker in `/v1/models`).
+    let _busy = Busy::start(me, id);
     // Persisted before the work starts: if the process dies under this job, the next start
     // knows how often it tried (crash-loop safety, `Jobs::open`).
     jobs.update(id, true, |r| {
@@ -424,7 +427,6 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
             .job_queue_wait
             .observe(admitted.elapsed().as_secs_f64());
     }
-    let _busy = Busy::start(me, id);
     let started = Instant::now();
     let writer = match Mp4Writer::create(
         &jobs.video_path(id),
