@@ -459,6 +459,9 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
         },
         None => None,
     };
+    // The worker shows the job before its record says `in_progress` (a client that sees the
+    // status finds the job on a worker in `/v1/models`).
+    let _busy = Busy::start(me, id);
     // Persisted before the work starts: if the process dies under this job, the next start
     // knows how often it tried (crash-loop safety, `Jobs::open`).
     jobs.update(id, true, |r| {
@@ -472,7 +475,6 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
             .job_queue_wait
             .observe(admitted.elapsed().as_secs_f64());
     }
-    let _busy = Busy::start(me, id);
     let started = Instant::now();
     // The video's size: the generated one, times `upscale_factor` with upscaling.
     let (video_width, video_height) = req.video_size();
