@@ -13,9 +13,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,88 +25,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use serde_json::{Value, json};
 
+use common::s3::{Killed, s3_or_skip};
 use common::{assert_one_line_error, omni, spawn_serve, tiny_distilled};
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The S3 server the test talks to: its endpoint, and the moto process when the test started it.
-struct S3Server {
-    endpoint: String,
-    _moto: Option<Killed>,
-}
-
-fn moto_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("OMNI_MOTO_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("moto_server"))
-            .find(|p| p.is_file())
-    })
-}
-
-/// `OMNI_S3_ENDPOINT`, or a moto server started here; `None` (after printing why) when there is
-/// neither and `OMNI_REQUIRE_S3` is unset.
-fn s3_or_skip() -> Option<S3Server> {
-    if let Some(e) = std::env::var("OMNI_S3_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-    {
-        return Some(S3Server {
-            endpoint: e.trim_end_matches('/').to_string(),
-            _moto: None,
-        });
-    }
-    let Some(moto) = moto_binary() else {
-        assert!(
-            std::env::var_os("OMNI_REQUIRE_S3").is_none(),
-            "OMNI_REQUIRE_S3 is set but there is no S3 server: set OMNI_S3_ENDPOINT or install \
-             moto (python3 -m venv target/moto-venv && target/moto-venv/bin/pip install \
-             'moto[server]==5.2.5')"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED serve_s3: no S3 server (set OMNI_S3_ENDPOINT, or install moto_server into \
-             target/moto-venv; OMNI_REQUIRE_S3=1 makes this a failure)"
-        );
-        return None;
-    };
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(&moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", moto.display()));
-    let server = S3Server {
-        endpoint: format!("http://127.0.0.1:{port}"),
-        _moto: Some(Killed(child)),
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "moto_server never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(server)
-}
 
 struct Resp {
     status: u16,
@@ -357,16 +277,10 @@ fn split_url(url: &str) -> (String, String) {
 
 #[test]
 fn outputs_on_s3_are_uploaded_served_with_ranges_redirected_and_deleted() {
-    let Some(s3) = s3_or_skip() else {
+    let Some(s3) = s3_or_skip("serve_s3") else {
         return;
     };
-    let bucket = std::env::var("OMNI_S3_BUCKET").unwrap_or_else(|_| {
-        let name = format!("omni-test-{}", std::process::id());
-        let (host, _) = split_url(&s3.endpoint);
-        let r = http(&host, "PUT", &format!("/{name}"), &[], b"");
-        assert_eq!(r.status, 200, "creating bucket {name}: {}", r.text());
-        name
-    });
+    let bucket = s3.bucket("serve");
     let b = Bucket::new(&s3.endpoint, &bucket);
     let storage = tempfile::tempdir().unwrap();
     let cfg_dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,8 @@
 //! Scale-out on a real PostgreSQL: `omni serve --role api` and `--role worker` processes (the
-//! built binary, CPU, the tiny Distilled checkpoint) sharing one job store and one storage
-//! folder for the videos ([`outputs`]).
+//! built binary, CPU, the tiny Distilled checkpoint) sharing one job store; the 30-job test
+//! publishes the videos to one S3 bucket (`tests/common/s3.rs`: `OMNI_S3_ENDPOINT` or a moto
+//! server; a shared folder when there is none and `OMNI_REQUIRE_S3` is unset), the others share
+//! one storage folder ([`outputs`]).
 //!
 //! Needs `OMNI_TEST_POSTGRES_URL` (a role that may `CREATE DATABASE`; each test makes its own
 //! database); without it the tests print why and pass, unless `OMNI_REQUIRE_POSTGRES=1`
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use common::s3::s3_or_skip;
 use common::{spawn_serve, tiny_distilled};
 
 /// The test's PostgreSQL server URL, or `None` (skip) with the reason printed.
@@ -85,15 +88,27 @@ struct Node {
 impl Node {
     /// Start `--role role` on the store `db` with `[store]` timings, wait for `/readyz`.
     fn start(dir: &Path, role: &str, db: &str, store: &str) -> Node {
-        let config = dir.join(format!("serve-{}.toml", uuid::Uuid::new_v4().simple()));
+        Self::start_with(dir, role, db, store, None)
+    }
+
+    /// [`Node::start`] with the `[outputs]` section `outputs` (an object store): the process
+    /// then stages in a storage folder of its own instead of the shared [`outputs`] folder.
+    fn start_with(dir: &Path, role: &str, db: &str, store: &str, outputs: Option<&str>) -> Node {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let config = dir.join(format!("serve-{tag}.toml"));
         std::fs::write(
             &config,
             format!(
                 "[store]\nurl = \"{db}\"\n{store}\n[limits]\nmax_queued_jobs = 100\n\
-                 max_attempts = 2\n"
+                 max_attempts = 2\n{}",
+                outputs.unwrap_or("")
             ),
         )
         .unwrap();
+        let storage = match outputs {
+            Some(_) => dir.join(format!("staging-{tag}")),
+            None => self::outputs(dir),
+        };
         let (child, addr) = spawn_serve(
             Command::new(env!("CARGO_BIN_EXE_omni"))
                 .arg("serve")
@@ -101,7 +116,7 @@ impl Node {
                 .args(["--port", "0", "--served-model-name", "tiny-helios"])
                 .args(["--role", role])
                 .arg("--storage")
-                .arg(outputs(dir))
+                .arg(&storage)
                 .arg("--config")
                 .arg(&config)
                 .stderr(Stdio::inherit()),
@@ -245,13 +260,17 @@ fn thirty_jobs_through_two_api_nodes_on_three_workers_complete_exactly_once() {
     let db = fresh_db(&url);
     let dir = tempfile::tempdir().unwrap();
     let store = "poll_ms = 200";
-    let api = [
-        Node::start(dir.path(), "api", &db, store),
-        Node::start(dir.path(), "api", &db, store),
-    ];
-    let workers: Vec<Node> = (0..3)
-        .map(|_| Node::start(dir.path(), "worker", &db, store))
-        .collect();
+    // The videos go to one S3 bucket (each process stages in its own folder), or, without an
+    // S3 server (and without OMNI_REQUIRE_S3), to one shared folder.
+    let s3 = s3_or_skip("thirty_jobs (S3 part; running on a shared folder instead)");
+    let bucket = s3.as_ref().map(|s3| s3.bucket("scaleout"));
+    let section = s3
+        .as_ref()
+        .zip(bucket.as_ref())
+        .map(|(s3, b)| s3.outputs_section(b, "scaleout"));
+    let start = |role| Node::start_with(dir.path(), role, &db, store, section.as_deref());
+    let api = [start("api"), start("api")];
+    let workers: Vec<Node> = (0..3).map(|_| start("worker")).collect();
     // A worker serves only the probes and /metrics; an API node loads no model.
     let (s, v) = workers[0].json("GET", "/v1/videos", None);
     assert_eq!(s, 404, "{v}");
@@ -310,6 +329,21 @@ fn thirty_jobs_through_two_api_nodes_on_three_workers_complete_exactly_once() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 30);
+    if s3.is_some() {
+        // Published to the bucket: no process keeps a video in its staging folder, so every
+        // download above came from S3 through the API nodes.
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("staging-") {
+                let left: Vec<_> = std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.file_name().to_string_lossy().into_owned())
+                    .filter(|f| f.ends_with(".mp4"))
+                    .collect();
+                assert!(left.is_empty(), "{left:?} left in {}", e.path().display());
+            }
+        }
+    }
 }
 
 #[test]
