@@ -197,7 +197,9 @@ fn main() {
             },
         ))
         .unwrap();
-    let shared = Jobs::open_shared(&dir.path().join("pg"), pg).unwrap();
+    let pg_dir = dir.path().join("pg");
+    let outputs = std::sync::Arc::new(omni::serve::outputs::Outputs::folder(&pg_dir));
+    let shared = Jobs::open_shared(&pg_dir, pg, outputs).unwrap();
     report(
         "postgres",
         (0..n).map(|_| one_job(&shared, progress)).collect(),

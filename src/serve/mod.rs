@@ -118,8 +118,7 @@ pub async fn serve(
             )
             .await
             .map_err(ServeError::Config)?;
-            let jobs =
-                jobs::Jobs::open_shared(&cfg.storage, pg, outputs).map_err(storage_err)?;
+            let jobs = jobs::Jobs::open_shared(&cfg.storage, pg, outputs).map_err(storage_err)?;
             (jobs, Vec::new())
         }
     };
