@@ -347,6 +347,50 @@ fn thirty_jobs_through_two_api_nodes_on_three_workers_complete_exactly_once() {
 }
 
 #[test]
+fn an_image_to_video_job_admitted_on_an_api_node_runs_on_a_worker_with_other_storage() {
+    // The reference is stored by the API node at admission; the worker (its own storage
+    // folder, as on another machine) reads it from the object store.
+    let Some(url) = pg_url("image_to_video_across_nodes") else {
+        return;
+    };
+    let Some(s3) = s3_or_skip("image_to_video_across_nodes") else {
+        return;
+    };
+    let db = fresh_db(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = s3.bucket("inputs");
+    let section = s3.outputs_section(&bucket, "i2v");
+    let store = "poll_ms = 200";
+    let api = Node::start_with(dir.path(), "api", &db, store, Some(&section));
+    let _worker = Node::start_with(dir.path(), "worker", &db, store, Some(&section));
+    let img = image::RgbImage::from_fn(128, 64, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 256) as u8])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    use base64::Engine as _;
+    let data_url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+    );
+    let mut body = small_job();
+    body["input_reference"] = json!(data_url);
+    let id = api.create(&body);
+    let v = wait_terminal(&api, &id, Duration::from_secs(600));
+    assert_eq!(v["status"], "completed", "{v}");
+    let (s, mp4) = api.get(&format!("/v1/videos/{id}/content"));
+    assert_eq!(s, 200);
+    assert!(mp4.len() > 100 && &mp4[4..8] == b"ftyp", "not an MP4");
+    // The input never reached the worker's folder through the file system: only the API
+    // node's staging folder ever held it, and the upload removed it there too.
+    for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("staging-") {
+            assert!(!e.path().join(format!("{id}.input")).exists());
+        }
+    }
+}
+
+#[test]
 fn a_killed_workers_job_runs_again_elsewhere_after_its_lease_expires() {
     let Some(url) = pg_url("killed_worker") else {
         return;

@@ -39,8 +39,11 @@ macro_rules! request_fields {
         }
 
         /// A fully resolved generation request: what `--print-request` prints, what a server
-        /// job record stores and what the worker runs as stored.
+        /// job record stores and what the worker runs as stored. A key missing from the JSON
+        /// takes its [`Default`] (Helios-Distilled's value, where every later feature is off),
+        /// so job records written by an older omni, before a field existed, still load.
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default)]
         pub struct GenerationRequest {
             $( $(#[doc = $doc])* pub $name: $ty, )*
             /// Image-to-video or video-to-video input, already decoded and at the output size
@@ -242,6 +245,14 @@ impl std::ops::Deref for ModelDefaults {
 
     fn deref(&self) -> &GenerationRequest {
         &self.request
+    }
+}
+
+impl Default for GenerationRequest {
+    /// Helios-Distilled's defaults ([`ModelDefaults::helios_distilled`]): every optional feature
+    /// (LoRA, interpolation, upscaling, a second expert) off.
+    fn default() -> Self {
+        ModelDefaults::helios_distilled().request
     }
 }
 
@@ -978,6 +989,29 @@ impl WorkBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_request_from_before_a_field_existed_still_loads() {
+        let mut want = ModelDefaults::helios_mid().request;
+        want.prompt = "p".into();
+        want.seed = 7;
+        let mut v = serde_json::to_value(&want).unwrap();
+        // What a record of an older omni lacks: the fields added since.
+        for key in [
+            "strength",
+            "enable_upscale",
+            "upscale_factor",
+            "upscale_model_path",
+        ] {
+            assert!(v.as_object_mut().unwrap().remove(key).is_some(), "{key}");
+        }
+        let got: GenerationRequest = serde_json::from_value(v).unwrap();
+        assert_eq!(got, want);
+        // A wrong type is still an error.
+        let mut v = serde_json::to_value(&want).unwrap();
+        v["seed"] = serde_json::json!("seven");
+        assert!(serde_json::from_value::<GenerationRequest>(v).is_err());
+    }
 
     fn with_prompt() -> RequestPatch {
         RequestPatch {

@@ -4,9 +4,12 @@
 //! [`ServeConfig`], a bound listener and a shutdown future. One routing function
 //! ([`routes`]) parses requests into typed values before touching state; every failure is an
 //! [`ApiError`] rendered by one table as the OpenAI envelope. The pipeline never runs on the
-//! async runtime: one [`worker`] thread owns it and takes jobs from a bounded channel (full →
-//! 429). Job records live in [`jobs`] (one JSON file per job, so finished jobs survive a restart
-//! and unfinished ones run again).
+//! async runtime: [`worker`] threads (`--workers N`, or one per GPU with `--devices`) each own
+//! a copy and take jobs from one channel, or claim them from PostgreSQL (full queue → 429).
+//! Job records live in [`jobs`]: one JSON file per job by default, or rows of the shared
+//! [`postgres`] store that `--role api` and `--role worker` processes share ([`store`]); finished
+//! files are published to [`outputs`] (the storage folder, another folder or S3). Either way
+//! finished jobs survive a restart and unfinished ones run again.
 
 pub mod body;
 pub mod config;

@@ -91,17 +91,22 @@ pub enum OutputFile {
     Image,
     /// The continuation state (safetensors).
     State,
+    /// The input of an I2V / V2V job or continuation (the uploaded reference, or the state blob
+    /// it continues), as the API node stored it at admission: published at once, so a worker on
+    /// another machine can read it ([`Outputs::read_blocking`]).
+    Input,
 }
 
 impl OutputFile {
     /// Every kind, in the order they are removed.
-    pub const ALL: [OutputFile; 6] = [
+    pub const ALL: [OutputFile; 7] = [
         OutputFile::Video,
         OutputFile::Fmp4,
         OutputFile::Thumbnail,
         OutputFile::Spritesheet,
         OutputFile::Image,
         OutputFile::State,
+        OutputFile::Input,
     ];
 
     /// The file name after the job id (the same in staging, in a folder and in a bucket).
@@ -113,6 +118,7 @@ impl OutputFile {
             OutputFile::Spritesheet => ".spritesheet.jpg",
             OutputFile::Image => ".png",
             OutputFile::State => ".state",
+            OutputFile::Input => ".input",
         }
     }
 

@@ -488,6 +488,26 @@ impl Drop for InputFile<'_> {
     fn drop(&mut self) {
         if !self.queued {
             let _ = std::fs::remove_file(self.jobs.input_path(&self.id));
+            // And its published copy ([`publish_input`]), if any.
+            self.jobs.outputs().remove(&self.id);
+        }
+    }
+}
+
+/// Publish `<id>.input` to `[outputs]` at admission, so that a worker on another machine
+/// (`--role worker` on a PostgreSQL store, outputs on S3) can read it; the default storage
+/// folder keeps it where it is.
+///
+/// # Errors
+/// 503 when the object store does not take it.
+async fn publish_input(state: &State, id: &str) -> Result<(), ApiError> {
+    match state.jobs.outputs().publish(id, OutputFile::Input).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!("publishing the input of {id}: {e}");
+            Err(ApiError::Unavailable(
+                "could not store the reference in the object store; try again".into(),
+            ))
         }
     }
 }
@@ -535,6 +555,7 @@ pub(super) async fn new_job(
         tracing::error!("writing {}: {e}", path.display());
         ApiError::InsufficientStorage("could not store the reference file".into())
     })?;
+    publish_input(state, &rec.id).await?;
     rec.input = Some(kind);
     Ok(NewJob {
         rec,
@@ -1008,6 +1029,7 @@ async fn attach_continuation<'a>(
         tracing::error!("writing {}: {e}", path.display());
         ApiError::InsufficientStorage("could not store the continuation state".into())
     })?;
+    publish_input(state, &job.rec.id).await?;
     job.input = Some(InputFile {
         jobs: &state.jobs,
         id: job.rec.id.clone(),

@@ -432,7 +432,7 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     if let Some(kind) = rec.input {
         // The reference as uploaded, decoded again here (the admission check decoded it once;
         // after a restart this is the only copy).
-        let bytes = match std::fs::read(jobs.input_path(id)) {
+        let bytes = match read_input(jobs, id) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("job {id}: reading its input reference: {e}");
@@ -447,7 +447,7 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     }
     // A continuation: the state blob copied to `<id>.input` at admission.
     let state_in = match &rec.continuation.from {
-        Some(_) => match std::fs::read(jobs.input_path(id))
+        Some(_) => match read_input(jobs, id)
             .ok()
             .and_then(|b| HeliosState::from_bytes(&b).ok())
         {
@@ -703,5 +703,21 @@ fn complete(
         };
         let g = METRICS.worker_peak_memory.get_or_create(&labels);
         g.set(g.get().max(bytes as f64));
+    }
+}
+
+/// `<id>.input`: the staging copy, else the copy the API node published to `[outputs]` at
+/// admission (it may run on another machine).
+///
+/// # Errors
+/// Neither is readable: the staging error and the object-store one.
+fn read_input(jobs: &Jobs, id: &str) -> Result<Vec<u8>, String> {
+    match std::fs::read(jobs.input_path(id)) {
+        Ok(b) => Ok(b),
+        Err(local) => jobs
+            .outputs()
+            .read_blocking(id, OutputFile::Input)
+            .map(|b| b.to_vec())
+            .map_err(|e| format!("{local}; from [outputs]: {e}")),
     }
 }
