@@ -60,6 +60,7 @@ fn a_then_b_equals_a_plus_b_bit_for_bit() {
     let options = GeneratorOptions {
         load: LoadPolicy::KeepAll,
         vae_dtype: None,
+        ..Default::default()
     };
     let mut g = Generator::open(&tiny_distilled(), options, &mut NoProgress).unwrap();
 

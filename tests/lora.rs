@@ -58,6 +58,7 @@ fn lora_jobs_match_diffusers_and_never_see_each_others_weights() {
         GeneratorOptions {
             load: LoadPolicy::KeepAll,
             vae_dtype: None,
+            ..Default::default()
         },
         &mut NoProgress,
     )

@@ -1,9 +1,9 @@
 //! `omni serve` with Wan image-to-video and video-to-video checkpoints over a real socket:
 //! `input_reference` as an image (data URL) on the tiny I2V checkpoint, and as an MP4 (with
 //! `extra_params.strength`) on the tiny V2V checkpoint, each make an MP4 that ffprobe accepts;
-//! LocalAI's `end_image` (not served yet, even for FLF2V), `strength` sent to the I2V
-//! checkpoint, no reference for I2V / V2V, and a reference for the T2V checkpoint are each a 400
-//! naming the field.
+//! LocalAI's `end_image` (only an FLF2V checkpoint takes it: `tests/serve_wan_flf2v.rs`),
+//! `strength` sent to the I2V checkpoint, no reference for I2V / V2V, and a reference for the T2V
+//! checkpoint are each a 400 naming the field.
 
 mod common;
 
@@ -212,7 +212,8 @@ fn input_reference_image_makes_an_i2v_mp4_and_end_image_is_a_400() {
         json!({"prompt": "p", "size": "48x32", "num_frames": 5}),
         "input_reference",
     );
-    // LocalAI first/last frame: not served yet, a 400 naming `end_image`, never dropped.
+    // LocalAI first/last frame: this I2V transformer has no pos_embed_seq_len, so a 400 naming
+    // `end_image`, never dropped.
     assert_400_naming(
         &s,
         json!({

@@ -262,6 +262,7 @@ fn the_first_fragment_is_written_before_the_second_chunk_is_denoised() {
         GeneratorOptions {
             load: LoadPolicy::KeepAll,
             vae_dtype: None,
+            ..Default::default()
         },
         &mut NoProgress,
     )

@@ -13,7 +13,9 @@ use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
 use omni::pipeline::continuation::HeliosState;
 use omni::pipeline::generator::FrameSink;
 use omni::pipeline::generator::RunContext;
-use omni::pipeline::generator::{Generator, GeneratorOptions, LoadPolicy};
+use omni::pipeline::generator::{
+    ExpertResidency, Generator, GeneratorOptions, LoadPolicy, check_expert_residency,
+};
 use omni::pipeline::noise::{FileNoise, NoiseSource, SeededNoise};
 use omni::pipeline::precision::Dtype;
 use omni::pipeline::progress::CancelToken;
@@ -133,6 +135,14 @@ pub struct GenerateArgs {
     /// (bf16 with --features cuda, f32 on the CPU).
     #[arg(long, value_name = "DTYPE", default_value = "f32")]
     pub vae_dtype: Dtype,
+    /// Wan2.2 A14B (two experts, transformer and transformer_2): `on` keeps one expert on the
+    /// device at a time, loading the other from the checkpoint when the schedule crosses
+    /// --boundary-ratio (saves one expert's memory, 26.6 GiB for A14B in bf16, for one reload
+    /// per request); `off` keeps both resident; `auto` keeps both when the device's free memory
+    /// holds the second expert plus a 20 % reserve (always on the CPU). The frames are the same
+    /// either way. `on`/`off` on a one-expert checkpoint is an error [default: auto].
+    #[arg(long, value_name = "auto|on|off", default_value = "auto")]
+    pub offload_experts: ExpertResidency,
     /// LoRA adapter merged into the transformer for this run: a diffusers/PEFT or original
     /// Wan/ComfyUI `.safetensors` file (or a folder with `pytorch_lora_weights.safetensors`),
     /// with an optional strength `:SCALE` [default: 1]. Repeat to combine adapters.
@@ -368,6 +378,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let model = hub::locate(&args.model)?.dir;
     let defaults = Generator::defaults_of(&model)
         .with_context(|| format!("reading checkpoint {}", model.display()))?;
+    check_expert_residency(&defaults, args.offload_experts)
+        .map_err(|why| anyhow::anyhow!("--offload-experts {}: {why}", args.offload_experts))?;
     let mut req = resolve(&args.layers(&defaults)?, &defaults)?;
     WorkBudget::default().check(&req)?;
     for spec in &mut req.lora.0 {
@@ -434,6 +446,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let options = GeneratorOptions {
         load: LoadPolicy::EncodeThenLoad,
         vae_dtype: Some(args.vae_dtype),
+        offload_experts: args.offload_experts,
     };
     let mut generator = Generator::open(&model, options, &mut bars)
         .with_context(|| format!("loading {}", model.display()))?;

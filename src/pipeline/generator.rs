@@ -20,6 +20,7 @@ use super::pipelines::pipeline_helios_pyramid::{
     HeliosPyramidPipeline, PromptEncoder, TextEncoderResidency, checkpoint_defaults,
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
+pub use super::pipelines::pipeline_wan::ExpertResidency;
 use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
 use super::pipelines::pipeline_wan_i2v::{WanImageToVideoPipeline, wan_i2v_defaults};
 use super::pipelines::pipeline_wan_video2video::{WanVideoToVideoPipeline, wan_v2v_defaults};
@@ -51,6 +52,61 @@ pub struct GeneratorOptions {
     pub load: LoadPolicy,
     /// VAE compute dtype; `None` = diffusers' recipe (f32, as the Helios examples load it).
     pub vae_dtype: Option<Dtype>,
+    /// Wan2.2 A14B: whether one expert is on the device at a time (`omni generate
+    /// --offload-experts`, serve.toml `offload_experts`); `on` / `off` need a checkpoint that
+    /// can honour them ([`check_expert_residency`]).
+    pub offload_experts: ExpertResidency,
+}
+
+impl std::str::FromStr for ExpertResidency {
+    type Err = String;
+
+    /// `auto`, `on` (one expert at a time), `off` (both resident).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("`{other}` is not auto, on or off")),
+        }
+    }
+}
+
+impl std::fmt::Display for ExpertResidency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
+}
+
+/// Check an expert residency against the checkpoint whose defaults are `defaults`: other than
+/// `auto` it needs two experts (`transformer_2`), and `on` a pipeline that offloads them
+/// (`WanPipeline`; `WanImageToVideoPipeline` keeps both resident). A switch that would do
+/// nothing is refused, not ignored.
+///
+/// # Errors
+/// Why not, in words (callers name their flag or key in front of it).
+pub fn check_expert_residency(
+    defaults: &ModelDefaults,
+    residency: ExpertResidency,
+) -> Result<(), String> {
+    let class = defaults.pipeline_class.as_str();
+    let two_experts = defaults.guidance_scale_2_follows;
+    match residency {
+        ExpertResidency::Auto => Ok(()),
+        _ if !two_experts => Err(format!(
+            "this {class} checkpoint has one transformer (no transformer_2), so there is no \
+             expert to offload; leave it at auto"
+        )),
+        ExpertResidency::On if class != super::pipelines::pipeline_wan::CLASS_NAME => Err(format!(
+            "{class} keeps both experts resident; only WanPipeline (text-to-video) loads one \
+             expert at a time"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A loaded (or, with [`LoadPolicy::EncodeThenLoad`], ready-to-load) pipeline of one family.
@@ -216,7 +272,8 @@ impl Generator {
     ///
     /// # Errors
     /// [`PipelineError::Load`] naming a missing or broken file; [`PipelineError::Unsupported`]
-    /// for a checkpoint this build does not run.
+    /// for a checkpoint this build does not run, or an expert residency it cannot honour
+    /// ([`check_expert_residency`]).
     pub fn open(
         dir: &Path,
         options: GeneratorOptions,
@@ -224,6 +281,12 @@ impl Generator {
     ) -> Result<Self, PipelineError> {
         let entry = pipeline_entry(dir)?;
         let defaults = (entry.defaults)(dir)?;
+        check_expert_residency(&defaults, options.offload_experts).map_err(|why| {
+            PipelineError::Unsupported(format!(
+                "offload_experts = {}: {why}",
+                options.offload_experts
+            ))
+        })?;
         let pipeline = (entry.open)(dir, &options, progress)?;
         Ok(Self { pipeline, defaults })
     }
@@ -296,6 +359,19 @@ trait FamilyPipeline: Sized {
     fn check_inputs(_dir: &Path, _req: &GenerationRequest) -> Result<(), PipelineError> {
         Ok(())
     }
+
+    /// [`load_with`](Self::load_with) with the experts' residency (Wan2.2 A14B); pipelines
+    /// that keep every expert resident ignore it ([`check_expert_residency`] refused `on` for
+    /// them).
+    fn load_with_experts(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        _experts: ExpertResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with(dir, precision, residency, progress)
+    }
 }
 
 impl FamilyPipeline for HeliosPyramidPipeline<DefaultBackend> {
@@ -350,6 +426,23 @@ impl FamilyPipeline for WanPipeline<DefaultBackend> {
     ) -> Result<Self, PipelineError> {
         Self::load_with(dir, &thread_device(), precision, residency, progress)
     }
+
+    fn load_with_experts(
+        dir: &Path,
+        precision: Precision,
+        residency: TextEncoderResidency,
+        experts: ExpertResidency,
+        progress: &mut dyn ProgressSink,
+    ) -> Result<Self, PipelineError> {
+        Self::load_with_experts(
+            dir,
+            &thread_device(),
+            precision,
+            residency,
+            experts,
+            progress,
+        )
+    }
 }
 
 /// One model family's pipeline `P` on the build's backend: the checkpoint folder, the load
@@ -360,6 +453,8 @@ struct Family<P> {
     dir: std::path::PathBuf,
     policy: LoadPolicy,
     precision: Precision,
+    /// Wan2.2 A14B: where the experts live.
+    experts: ExpertResidency,
     /// `None` until the first request under [`LoadPolicy::EncodeThenLoad`].
     pipe: Option<P>,
     /// Parsed LoRA adapters by path.
@@ -399,6 +494,7 @@ where
             dir: dir.to_path_buf(),
             policy: options.load,
             precision,
+            experts: options.offload_experts,
             pipe: None,
             loras: LoraCache::default(),
             post: PostprocessModels::default(),
@@ -416,10 +512,11 @@ impl<P: FamilyPipeline> Family<P> {
             LoadPolicy::KeepAll => TextEncoderResidency::Resident,
             _ => TextEncoderResidency::OnDemand,
         };
-        self.pipe = Some(P::load_with(
+        self.pipe = Some(P::load_with_experts(
             &self.dir,
             self.precision,
             residency,
+            self.experts,
             progress,
         )?);
         Ok(())

@@ -218,6 +218,10 @@ pub struct ModelDefaults {
     /// the pyramid rule (`0`: `16·2^(stages−1)`); Wan2.2 TI2V: 32 (the VAE's 16× times the
     /// transformer's 2×2 patches).
     pub size_multiple: u32,
+    /// The checkpoint makes first-last-frame videos (Wan2.1 FLF2V: a `WanImageToVideoPipeline`
+    /// whose transformer sets `pos_embed_seq_len`): it needs a last image besides the first
+    /// (diffusers `last_image`; the server's `end_image`), and only it takes one.
+    pub takes_last_image: bool,
 }
 
 /// The request fields only the Helios chunked pyramid pipelines read.
@@ -302,6 +306,7 @@ impl ModelDefaults {
             whole_video: false,
             guidance_scale_2_follows: false,
             size_multiple: 0,
+            takes_last_image: false,
         }
     }
 

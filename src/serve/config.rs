@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::remote::RemoteMediaConfig;
 use super::webhooks::WebhooksConfig;
 use crate::hub::Located;
+use crate::pipeline::generator::ExpertResidency;
 use crate::pipeline::request::{Preset, RequestPatch, WorkBudget};
 
 /// The storage folder used when nothing else names one.
@@ -42,6 +43,9 @@ pub enum ConfigError {
     Preset(String),
     #[error("`workers = {0}` is not a worker count: give 1 to 64")]
     Workers(usize),
+    /// `offload_experts` that is not `auto`, `on` or `off`.
+    #[error("`offload_experts = \"{0}\"`: use auto, on or off")]
+    OffloadExperts(String),
     /// `[store]` or `role` cannot be used.
     #[error("{0}")]
     Store(String),
@@ -71,6 +75,8 @@ pub struct ServeFile {
     pub api_keys: Vec<String>,
     /// Keep the text encoder loaded between requests (default true).
     pub keep_text_encoder: Option<bool>,
+    /// Wan2.2 A14B: `auto`, `on` (one expert on the device at a time) or `off` (default auto).
+    pub offload_experts: Option<String>,
     /// Worker threads, each with its own copy of the model (default 1).
     pub workers: Option<usize>,
     #[serde(default)]
@@ -202,6 +208,11 @@ pub struct ServeConfig {
     /// Keep UMT5 loaded between requests; `false` loads it for each request and drops it after
     /// encoding (frees ~11 GB of GPU memory in bf16 at the cost of a reload per request).
     pub keep_text_encoder: bool,
+    /// Wan2.2 A14B (two experts): `on` keeps one expert on the device at a time (the other is
+    /// loaded from the checkpoint when the schedule crosses `boundary_ratio`), `off` both,
+    /// `auto` both when the device's free memory holds the second expert plus 20 %. Not `auto`
+    /// on a checkpoint that cannot honour it: the server does not start.
+    pub offload_experts: ExpertResidency,
     /// Worker threads (at least 1), each with its own copy of the model; the first free one
     /// takes the next job.
     pub workers: usize,
@@ -325,6 +336,7 @@ impl ServeConfig {
             aliases: f_aliases,
             api_keys,
             keep_text_encoder,
+            offload_experts,
             workers: f_workers,
             storage:
                 StorageFile {
@@ -386,6 +398,10 @@ impl ServeConfig {
             },
             api_keys,
             keep_text_encoder: keep_text_encoder.unwrap_or(true),
+            offload_experts: match offload_experts {
+                None => ExpertResidency::Auto,
+                Some(v) => v.parse().map_err(|_| ConfigError::OffloadExperts(v))?,
+            },
             workers,
             storage,
             file_ttl_s: non_empty(env(ENV_FILE_TTL))
@@ -569,6 +585,23 @@ mod tests {
         )
         .unwrap();
         assert!(!c.keep_text_encoder);
+        assert_eq!(c.offload_experts, ExpertResidency::Auto);
+        let c = ServeConfig::resolve(
+            Default::default(),
+            file("model = \"m\"\noffload_experts = \"on\"\n"),
+            |_| None,
+            folder,
+        )
+        .unwrap();
+        assert_eq!(c.offload_experts, ExpertResidency::On);
+        let e = ServeConfig::resolve(
+            Default::default(),
+            file("model = \"m\"\noffload_experts = \"maybe\"\n"),
+            |_| None,
+            folder,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("offload_experts"), "{e}");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! overrides width/height. `num_frames` absent and `seconds` set → `num_frames = seconds · fps`.
 //! `extra_params` (object, or its JSON text) is a layer of any [`RequestPatch`] key below the
 //! top-level fields. Unknown fields are ignored. The image / video reference (`input_reference`,
-//! `image_reference`, `start_image`, `reference_url`) is taken out here and decoded by the caller
-//! ([`super::reference`]).
+//! `image_reference`, `start_image`, `reference_url`) and the last image of a first-last-frame
+//! video (`end_image`, `image_reference[1]`) are taken out here, checked against the checkpoint's
+//! pipeline class, and decoded by the caller ([`super::reference`]).
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -18,7 +19,7 @@ use serde_json::Value;
 
 use super::body::Fields;
 use super::error::ApiError;
-use super::reference::{self, RawReference};
+use super::reference::{self, END_IMAGE, RawReference, RefKind, References};
 use crate::pipeline::request::{
     GenerationRequest, Loras, ModelDefaults, RequestError, RequestPatch, WorkBudget, resolve,
 };
@@ -33,6 +34,9 @@ pub struct Admitted {
     pub seconds: String,
     /// The image / video reference, not decoded yet (see [`super::reference`]).
     pub reference: Option<RawReference>,
+    /// First-last-frame-to-video (a checkpoint that [takes a last
+    /// image](ModelDefaults::takes_last_image)): the last frame, not decoded yet.
+    pub last_reference: Option<RawReference>,
     /// Where the job's webhook events go (set by the server from `webhook_url` and
     /// `[webhooks]`, see [`super::webhooks::Webhooks::target`]).
     pub webhook_url: Option<String>,
@@ -106,7 +110,8 @@ pub struct CreateVideoBody {
     pub extra_params: Option<RequestPatch>,
     /// vLLM-Omni / FastVideo `video_params` (object, or its JSON text).
     pub video_params: Option<VideoParams>,
-    /// Last-frame conditioning (LocalAI): refused, Helios has no such input.
+    /// Last-frame conditioning (LocalAI): the last image of a first-last-frame video, read by
+    /// [`reference::extract`] (a 400 naming it for a checkpoint that takes no last image).
     pub end_image: Option<Value>,
     /// vLLM-Omni `lora`: an adapter object, a list of them, or the JSON text of either.
     pub lora: Option<Loras>,
@@ -179,7 +184,7 @@ impl CreateVideoBody {
     /// each renamed field arrived under (so errors name what the client sent).
     ///
     /// # Errors
-    /// 400 for `end_image`, a blank prompt, a bad `size`.
+    /// 400 for a blank prompt, a bad `size`.
     fn layers(self, defaults: &ModelDefaults) -> Result<BodyLayers, ApiError> {
         let Self {
             model,
@@ -201,7 +206,7 @@ impl CreateVideoBody {
             flow_shift,
             extra_params,
             video_params,
-            end_image,
+            end_image: _,
             lora,
             enable_frame_interpolation,
             frame_interpolation_exp,
@@ -211,12 +216,6 @@ impl CreateVideoBody {
             upscale_factor,
             upscale_model_path,
         } = self;
-        if end_image.is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::invalid(
-                "end_image",
-                "`end_image` (last-frame conditioning) is not supported; send a first frame as `input_reference`, `image_reference` or `start_image`",
-            ));
-        }
         if prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
             return Err(ApiError::invalid(
                 "prompt",
@@ -303,16 +302,17 @@ struct BodyLayers {
     aliases: Vec<(&'static str, &'static str)>,
 }
 
-/// A Wan checkpoint's pipeline class says whether it takes a reference: image-to-video and
-/// video-to-video need one, text-to-video takes none (Helios takes either or none). A mismatch is
-/// a 400 naming the reference field, before a job exists.
+/// A Wan checkpoint's pipeline class says whether it takes a reference: image-to-video needs an
+/// image (and a first-last-frame checkpoint a last image too), video-to-video a video,
+/// text-to-video none (Helios takes an image, a video or none). A mismatch is a 400 naming the
+/// reference field, before a job exists; a reference whose kind the field or data URL does not
+/// say is checked once decoded ([`check_kind_fits`]).
 ///
 /// # Errors
-/// 400 naming `input_reference` (missing) or the field the reference came in (not taken).
-fn check_reference_fits(
-    defaults: &ModelDefaults,
-    reference: Option<&RawReference>,
-) -> Result<(), ApiError> {
+/// 400 naming `input_reference` (missing, or of the wrong kind), the field the reference came
+/// in (not taken), or the last image's field (`end_image`: missing, not taken, or without a
+/// first image).
+fn check_reference_fits(defaults: &ModelDefaults, refs: &References) -> Result<(), ApiError> {
     use crate::pipeline::pipelines::{pipeline_wan, pipeline_wan_i2v, pipeline_wan_video2video};
     let class = defaults.pipeline_class.as_str();
     let needs = match class {
@@ -320,16 +320,94 @@ fn check_reference_fits(
         pipeline_wan_video2video::CLASS_NAME => Some("an H.264 MP4 video"),
         _ => None,
     };
-    match (reference, needs) {
-        (None, Some(what)) => Err(ApiError::invalid(
-            "input_reference",
-            format!("this {class} checkpoint needs {what} as `input_reference`"),
+    // The last image first, so that one sent without a first image names `end_image` rather
+    // than the missing `input_reference`.
+    match (&refs.first, &refs.last) {
+        (_, Some(l)) if !defaults.takes_last_image => {
+            return Err(ApiError::invalid(
+                &l.param,
+                format!(
+                    "`{}`: this {class} checkpoint takes no last image; only a first-last-frame \
+                 (Wan2.1 FLF2V) checkpoint, whose transformer sets pos_embed_seq_len, does",
+                    l.param
+                ),
+            ));
+        }
+        (None, Some(l)) => {
+            return Err(ApiError::invalid(
+                &l.param,
+                format!(
+                    "`{}` is the last frame of a first-last-frame video; send the first frame as \
+                 `input_reference` or `start_image` too",
+                    l.param
+                ),
+            ));
+        }
+        (Some(_), None) if defaults.takes_last_image => {
+            return Err(ApiError::invalid(
+                END_IMAGE,
+                "this first-last-frame (FLF2V) checkpoint needs the last frame as `end_image` \
+             as well as the first as `input_reference` (diffusers' FLF2V transformer cannot run \
+             on one image)",
+            ));
+        }
+        _ => {}
+    }
+    match (&refs.first, needs) {
+        (None, Some(what)) => {
+            return Err(ApiError::invalid(
+                "input_reference",
+                format!("this {class} checkpoint needs {what} as `input_reference`"),
+            ));
+        }
+        (Some(r), None) if class == pipeline_wan::CLASS_NAME => {
+            return Err(ApiError::invalid(
+                &r.param,
+                format!(
+                    "`{}`: a text-to-video WanPipeline checkpoint takes no image or video reference",
+                    r.param
+                ),
+            ));
+        }
+        (Some(r), _) => {
+            if let Some(kind) = r.hint {
+                check_kind_fits(defaults, kind, &r.param)?;
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// A reference of `kind` in field `param` against the checkpoint's pipeline class: an
+/// image-to-video checkpoint takes an image, a video-to-video one a video (the last image of a
+/// first-last-frame video must be an image).
+///
+/// # Errors
+/// 400 naming `param`.
+pub fn check_kind_fits(
+    defaults: &ModelDefaults,
+    kind: RefKind,
+    param: &str,
+) -> Result<(), ApiError> {
+    use crate::pipeline::pipelines::{pipeline_wan_i2v, pipeline_wan_video2video};
+    let class = defaults.pipeline_class.as_str();
+    let wants = match class {
+        _ if param == END_IMAGE || param == "image_reference[1]" => RefKind::Image,
+        pipeline_wan_i2v::CLASS_NAME => RefKind::Image,
+        pipeline_wan_video2video::CLASS_NAME => RefKind::Video,
+        _ => return Ok(()),
+    };
+    match (wants, kind) {
+        (RefKind::Image, RefKind::Video) => Err(ApiError::invalid(
+            param,
+            format!("`{param}`: this {class} checkpoint takes an image here, not a video"),
         )),
-        (Some(r), None) if class == pipeline_wan::CLASS_NAME => Err(ApiError::invalid(
-            &r.param,
+        (RefKind::Video, RefKind::Image) => Err(ApiError::invalid(
+            param,
             format!(
-                "`{}`: a text-to-video WanPipeline checkpoint takes no image or video reference",
-                r.param
+                "`{param}`: this {class} checkpoint takes an H.264 MP4 video, not an image \
+                 (video-to-video)"
             ),
         )),
         _ => Ok(()),
@@ -342,8 +420,8 @@ fn check_reference_fits(
 /// 400 naming the field.
 pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiError> {
     let body = CreateVideoBody::from_fields(fields)?;
-    let reference = reference::extract(fields, cx.max_upload_bytes)?;
-    check_reference_fits(cx.defaults, reference.as_ref())?;
+    let refs = reference::extract(fields, cx.max_upload_bytes)?;
+    check_reference_fits(cx.defaults, &refs)?;
     let BodyLayers {
         model,
         seconds,
@@ -390,7 +468,8 @@ pub fn admit(fields: &Fields, cx: &AdmitContext<'_>) -> Result<Admitted, ApiErro
         request,
         model,
         seconds,
-        reference,
+        reference: refs.first,
+        last_reference: refs.last,
         webhook_url: None,
     })
 }

@@ -2,7 +2,8 @@
 //!
 //! Each job is `jobs/<id>.json` in the storage folder (written to a temporary file and renamed,
 //! so a crash leaves the old or the new record, never half of one), `<id>.input` for a job with an
-//! image / video reference (written before the record) and `<id>.mp4` once complete.
+//! image / video reference and `<id>.last.input` for a first-last-frame job's last image (both
+//! written before the record) and `<id>.mp4` once complete.
 //! Records are written on every status change; progress lives in memory only. At start the
 //! table is rebuilt from the files: finished jobs stay listed and downloadable, unfinished ones are
 //! queued again.
@@ -15,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::outputs::Outputs;
+use super::outputs::{OutputFile, Outputs};
 use super::reference::RefKind;
 use crate::pipeline::progress::CancelToken;
 use crate::pipeline::request::GenerationRequest;
@@ -89,6 +90,10 @@ pub struct JobRecord {
     /// uploaded bytes as sent, decoded again when the job runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<RefKind>,
+    /// First-last-frame-to-video: the last image is stored as `<id>.last.input` (as uploaded,
+    /// decoded again when the job runs); `input` is then the first image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last_input: bool,
     /// The request, resolved once at admission; the worker runs it as stored (also after a
     /// restart).
     pub request: GenerationRequest,
@@ -243,7 +248,7 @@ fn sweep_orphans(storage: &Path, records: &HashMap<String, JobRecord>, live: boo
             }
             Some((id, ext)) if valid_id(id) => match records.get(id) {
                 None => true,
-                Some(rec) if ext == "input" => rec.status.is_terminal(),
+                Some(rec) if ext == "input" || ext == "last.input" => rec.status.is_terminal(),
                 Some(rec) => rec.status != Status::Completed,
             },
             _ => false,
@@ -705,7 +710,7 @@ impl Jobs {
         Some(rec)
     }
 
-    /// Delete the job's files: the video, its previews and its input reference.
+    /// Delete the job's files: the video, its previews and its input reference(s).
     pub fn remove_files(&self, id: &str) {
         if self.shared.as_ref().is_some_and(|pg| pg.lost(id)) {
             // Another worker runs the job now and writes these files.
@@ -714,6 +719,7 @@ impl Jobs {
         if valid_id(id) {
             for p in [
                 self.input_path(id),
+                self.last_input_path(id),
                 self.video_path(id),
                 self.thumbnail_path(id),
                 self.spritesheet_path(id),
@@ -746,6 +752,11 @@ impl Jobs {
     /// `<storage>/<id>.input`: the reference file of an I2V / V2V job, as uploaded.
     pub fn input_path(&self, id: &str) -> PathBuf {
         self.storage.join(format!("{id}.input"))
+    }
+
+    /// `<storage>/<id>.last.input`: the last image of a first-last-frame job, as uploaded.
+    pub fn last_input_path(&self, id: &str) -> PathBuf {
+        self.storage.join(OutputFile::LastInput.name(id))
     }
 
     /// `<storage>/<id>.mp4`.
@@ -857,6 +868,7 @@ mod tests {
             kind: JobKind::Video,
             attempts: 0,
             input: None,
+            last_input: false,
             request: crate::pipeline::request::ModelDefaults::helios_distilled().request,
             remixed_from_video_id: None,
             webhook_url: None,
@@ -934,12 +946,14 @@ mod tests {
         let kept = [
             file(format!(".{running}.mp4.1.0.tmp"), true), // being encoded
             file(format!("{running}.input"), true),        // its input
+            file(format!("{running}.last.input"), true),   // its last image
             file(format!("{done}.mp4"), true),
             file(format!("{gone}.input"), false), // just admitted, record not written yet
         ];
         let removed = [
             file(format!(".{done}.mp4.1.0.tmp"), true), // a finished job's leftover
             file(format!("{done}.input"), true),
+            file(format!("{done}.last.input"), true),
             file(format!("{gone}.mp4"), true), // no record
             file(format!("{gone}.thumbnail.tmp"), true),
         ];

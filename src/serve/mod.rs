@@ -86,6 +86,14 @@ pub async fn serve(
         path: cfg.model.display().to_string(),
         message: e.to_string(),
     })?;
+    crate::pipeline::generator::check_expert_residency(&defaults, cfg.offload_experts).map_err(
+        |why| {
+            ServeError::Config(format!(
+                "offload_experts = \"{}\": {why}",
+                cfg.offload_experts
+            ))
+        },
+    )?;
     // request > [default_request] > preset > checkpoint.
     let mut lower_layers = vec![cfg.default_request.clone()];
     if let Some(preset) = &cfg.preset {
@@ -153,6 +161,7 @@ pub async fn serve(
                 false => LoadPolicy::TextEncoderPerRequest,
             },
             vae_dtype: None,
+            offload_experts: cfg.offload_experts,
         },
         devices: cfg.devices.clone(),
     };

@@ -27,6 +27,9 @@ pub struct Described {
     pub budget: WorkBudget,
     /// Request fields the checkpoint cannot honour (any value is a 400 naming the field).
     pub unsupported: Vec<&'static str>,
+    /// The checkpoint makes first-last-frame videos (Wan2.1 FLF2V): `end_image` is required
+    /// with the first image; elsewhere it is a 400.
+    pub takes_last_image: bool,
 }
 
 impl Described {
@@ -45,7 +48,23 @@ impl Described {
             defaults,
             budget: state.cfg.limits.budget,
             unsupported: state.defaults.unsupported.clone(),
+            takes_last_image: state.defaults.takes_last_image,
         }
+    }
+
+    /// What `end_image` does on this checkpoint.
+    fn end_image(&self) -> Value {
+        let what = match self.takes_last_image {
+            true => {
+                "this first-last-frame (Wan2.1 FLF2V) checkpoint needs it, with the first frame as input_reference / start_image / image_reference (either alone is a 400 naming end_image)"
+            }
+            false => {
+                "this checkpoint takes no last image: any value is a 400 naming end_image (only a Wan2.1 FLF2V checkpoint, whose transformer sets pos_embed_seq_len, takes one)"
+            }
+        };
+        json!({"type": ["string", "object", "null"], "format": "binary", "description": format!(
+            "LocalAI: the last frame of a first-last-frame video (diffusers last_image), as a multipart file part, a data URL, base64 or {{image_url}}; an image only; checked against max_reference_pixels and decoded at admission like input_reference. FastVideo's image_reference: [first, last] is the same (errors name image_reference[1]). {what}"
+        )})
     }
 }
 
@@ -564,8 +583,9 @@ fn video_create_schema(d: &Described) -> Value {
             "description": "a Real-ESRGAN .pth (RRDBNet RealESRGAN_x4plus/x2plus or SRVGGNetCompact realesr-general-x4v3/animevideov3, told apart by its keys): the server's upscale_model or a file inside its [postprocess] model_dirs. Only with enable_upscale (else 400)"},
         "input_reference": {"type": "string", "format": "binary",
             "description": "image (PNG/JPEG/WebP → image-to-video) or H.264 MP4 (≥ one chunk, 33 frames → video-to-video) as a multipart file part; in JSON a data URL, base64 or {image_url}. Decoded at admission (undecodable → 400, param input_reference); stretched to the output size"},
-        "image_reference": {"type": ["object", "string"], "properties": {"image_url": {"type": "string"}},
-            "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id is refused with 400, http(s) URLs too unless [remote_media] is enabled"},
+        "image_reference": {"type": ["object", "string", "array"], "properties": {"image_url": {"type": "string"}},
+            "items": {"type": ["object", "string"]}, "maxItems": 2,
+            "description": "{\"image_url\": \"data:image/png;base64,...\"} (or its JSON text in a form field); plain base64 accepted; file_id is refused with 400, http(s) URLs too unless [remote_media] is enabled. FastVideo's list form [first] or [first, last]: the second item is the last frame (as end_image)"},
         "video_reference": {"type": ["object", "string"], "properties": {"video_url": {"type": "string"}},
             "description": "{\"video_url\": \"data:video/mp4;base64,...\"}: video-to-video"},
         "start_image": {"type": "string", "description": "alias of input_reference (data URL or base64)"},
@@ -574,9 +594,10 @@ fn video_create_schema(d: &Described) -> Value {
             "description": "where the signed video.completed / video.failed / video.cancelled event goes; its host must be in [webhooks] allow_hosts (else 400); default [webhooks] url; a 400 on /v1/videos/sync (it answers the MP4 itself)"},
     });
     props.extend(extra.as_object().cloned().unwrap_or_default());
+    props.insert("end_image".into(), d.end_image());
     json!({
         "type": "object", "required": ["prompt"], "properties": props,
-        "description": "At most one of input_reference, image_reference, video_reference, start_image, reference_url (else 400 naming the second). Other unknown fields are ignored."
+        "description": "At most one of input_reference, image_reference, video_reference, start_image, reference_url (else 400 naming the second), and at most one last frame, end_image or image_reference[1]. An image-to-video checkpoint takes an image and a video-to-video one a video (the other kind is a 400 naming the field at admission). Other unknown fields are ignored."
     })
 }
 
@@ -658,10 +679,7 @@ fn localai_schema(d: &Described) -> Value {
         props.insert("step".into(), step.clone());
     }
     props.insert("start_image".into(), json!({"type": "string", "description": "first frame (image-to-video) or an MP4 (video-to-video) as a data URL or base64; http(s) URLs are refused (400)"}));
-    props.insert(
-        "end_image".into(),
-        json!({"description": "refused (400): last-frame conditioning is not supported"}),
-    );
+    props.insert("end_image".into(), d.end_image());
     props.insert(
         "input_reference".into(),
         json!({"type": "string", "description": "alias of start_image"}),
@@ -688,6 +706,7 @@ mod tests {
             defaults: defaults.request.clone(),
             budget: WorkBudget::default(),
             unsupported: defaults.unsupported.clone(),
+            takes_last_image: false,
         }
     }
 

@@ -95,11 +95,14 @@ pub enum OutputFile {
     /// it continues), as the API node stored it at admission: published at once, so a worker on
     /// another machine can read it ([`Outputs::read_blocking`]).
     Input,
+    /// The last image of a first-last-frame job (`end_image`), stored and published as
+    /// [`OutputFile::Input`] is.
+    LastInput,
 }
 
 impl OutputFile {
     /// Every kind, in the order they are removed.
-    pub const ALL: [OutputFile; 7] = [
+    pub const ALL: [OutputFile; 8] = [
         OutputFile::Video,
         OutputFile::Fmp4,
         OutputFile::Thumbnail,
@@ -107,6 +110,7 @@ impl OutputFile {
         OutputFile::Image,
         OutputFile::State,
         OutputFile::Input,
+        OutputFile::LastInput,
     ];
 
     /// The file name after the job id (the same in staging, in a folder and in a bucket).
@@ -119,6 +123,7 @@ impl OutputFile {
             OutputFile::Image => ".png",
             OutputFile::State => ".state",
             OutputFile::Input => ".input",
+            OutputFile::LastInput => ".last.input",
         }
     }
 

@@ -9,7 +9,11 @@
 //!   form field, or the bracket form `image_reference[image_url]`), `video_reference`
 //!   `{"video_url": ...}`.
 //!
-//! Only one of them per request (400 naming the second). `file_id` and http(s) URLs are refused
+//! Only one of them per request (400 naming the second). First-last-frame-to-video (Wan2.1
+//! FLF2V, diffusers `last_image`) takes a second image, the last frame: LocalAI's `end_image`
+//! (a string or object as above, or a multipart file part), or FastVideo's list form
+//! `image_reference: [first, last]` (its second item is called `image_reference[1]` in errors);
+//! one of the two (400 naming the second). `file_id` and http(s) URLs are refused
 //! with 400: the server reads no `/v1/files` store and fetches nothing remote. The bytes are
 //! decoded at admission (image first, then H.264 MP4; `video_reference` as video only) so a bad
 //! file is a 400 and no job; the original bytes are stored beside the job and decoded again when
@@ -51,14 +55,37 @@ const FIELDS: &[&str] = &[
     "reference_url",
 ];
 
-/// The one reference of `fields`, if any (no decoding yet).
+/// The field of the last frame (LocalAI `end_image`).
+pub const END_IMAGE: &str = "end_image";
+
+/// The references of a request, not decoded yet.
+#[derive(Debug, Clone, Default)]
+pub struct References {
+    /// The image or video (the first frame of a first-last-frame video).
+    pub first: Option<RawReference>,
+    /// The last frame of a first-last-frame video (`end_image` or `image_reference[1]`).
+    pub last: Option<RawReference>,
+}
+
+/// The references of `fields`, if any (no decoding yet): at most one first reference and one
+/// last image.
 ///
 /// # Errors
-/// 400 naming the field: two references, an unknown file field, `file_id`, a URL, bad base64,
-/// bad JSON; 413 over `max_upload_bytes`.
-pub fn extract(fields: &Fields, max_upload_bytes: usize) -> Result<Option<RawReference>, ApiError> {
+/// 400 naming the field: two references, two last images, an `image_reference` list of more
+/// than two, an unknown file field, `file_id`, a URL, bad base64, bad JSON; 413 over
+/// `max_upload_bytes`.
+pub fn extract(fields: &Fields, max_upload_bytes: usize) -> Result<References, ApiError> {
     let mut found: Vec<RawReference> = Vec::new();
+    let mut last: Vec<RawReference> = Vec::new();
     for up in &fields.uploads {
+        if up.field == END_IMAGE {
+            last.push(RawReference {
+                param: END_IMAGE.into(),
+                bytes: up.data.to_vec(),
+                hint: Some(RefKind::Image),
+            });
+            continue;
+        }
         if !FIELDS.contains(&up.field.as_str()) {
             return Err(ApiError::invalid(
                 &up.field,
@@ -82,7 +109,38 @@ pub fn extract(fields: &Fields, max_upload_bytes: usize) -> Result<Option<RawRef
     for &field in FIELDS {
         match fields.map.get(field) {
             None | Some(Value::Null) => {}
+            Some(v) if field == "image_reference" && image_list(v).is_some() => {
+                // FastVideo's list form: [first] or [first, last].
+                let items = image_list(v).expect("checked");
+                if items.len() > 2 {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!(
+                            "`image_reference` lists {} images; it takes [first] or [first, last]",
+                            items.len()
+                        ),
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    match i {
+                        0 => found.push(from_value(field, item)?),
+                        _ => {
+                            let mut r = from_value("image_reference[1]", item)?;
+                            r.hint = Some(RefKind::Image);
+                            last.push(r);
+                        }
+                    }
+                }
+            }
             Some(v) => found.push(from_value(field, v)?),
+        }
+    }
+    match fields.map.get(END_IMAGE) {
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let mut r = from_value(END_IMAGE, v)?;
+            r.hint = Some(RefKind::Image);
+            last.push(r);
         }
     }
     if found.len() > 1 {
@@ -95,17 +153,44 @@ pub fn extract(fields: &Fields, max_upload_bytes: usize) -> Result<Option<RawRef
             ),
         ));
     }
-    let Some(r) = found.pop() else {
-        return Ok(None);
-    };
-    if r.bytes.len() > max_upload_bytes {
-        return Err(ApiError::UploadTooLarge {
-            param: r.param,
-            size: r.bytes.len(),
-            max: max_upload_bytes,
-        });
+    if last.len() > 1 {
+        return Err(ApiError::invalid(
+            &last[1].param,
+            format!(
+                "Provide only one last image, end_image or image_reference[1] (got `{}` and `{}`)",
+                last[0].param, last[1].param
+            ),
+        ));
     }
-    Ok(Some(r))
+    let refs = References {
+        first: found.pop(),
+        last: last.pop(),
+    };
+    for r in refs.first.iter().chain(&refs.last) {
+        if r.bytes.len() > max_upload_bytes {
+            return Err(ApiError::UploadTooLarge {
+                param: r.param.clone(),
+                size: r.bytes.len(),
+                max: max_upload_bytes,
+            });
+        }
+    }
+    Ok(refs)
+}
+
+/// The items of an `image_reference` list (a JSON array, or its JSON text from a form); `None`
+/// for any other value.
+fn image_list(v: &Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(items) => Some(items.clone()),
+        Value::String(s) if s.trim_start().starts_with('[') => {
+            match serde_json::from_str::<Value>(s) {
+                Ok(Value::Array(items)) => Some(items),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 /// A JSON / form value: a string (data URL, base64, URL, or an object's JSON text) or an object
@@ -305,6 +390,23 @@ pub fn decode_kind(
     decode(bytes, Some(kind), req, "input_reference").map(|(_, c)| c)
 }
 
+/// The first-last-frame conditioning ([`Conditioning::FirstLast`]) of two stored images (the
+/// worker, from `<id>.input` and `<id>.last.input`). CPU work.
+///
+/// # Errors
+/// 400 naming `input_reference` or `end_image`: an image that does not decode.
+pub fn decode_first_last(
+    first: &[u8],
+    last: &[u8],
+    req: &GenerationRequest,
+) -> Result<Conditioning, ApiError> {
+    // Each is decoded once more on its own so an error names the image it is about.
+    decode(first, Some(RefKind::Image), req, "input_reference")?;
+    decode(last, Some(RefKind::Image), req, END_IMAGE)?;
+    Conditioning::from_first_last(MediaSource::Bytes(first), MediaSource::Bytes(last), req)
+        .map_err(|e| ApiError::invalid(END_IMAGE, e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +426,7 @@ mod tests {
             100,
         )
         .unwrap()
+        .first
         .unwrap();
         assert_eq!(
             (r.param.as_str(), r.bytes, r.hint),
@@ -331,6 +434,7 @@ mod tests {
         );
         let r = extract(&fields(json!({"start_image": "AAEC"})), 100)
             .unwrap()
+            .first
             .unwrap();
         assert_eq!((r.param.as_str(), r.hint), ("start_image", None));
         let r = extract(
@@ -338,13 +442,11 @@ mod tests {
             100,
         )
         .unwrap()
+        .first
         .unwrap();
         assert_eq!(r.hint, Some(RefKind::Video));
-        assert!(
-            extract(&fields(json!({"prompt": "p"})), 100)
-                .unwrap()
-                .is_none()
-        );
+        let none = extract(&fields(json!({"prompt": "p"})), 100).unwrap();
+        assert!(none.first.is_none() && none.last.is_none());
         for (body, param, status) in [
             (
                 json!({"input_reference": "AAEC", "image_reference": {"image_url": "AAEC"}}),
@@ -368,10 +470,75 @@ mod tests {
             ),
             (json!({"image_reference": "{nope"}), "image_reference", 400),
             (json!({"start_image": "AAECAwQFBgc="}), "start_image", 413),
+            (
+                json!({"start_image": "AAEC", "end_image": "AAECAwQFBgc="}),
+                "end_image",
+                413,
+            ),
+            (
+                json!({"image_reference": [{"image_url": "AAEC"}, "AAEC"], "end_image": "AAEC"}),
+                "end_image",
+                400,
+            ),
+            (
+                json!({"image_reference": ["AAEC", "AAEC", "AAEC"]}),
+                "image_reference",
+                400,
+            ),
+            (json!({"end_image": "https://x/y.png"}), "end_image", 400),
+            (
+                json!({"image_reference": ["AAEC", {"file_id": "f"}]}),
+                "image_reference[1]",
+                400,
+            ),
         ] {
             let e = extract(&fields(body.clone()), 4).unwrap_err();
             assert_eq!(e.status().as_u16(), status, "{body}: {e}");
             assert_eq!(e.body()["error"]["param"], param, "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn a_last_image_comes_as_end_image_or_the_second_image_reference() {
+        for (body, first_param, last_param) in [
+            (
+                json!({"start_image": "AAEC", "end_image": "data:image/png;base64,AAED"}),
+                "start_image",
+                "end_image",
+            ),
+            (
+                json!({"input_reference": "AAEC", "end_image": {"image_url": "AAED"}}),
+                "input_reference",
+                "end_image",
+            ),
+            (
+                json!({"image_reference": [{"image_url": "AAEC"}, {"image_url": "AAED"}]}),
+                "image_reference",
+                "image_reference[1]",
+            ),
+            (
+                json!({"image_reference": "[{\"image_url\": \"AAEC\"}, \"AAED\"]"}),
+                "image_reference",
+                "image_reference[1]",
+            ),
+        ] {
+            let r = extract(&fields(body.clone()), 100).unwrap();
+            let (first, last) = (r.first.unwrap(), r.last.unwrap());
+            assert_eq!(
+                (first.param.as_str(), first.bytes),
+                (first_param, vec![0, 1, 2])
+            );
+            assert_eq!(
+                (last.param.as_str(), last.bytes, last.hint),
+                (last_param, vec![0, 1, 3], Some(RefKind::Image)),
+                "{body}"
+            );
+        }
+        // A one-item list is the first image only; `end_image` alone is extracted (admission
+        // refuses it without a first image).
+        let r = extract(&fields(json!({"image_reference": ["AAEC"]})), 100).unwrap();
+        assert!(r.first.is_some() && r.last.is_none());
+        let r = extract(&fields(json!({"end_image": "AAEC"})), 100).unwrap();
+        assert!(r.first.is_none() && r.last.is_some());
     }
 }

@@ -189,6 +189,7 @@ const URL_FIELDS: &[&str] = &[
     "image_reference",
     "video_reference",
     "start_image",
+    "end_image",
     "reference_url",
     "video",
 ];
@@ -336,39 +337,53 @@ impl RemoteMedia {
                 continue;
             };
             if let Value::String(s) = v
-                && s.trim_start().starts_with('{')
-                && let Ok(obj @ Value::Object(_)) = serde_json::from_str::<Value>(s)
+                && (s.trim_start().starts_with('{') || s.trim_start().starts_with('['))
+                && let Ok(parsed @ (Value::Object(_) | Value::Array(_))) =
+                    serde_json::from_str::<Value>(s)
             {
-                *v = obj;
+                *v = parsed;
             }
             let video_field = matches!(field, "video_reference" | "video");
-            let (slot, video_only): (&mut Value, bool) = match v {
-                Value::String(s) if is_http(s) => (v, video_field),
-                Value::Object(o) => {
-                    let Some(key) = URL_KEYS.iter().find(|k| {
-                        o.get(**k).is_some_and(|u| {
-                            u.as_str().is_some_and(is_http)
-                                || u.get("url").and_then(Value::as_str).is_some_and(is_http)
-                        })
-                    }) else {
-                        continue;
-                    };
-                    let only = video_field || *key == "video_url";
-                    let slot = o.get_mut(*key).expect("found above");
-                    let slot = match slot {
-                        Value::Object(inner) => inner.get_mut("url").expect("checked"),
-                        s => s,
-                    };
-                    (slot, only)
-                }
-                _ => continue,
+            // `image_reference` may list [first, last] (FastVideo).
+            let items: Vec<&mut Value> = match v {
+                Value::Array(items) => items.iter_mut().collect(),
+                v => vec![v],
             };
-            let url = slot.as_str().unwrap_or_default().to_string();
-            let (ct, bytes) = self.fetch(field, &url, video_only).await?;
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            *slot = Value::String(format!("data:{ct};base64,{b64}"));
+            for item in items {
+                let Some((slot, video_only)) = url_slot(item, video_field) else {
+                    continue;
+                };
+                let url = slot.as_str().unwrap_or_default().to_string();
+                let (ct, bytes) = self.fetch(field, &url, video_only).await?;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                *slot = Value::String(format!("data:{ct};base64,{b64}"));
+            }
         }
         Ok(())
+    }
+}
+
+/// The http(s) URL string inside a reference value `v` (the value itself, or the `image_url`,
+/// `video_url`, `url` of an object, or their `url`), and whether only a video may come back.
+fn url_slot(v: &mut Value, video_field: bool) -> Option<(&mut Value, bool)> {
+    match v {
+        Value::String(s) if is_http(s) => Some((v, video_field)),
+        Value::Object(o) => {
+            let key = URL_KEYS.iter().find(|k| {
+                o.get(**k).is_some_and(|u| {
+                    u.as_str().is_some_and(is_http)
+                        || u.get("url").and_then(Value::as_str).is_some_and(is_http)
+                })
+            })?;
+            let only = video_field || *key == "video_url";
+            let slot = o.get_mut(*key).expect("found above");
+            let slot = match slot {
+                Value::Object(inner) => inner.get_mut("url").expect("checked"),
+                s => s,
+            };
+            Some((slot, only))
+        }
+        _ => None,
     }
 }
 

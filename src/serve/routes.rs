@@ -469,15 +469,16 @@ pub(super) fn admit_over(
     Ok(a)
 }
 
-/// An admitted job not queued yet: its record and, with a reference, the `<id>.input` file that
-/// is removed again unless the job gets queued ([`enqueue`]), so a refused, failed or abandoned
-/// admission (the client went away) leaves no file behind.
+/// An admitted job not queued yet: its record and, with a reference, the `<id>.input` file (and
+/// a first-last-frame job's `<id>.last.input`) that is removed again unless the job gets queued
+/// ([`enqueue`]), so a refused, failed or abandoned admission (the client went away) leaves no
+/// file behind.
 pub(super) struct NewJob<'a> {
     pub(super) rec: JobRecord,
     input: Option<InputFile<'a>>,
 }
 
-/// A stored reference of a job that is not queued yet.
+/// The stored reference(s) of a job that is not queued yet.
 struct InputFile<'a> {
     jobs: &'a Jobs,
     id: String,
@@ -488,20 +489,21 @@ impl Drop for InputFile<'_> {
     fn drop(&mut self) {
         if !self.queued {
             let _ = std::fs::remove_file(self.jobs.input_path(&self.id));
-            // And its published copy ([`publish_input`]), if any.
+            let _ = std::fs::remove_file(self.jobs.last_input_path(&self.id));
+            // And its published copies ([`publish_input`]), if any.
             self.jobs.outputs().remove(&self.id);
         }
     }
 }
 
-/// Publish `<id>.input` to `[outputs]` at admission, so that a worker on another machine
-/// (`--role worker` on a PostgreSQL store, outputs on S3) can read it; the default storage
-/// folder keeps it where it is.
+/// Publish `file` (`<id>.input`, `<id>.last.input`) to `[outputs]` at admission, so that a
+/// worker on another machine (`--role worker` on a PostgreSQL store, outputs on S3) can read
+/// it; the default storage folder keeps it where it is.
 ///
 /// # Errors
 /// 503 when the object store does not take it.
-async fn publish_input(state: &State, id: &str) -> Result<(), ApiError> {
-    match state.jobs.outputs().publish(id, OutputFile::Input).await {
+async fn publish_input(state: &State, id: &str, file: OutputFile) -> Result<(), ApiError> {
+    match state.jobs.outputs().publish(id, file).await {
         Ok(_) => Ok(()),
         Err(e) => {
             tracing::error!("publishing the input of {id}: {e}");
@@ -512,12 +514,14 @@ async fn publish_input(state: &State, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The record of an admitted request. A reference is checked by its header (at most
-/// `max_reference_pixels` per image or frame), then decoded on a blocking thread, at most
-/// `max_concurrent_decodes` at once (a bad file is a 400 and no job); then its original bytes
-/// are written to `<id>.input` for the worker, which decodes them again when it runs the job
-/// (also after a restart). A client that goes away while waiting for a decode slot starts no
-/// decode; one that goes away during a decode gets nothing written.
+/// The record of an admitted request. A reference (and a first-last-frame request's last
+/// image) is checked by its header (at most `max_reference_pixels` per image or frame), then
+/// decoded on a blocking thread, at most `max_concurrent_decodes` requests at once (one slot
+/// decodes both images; a bad file, or one of a kind the checkpoint does not take, is a 400 and
+/// no job); then the original bytes are written to `<id>.input` (and `<id>.last.input`) for the
+/// worker, which decodes them again when it runs the job (also after a restart). A client that
+/// goes away while waiting for a decode slot starts no decode; one that goes away during a
+/// decode gets nothing written.
 pub(super) async fn new_job(
     state: &State,
     mut a: Admitted,
@@ -525,11 +529,23 @@ pub(super) async fn new_job(
     kind: JobKind,
 ) -> Result<NewJob<'_>, ApiError> {
     let reference = a.reference.take();
+    let last = a.last_reference.take();
     let mut rec = new_record(state, a, hidden, kind);
     let Some(r) = reference else {
+        if let Some(l) = last {
+            // Admission refuses a last image without a first one; kept as a guard.
+            return Err(ApiError::invalid(
+                &l.param,
+                "a last image needs a first image (`input_reference`)",
+            ));
+        }
         return Ok(NewJob { rec, input: None });
     };
-    reference::check_pixels(&r, state.cfg.limits.max_reference_pixels)?;
+    let max_pixels = state.cfg.limits.max_reference_pixels;
+    reference::check_pixels(&r, max_pixels)?;
+    if let Some(l) = &last {
+        reference::check_pixels(l, max_pixels)?;
+    }
     let permit = state
         .decodes
         .clone()
@@ -537,25 +553,37 @@ pub(super) async fn new_job(
         .await
         .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
     let req = rec.request.clone();
-    let (kind, r) = tokio::task::spawn_blocking(move || {
+    let (kind, r, last) = tokio::task::spawn_blocking(move || {
         // The slot is held until the decode ends, even when the request is gone.
         let _permit = permit;
         let (kind, _pixels) = reference::decode(&r.bytes, r.hint, &req, &r.param)?;
-        Ok::<_, ApiError>((kind, r))
+        if let Some(l) = &last {
+            // As an image only (its hint says so).
+            reference::decode(&l.bytes, l.hint, &req, &l.param)?;
+        }
+        Ok::<_, ApiError>((kind, r, last))
     })
     .await
     .map_err(|_| ApiError::Internal("decoding the reference stopped".into()))??;
+    super::create::check_kind_fits(&state.defaults, kind, &r.param)?;
     let input = InputFile {
         jobs: &state.jobs,
         id: rec.id.clone(),
         queued: false,
     };
-    let path = state.jobs.input_path(&rec.id);
-    tokio::fs::write(&path, &r.bytes).await.map_err(|e| {
-        tracing::error!("writing {}: {e}", path.display());
-        ApiError::InsufficientStorage("could not store the reference file".into())
-    })?;
-    publish_input(state, &rec.id).await?;
+    let write = |path: std::path::PathBuf, bytes: Vec<u8>| async move {
+        tokio::fs::write(&path, &bytes).await.map_err(|e| {
+            tracing::error!("writing {}: {e}", path.display());
+            ApiError::InsufficientStorage("could not store the reference file".into())
+        })
+    };
+    write(state.jobs.input_path(&rec.id), r.bytes).await?;
+    publish_input(state, &rec.id, OutputFile::Input).await?;
+    if let Some(l) = last {
+        write(state.jobs.last_input_path(&rec.id), l.bytes).await?;
+        publish_input(state, &rec.id, OutputFile::LastInput).await?;
+        rec.last_input = true;
+    }
     rec.input = Some(kind);
     Ok(NewJob {
         rec,
@@ -581,6 +609,7 @@ fn new_record(state: &State, a: Admitted, hidden: bool, kind: JobKind) -> JobRec
         peak_memory_mb: None,
         kind,
         input: None,
+        last_input: false,
         attempts: 0,
         request: a.request,
         remixed_from_video_id: None,
@@ -1029,7 +1058,7 @@ async fn attach_continuation<'a>(
         tracing::error!("writing {}: {e}", path.display());
         ApiError::InsufficientStorage("could not store the continuation state".into())
     })?;
-    publish_input(state, &job.rec.id).await?;
+    publish_input(state, &job.rec.id, OutputFile::Input).await?;
     job.input = Some(InputFile {
         jobs: &state.jobs,
         id: job.rec.id.clone(),

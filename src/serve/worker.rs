@@ -18,7 +18,7 @@ use super::jobs::{JobError, JobKind, Jobs, Status, now};
 use super::metrics::{METRICS, MemoryLabels, WorkerLabels};
 use super::outputs::OutputFile;
 use super::previews::PreviewCollector;
-use super::reference::decode_kind;
+use super::reference::{decode_first_last, decode_kind};
 use super::stream::{LiveStreams, LiveWriter};
 use crate::media::fmp4_out::Fmp4Writer;
 use crate::media::mp4_out::{EncodeOptions, Mp4Writer};
@@ -432,7 +432,7 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
     if let Some(kind) = rec.input {
         // The reference as uploaded, decoded again here (the admission check decoded it once;
         // after a restart this is the only copy).
-        let bytes = match read_input(jobs, id) {
+        let bytes = match read_input(jobs, id, OutputFile::Input) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!("job {id}: reading its input reference: {e}");
@@ -440,14 +440,30 @@ fn run_job(me: &Me, generator: &mut Generator, jobs: &Jobs, streams: &LiveStream
                 return fail(jobs, id, "input_missing", message.into());
             }
         };
-        match decode_kind(&bytes, kind, &req) {
+        // First-last-frame: the last image stored beside it.
+        let last = match rec.last_input {
+            false => None,
+            true => match read_input(jobs, id, OutputFile::LastInput) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::error!("job {id}: reading its last image: {e}");
+                    let message = "the job's end_image is no longer in storage";
+                    return fail(jobs, id, "input_missing", message.into());
+                }
+            },
+        };
+        let decoded = match &last {
+            Some(last) => decode_first_last(&bytes, last, &req),
+            None => decode_kind(&bytes, kind, &req),
+        };
+        match decoded {
             Ok(c) => req.conditioning = c,
             Err(e) => return fail(jobs, id, "invalid_input", e.to_string()),
         }
     }
     // A continuation: the state blob copied to `<id>.input` at admission.
     let state_in = match &rec.continuation.from {
-        Some(_) => match read_input(jobs, id)
+        Some(_) => match read_input(jobs, id, OutputFile::Input)
             .ok()
             .and_then(|b| HeliosState::from_bytes(&b).ok())
         {
@@ -706,17 +722,21 @@ fn complete(
     }
 }
 
-/// `<id>.input`: the staging copy, else the copy the API node published to `[outputs]` at
-/// admission (it may run on another machine).
+/// `<id>.input` or `<id>.last.input` (`file`): the staging copy, else the copy the API node
+/// published to `[outputs]` at admission (it may run on another machine).
 ///
 /// # Errors
 /// Neither is readable: the staging error and the object-store one.
-fn read_input(jobs: &Jobs, id: &str) -> Result<Vec<u8>, String> {
-    match std::fs::read(jobs.input_path(id)) {
+fn read_input(jobs: &Jobs, id: &str, file: OutputFile) -> Result<Vec<u8>, String> {
+    let staged = match file {
+        OutputFile::LastInput => jobs.last_input_path(id),
+        _ => jobs.input_path(id),
+    };
+    match std::fs::read(staged) {
         Ok(b) => Ok(b),
         Err(local) => jobs
             .outputs()
-            .read_blocking(id, OutputFile::Input)
+            .read_blocking(id, file)
             .map(|b| b.to_vec())
             .map_err(|e| format!("{local}; from [outputs]: {e}")),
     }

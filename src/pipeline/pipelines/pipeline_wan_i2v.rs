@@ -150,6 +150,7 @@ pub fn wan_i2v_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
     d.unsupported.extend(["lora"]);
     d.whole_video = true;
+    d.takes_last_image = c.takes_last_image;
     d.guidance_scale_2_follows = c.model_index.has_transformer_2();
     if !d.guidance_scale_2_follows {
         d.unsupported
