@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::{PROMPT, assert_one_line_error, copy_dir, fixture, omni, stderr};
 
@@ -20,9 +21,9 @@ fn checkpoint(base: &str, overlay: &str) -> tempfile::TempDir {
 }
 
 /// `omni generate` of 9 tiny frames with `--offload-experts residency` into `out`.
-fn generate(model: &Path, residency: &str, out: &Path) -> std::process::Output {
-    omni()
-        .args(["generate", "--model"])
+fn generate(model: &Path, residency: &str, out: &Path) -> Command {
+    let mut cmd = omni();
+    cmd.args(["generate", "--model"])
         .arg(model)
         .args(["--prompt", PROMPT, "--width", "48", "--height", "32"])
         // 4 steps across the 0.875 boundary: both experts run.
@@ -35,9 +36,8 @@ fn generate(model: &Path, residency: &str, out: &Path) -> std::process::Output {
             "3",
         ])
         .args(["--offload-experts", residency, "--quiet", "-o"])
-        .arg(out)
-        .output()
-        .unwrap()
+        .arg(out);
+    cmd
 }
 
 #[test]
@@ -47,8 +47,19 @@ fn offloading_experts_gives_the_frames_of_both_resident() {
     let mut frames = Vec::new();
     for residency in ["on", "off", "auto"] {
         let npy = tmp.path().join(format!("{residency}.npy"));
-        let out = generate(model.path(), residency, &npy);
-        assert!(out.status.success(), "{residency}: {}", stderr(&out));
+        // Logs on stderr: the pipeline says when it offloads.
+        let out = generate(model.path(), residency, &npy)
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(out.status.success(), "{residency}: {err}");
+        // The switch reaches the pipeline: only `on` offloads (`auto` keeps both on the CPU).
+        assert_eq!(
+            err.contains("one expert resident at a time"),
+            residency == "on",
+            "{residency}: {err}"
+        );
         frames.push(std::fs::read(&npy).unwrap());
     }
     // [9, 32, 48, 3] uint8 plus the .npy header.
@@ -62,17 +73,21 @@ fn an_expert_residency_the_checkpoint_cannot_honour_is_one_line_naming_the_flag(
     let tmp = tempfile::tempdir().unwrap();
     let out_path = tmp.path().join("x.mp4");
     for residency in ["on", "off"] {
-        let out = generate(&fixture("tiny-wan2.1-t2v"), residency, &out_path);
+        let out = generate(&fixture("tiny-wan2.1-t2v"), residency, &out_path)
+            .output()
+            .unwrap();
         let line = assert_one_line_error(&out);
         assert!(line.contains("--offload-experts"), "{line}");
         assert!(line.contains("one transformer"), "{line}");
     }
     let i2v = checkpoint("tiny-wan2.1-i2v", "tiny-wan2.2-i2v-a14b");
-    let out = generate(i2v.path(), "on", &out_path);
+    let out = generate(i2v.path(), "on", &out_path).output().unwrap();
     let line = assert_one_line_error(&out);
     assert!(line.contains("--offload-experts on"), "{line}");
     // Not a value of the flag: clap's usage error names it.
-    let out = generate(&fixture("tiny-wan2.1-t2v"), "sometimes", &out_path);
+    let out = generate(&fixture("tiny-wan2.1-t2v"), "sometimes", &out_path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("--offload-experts"),

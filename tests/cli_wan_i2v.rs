@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{PROMPT, assert_one_line_error, copy_dir, fixture, omni, stderr};
+use common::{PROMPT, assert_one_line_error, copy_dir, fixture, omni, stderr, tiny_wan_clip};
 
 fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
@@ -172,22 +172,7 @@ fn a_last_image_the_checkpoint_cannot_take_or_no_image_is_one_line_naming_it() {
 fn v2v_with_video_and_strength_writes_an_mp4_and_strength_elsewhere_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.mp4");
-    let out = omni()
-        .args(["generate", "--model"])
-        .arg(fixture("tiny-wan2.1-t2v"))
-        .args(["--prompt", PROMPT, "--width", "48", "--height", "32"])
-        .args([
-            "--num-frames",
-            "9",
-            "--num-inference-steps",
-            "2",
-            "--quiet",
-            "-o",
-        ])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "omni failed: {}", stderr(&out));
+    tiny_wan_clip(&input);
     let model = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-wan2.1-t2v"), model.path());
     copy_dir(&fixture("tiny-wan2.1-v2v"), model.path());

@@ -10,11 +10,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use base64::Engine;
 use common::http::{Server, error_400, ffprobe};
-use common::{PROMPT, copy_dir, fixture, omni, stderr};
+use common::{PROMPT, copy_dir, fixture, omni, stderr, tiny_wan_clip};
 use serde_json::{Value, json};
 
 const SEED: u64 = 7;
@@ -71,18 +71,6 @@ fn checked_frames(dir: &Path, name: &str, mp4: &[u8]) -> Vec<u8> {
     let p = ffprobe(&path);
     assert_eq!((p.frames, p.width, p.height), (9, 48, 32), "{name}: {p:?}");
     frames(&path)
-}
-
-fn start(model: &Path, storage: &Path) -> Server {
-    Server::start(
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(model)
-            .args(["--port", "0", "--served-model-name", "tiny"])
-            .arg("--storage")
-            .arg(storage)
-            .stderr(Stdio::inherit()),
-    )
 }
 
 /// The request's fields besides the images.
@@ -159,7 +147,7 @@ fn end_image_makes_the_flf2v_video_the_cli_makes() {
     let want = frames(&cli_mp4);
 
     let storage = tempfile::tempdir().unwrap();
-    let s = start(model.path(), storage.path());
+    let s = Server::tiny(model.path(), storage.path());
 
     // JSON: LocalAI's end_image beside input_reference, both data URLs.
     let mut body = base();
@@ -219,7 +207,7 @@ fn end_image_makes_the_flf2v_video_the_cli_makes() {
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
     drop(s);
-    let s = start(model.path(), storage.path());
+    let s = Server::tiny(model.path(), storage.path());
     let job = s.wait_job(&id);
     assert_eq!(job["status"], "completed", "{job}");
     let (status, mp4) = s.request("GET", &format!("/v1/videos/{id}/content"), &[], b"");
@@ -252,29 +240,14 @@ fn end_image_elsewhere_and_the_wrong_media_kind_are_400s_at_admission() {
     // input_reference (no job is created).
     let tmp = tempfile::tempdir().unwrap();
     let clip = tmp.path().join("clip.mp4");
-    let out = omni()
-        .args(["generate", "--model"])
-        .arg(fixture("tiny-wan2.1-t2v"))
-        .args(["--prompt", PROMPT, "--width", "48", "--height", "32"])
-        .args([
-            "--num-frames",
-            "9",
-            "--num-inference-steps",
-            "1",
-            "--quiet",
-            "-o",
-        ])
-        .arg(&clip)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    tiny_wan_clip(&clip);
     let video = std::fs::read(&clip).unwrap();
     let video_b64 = base64::engine::general_purpose::STANDARD.encode(&video);
 
     let i2v = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-wan2.1-i2v"), i2v.path());
     let storage = tempfile::tempdir().unwrap();
-    let s = start(i2v.path(), storage.path());
+    let s = Server::tiny(i2v.path(), storage.path());
     // The kind known from the data URL, and found by decoding plain base64.
     for value in [
         format!("data:video/mp4;base64,{video_b64}"),
@@ -306,7 +279,7 @@ fn end_image_elsewhere_and_the_wrong_media_kind_are_400s_at_admission() {
     copy_dir(&fixture("tiny-wan2.1-t2v"), v2v.path());
     copy_dir(&fixture("tiny-wan2.1-v2v"), v2v.path());
     let storage = tempfile::tempdir().unwrap();
-    let s = start(v2v.path(), storage.path());
+    let s = Server::tiny(v2v.path(), storage.path());
     let plain_png = base64::engine::general_purpose::STANDARD.encode(png(0));
     for value in [data_url(&png(0)), plain_png] {
         let mut body = base();

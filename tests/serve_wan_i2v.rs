@@ -7,78 +7,21 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use base64::Engine;
-use common::{PROMPT, copy_dir, fixture, omni, spawn_serve};
+use common::http::Server;
+use common::{copy_dir, fixture, tiny_wan_clip};
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(model: &Path, storage: &Path) -> Server {
-        let (child, addr) = spawn_serve(
-            Command::new(env!("CARGO_BIN_EXE_omni"))
-                .arg("serve")
-                .arg(model)
-                .args(["--port", "0", "--served-model-name", "tiny"])
-                .arg("--storage")
-                .arg(storage)
-                .stderr(Stdio::inherit()),
-        );
-        let server = Server { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while server.post("GET", "/readyz", b"").0 != 200 {
-            assert!(Instant::now() < deadline, "model never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-
-    /// (status, body) of one HTTP/1.1 request.
-    fn post(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let status = String::from_utf8_lossy(&raw[..split])
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
-        (status, raw[split + 4..].to_vec())
-    }
-
-    fn sync(&self, body: Value) -> (u16, Vec<u8>) {
-        self.post("POST", "/v1/videos/sync", body.to_string().as_bytes())
-    }
+/// `POST /v1/videos/sync` with a JSON body.
+fn sync(server: &Server, body: Value) -> (u16, Vec<u8>) {
+    server.post_json("/v1/videos/sync", &body)
 }
 
 fn assert_400_naming(server: &Server, body: Value, param: &str) {
-    let (status, bytes) = server.sync(body.clone());
+    let (status, bytes) = sync(server, body.clone());
     let text = String::from_utf8_lossy(&bytes);
     assert_eq!(status, 400, "{body}: {text}");
     let v: Value = serde_json::from_slice(&bytes).unwrap();
@@ -125,39 +68,23 @@ fn input_reference_video_makes_a_v2v_mp4() {
     // The input: a 9-frame 48x32 MP4 from the tiny text-to-video checkpoint.
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.mp4");
-    let out = omni()
-        .args(["generate", "--model"])
-        .arg(fixture("tiny-wan2.1-t2v"))
-        .args(["--prompt", PROMPT, "--width", "48", "--height", "32"])
-        .args([
-            "--num-frames",
-            "9",
-            "--num-inference-steps",
-            "2",
-            "--quiet",
-            "-o",
-        ])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tiny_wan_clip(&input);
     let model = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-wan2.1-t2v"), model.path());
     copy_dir(&fixture("tiny-wan2.1-v2v"), model.path());
     let storage = tempfile::tempdir().unwrap();
-    let s = Server::start(model.path(), storage.path());
+    let s = Server::tiny(model.path(), storage.path());
     let video = format!(
         "data:video/mp4;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(&input).unwrap())
     );
-    let (status, mp4) = s.sync(json!({
-        "prompt": "a lighthouse", "size": "48x32", "num_frames": 9, "num_inference_steps": 4,
-        "input_reference": video, "extra_params": {"strength": 0.5}
-    }));
+    let (status, mp4) = sync(
+        &s,
+        json!({
+            "prompt": "a lighthouse", "size": "48x32", "num_frames": 9, "num_inference_steps": 4,
+            "input_reference": video, "extra_params": {"strength": 0.5}
+        }),
+    );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&mp4));
     let path = storage.path().join("out.mp4");
     std::fs::write(&path, &mp4).unwrap();
@@ -170,7 +97,7 @@ fn input_reference_video_makes_a_v2v_mp4() {
     drop(s);
     // A text-to-video checkpoint takes no reference: a 400 naming the field it came in.
     let storage = tempfile::tempdir().unwrap();
-    let t2v = Server::start(&fixture("tiny-wan2.1-t2v"), storage.path());
+    let t2v = Server::tiny(&fixture("tiny-wan2.1-t2v"), storage.path());
     let mut b = base;
     b["input_reference"] = json!(png_data_url());
     assert_400_naming(&t2v, b, "input_reference");
@@ -181,11 +108,14 @@ fn input_reference_image_makes_an_i2v_mp4_and_end_image_is_a_400() {
     let model = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-wan2.1-i2v"), model.path());
     let storage = tempfile::tempdir().unwrap();
-    let s = Server::start(model.path(), storage.path());
-    let (status, mp4) = s.sync(json!({
-        "prompt": "a lighthouse", "size": "48x32", "num_frames": 9, "num_inference_steps": 2,
-        "input_reference": png_data_url()
-    }));
+    let s = Server::tiny(model.path(), storage.path());
+    let (status, mp4) = sync(
+        &s,
+        json!({
+            "prompt": "a lighthouse", "size": "48x32", "num_frames": 9, "num_inference_steps": 2,
+            "input_reference": png_data_url()
+        }),
+    );
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&mp4));
     let path = storage.path().join("out.mp4");
     std::fs::write(&path, &mp4).unwrap();

@@ -192,6 +192,27 @@ pub fn spawn_serve(cmd: &mut std::process::Command) -> (std::process::Child, Str
     (child, addr)
 }
 
+/// Write a 9-frame 48×32 H.264 MP4 made by the tiny Wan2.1 text-to-video checkpoint (2 steps)
+/// to `out`: the input video of the video-to-video tests.
+pub fn tiny_wan_clip(out: &Path) {
+    let out_run = omni()
+        .args(["generate", "--model"])
+        .arg(fixture("tiny-wan2.1-t2v"))
+        .args(["--prompt", PROMPT, "--width", "48", "--height", "32"])
+        .args([
+            "--num-frames",
+            "9",
+            "--num-inference-steps",
+            "2",
+            "--quiet",
+            "-o",
+        ])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(out_run.status.success(), "{}", stderr(&out_run));
+}
+
 /// A command's stderr as text.
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
