@@ -218,6 +218,9 @@ pub struct ModelDefaults {
     /// the pyramid rule (`0`: `16·2^(stages−1)`); Wan2.2 TI2V: 32 (the VAE's 16× times the
     /// transformer's 2×2 patches).
     pub size_multiple: u32,
+    /// A text-to-video checkpoint that also runs image-to-video when given an image (Wan2.2
+    /// TI2V: `WanPipeline` with `expand_timesteps`), so an image reference is not refused.
+    pub image_to_video: bool,
 }
 
 /// The request fields only the Helios chunked pyramid pipelines read.
@@ -302,6 +305,7 @@ impl ModelDefaults {
             whole_video: false,
             guidance_scale_2_follows: false,
             size_multiple: 0,
+            image_to_video: false,
         }
     }
 

@@ -304,8 +304,10 @@ struct BodyLayers {
 }
 
 /// A Wan checkpoint's pipeline class says whether it takes a reference: image-to-video and
-/// video-to-video need one, text-to-video takes none (Helios takes either or none). A mismatch is
-/// a 400 naming the reference field, before a job exists.
+/// video-to-video need one, text-to-video takes none unless it also runs image-to-video (Wan2.2
+/// TI2V: [`ModelDefaults::image_to_video`]; a video there is refused by the pipeline's input
+/// check) (Helios takes either or none). A mismatch is a 400 naming the reference field, before
+/// a job exists.
 ///
 /// # Errors
 /// 400 naming `input_reference` (missing) or the field the reference came in (not taken).
@@ -325,7 +327,7 @@ fn check_reference_fits(
             "input_reference",
             format!("this {class} checkpoint needs {what} as `input_reference`"),
         )),
-        (Some(r), None) if class == pipeline_wan::CLASS_NAME => Err(ApiError::invalid(
+        (Some(r), None) if class == pipeline_wan::CLASS_NAME && !defaults.image_to_video => Err(ApiError::invalid(
             &r.param,
             format!(
                 "`{}`: a text-to-video WanPipeline checkpoint takes no image or video reference",
