@@ -158,7 +158,9 @@ fn ti2v_image_to_video_matches_diffusers_frames() {
     let (shape, want) = r.frames01("frames");
     assert_eq!(shape, vec![9, 64, 96, 3]);
     let db = psnr(&got, &want);
-    eprintln!("{I2V_REFERENCE}: decoded frames PSNR vs diffusers {db:.2} dB (omni call {secs:.3} s)");
+    eprintln!(
+        "{I2V_REFERENCE}: decoded frames PSNR vs diffusers {db:.2} dB (omni call {secs:.3} s)"
+    );
     assert!(db >= MIN_PSNR_DB, "PSNR {db:.2} dB < {MIN_PSNR_DB} dB");
     // The I2V class loaded on the folder (diffusers' `WanImageToVideoPipeline.from_pretrained`)
     // runs the same computation.
@@ -283,53 +285,43 @@ fn png(dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
+/// `omni generate --model tiny-wan2.2-ti2v --prompt … --width 64 --height 32 --num-frames 5
+/// --num-inference-steps 2 --quiet` with `inputs` (`[flag, file]` pairs), writing `out`.
+fn generate_64x32(
+    inputs: &[(&str, &std::path::Path)],
+    out: &std::path::Path,
+) -> std::process::Output {
+    let mut cmd = omni();
+    cmd.args(["generate", "--model"])
+        .arg(ti2v())
+        .args(["--prompt", PROMPT, "--width", "64", "--height", "32"])
+        .args(["--num-frames", "5", "--num-inference-steps", "2", "--quiet"]);
+    for (flag, file) in inputs {
+        cmd.arg(flag).arg(file);
+    }
+    cmd.arg("-o").arg(out).output().unwrap()
+}
+
 #[test]
 fn omni_generate_runs_ti2v_image_to_video_and_refuses_what_it_cannot_take() {
     let tmp = tempfile::tempdir().unwrap();
     let first = png(tmp.path());
     let mp4 = tmp.path().join("i2v.mp4");
-    let out = omni()
-        .args(["generate", "--model"])
-        .arg(ti2v())
-        .args(["--prompt", PROMPT, "--width", "64", "--height", "32"])
-        .args(["--num-frames", "5", "--num-inference-steps", "2", "--quiet"])
-        .arg("--image")
-        .arg(&first)
-        .arg("-o")
-        .arg(&mp4)
-        .output()
-        .unwrap();
+    let out = generate_64x32(&[("--image", &first)], &mp4);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(ffprobe(&mp4), "64,32,24/1,5");
-    // A last image (first-last-frame) is not a TI2V input: one line naming it.
-    let out = omni()
-        .args(["generate", "--model"])
-        .arg(ti2v())
-        .args(["--prompt", PROMPT, "--width", "64", "--height", "32"])
-        .arg("--image")
-        .arg(&first)
-        .arg("--last-image")
-        .arg(&first)
-        .arg("-o")
-        .arg(tmp.path().join("x.mp4"))
-        .output()
-        .unwrap();
-    let line = common::assert_one_line_error(&out);
-    assert!(line.contains("last_image"), "{line}");
-    // Nor is a video.
-    let out = omni()
-        .args(["generate", "--model"])
-        .arg(ti2v())
-        .args(["--prompt", PROMPT, "--width", "64", "--height", "32"])
-        .args(["--num-frames", "5"])
-        .arg("--video")
-        .arg(&mp4)
-        .arg("-o")
-        .arg(tmp.path().join("y.mp4"))
-        .output()
-        .unwrap();
-    let line = common::assert_one_line_error(&out);
-    assert!(line.contains("video"), "{line}");
+    // A last image (first-last-frame) or a video is not a TI2V input: one line naming it.
+    for (inputs, param) in [
+        (
+            vec![("--image", &*first), ("--last-image", &*first)],
+            "last_image",
+        ),
+        (vec![("--video", &*mp4)], "video"),
+    ] {
+        let out = generate_64x32(&inputs, &tmp.path().join("x.mp4"));
+        let line = common::assert_one_line_error(&out);
+        assert!(line.contains(param), "{line}");
+    }
 }
 
 struct Server {

@@ -325,10 +325,14 @@ family_pipeline!(WanPipeline<DefaultBackend>, |dir: &Path, req| {
     let configs = super::pipelines::pipeline_wan::read_wan_configs(dir)?;
     super::pipelines::pipeline_wan::check_wan_inputs(configs.model_index.expand_timesteps, req)
 });
-family_pipeline!(WanImageToVideoPipeline<DefaultBackend>, |dir: &Path, req| {
-    let configs = super::pipelines::pipeline_wan_i2v::read_wan_i2v_configs(dir)?;
-    super::pipelines::pipeline_wan_i2v::check_i2v_inputs(configs.takes_last_image, req).map(|_| ())
-});
+family_pipeline!(
+    WanImageToVideoPipeline<DefaultBackend>,
+    |dir: &Path, req| {
+        let configs = super::pipelines::pipeline_wan_i2v::read_wan_i2v_configs(dir)?;
+        super::pipelines::pipeline_wan_i2v::check_i2v_inputs(configs.takes_last_image, req)
+            .map(|_| ())
+    }
+);
 family_pipeline!(WanVideoToVideoPipeline<DefaultBackend>, |_: &Path, req| {
     super::pipelines::pipeline_wan_video2video::check_v2v_inputs(req).map(|_| ())
 });

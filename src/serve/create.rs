@@ -327,13 +327,15 @@ fn check_reference_fits(
             "input_reference",
             format!("this {class} checkpoint needs {what} as `input_reference`"),
         )),
-        (Some(r), None) if class == pipeline_wan::CLASS_NAME && !defaults.image_to_video => Err(ApiError::invalid(
-            &r.param,
-            format!(
-                "`{}`: a text-to-video WanPipeline checkpoint takes no image or video reference",
-                r.param
-            ),
-        )),
+        (Some(r), None) if class == pipeline_wan::CLASS_NAME && !defaults.image_to_video => {
+            Err(ApiError::invalid(
+                &r.param,
+                format!(
+                    "`{}`: a text-to-video WanPipeline checkpoint takes no image or video reference",
+                    r.param
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }

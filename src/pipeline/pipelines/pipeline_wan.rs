@@ -692,7 +692,10 @@ pub fn vae_scale_factor_spatial<B: Backend>(vae: &AutoencoderKLWan<B>) -> usize 
 /// # Errors
 /// [`PipelineError::Unsupported`] naming the input: a video (`video`), an image on a checkpoint
 /// without `expand_timesteps` (`image`), a last image (`last_image`), or an image of another size.
-pub fn check_wan_inputs(expand_timesteps: bool, req: &GenerationRequest) -> Result<(), PipelineError> {
+pub fn check_wan_inputs(
+    expand_timesteps: bool,
+    req: &GenerationRequest,
+) -> Result<(), PipelineError> {
     match &req.conditioning {
         Conditioning::None => Ok(()),
         Conditioning::Image(_) | Conditioning::FirstLast(_) if expand_timesteps => {
@@ -840,7 +843,11 @@ impl<B: Backend> WanDenoise<B> {
             // `expand_timesteps`.
             let ts: Vec<f32> = match &timestep_mask {
                 None => vec![t as f32; context.batch],
-                Some(m) => m.iter().map(|w| w * t as f32).collect::<Vec<_>>().repeat(context.batch),
+                Some(m) => m
+                    .iter()
+                    .map(|w| w * t as f32)
+                    .collect::<Vec<_>>()
+                    .repeat(context.batch),
             };
             let cancel = ctx.cancel.clone();
             let out = model
@@ -863,8 +870,8 @@ impl<B: Backend> WanDenoise<B> {
 }
 
 /// Step 7 of the Wan pipelines: de-normalise `latents` (`[1, z_dim, T, h, w]`), decode them with
-/// the VAE (streamed, checking for cancellation between latent frames) and hand the first
-/// `num_frames` frames to `sink`, with the progress events; returns their number.
+/// the VAE and hand the first `num_frames` frames to `sink` ([`decode_chunk_to_sink`], the
+/// whole video as chunk 0), then report them ready; returns their number.
 ///
 /// # Errors
 /// [`PipelineError::Cancelled`]; [`PipelineError::Sink`] when the sink fails.
@@ -875,10 +882,31 @@ pub fn decode_to_sink<B: Backend>(
     ctx: &mut RunContext<'_>,
     sink: &mut dyn FrameSink,
 ) -> Result<usize, PipelineError> {
-    ctx.progress.event(Progress::Decoding {
+    let n = decode_chunk_to_sink(vae, 0, latents, num_frames, ctx, sink)?;
+    ctx.progress.event(Progress::FramesReady {
         chunk: 0,
-        done: false,
+        frames: n,
     });
+    Ok(n)
+}
+
+/// VAE-decode chunk `chunk` (`latents` `[1, z_dim, T, h, w]`, normalised) frame by frame (the
+/// causal decoder's own loop, stopping within one decoder block when cancelled) and hand its
+/// first `keep` frames to `sink`, with the `Decoding` progress events; returns how many. Shared
+/// by the Wan pipelines and Helios (whose VAE is Wan2.1's).
+///
+/// # Errors
+/// [`PipelineError::Cancelled`]; [`PipelineError::Sink`] when the sink fails.
+pub fn decode_chunk_to_sink<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    chunk: usize,
+    latents: Tensor<B, 5>,
+    keep: usize,
+    ctx: &mut RunContext<'_>,
+    sink: &mut dyn FrameSink,
+) -> Result<usize, PipelineError> {
+    ctx.progress
+        .event(Progress::Decoding { chunk, done: false });
     let cancel = ctx.cancel.clone();
     let stop = || match cancel.is_cancelled() {
         true => Err(PipelineError::Cancelled),
@@ -891,16 +919,9 @@ pub fn decode_to_sink<B: Backend>(
         Ok(())
     })?;
     let video = Tensor::cat(parts, 2);
-    ctx.progress.event(Progress::Decoding {
-        chunk: 0,
-        done: true,
-    });
-    let frames = postprocess(video, num_frames);
+    ctx.progress.event(Progress::Decoding { chunk, done: true });
+    let frames = postprocess(video, keep);
     let n = frames.frames;
     sink.push_frames(frames).map_err(PipelineError::Sink)?;
-    ctx.progress.event(Progress::FramesReady {
-        chunk: 0,
-        frames: n,
-    });
     Ok(n)
 }

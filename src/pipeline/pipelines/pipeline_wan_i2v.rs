@@ -590,7 +590,7 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
                     timestep_mask: Some(timestep_mask),
                     ..denoise
                 };
-                blend(&denoise.run(&mut experts, latents, &blend, ctx)?)
+                blend(&denoise.run(&mut experts, latents, blend, ctx)?)
             }
             // `latent_model_input = cat([latents, condition], 1)`, `[1, 36, T, h, w]`.
             false => {
