@@ -7,6 +7,12 @@
 //!   `height` for a size the VAE + patches cannot take;
 //! - `omni generate --preset wan2.2-ti2v-5b` and `omni serve` end to end, the MP4s checked by
 //!   ffprobe;
+//! - TI2V image-to-video (an image given to the `expand_timesteps` checkpoint): diffusers'
+//!   `WanImageToVideoPipeline` run on the same folder with an injected image and latents
+//!   (`reference/pipeline_wan_ti2v_i2v.safetensors`), ≥ 40 dB PSNR through `WanPipeline` (the
+//!   routing) and identical frames from `WanImageToVideoPipeline` loaded on the folder; `omni
+//!   generate --image` and serve `input_reference` end to end (ffprobe), a last image or a video
+//!   refused naming it;
 //! - Wan2.2 A14B one-expert residency (`ExpertResidency::On`) gives the same frames as both
 //!   experts resident, on the tiny two-expert checkpoint (`tiny-wan2.1-t2v` + `tiny-wan2.2-a14b`).
 //!
@@ -25,11 +31,12 @@ use common::{
 use omni::pipeline::noise::FileNoise;
 use omni::pipeline::pipelines::pipeline_helios_pyramid::RunContext;
 use omni::pipeline::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
+use omni::pipeline::pipelines::pipeline_wan_i2v::{WanImageToVideoPipeline, wan_i2v_defaults};
 use omni::pipeline::pipelines::prompt_encoder::TextEncoderResidency;
 use omni::pipeline::precision::Precision;
 use omni::pipeline::preset::Preset;
 use omni::pipeline::progress::{CancelToken, NoProgress, Progress};
-use omni::pipeline::request::{RequestPatch, resolve};
+use omni::pipeline::request::{Conditioning, ConditioningPixels, RequestPatch, resolve};
 use serde_json::{Value, json};
 
 const NEGATIVE_PROMPT: &str = "blurry, low quality, static";
@@ -89,6 +96,88 @@ fn ti2v_run_matches_diffusers_frames() {
         .filter(|e| matches!(e, Progress::Step { .. }))
         .count();
     assert_eq!(steps, 4);
+}
+
+const I2V_REFERENCE: &str = "pipeline_wan_ti2v_i2v.safetensors";
+
+#[test]
+fn ti2v_image_to_video_matches_diffusers_frames() {
+    let dir = ti2v();
+    let device = Default::default();
+    let defaults = wan_defaults(&dir).unwrap();
+    assert!(defaults.image_to_video);
+    // The I2V class on the TI2V folder has the same defaults (one checkpoint, both tasks).
+    assert_eq!(wan_i2v_defaults(&dir).unwrap(), defaults);
+    let patch = RequestPatch {
+        prompt: Some(PROMPT.into()),
+        negative_prompt: Some(NEGATIVE_PROMPT.into()),
+        height: Some(64),
+        width: Some(96),
+        num_frames: Some(9),
+        num_inference_steps: Some(4),
+        guidance_scale: Some(5.0),
+        ..Default::default()
+    };
+    let mut req = resolve(&[patch], &defaults).unwrap();
+    let r = common::Reference::open(I2V_REFERENCE);
+    let (image, w, h) = common::input_frames(&r, "image");
+    assert_eq!((w, h), (96, 64));
+    req.conditioning = Conditioning::Image(ConditioningPixels::from_rgb8_frames(&image, w, h));
+    let precision = Precision::for_device::<TestBackend>(&device);
+    let run = |call: &dyn Fn(&mut RunContext<'_>, &mut Collect) -> usize| {
+        let mut noise = FileNoise::open(&fixture(&format!("reference/{I2V_REFERENCE}"))).unwrap();
+        let mut progress = Record::default();
+        let mut sink = Collect::default();
+        let mut ctx = RunContext {
+            noise: &mut noise,
+            progress: &mut progress,
+            cancel: CancelToken::new(),
+        };
+        let t0 = Instant::now();
+        assert_eq!(call(&mut ctx, &mut sink), 9);
+        let secs = t0.elapsed().as_secs_f64();
+        let steps = progress
+            .0
+            .iter()
+            .filter(|e| matches!(e, Progress::Step { .. }))
+            .count();
+        assert_eq!(steps, 4);
+        let got: Vec<f32> = sink.0.iter().flat_map(|f| f.data.iter().copied()).collect();
+        (got, secs)
+    };
+    // The routing: an image given to the TI2V checkpoint's WanPipeline.
+    let pipe = WanPipeline::<TestBackend>::load_with(
+        &dir,
+        &device,
+        precision,
+        TextEncoderResidency::Resident,
+        &mut NoProgress,
+    )
+    .unwrap();
+    let (got, secs) = run(&|ctx, sink| pipe.call(&req, ctx, sink).unwrap());
+    let (shape, want) = r.frames01("frames");
+    assert_eq!(shape, vec![9, 64, 96, 3]);
+    let db = psnr(&got, &want);
+    eprintln!(
+        "{I2V_REFERENCE}: decoded frames PSNR vs diffusers {db:.2} dB (omni call {secs:.3} s)"
+    );
+    assert!(db >= MIN_PSNR_DB, "PSNR {db:.2} dB < {MIN_PSNR_DB} dB");
+    // The I2V class loaded on the folder (diffusers' `WanImageToVideoPipeline.from_pretrained`)
+    // runs the same computation.
+    let i2v = WanImageToVideoPipeline::<TestBackend>::load_with(
+        &dir,
+        &device,
+        precision,
+        TextEncoderResidency::Resident,
+        &mut NoProgress,
+    )
+    .unwrap();
+    let (same, _) = run(&|ctx, sink| i2v.call(&req, ctx, sink).unwrap());
+    assert_eq!(same, got);
+    // The image decides the first frames: the text-to-video run of the same latents differs.
+    req.conditioning = Conditioning::None;
+    let (t2v, _) = run(&|ctx, sink| pipe.call(&req, ctx, sink).unwrap());
+    assert!(psnr(&t2v, &want) < db - 3.0);
 }
 
 #[test]
@@ -186,6 +275,55 @@ fn omni_generate_runs_the_ti2v_preset_end_to_end() {
     assert!(line.contains("width"), "{line}");
 }
 
+/// A smooth 48×32 PNG in `dir` (stretched to the output size by omni).
+fn png(dir: &std::path::Path) -> std::path::PathBuf {
+    let img = image::RgbImage::from_fn(48, 32, |x, y| {
+        image::Rgb([(x * 5) as u8, (y * 7) as u8, ((x + y) * 3) as u8])
+    });
+    let path = dir.join("first.png");
+    img.save(&path).unwrap();
+    path
+}
+
+/// `omni generate --model tiny-wan2.2-ti2v --prompt … --width 64 --height 32 --num-frames 5
+/// --num-inference-steps 2 --quiet` with `inputs` (`[flag, file]` pairs), writing `out`.
+fn generate_64x32(
+    inputs: &[(&str, &std::path::Path)],
+    out: &std::path::Path,
+) -> std::process::Output {
+    let mut cmd = omni();
+    cmd.args(["generate", "--model"])
+        .arg(ti2v())
+        .args(["--prompt", PROMPT, "--width", "64", "--height", "32"])
+        .args(["--num-frames", "5", "--num-inference-steps", "2", "--quiet"]);
+    for (flag, file) in inputs {
+        cmd.arg(flag).arg(file);
+    }
+    cmd.arg("-o").arg(out).output().unwrap()
+}
+
+#[test]
+fn omni_generate_runs_ti2v_image_to_video_and_refuses_what_it_cannot_take() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = png(tmp.path());
+    let mp4 = tmp.path().join("i2v.mp4");
+    let out = generate_64x32(&[("--image", &first)], &mp4);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ffprobe(&mp4), "64,32,24/1,5");
+    // A last image (first-last-frame) or a video is not a TI2V input: one line naming it.
+    for (inputs, param) in [
+        (
+            vec![("--image", &*first), ("--last-image", &*first)],
+            "last_image",
+        ),
+        (vec![("--video", &*mp4)], "video"),
+    ] {
+        let out = generate_64x32(&inputs, &tmp.path().join("x.mp4"));
+        let line = common::assert_one_line_error(&out);
+        assert!(line.contains(param), "{line}");
+    }
+}
+
 struct Server {
     child: Child,
     addr: String,
@@ -224,6 +362,17 @@ impl Server {
     }
 }
 
+/// A smooth 48×32 PNG as a data URL.
+fn png_data_url() -> String {
+    use base64::Engine as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(png(tmp.path())).unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    )
+}
+
 #[test]
 fn omni_serve_runs_the_ti2v_checkpoint_and_refuses_bad_sizes() {
     let storage = tempfile::tempdir().unwrap();
@@ -245,6 +394,14 @@ fn omni_serve_runs_the_ti2v_checkpoint_and_refuses_bad_sizes() {
     let path = storage.path().join("out.mp4");
     std::fs::write(&path, &mp4).unwrap();
     assert_eq!(ffprobe(&path), "64,32,24/1,9");
+    // An image reference runs TI2V image-to-video.
+    let (status, mp4) = s.sync(json!({
+        "prompt": "a lighthouse", "size": "64x32", "num_frames": 5, "num_inference_steps": 2,
+        "input_reference": png_data_url()
+    }));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&mp4));
+    std::fs::write(&path, &mp4).unwrap();
+    assert_eq!(ffprobe(&path), "64,32,24/1,5");
     for (body, param) in [
         (json!({"prompt": "p", "size": "48x32"}), "width"),
         (

@@ -1,9 +1,11 @@
 """Alternating wall times of the tiny Wan pipelines: diffusers WanPipeline __call__ (in-process, load excluded)
 vs `omni generate` (the whole process: start, load, run, MP4 encode), on the tiny Wan2.1 T2V, Wan2.2 A14B
-two-expert and Wan2.2 TI2V checkpoints with the fixtures' requests and injected latents, 3 rounds on the same
-machine, with the load average after each pair. Prints figures; asserts nothing.
+two-expert and Wan2.2 TI2V checkpoints (text-to-video, and image-to-video with the fixture's image) with the
+fixtures' requests and injected latents, 3 rounds on the same machine, with the load average after each pair.
+Prints figures (min and median per case); asserts nothing.
 
     /tmp/torch-venv18/bin/python benches/reference/time_wan_tiny.py [--omni target/release/omni] [--threads 2]
+        [--rounds 3] [--only ti2v ti2v-i2v]
 """
 import argparse
 import os
@@ -25,6 +27,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--omni", default=str(ROOT / "target" / "release" / "omni"))
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--rounds", type=int, default=3)
+ap.add_argument("--only", nargs="*", help="case names (t2v a14b ti2v ti2v-i2v); default: all")
 cli = ap.parse_args()
 mf.T0 = time.perf_counter()
 torch.set_num_threads(cli.threads)
@@ -35,11 +38,22 @@ a14b = Path(tempfile.mkdtemp()) / "ckpt"
 shutil.copytree(FX / "tiny-wan2.1-t2v", a14b)
 shutil.copy(FX / "tiny-wan2.2-a14b/model_index.json", a14b / "model_index.json")
 shutil.copytree(FX / "tiny-wan2.2-a14b/transformer_2", a14b / "transformer_2")
+# TI2V image-to-video: diffusers' WanImageToVideoPipeline on the TI2V folder (expand_timesteps) with the
+# reference's image; omni generate --image with the same image as a PNG (the same size: no resize).
+from diffusers import WanImageToVideoPipeline
+from PIL import Image
+ti2v = mt.load_pipeline()
+ti2v_i2v = WanImageToVideoPipeline(tokenizer=ti2v.tokenizer, text_encoder=ti2v.text_encoder, vae=ti2v.vae,
+                                   scheduler=ti2v.scheduler, transformer=ti2v.transformer, expand_timesteps=True)
+image = Image.fromarray(load_file(str(FX / "reference" / "pipeline_wan_ti2v_i2v.safetensors"))["image"].numpy())
+image.save(OUT / "image.png")
 cases = [
     ("t2v", FX / "tiny-wan2.1-t2v", mw.load_pipeline(FX / "tiny-wan2.1-t2v"), "pipeline_wan_t2v.safetensors", dict(mw.PIPE_ARGS), {}),
     ("a14b", a14b, mw.load_pipeline(a14b), "pipeline_wan_a14b.safetensors", dict(mw.PIPE_ARGS), {"guidance_scale_2": 2.0}),
-    ("ti2v", FX / "tiny-wan2.2-ti2v", mt.load_pipeline(), "pipeline_wan_ti2v.safetensors", dict(mt.PIPE_ARGS), {}),
+    ("ti2v", FX / "tiny-wan2.2-ti2v", ti2v, "pipeline_wan_ti2v.safetensors", dict(mt.PIPE_ARGS), {}),
+    ("ti2v-i2v", FX / "tiny-wan2.2-ti2v", ti2v_i2v, "pipeline_wan_ti2v_i2v.safetensors", dict(mt.PIPE_ARGS), {"image": image}),
 ]
+cases = [c for c in cases if not cli.only or c[0] in cli.only]
 rows = {}
 for rnd in range(cli.rounds):
     for name, folder, pipe, ref, args, extra in cases:
@@ -53,8 +67,10 @@ for rnd in range(cli.rounds):
                "--width", str(args["width"]), "--height", str(args["height"]), "--num-frames", str(args["num_frames"]),
                "--num-inference-steps", str(args["num_inference_steps"]), "--guidance-scale", str(args["guidance_scale"]),
                "--noise-file", str(FX / "reference" / ref), "--quiet", "--threads", str(cli.threads), "-o", str(OUT / "out.mp4")]
-        if extra:
+        if "guidance_scale_2" in extra:
             cmd += ["--guidance-scale-2", "2.0"]
+        if "image" in extra:
+            cmd += ["--image", str(OUT / "image.png")]
         t0 = time.perf_counter()
         r = subprocess.run(cmd, capture_output=True, text=True)
         o = time.perf_counter() - t0
@@ -62,4 +78,6 @@ for rnd in range(cli.rounds):
         rows.setdefault(name, []).append((d, o, os.getloadavg()[0]))
         print(f"round {rnd} {name}: diffusers {d:.3f} s, omni generate {o:.3f} s, load avg {os.getloadavg()[0]:.2f}", flush=True)
 for name, v in rows.items():
-    print(f"{name}: diffusers min {min(x[0] for x in v):.3f} s; omni min {min(x[1] for x in v):.3f} s; load {[round(x[2],1) for x in v]}")
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    print(f"{name}: diffusers min {min(x[0] for x in v):.3f} s median {med([x[0] for x in v]):.3f} s; "
+          f"omni min {min(x[1] for x in v):.3f} s median {med([x[1] for x in v]):.3f} s; load {[round(x[2],1) for x in v]}")

@@ -374,50 +374,36 @@ trait FamilyPipeline: Sized {
     }
 }
 
-impl FamilyPipeline for HeliosPyramidPipeline<DefaultBackend> {
-    fn load_with(
-        dir: &Path,
-        precision: Precision,
-        residency: TextEncoderResidency,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &thread_device(), precision, residency, progress)
-    }
+/// [`FamilyPipeline`] for a pipeline class whose inherent `load_with(dir, &device, precision,
+/// residency, progress)` loads it, with its `check_inputs` (a `fn(&Path, &GenerationRequest)`)
+/// when it takes inputs.
+macro_rules! family_pipeline {
+    ($pipe:ty $(, $check:expr)?) => {
+        impl FamilyPipeline for $pipe {
+            fn load_with(
+                dir: &Path,
+                precision: Precision,
+                residency: TextEncoderResidency,
+                progress: &mut dyn ProgressSink,
+            ) -> Result<Self, PipelineError> {
+                Self::load_with(dir, &thread_device(), precision, residency, progress)
+            }
+
+            $(fn check_inputs(dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+                $check(dir, req)
+            })?
+        }
+    };
 }
 
-impl FamilyPipeline for WanImageToVideoPipeline<DefaultBackend> {
-    fn check_inputs(dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
-        let configs = super::pipelines::pipeline_wan_i2v::read_wan_i2v_configs(dir)?;
-        super::pipelines::pipeline_wan_i2v::check_i2v_inputs(configs.takes_last_image, req)
-            .map(|_| ())
-    }
-
-    fn load_with(
-        dir: &Path,
-        precision: Precision,
-        residency: TextEncoderResidency,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &thread_device(), precision, residency, progress)
-    }
-}
-
-impl FamilyPipeline for WanVideoToVideoPipeline<DefaultBackend> {
-    fn check_inputs(_dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
-        super::pipelines::pipeline_wan_video2video::check_v2v_inputs(req).map(|_| ())
-    }
-
-    fn load_with(
-        dir: &Path,
-        precision: Precision,
-        residency: TextEncoderResidency,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &thread_device(), precision, residency, progress)
-    }
-}
-
+family_pipeline!(HeliosPyramidPipeline<DefaultBackend>);
+/// `WanPipeline` also takes the experts' residency (Wan2.2 A14B), so it is written out.
 impl FamilyPipeline for WanPipeline<DefaultBackend> {
+    fn check_inputs(dir: &Path, req: &GenerationRequest) -> Result<(), PipelineError> {
+        let configs = super::pipelines::pipeline_wan::read_wan_configs(dir)?;
+        super::pipelines::pipeline_wan::check_wan_inputs(configs.model_index.expand_timesteps, req)
+    }
+
     fn load_with(
         dir: &Path,
         precision: Precision,
@@ -434,16 +420,20 @@ impl FamilyPipeline for WanPipeline<DefaultBackend> {
         experts: ExpertResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with_experts(
-            dir,
-            &thread_device(),
-            precision,
-            residency,
-            experts,
-            progress,
-        )
+        Self::load_with_experts(dir, &thread_device(), precision, residency, experts, progress)
     }
 }
+family_pipeline!(
+    WanImageToVideoPipeline<DefaultBackend>,
+    |dir: &Path, req| {
+        let configs = super::pipelines::pipeline_wan_i2v::read_wan_i2v_configs(dir)?;
+        super::pipelines::pipeline_wan_i2v::check_i2v_inputs(configs.takes_last_image, req)
+            .map(|_| ())
+    }
+);
+family_pipeline!(WanVideoToVideoPipeline<DefaultBackend>, |_: &Path, req| {
+    super::pipelines::pipeline_wan_video2video::check_v2v_inputs(req).map(|_| ())
+});
 
 /// One model family's pipeline `P` on the build's backend: the checkpoint folder, the load
 /// policy (everything at [`Family::open`], or lazily after the prompt is encoded under
@@ -466,7 +456,8 @@ struct Family<P> {
 /// The Helios family (Base, Mid, Distilled) on the build's backend.
 type Helios = Family<HeliosPyramidPipeline<DefaultBackend>>;
 
-/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B) on the build's backend.
+/// The Wan family (`WanPipeline`: Wan2.1 T2V, Wan2.2 A14B, Wan2.2 TI2V with or without an
+/// image) on the build's backend.
 type Wan = Family<WanPipeline<DefaultBackend>>;
 
 /// The Wan image-to-video family (`WanImageToVideoPipeline`: Wan2.1 I2V / FLF2V, Wan2.2 I2V

@@ -222,6 +222,9 @@ pub struct ModelDefaults {
     /// whose transformer sets `pos_embed_seq_len`): it needs a last image besides the first
     /// (diffusers `last_image`; the server's `end_image`), and only it takes one.
     pub takes_last_image: bool,
+    /// A text-to-video checkpoint that also runs image-to-video when given an image (Wan2.2
+    /// TI2V: `WanPipeline` with `expand_timesteps`), so an image reference is not refused.
+    pub image_to_video: bool,
 }
 
 /// The request fields only the Helios chunked pyramid pipelines read.
@@ -307,6 +310,7 @@ impl ModelDefaults {
             guidance_scale_2_follows: false,
             size_multiple: 0,
             takes_last_image: false,
+            image_to_video: false,
         }
     }
 

@@ -304,9 +304,10 @@ struct BodyLayers {
 
 /// A Wan checkpoint's pipeline class says whether it takes a reference: image-to-video needs an
 /// image (and a first-last-frame checkpoint a last image too), video-to-video a video,
-/// text-to-video none (Helios takes an image, a video or none). A mismatch is a 400 naming the
-/// reference field, before a job exists; a reference whose kind the field or data URL does not
-/// say is checked once decoded ([`check_kind_fits`]).
+/// text-to-video none unless it also runs image-to-video (Wan2.2 TI2V:
+/// [`ModelDefaults::image_to_video`], an image only) (Helios takes an image, a video or none). A
+/// mismatch is a 400 naming the reference field, before a job exists; a reference whose kind the
+/// field or data URL does not say is checked once decoded ([`check_kind_fits`]).
 ///
 /// # Errors
 /// 400 naming `input_reference` (missing, or of the wrong kind), the field the reference came
@@ -360,7 +361,7 @@ fn check_reference_fits(defaults: &ModelDefaults, refs: &References) -> Result<(
                 format!("this {class} checkpoint needs {what} as `input_reference`"),
             ));
         }
-        (Some(r), None) if class == pipeline_wan::CLASS_NAME => {
+        (Some(r), None) if class == pipeline_wan::CLASS_NAME && !defaults.image_to_video => {
             return Err(ApiError::invalid(
                 &r.param,
                 format!(
@@ -390,11 +391,12 @@ pub fn check_kind_fits(
     kind: RefKind,
     param: &str,
 ) -> Result<(), ApiError> {
-    use crate::pipeline::pipelines::{pipeline_wan_i2v, pipeline_wan_video2video};
+    use crate::pipeline::pipelines::{pipeline_wan, pipeline_wan_i2v, pipeline_wan_video2video};
     let class = defaults.pipeline_class.as_str();
     let wants = match class {
         _ if param == END_IMAGE || param == "image_reference[1]" => RefKind::Image,
         pipeline_wan_i2v::CLASS_NAME => RefKind::Image,
+        pipeline_wan::CLASS_NAME if defaults.image_to_video => RefKind::Image,
         pipeline_wan_video2video::CLASS_NAME => RefKind::Video,
         _ => return Ok(()),
     };

@@ -66,8 +66,8 @@ use super::helios_conditioning::{HistoryFill, PreparedConditioning};
 pub use super::helios_variant::{
     ModelIndex, PipelineScheduler, Variant, checkpoint_defaults, read_checkpoint_configs,
 };
-use super::pipeline_output::postprocess;
 pub use super::pipeline_output::{FrameSink, VideoFrames};
+use super::pipeline_wan::decode_chunk_to_sink;
 pub use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
 use super::pyramid_latents::{block_noise, downsample_half, upsample_nearest_2x};
 pub use crate::pipeline::error::PipelineError;
@@ -608,33 +608,7 @@ impl<B: Backend> DenoiseParts<'_, B> {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
-        ctx.progress.event(Progress::Decoding {
-            chunk: k,
-            done: false,
-        });
-        // Frame by frame (the causal decoder's own loop), stopping within one decoder block
-        // when cancelled.
-        let mut parts = Vec::new();
-        let cancel = ctx.cancel.clone();
-        let stop = || match cancel.is_cancelled() {
-            true => Err(PipelineError::Cancelled),
-            false => Ok(()),
-        };
-        self.vae
-            .decode_streaming(self.vae.denormalize(latents), &stop, |_, frames| {
-                stop()?;
-                parts.push(frames);
-                Ok(())
-            })?;
-        let video = Tensor::cat(parts, 2);
-        ctx.progress.event(Progress::Decoding {
-            chunk: k,
-            done: true,
-        });
-        let frames = postprocess(video, keep);
-        let n = frames.frames;
-        sink.push_frames(frames).map_err(PipelineError::Sink)?;
-        Ok(n)
+        decode_chunk_to_sink(self.vae, k, latents, keep, ctx, sink)
     }
 
     /// The per-stage samplers of chunk `k`: `set_timesteps` for every stage, with μ from the

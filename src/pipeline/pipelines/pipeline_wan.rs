@@ -20,6 +20,15 @@
 //!    call, [cond, uncond]; the same math per row), the scheduler step;
 //! 7. de-normalise and decode with the VAE, frames to the [`FrameSink`].
 //!
+//! Steps 6 and 7 are shared by the three Wan pipelines: [`WanDenoise::run`] (with a per-step
+//! model-input hook for image-to-video's extra channels and a start index for video-to-video's
+//! `strength`) and [`decode_to_sink`].
+//!
+//! Wan2.2 TI2V image-to-video: an image given to an `expand_timesteps` checkpoint (whose
+//! `model_index.json` says `WanPipeline`, as diffusers' TI2V folder does) runs
+//! [`WanImageToVideoPipeline`] over this pipeline's modules, as diffusers users do with
+//! `WanImageToVideoPipeline.from_pretrained(folder)`; see [`check_wan_inputs`].
+//!
 //! Deliberate divergences (pinned by `tests/pipeline_wan.rs`, ≥ 40 dB PSNR on the decoded
 //! frames against diffusers with the same initial latents):
 //! - the prompt's cross-attention keys/values are computed once per request per expert
@@ -56,7 +65,8 @@ use crate::pipeline::models::transformer_wan::{
 use crate::pipeline::precision::Precision;
 use crate::pipeline::progress::{NoProgress, Progress, ProgressSink, loading};
 use crate::pipeline::request::{
-    GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults, V2V_ONLY_FIELDS, WAN_ONLY_FIELDS,
+    Conditioning, GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults, V2V_ONLY_FIELDS,
+    WAN_ONLY_FIELDS,
 };
 use crate::pipeline::schedulers::SchedulerError;
 use crate::pipeline::schedulers::scheduling_flow_match_euler_discrete::{
@@ -71,6 +81,7 @@ use crate::pipeline::schedulers::unipc::{SolverHistory, StepPlan};
 
 use super::pipeline_helios_pyramid::RunContext;
 use super::pipeline_output::{FrameSink, postprocess};
+use super::pipeline_wan_i2v::{WanImageToVideoPipeline, check_i2v_inputs};
 use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
 
 /// `model_index.json` `_class_name`.
@@ -302,6 +313,8 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
         // Wan2.2 TI2V-5B: 24 fps (Wan-Video/Wan2.2@42bf4cf wan/configs/wan_ti2v_5B.py
         // `sample_fps = 24`; the diffusers Wan2.2 TI2V example exports at fps=24).
         r.fps = 24;
+        // An image runs image-to-video (see `check_wan_inputs`).
+        d.image_to_video = true;
     }
     d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
     // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer).
@@ -510,13 +523,16 @@ impl<B: Backend> WanPipeline<B> {
         ctx: &mut RunContext<'_>,
         sink: &mut dyn FrameSink,
     ) -> Result<usize, PipelineError> {
-        if !matches!(
-            req.conditioning,
-            crate::pipeline::request::Conditioning::None
-        ) {
-            return Err(PipelineError::Unsupported(
-                "WanPipeline is text-to-video: an image or video input needs an image-to-video or video-to-video Wan checkpoint".into(),
-            ));
+        match &req.conditioning {
+            Conditioning::None => {}
+            // Wan2.2 TI2V: an image runs image-to-video on the same modules (diffusers:
+            // `WanImageToVideoPipeline.from_pretrained` of the same folder, `expand_timesteps`).
+            Conditioning::Image(_) if self.model_index.expand_timesteps => {
+                return self
+                    .image_to_video()
+                    .call_with_embeds(req, embeds, ctx, sink);
+            }
+            _ => check_wan_inputs(self.model_index.expand_timesteps, req)?,
         }
         let device = &self.device;
         // diffusers rounds height and width down to multiples of
@@ -532,34 +548,10 @@ impl<B: Backend> WanPipeline<B> {
             }
         }
         // 4. Timesteps with the request's flow shift.
-        let mut solver = self
+        let solver = self
             .scheduler
             .set_timesteps(req.num_inference_steps, req.flow_shift)
             .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-        let timesteps = solver.timesteps().to_vec();
-        let boundary_timestep = self
-            .model_index
-            .boundary_ratio
-            .map(|_| req.boundary_ratio * self.scheduler.num_train_timesteps() as f64);
-
-        // Contexts and guidance per expert: [cond] or, under CFG, [cond, uncond]. As in
-        // diffusers, CFG is on for both experts when `guidance_scale > 1` (the negative prompt is
-        // encoded then), each with its own scale, and off for both otherwise.
-        let cfg_text = embeds
-            .negative_prompt_embeds
-            .map(|neg| Tensor::cat(vec![embeds.prompt_embeds.clone(), neg], 0));
-        let guidance = |scale: f64| match cfg_text.is_some() {
-            true => Guidance::Cfg { scale },
-            false => Guidance::None,
-        };
-        let mut experts = self
-            .experts
-            .lock()
-            .map_err(|_| PipelineError::Unsupported("a previous run panicked".into()))?;
-        let guidances = [guidance(req.guidance_scale), guidance(req.guidance_scale_2)];
-        let text = cfg_text.unwrap_or(embeds.prompt_embeds);
-        // Each expert's text context (cross-attention K/V), made when the expert is first used.
-        let mut contexts: Vec<Option<WanContext<B>>> = (0..experts.len()).map(|_| None).collect();
 
         // 5. Initial latents.
         let latent_frames = (req.num_frames as usize - 1) / 4 + 1;
@@ -571,71 +563,63 @@ impl<B: Backend> WanPipeline<B> {
             req.width as usize / self.vae_scale_factor_spatial(),
         ];
         let draw = ctx.noise.standard_normal(LATENTS_DRAW, &shape)?;
-        let mut latents =
-            Tensor::<B, 5>::from_data(TensorData::new(draw, shape), (device, DType::F32));
+        let latents = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), (device, DType::F32));
 
-        // 6. Denoising loop.
-        let steps = timesteps.len();
-        ctx.progress.event(Progress::ChunkStarted {
-            chunk: 0,
-            chunks: 1,
-            steps,
-            frames: req.num_frames as usize,
-        });
-        let mut history = SolverHistory::new();
-        for (i, &t) in timesteps.iter().enumerate() {
-            if ctx.cancel.is_cancelled() {
-                return Err(PipelineError::Cancelled);
-            }
-            // wan2.1, or the high-noise stage of wan2.2: `t >= boundary_timestep`.
-            let e = match boundary_timestep {
-                Some(b) if t < b => 1,
-                _ => 0,
-            };
-            self.make_resident(&mut experts, e)?;
-            let model = experts[e].as_ref().expect("made resident");
-            let context = contexts[e].get_or_insert_with(|| model.context(text.clone(), None));
-            let v = self.predict(model, context, &guidances[e], &latents, t, i, ctx)?;
-            let plan = solver.step_plan(i);
-            latents = history.step(&plan, latents, v, combine::<B>);
-            ctx.progress.event(Progress::Step {
-                chunk: 0,
-                stage: 0,
-                step: i + 1,
-                steps,
-            });
-        }
+        // 6. Denoising loop. With `expand_timesteps` (TI2V): `timestep =
+        // (mask[0][0][:, ::2, ::2] * t).flatten()` per token, `mask` all ones for text-to-video.
+        let [_, _, f, h, w] = shape;
+        let timestep_mask = self
+            .model_index
+            .expand_timesteps
+            .then(|| vec![1.0; f * (h / 2) * (w / 2)]);
+        let denoise = WanDenoise {
+            solver,
+            begin_at: 0,
+            boundary_timestep: self.boundary_timestep(req),
+            guidance_scales: [req.guidance_scale, req.guidance_scale_2],
+            embeds,
+            image_embeds: None,
+            timestep_mask,
+            num_frames: req.num_frames as usize,
+        };
+        let mut experts = ResidentOnDemand {
+            pipe: self,
+            experts: self
+                .experts
+                .lock()
+                .map_err(|_| PipelineError::Unsupported("a previous run panicked".into()))?,
+        };
+        let latents = denoise.run(&mut experts, latents, |l| l.clone(), ctx)?;
 
         // 7. Decode.
-        ctx.progress.event(Progress::Decoding {
-            chunk: 0,
-            done: false,
-        });
-        let cancel = ctx.cancel.clone();
-        let stop = || match cancel.is_cancelled() {
-            true => Err(PipelineError::Cancelled),
-            false => Ok(()),
-        };
-        let mut parts = Vec::new();
-        self.vae
-            .decode_streaming(self.vae.denormalize(latents), &stop, |_, frames| {
-                stop()?;
-                parts.push(frames);
-                Ok(())
-            })?;
-        let video = Tensor::cat(parts, 2);
-        ctx.progress.event(Progress::Decoding {
-            chunk: 0,
-            done: true,
-        });
-        let frames = postprocess(video, req.num_frames as usize);
-        let n = frames.frames;
-        sink.push_frames(frames).map_err(PipelineError::Sink)?;
-        ctx.progress.event(Progress::FramesReady {
-            chunk: 0,
-            frames: n,
-        });
-        Ok(n)
+        decode_to_sink(&self.vae, latents, req.num_frames as usize, ctx, sink)
+    }
+
+    /// `boundary_ratio · num_train_timesteps` of a two-expert checkpoint, with the request's
+    /// `boundary_ratio` (`None`: one expert).
+    fn boundary_timestep(&self, req: &GenerationRequest) -> Option<f64> {
+        self.model_index
+            .boundary_ratio
+            .map(|_| req.boundary_ratio * self.scheduler.num_train_timesteps() as f64)
+    }
+
+    /// The Wan2.2 TI2V image-to-video pipeline over this checkpoint's modules (shared, not
+    /// copied: Burn tensors are reference-counted), as diffusers'
+    /// `WanImageToVideoPipeline.from_pretrained` of the same folder builds it.
+    fn image_to_video(&self) -> WanImageToVideoPipeline<B> {
+        let experts = self.experts.lock().expect("not poisoned");
+        let transformer = experts[0]
+            .clone()
+            .expect("a one-expert (TI2V) checkpoint keeps its transformer resident");
+        WanImageToVideoPipeline::from_parts(
+            self.model_index.clone(),
+            transformer,
+            self.vae.clone(),
+            self.scheduler.clone(),
+            &self.dir,
+            self.precision,
+            &self.device,
+        )
     }
 
     /// With one-expert residency: drop every other expert, then load expert `e` (`transformer`
@@ -688,44 +672,256 @@ impl<B: Backend> WanPipeline<B> {
     /// `vae.config.scale_factor_spatial` (8 for the Wan2.1 VAE, 16 for Wan2.2's), or the
     /// architecture's scale when the config omits it.
     pub fn vae_scale_factor_spatial(&self) -> usize {
-        let c = self.vae.config();
-        c.scale_factor_spatial.unwrap_or_else(|| c.spatial_scale())
+        vae_scale_factor_spatial(&self.vae)
     }
+}
 
-    /// The guided flow prediction of step `i` at timestep `t` (f32 `[1, C, T, h, w]`): one
-    /// transformer call, a batch of two under CFG.
-    #[allow(clippy::too_many_arguments)]
-    fn predict(
-        &self,
-        model: &WanTransformer3DModel<B>,
-        context: &WanContext<B>,
-        guidance: &Guidance,
-        latents: &Tensor<B, 5>,
-        t: f64,
-        i: usize,
-        ctx: &RunContext<'_>,
-    ) -> Result<Tensor<B, 5>, PipelineError> {
-        let batch = match context.batch {
-            2 => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
-            _ => latents.clone(),
-        };
-        // `timestep = t.expand(B)`: the int64 timestep, embedded as float. With
-        // `expand_timesteps` (TI2V): `timestep = (mask[0][0][:, ::2, ::2] * t).flatten()`
-        // expanded to `[B, S]`, one value per token (`mask` is all ones for text-to-video).
-        let per_row = match self.model_index.expand_timesteps {
-            true => {
-                let [_, _, f, h, w] = latents.dims();
-                f * (h / 2) * (w / 2)
-            }
-            false => 1,
-        };
-        let ts = vec![t as f32; context.batch * per_row];
-        let cancel = ctx.cancel.clone();
-        let out = model
-            .forward_stoppable(batch, &ts, context, &|| cancel.is_cancelled())
-            .ok_or(PipelineError::Cancelled)?
-            .cast(DType::F32);
-        let uncond = (context.batch == 2).then(|| out.clone().narrow(0, 1, 1));
-        Ok(guidance.apply(out.narrow(0, 0, 1), uncond, 0, i))
+/// `vae.config.scale_factor_spatial` of `vae` (8 for the Wan2.1 VAE, 16 for Wan2.2's), or the
+/// architecture's scale when the config omits it.
+pub fn vae_scale_factor_spatial<B: Backend>(vae: &AutoencoderKLWan<B>) -> usize {
+    let c = vae.config();
+    c.scale_factor_spatial.unwrap_or_else(|| c.spatial_scale())
+}
+
+/// The inputs a `WanPipeline` checkpoint takes: none (text-to-video) or, with
+/// `expand_timesteps` (Wan2.2 TI2V), one image: image-to-video through
+/// [`WanImageToVideoPipeline`] on the same modules (diffusers runs a TI2V folder, whose
+/// `model_index.json` says `WanPipeline`, as `WanImageToVideoPipeline.from_pretrained(folder)`
+/// for I2V). Callers check it before loading anything.
+///
+/// # Errors
+/// [`PipelineError::Unsupported`] naming the input: a video (`video`), an image on a checkpoint
+/// without `expand_timesteps` (`image`), a last image (`last_image`), or an image of another size.
+pub fn check_wan_inputs(
+    expand_timesteps: bool,
+    req: &GenerationRequest,
+) -> Result<(), PipelineError> {
+    match &req.conditioning {
+        Conditioning::None => Ok(()),
+        Conditioning::Image(_) | Conditioning::FirstLast(_) if expand_timesteps => {
+            check_i2v_inputs(false, req).map(|_| ())
+        }
+        Conditioning::Video(_) => Err(PipelineError::Unsupported(
+            "video: a text-to-video WanPipeline checkpoint takes no video (a WanVideoToVideoPipeline checkpoint does)".into(),
+        )),
+        _ => Err(PipelineError::Unsupported(
+            "image: this text-to-video WanPipeline checkpoint takes no image (image-to-video needs a WanImageToVideoPipeline or a Wan2.2 TI2V checkpoint)".into(),
+        )),
     }
+}
+
+/// Where the denoising loop finds the expert of a step: `0` = `transformer` (Wan2.1, or the
+/// high-noise one of Wan2.2 A14B), `1` = `transformer_2` (the low-noise one).
+pub trait WanExperts<B: Backend> {
+    /// Expert `e`, made resident first where only one is kept on the device.
+    ///
+    /// # Errors
+    /// [`PipelineError::Load`] when loading the expert fails.
+    fn expert(&mut self, e: usize) -> Result<&WanTransformer3DModel<B>, PipelineError>;
+}
+
+/// Experts that are all resident (`[transformer]` or `[transformer, transformer_2]`).
+pub struct Resident<'a, B: Backend>(pub Vec<&'a WanTransformer3DModel<B>>);
+
+impl<B: Backend> WanExperts<B> for Resident<'_, B> {
+    fn expert(&mut self, e: usize) -> Result<&WanTransformer3DModel<B>, PipelineError> {
+        Ok(self.0[e])
+    }
+}
+
+/// `WanPipeline`'s experts under its [`ExpertResidency`]: the other expert is dropped and this
+/// one loaded from the checkpoint when the schedule crosses the boundary.
+struct ResidentOnDemand<'a, B: Backend> {
+    pipe: &'a WanPipeline<B>,
+    experts: std::sync::MutexGuard<'a, Vec<Option<WanTransformer3DModel<B>>>>,
+}
+
+impl<B: Backend> WanExperts<B> for ResidentOnDemand<'_, B> {
+    fn expert(&mut self, e: usize) -> Result<&WanTransformer3DModel<B>, PipelineError> {
+        self.pipe.make_resident(&mut self.experts, e)?;
+        Ok(self.experts[e].as_ref().expect("made resident"))
+    }
+}
+
+/// One request's denoising loop (diffusers `__call__` step 6 of `WanPipeline`,
+/// `WanImageToVideoPipeline` and `WanVideoToVideoPipeline`, the same loop in each): per step
+/// the expert of the timestep (`t ≥ boundary_timestep`: `transformer` with `guidance_scale`,
+/// else `transformer_2` with `guidance_scale_2`), one transformer call (a batch of two,
+/// `[cond, uncond]`, under CFG), the guidance, the scheduler step, a progress event.
+pub struct WanDenoise<B: Backend> {
+    /// The request's schedule and solver state (`scheduler.set_timesteps`).
+    pub solver: WanSolver,
+    /// The first step that runs (video-to-video `strength`: `t_start`; 0 otherwise).
+    pub begin_at: usize,
+    /// `boundary_ratio · num_train_timesteps` (Wan2.2 A14B), `None` with one expert.
+    pub boundary_timestep: Option<f64>,
+    /// `[guidance_scale, guidance_scale_2]`: the scale of each expert. CFG is on for both when
+    /// the negative prompt was encoded (`guidance_scale > 1`), off for both otherwise.
+    pub guidance_scales: [f64; 2],
+    /// The prompt (`[1, L, D]`) and, under CFG, the negative prompt embeddings.
+    pub embeds: PromptEmbeds<B>,
+    /// CLIP image embeddings `[frames, 1 + P, D]` (Wan2.1 I2V / FLF2V), given to the experts
+    /// that take them (`image_dim`), repeated for each CFG row as diffusers passes them to both
+    /// calls.
+    pub image_embeds: Option<Tensor<B, 3>>,
+    /// `expand_timesteps` (Wan2.2 TI2V): the transformer gets one timestep per token,
+    /// `timestep_mask[k] · t` (`first_frame_mask[0][0][:, ::2, ::2].flatten()`: 0 on the first
+    /// latent frame for image-to-video, all ones for text-to-video); `None`: one per batch row.
+    pub timestep_mask: Option<Vec<f32>>,
+    /// The video's frames (for the progress events).
+    pub num_frames: usize,
+}
+
+impl<B: Backend> WanDenoise<B> {
+    /// Run steps `begin_at..` from `latents` (f32 `[1, C, T, h, w]`), feeding the transformer
+    /// `model_input(latents)` (the latents themselves for text- and video-to-video; I2V
+    /// concatenates the mask and condition latents on channels, `[1, 36, T, h, w]`; TI2V puts the
+    /// image latent in the first frame); returns the final latents.
+    ///
+    /// # Errors
+    /// [`PipelineError::Cancelled`]; an expert that fails to load.
+    pub fn run(
+        self,
+        experts: &mut dyn WanExperts<B>,
+        mut latents: Tensor<B, 5>,
+        model_input: impl Fn(&Tensor<B, 5>) -> Tensor<B, 5>,
+        ctx: &mut RunContext<'_>,
+    ) -> Result<Tensor<B, 5>, PipelineError> {
+        let Self {
+            mut solver,
+            begin_at,
+            boundary_timestep,
+            guidance_scales,
+            embeds,
+            image_embeds,
+            timestep_mask,
+            num_frames,
+        } = self;
+        solver.begin_at(begin_at);
+        let timesteps = solver.timesteps()[begin_at..].to_vec();
+        let cfg_text = embeds
+            .negative_prompt_embeds
+            .map(|neg| Tensor::cat(vec![embeds.prompt_embeds.clone(), neg], 0));
+        let guidances = guidance_scales.map(|scale| match cfg_text.is_some() {
+            true => Guidance::Cfg { scale },
+            false => Guidance::None,
+        });
+        let batch = if cfg_text.is_some() { 2 } else { 1 };
+        let image = image_embeds.map(|e| Tensor::cat(vec![e; batch], 0));
+        let text = cfg_text.unwrap_or(embeds.prompt_embeds);
+        // Each expert's cross-attention K/V, made when the expert is first used.
+        let mut contexts: [Option<WanContext<B>>; 2] = [None, None];
+
+        let steps = timesteps.len();
+        ctx.progress.event(Progress::ChunkStarted {
+            chunk: 0,
+            chunks: 1,
+            steps,
+            frames: num_frames,
+        });
+        let mut history = SolverHistory::new();
+        for (k, &t) in timesteps.iter().enumerate() {
+            if ctx.cancel.is_cancelled() {
+                return Err(PipelineError::Cancelled);
+            }
+            // wan2.1, or the high-noise stage of wan2.2: `t >= boundary_timestep`.
+            let e = match boundary_timestep {
+                Some(b) if t < b => 1,
+                _ => 0,
+            };
+            let model = experts.expert(e)?;
+            let context = contexts[e].get_or_insert_with(|| {
+                let img = image.clone().filter(|_| model.takes_image_embeds());
+                model.context(text.clone(), img)
+            });
+            let input = model_input(&latents);
+            let input = match context.batch {
+                2 => Tensor::cat(vec![input.clone(), input], 0),
+                _ => input,
+            };
+            // `timestep = t.expand(B)`: the int64 timestep, embedded as float; per token with
+            // `expand_timesteps`.
+            let ts: Vec<f32> = match &timestep_mask {
+                None => vec![t as f32; context.batch],
+                Some(m) => m
+                    .iter()
+                    .map(|w| w * t as f32)
+                    .collect::<Vec<_>>()
+                    .repeat(context.batch),
+            };
+            let cancel = ctx.cancel.clone();
+            let out = model
+                .forward_stoppable(input, &ts, context, &|| cancel.is_cancelled())
+                .ok_or(PipelineError::Cancelled)?
+                .cast(DType::F32);
+            let uncond = (context.batch == 2).then(|| out.clone().narrow(0, 1, 1));
+            let v = guidances[e].apply(out.narrow(0, 0, 1), uncond, 0, k);
+            let plan = solver.step_plan(begin_at + k);
+            latents = history.step(&plan, latents, v, combine::<B>);
+            ctx.progress.event(Progress::Step {
+                chunk: 0,
+                stage: 0,
+                step: k + 1,
+                steps,
+            });
+        }
+        Ok(latents)
+    }
+}
+
+/// Step 7 of the Wan pipelines: de-normalise `latents` (`[1, z_dim, T, h, w]`), decode them with
+/// the VAE and hand the first `num_frames` frames to `sink` ([`decode_chunk_to_sink`], the
+/// whole video as chunk 0), then report them ready; returns their number.
+///
+/// # Errors
+/// [`PipelineError::Cancelled`]; [`PipelineError::Sink`] when the sink fails.
+pub fn decode_to_sink<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    latents: Tensor<B, 5>,
+    num_frames: usize,
+    ctx: &mut RunContext<'_>,
+    sink: &mut dyn FrameSink,
+) -> Result<usize, PipelineError> {
+    let n = decode_chunk_to_sink(vae, 0, latents, num_frames, ctx, sink)?;
+    ctx.progress.event(Progress::FramesReady {
+        chunk: 0,
+        frames: n,
+    });
+    Ok(n)
+}
+
+/// VAE-decode chunk `chunk` (`latents` `[1, z_dim, T, h, w]`, normalised) frame by frame (the
+/// causal decoder's own loop, stopping within one decoder block when cancelled) and hand its
+/// first `keep` frames to `sink`, with the `Decoding` progress events; returns how many. Shared
+/// by the Wan pipelines and Helios (whose VAE is Wan2.1's).
+///
+/// # Errors
+/// [`PipelineError::Cancelled`]; [`PipelineError::Sink`] when the sink fails.
+pub fn decode_chunk_to_sink<B: Backend>(
+    vae: &AutoencoderKLWan<B>,
+    chunk: usize,
+    latents: Tensor<B, 5>,
+    keep: usize,
+    ctx: &mut RunContext<'_>,
+    sink: &mut dyn FrameSink,
+) -> Result<usize, PipelineError> {
+    ctx.progress
+        .event(Progress::Decoding { chunk, done: false });
+    let cancel = ctx.cancel.clone();
+    let stop = || match cancel.is_cancelled() {
+        true => Err(PipelineError::Cancelled),
+        false => Ok(()),
+    };
+    let mut parts = Vec::new();
+    vae.decode_streaming(vae.denormalize(latents), &stop, |_, frames| {
+        stop()?;
+        parts.push(frames);
+        Ok(())
+    })?;
+    let video = Tensor::cat(parts, 2);
+    ctx.progress.event(Progress::Decoding { chunk, done: true });
+    let frames = postprocess(video, keep);
+    let n = frames.frames;
+    sink.push_frames(frames).map_err(PipelineError::Sink)?;
+    Ok(n)
 }

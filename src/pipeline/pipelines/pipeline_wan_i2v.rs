@@ -1,7 +1,15 @@
 //! Mirrors diffusers 0.42.1 `pipelines/wan/pipeline_wan_i2v.py` `WanImageToVideoPipeline`:
 //! Wan2.1 image-to-video (CLIP image embeddings + condition latents + mask), first-last-frame
-//! (FLF2V: `last_image`, the transformer's `pos_embed_seq_len`), and Wan2.2 I2V A14B (no image
-//! encoder, two experts switched at `boundary_ratio · num_train_timesteps`).
+//! (FLF2V: `last_image`, the transformer's `pos_embed_seq_len`), Wan2.2 I2V A14B (no image
+//! encoder, two experts switched at `boundary_ratio · num_train_timesteps`) and Wan2.2 TI2V-5B
+//! image-to-video (`expand_timesteps`, config-driven as in diffusers: the image latent replaces
+//! the first latent frame, whose tokens get timestep 0).
+//!
+//! A TI2V folder's `model_index.json` says `WanPipeline` (diffusers users load it with
+//! `WanImageToVideoPipeline.from_pretrained` for I2V); omni's routing is "an image given to an
+//! `expand_timesteps` checkpoint runs image-to-video": [`WanPipeline`](super::pipeline_wan::WanPipeline)
+//! hands such a request to this class over its own modules, and [`read_wan_i2v_configs`] accepts
+//! the folder too.
 //!
 //! Steps, numbered as in `__call__`:
 //! 1. check inputs ([`crate::pipeline::request::resolve`] already did; the image is required
@@ -11,13 +19,17 @@
 //!    penultimate hidden state ([`CLIPVisionModel::penultimate_hidden_state`] after
 //!    [`CLIPImageProcessor::preprocess`]);
 //! 4. `scheduler.set_timesteps(num_inference_steps)` with the request's `flow_shift`;
-//! 5. `prepare_latents`: the one random draw `latents` `[1, 16, T, h, w]`; the condition video
+//! 5. `prepare_latents`: the one random draw `latents` `[1, z_dim, T, h, w]`; the condition video
 //!    `[image, 0 × (F − 1)]` (FLF2V `[image, 0 × (F − 2), last_image]`) encoded by the VAE
 //!    (`latent_dist.mode()`, no draw) and normalised; the mask `[1, 4, T, h, w]` (1 on latent
-//!    frame 0; FLF2V also channel 3 of the last latent frame); `condition = cat([mask, cond])`;
-//! 6. per step: `cat([latents, condition], 1)` `[1, 36, T, h, w]` through the expert of the
-//!    timestep with its guidance (one batch-of-two call under CFG), the scheduler step;
-//! 7. de-normalise and decode.
+//!    frame 0; FLF2V also channel 3 of the last latent frame); `condition = cat([mask, cond])`.
+//!    TI2V: the image alone encoded (`[1, 48, 1, h, w]`) and `first_frame_mask` `[1, 1, T, h, w]`
+//!    (0 on latent frame 0);
+//! 6. per step ([`WanDenoise`], the loop all Wan pipelines share): `cat([latents, condition], 1)`
+//!    `[1, 36, T, h, w]` (TI2V: `(1 − mask) · condition + mask · latents`, per-token timesteps
+//!    `mask[0][0][:, ::2, ::2] · t`) through the expert of the timestep with its guidance (one
+//!    batch-of-two call under CFG), the scheduler step;
+//! 7. TI2V: the blend once more; de-normalise and decode ([`decode_to_sink`]).
 //!
 //! Deliberate divergences (pinned by `tests/pipeline_wan_i2v.rs`, ≥ 40 dB PSNR of the decoded
 //! frames against diffusers with the same draws):
@@ -25,10 +37,12 @@
 //!   (diffusers' processor resizes the caller's original image); identical when the image has
 //!   the output size, as in the tests;
 //! - cross-attention keys/values of prompt and image are computed once per request per expert
-//!   ([`WanTransformer3DModel::context`]); guidance in f32 (as `WanPipeline`);
-//! - the decode loop repeats `WanPipeline`'s twenty lines (not shared yet).
+//!   ([`WanTransformer3DModel::context`]); guidance in f32 (as `WanPipeline`).
 //!
-//! Memory: every model stays resident (the tiny and the CPU cases), like `WanPipeline`.
+//! Pinned for TI2V by `tests/wan_ti2v.rs` (`reference/pipeline_wan_ti2v_i2v.safetensors`).
+//!
+//! Memory: every model of this class stays resident; a TI2V image request run through
+//! `WanPipeline` shares that pipeline's modules (no second copy).
 
 use std::path::{Path, PathBuf};
 
@@ -37,23 +51,23 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::pipeline::checkpoint::{component_dir, read_config};
 use crate::pipeline::error::PipelineError;
-use crate::pipeline::guidance::Guidance;
 use crate::pipeline::image_processing_clip::{CLIPImageProcessor, frame_to_rgb8};
 use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
 use crate::pipeline::models::clip_vision_model::CLIPVisionModel;
-use crate::pipeline::models::transformer_wan::{WanContext, WanTransformer3DModel};
+use crate::pipeline::models::transformer_wan::WanTransformer3DModel;
 use crate::pipeline::precision::Precision;
-use crate::pipeline::progress::{NoProgress, Progress, ProgressSink, loading};
+use crate::pipeline::progress::{NoProgress, ProgressSink, loading};
 use crate::pipeline::request::{
     Conditioning, ConditioningPixels, GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults,
     V2V_ONLY_FIELDS, WAN_ONLY_FIELDS,
 };
-use crate::pipeline::schedulers::stage_sampler::combine;
-use crate::pipeline::schedulers::unipc::SolverHistory;
 
 use super::pipeline_helios_pyramid::RunContext;
-use super::pipeline_output::{FrameSink, postprocess};
-use super::pipeline_wan::{WanModelIndex, WanScheduler, read_wan_scheduler};
+use super::pipeline_output::FrameSink;
+use super::pipeline_wan::{
+    self, Resident, WanDenoise, WanModelIndex, WanScheduler, decode_to_sink, read_wan_scheduler,
+    vae_scale_factor_spatial,
+};
 use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
 
 /// `model_index.json` `_class_name`.
@@ -62,10 +76,8 @@ pub const CLASS_NAME: &str = "WanImageToVideoPipeline";
 /// The name of the initial-latents draw (the pipeline's only one; the VAE encode takes the mode).
 pub const LATENTS_DRAW: &str = "latents";
 
-/// `vae_scale_factor_temporal` of the Wan2.1 VAE.
+/// `vae_scale_factor_temporal` of the Wan2.1 and Wan2.2 VAEs.
 const VAE_SCALE_FACTOR_TEMPORAL: usize = 4;
-/// `vae_scale_factor_spatial` of the Wan2.1 VAE.
-const VAE_SCALE_FACTOR_SPATIAL: usize = 8;
 
 /// The small JSON files of a `WanImageToVideoPipeline` checkpoint.
 pub struct WanI2VConfigs {
@@ -81,22 +93,19 @@ pub struct WanI2VConfigs {
 ///
 /// # Errors
 /// [`PipelineError::Load`] for a missing or unreadable file; [`PipelineError::Unsupported`] for
-/// another class, `expand_timesteps` (TI2V), a `transformer_2` without `boundary_ratio`, or a
-/// scheduler class the Wan pipelines do not run.
+/// another class (a `WanPipeline` folder only with `expand_timesteps`: Wan2.2 TI2V), a
+/// `transformer_2` without `boundary_ratio`, or a scheduler class the Wan pipelines do not run.
 pub fn read_wan_i2v_configs(dir: &Path) -> Result<WanI2VConfigs, PipelineError> {
     let index_path = dir.join("model_index.json");
     let (model_index, _) = read_config::<WanModelIndex>(&index_path)?;
-    if model_index.class_name != CLASS_NAME {
+    // A Wan2.2 TI2V folder says `WanPipeline`; with `expand_timesteps` this class runs it too
+    // (diffusers: `WanImageToVideoPipeline.from_pretrained(ti2v_folder)`).
+    let ti2v = model_index.class_name == pipeline_wan::CLASS_NAME && model_index.expand_timesteps;
+    if model_index.class_name != CLASS_NAME && !ti2v {
         return Err(PipelineError::Unsupported(format!(
-            "{}: `{}` is not a WanImageToVideoPipeline",
+            "{}: `{}` is not a WanImageToVideoPipeline (nor a Wan2.2 TI2V WanPipeline with expand_timesteps)",
             index_path.display(),
             model_index.class_name
-        )));
-    }
-    if model_index.expand_timesteps {
-        return Err(PipelineError::Unsupported(format!(
-            "{}: expand_timesteps (Wan2.2 TI2V) is not supported by this pipeline yet",
-            index_path.display()
         )));
     }
     if model_index.has_transformer_2() != model_index.boundary_ratio.is_some() {
@@ -127,12 +136,17 @@ pub fn read_wan_i2v_configs(dir: &Path) -> Result<WanI2VConfigs, PipelineError> 
 
 /// The request defaults of a `WanImageToVideoPipeline` checkpoint: diffusers' `__call__`
 /// defaults (832×480, 81 frames, 50 steps, guidance 5.0, 512 prompt tokens), 16 fps, the
-/// scheduler's flow shift and, with two experts, the checkpoint's `boundary_ratio`.
+/// scheduler's flow shift and, with two experts, the checkpoint's `boundary_ratio`; a Wan2.2
+/// TI2V folder's are [`pipeline_wan::wan_defaults`] (the same checkpoint runs both tasks).
 ///
 /// # Errors
 /// As [`read_wan_i2v_configs`].
 pub fn wan_i2v_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     let c = read_wan_i2v_configs(dir)?;
+    if c.model_index.expand_timesteps {
+        // Wan2.2 TI2V: one checkpoint for both tasks, its defaults are `WanPipeline`'s.
+        return pipeline_wan::wan_defaults(dir);
+    }
     let mut d = ModelDefaults::helios_base();
     d.pipeline_class = CLASS_NAME.into();
     let r = &mut d.request;
@@ -242,7 +256,8 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
     /// # Errors
     /// As [`read_wan_i2v_configs`]; [`PipelineError::Load`] naming a missing or broken file;
     /// [`PipelineError::Unsupported`] when the transformer's `image_dim` and the image encoder
-    /// do not come together, or its `in_channels` is not 36.
+    /// do not come together, or its `in_channels` is not 36 (the VAE's `z_dim` with
+    /// `expand_timesteps`).
     pub fn load_with(
         dir: &Path,
         device: &B::Device,
@@ -276,14 +291,6 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
             })?),
             false => None,
         };
-        for t in std::iter::once(&transformer).chain(&transformer_2) {
-            if t.config().in_channels != 36 {
-                return Err(PipelineError::Unsupported(format!(
-                    "the transformer has in_channels {}; an image-to-video Wan transformer takes 36 (16 latent + 4 mask + 16 condition)",
-                    t.config().in_channels
-                )));
-            }
-        }
         if transformer.takes_image_embeds() != has_image_encoder {
             return Err(PipelineError::Unsupported(format!(
                 "{}: the transformer {} image embeddings but model_index.json {} an image_encoder",
@@ -316,6 +323,19 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
         let vae = loading(progress, "vae", || {
             AutoencoderKLWan::load_with_dtype(&sub("vae")?, device, precision.vae)
         })?;
+        // Wan2.1 / Wan2.2 A14B: latents + mask + condition on channels; TI2V: the latents.
+        let (want, what) = match model_index.expand_timesteps {
+            false => (36, "36 (16 latent + 4 mask + 16 condition)"),
+            true => (vae.config().z_dim, "the VAE's z_dim (expand_timesteps)"),
+        };
+        for t in std::iter::once(&transformer).chain(&transformer_2) {
+            if t.config().in_channels != want {
+                return Err(PipelineError::Unsupported(format!(
+                    "the transformer has in_channels {}; this image-to-video Wan transformer takes {what}",
+                    t.config().in_channels
+                )));
+            }
+        }
         Ok(Self {
             model_index,
             prompt_encoder,
@@ -328,6 +348,32 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
             precision,
             device: device.clone(),
         })
+    }
+
+    /// The Wan2.2 TI2V image-to-video pipeline over modules already loaded for `WanPipeline`
+    /// (no image encoder, one expert; the prompt is encoded by the caller:
+    /// [`call_with_embeds`](Self::call_with_embeds)).
+    pub(crate) fn from_parts(
+        model_index: WanModelIndex,
+        transformer: WanTransformer3DModel<B>,
+        vae: AutoencoderKLWan<B>,
+        scheduler: WanScheduler,
+        dir: &Path,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            model_index,
+            prompt_encoder: None,
+            image_encoder: None,
+            transformer,
+            transformer_2: None,
+            vae,
+            scheduler,
+            dir: dir.to_path_buf(),
+            precision,
+            device: device.clone(),
+        }
     }
 
     /// Whether the transformer takes a last image (`pos_embed_seq_len`: FLF2V).
@@ -441,6 +487,43 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
         Tensor::cat(vec![mask, cond], 1)
     }
 
+    /// `prepare_latents` with `expand_timesteps` (Wan2.2 TI2V): the image alone encoded by the VAE
+    /// (`latent_dist.mode()`) and normalised, `condition` `[1, z_dim, 1, h, w]`, and
+    /// `first_frame_mask` `[1, 1, T, h, w]` (0 on latent frame 0, 1 after). Returns
+    /// `((1 − mask) · condition, mask)`, both expanded to `shape` `[1, z_dim, T, h, w]`, and the
+    /// per-token timestep mask `mask[0][0][:, ::2, ::2].flatten()`.
+    fn first_frame_condition(
+        &self,
+        pixels: &ConditioningPixels,
+        shape: [usize; 5],
+    ) -> (Tensor<B, 5>, Tensor<B, 5>, Vec<f32>) {
+        let [_, z, t, lh, lw] = shape;
+        let device = &self.device;
+        let plane = pixels.height * pixels.width;
+        let mut image = Vec::with_capacity(3 * plane);
+        for c in 0..3 {
+            image.extend_from_slice(&pixels.data[c * pixels.frames * plane..][..plane]);
+        }
+        let image = Tensor::<B, 5>::from_data(
+            TensorData::new(image, [1, 3, 1, pixels.height, pixels.width]),
+            (device, DType::F32),
+        );
+        // retrieve_latents(sample_mode="argmax"): the mean.
+        let (mode, _) = self.vae.encode(image);
+        let condition = self.vae.normalize(mode.cast(DType::F32)).expand(shape);
+        let frame_mask = |first: f32, rest: f32| {
+            let data: Vec<f32> = (0..t).map(|f| if f == 0 { first } else { rest }).collect();
+            Tensor::<B, 5>::from_data(TensorData::new(data, [1, 1, t, 1, 1]), (device, DType::F32))
+                .expand([1, z, t, lh, lw])
+        };
+        let keep = frame_mask(1.0, 0.0) * condition;
+        let tokens = (lh / 2) * (lw / 2);
+        let timestep_mask = (0..t * tokens)
+            .map(|k| if k < tokens { 0.0 } else { 1.0 })
+            .collect();
+        (keep, frame_mask(0.0, 1.0), timestep_mask)
+    }
+
     /// [`call`](Self::call) from prompt embeddings already made by a [`PromptEncoder`].
     ///
     /// # Errors
@@ -460,132 +543,65 @@ impl<B: Backend> WanImageToVideoPipeline<B> {
         let image_embeds = self.encode_image(pixels);
 
         // 4. Timesteps with the request's flow shift.
-        let mut solver = self
+        let solver = self
             .scheduler
             .set_timesteps(req.num_inference_steps, req.flow_shift)
             .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-        let timesteps = solver.timesteps().to_vec();
         let boundary_timestep = self
             .model_index
             .boundary_ratio
             .map(|_| req.boundary_ratio * self.scheduler.num_train_timesteps() as f64);
 
-        // Contexts per expert: [cond] or, under CFG, [cond, uncond], the image rows repeated
-        // for each (diffusers passes the same image_embeds to both calls).
-        let cfg_text = embeds
-            .negative_prompt_embeds
-            .map(|neg| Tensor::cat(vec![embeds.prompt_embeds.clone(), neg], 0));
-        let guidance = |scale: f64| match cfg_text.is_some() {
-            true => Guidance::Cfg { scale },
-            false => Guidance::None,
-        };
-        let batch = if cfg_text.is_some() { 2 } else { 1 };
-        let image = image_embeds.map(|e| Tensor::cat(vec![e; batch], 0));
-        let experts: Vec<(&WanTransformer3DModel<B>, Guidance)> =
-            std::iter::once((&self.transformer, guidance(req.guidance_scale)))
-                .chain(
-                    self.transformer_2
-                        .iter()
-                        .map(|t| (t, guidance(req.guidance_scale_2))),
-                )
-                .collect();
-        let text = cfg_text.unwrap_or(embeds.prompt_embeds);
-        let contexts: Vec<WanContext<B>> = experts
-            .iter()
-            .map(|(model, _)| {
-                let img = match model.takes_image_embeds() {
-                    true => image.clone(),
-                    false => None,
-                };
-                model.context(text.clone(), img)
-            })
-            .collect();
-
-        // 5. Initial latents and the condition.
+        // 5. Initial latents (and, below, the condition).
         let latent_frames = (num_frames - 1) / VAE_SCALE_FACTOR_TEMPORAL + 1;
+        let spatial = vae_scale_factor_spatial(&self.vae);
         let shape = [
             1,
             self.vae.config().z_dim,
             latent_frames,
-            req.height as usize / VAE_SCALE_FACTOR_SPATIAL,
-            req.width as usize / VAE_SCALE_FACTOR_SPATIAL,
+            req.height as usize / spatial,
+            req.width as usize / spatial,
         ];
         let draw = ctx.noise.standard_normal(LATENTS_DRAW, &shape)?;
-        let mut latents =
-            Tensor::<B, 5>::from_data(TensorData::new(draw, shape), (device, DType::F32));
-        let condition = self.condition(pixels, last, num_frames);
+        let latents = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), (device, DType::F32));
 
         // 6. Denoising loop.
-        let steps = timesteps.len();
-        ctx.progress.event(Progress::ChunkStarted {
-            chunk: 0,
-            chunks: 1,
-            steps,
-            frames: num_frames,
-        });
-        let mut history = SolverHistory::new();
-        for (i, &t) in timesteps.iter().enumerate() {
-            if ctx.cancel.is_cancelled() {
-                return Err(PipelineError::Cancelled);
+        let denoise = WanDenoise {
+            solver,
+            begin_at: 0,
+            boundary_timestep,
+            guidance_scales: [req.guidance_scale, req.guidance_scale_2],
+            embeds,
+            image_embeds,
+            timestep_mask: None,
+            num_frames,
+        };
+        let mut experts = Resident(
+            std::iter::once(&self.transformer)
+                .chain(&self.transformer_2)
+                .collect(),
+        );
+        let latents = match self.model_index.expand_timesteps {
+            // Wan2.2 TI2V: `latent_model_input = (1 − mask) · condition + mask · latents`, the
+            // first frame's tokens at timestep 0; the same blend once more after the loop.
+            true => {
+                let (keep, mask, timestep_mask) = self.first_frame_condition(pixels, shape);
+                let blend = |l: &Tensor<B, 5>| keep.clone() + mask.clone() * l.clone();
+                let denoise = WanDenoise {
+                    timestep_mask: Some(timestep_mask),
+                    ..denoise
+                };
+                blend(&denoise.run(&mut experts, latents, blend, ctx)?)
             }
-            let e = match boundary_timestep {
-                Some(b) if t < b => 1,
-                _ => 0,
-            };
-            let (model, g) = experts[e];
-            let input = Tensor::cat(vec![latents.clone(), condition.clone()], 1);
-            let context = &contexts[e];
-            let batch_input = match context.batch {
-                2 => Tensor::cat(vec![input.clone(), input], 0),
-                _ => input,
-            };
-            let ts = vec![t as f32; context.batch];
-            let cancel = ctx.cancel.clone();
-            let out = model
-                .forward_stoppable(batch_input, &ts, context, &|| cancel.is_cancelled())
-                .ok_or(PipelineError::Cancelled)?
-                .cast(DType::F32);
-            let uncond = (context.batch == 2).then(|| out.clone().narrow(0, 1, 1));
-            let v = g.apply(out.narrow(0, 0, 1), uncond, 0, i);
-            let plan = solver.step_plan(i);
-            latents = history.step(&plan, latents, v, combine::<B>);
-            ctx.progress.event(Progress::Step {
-                chunk: 0,
-                stage: 0,
-                step: i + 1,
-                steps,
-            });
-        }
+            // `latent_model_input = cat([latents, condition], 1)`, `[1, 36, T, h, w]`.
+            false => {
+                let condition = self.condition(pixels, last, num_frames);
+                let input = |l: &Tensor<B, 5>| Tensor::cat(vec![l.clone(), condition.clone()], 1);
+                denoise.run(&mut experts, latents, input, ctx)?
+            }
+        };
 
         // 7. Decode.
-        ctx.progress.event(Progress::Decoding {
-            chunk: 0,
-            done: false,
-        });
-        let cancel = ctx.cancel.clone();
-        let stop = || match cancel.is_cancelled() {
-            true => Err(PipelineError::Cancelled),
-            false => Ok(()),
-        };
-        let mut parts = Vec::new();
-        self.vae
-            .decode_streaming(self.vae.denormalize(latents), &stop, |_, frames| {
-                stop()?;
-                parts.push(frames);
-                Ok(())
-            })?;
-        let video = Tensor::cat(parts, 2);
-        ctx.progress.event(Progress::Decoding {
-            chunk: 0,
-            done: true,
-        });
-        let frames = postprocess(video, num_frames);
-        let n = frames.frames;
-        sink.push_frames(frames).map_err(PipelineError::Sink)?;
-        ctx.progress.event(Progress::FramesReady {
-            chunk: 0,
-            frames: n,
-        });
-        Ok(n)
+        decode_to_sink(&self.vae, latents, num_frames, ctx, sink)
     }
 }

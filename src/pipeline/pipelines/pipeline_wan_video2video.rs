@@ -20,7 +20,8 @@
 //! - the request's `num_frames` says how many frames of the input video are used (diffusers
 //!   encodes the whole video it is given; the output length follows either way);
 //! - prompt cross-attention keys/values computed once per request; guidance in f32 (as
-//!   `WanPipeline`); the decode loop repeats `WanPipeline`'s.
+//!   `WanPipeline`, whose denoising loop and decode this pipeline shares: [`WanDenoise`],
+//!   [`decode_to_sink`]).
 
 use std::path::{Path, PathBuf};
 
@@ -29,21 +30,20 @@ use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::pipeline::checkpoint::{component_dir, read_config};
 use crate::pipeline::error::PipelineError;
-use crate::pipeline::guidance::Guidance;
 use crate::pipeline::models::autoencoder_kl_wan::AutoencoderKLWan;
 use crate::pipeline::models::transformer_wan::WanTransformer3DModel;
 use crate::pipeline::precision::Precision;
-use crate::pipeline::progress::{NoProgress, Progress, ProgressSink, loading};
+use crate::pipeline::progress::{NoProgress, ProgressSink, loading};
 use crate::pipeline::request::{
     Conditioning, ConditioningPixels, GenerationRequest, HELIOS_ONLY_FIELDS, ModelDefaults,
     WAN_ONLY_FIELDS,
 };
-use crate::pipeline::schedulers::stage_sampler::combine;
-use crate::pipeline::schedulers::unipc::SolverHistory;
 
 use super::pipeline_helios_pyramid::RunContext;
-use super::pipeline_output::{FrameSink, postprocess};
-use super::pipeline_wan::{WanModelIndex, WanScheduler, read_wan_scheduler};
+use super::pipeline_output::FrameSink;
+use super::pipeline_wan::{
+    Resident, WanDenoise, WanModelIndex, WanScheduler, decode_to_sink, read_wan_scheduler,
+};
 use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
 
 /// `model_index.json` `_class_name`.
@@ -256,12 +256,10 @@ impl<B: Backend> WanVideoToVideoPipeline<B> {
         // 4. Timesteps, truncated by strength.
         let n = req.num_inference_steps;
         let t_start = n - init_steps(req);
-        let mut solver = self
+        let solver = self
             .scheduler
             .set_timesteps(n, req.flow_shift)
             .map_err(|e| PipelineError::Unsupported(e.to_string()))?;
-        solver.begin_at(t_start);
-        let timesteps = solver.timesteps()[t_start..].to_vec();
         let sigma = solver.sigmas()[t_start] as f32;
 
         // 5. Latents: the normalised VAE mode of the video, re-noised to σ.
@@ -282,85 +280,24 @@ impl<B: Backend> WanVideoToVideoPipeline<B> {
         let draw = ctx.noise.standard_normal(NOISE_DRAW, &shape)?;
         let noise = Tensor::<B, 5>::from_data(TensorData::new(draw, shape), (device, DType::F32));
         // add_noise: alpha_t·x0 + sigma_t·noise with alpha_t = 1 − σ (flow sigmas).
-        let mut latents = x0 * (1.0 - sigma) + noise * sigma;
+        let latents = x0 * (1.0 - sigma) + noise * sigma;
 
-        // Contexts: [cond] or, under CFG, [cond, uncond].
-        let (text, guidance) = match embeds.negative_prompt_embeds {
-            Some(neg) => (
-                Tensor::cat(vec![embeds.prompt_embeds, neg], 0),
-                Guidance::Cfg {
-                    scale: req.guidance_scale,
-                },
-            ),
-            None => (embeds.prompt_embeds, Guidance::None),
+        // 6. Denoising loop over the truncated schedule (one expert, CFG when the negative
+        // prompt was encoded).
+        let denoise = WanDenoise {
+            solver,
+            begin_at: t_start,
+            boundary_timestep: None,
+            guidance_scales: [req.guidance_scale, req.guidance_scale],
+            embeds,
+            image_embeds: None,
+            timestep_mask: None,
+            num_frames,
         };
-        let context = self.transformer.context(text, None);
-
-        // 6. Denoising loop over the truncated schedule.
-        let steps = timesteps.len();
-        ctx.progress.event(Progress::ChunkStarted {
-            chunk: 0,
-            chunks: 1,
-            steps,
-            frames: num_frames,
-        });
-        let mut history = SolverHistory::new();
-        for (k, &t) in timesteps.iter().enumerate() {
-            if ctx.cancel.is_cancelled() {
-                return Err(PipelineError::Cancelled);
-            }
-            let batch = match context.batch {
-                2 => Tensor::cat(vec![latents.clone(), latents.clone()], 0),
-                _ => latents.clone(),
-            };
-            let ts = vec![t as f32; context.batch];
-            let cancel = ctx.cancel.clone();
-            let out = self
-                .transformer
-                .forward_stoppable(batch, &ts, &context, &|| cancel.is_cancelled())
-                .ok_or(PipelineError::Cancelled)?
-                .cast(DType::F32);
-            let uncond = (context.batch == 2).then(|| out.clone().narrow(0, 1, 1));
-            let v = guidance.apply(out.narrow(0, 0, 1), uncond, 0, k);
-            let plan = solver.step_plan(t_start + k);
-            latents = history.step(&plan, latents, v, combine::<B>);
-            ctx.progress.event(Progress::Step {
-                chunk: 0,
-                stage: 0,
-                step: k + 1,
-                steps,
-            });
-        }
+        let mut experts = Resident(vec![&self.transformer]);
+        let latents = denoise.run(&mut experts, latents, |l| l.clone(), ctx)?;
 
         // 7. Decode.
-        ctx.progress.event(Progress::Decoding {
-            chunk: 0,
-            done: false,
-        });
-        let cancel = ctx.cancel.clone();
-        let stop = || match cancel.is_cancelled() {
-            true => Err(PipelineError::Cancelled),
-            false => Ok(()),
-        };
-        let mut parts = Vec::new();
-        self.vae
-            .decode_streaming(self.vae.denormalize(latents), &stop, |_, frames| {
-                stop()?;
-                parts.push(frames);
-                Ok(())
-            })?;
-        let video = Tensor::cat(parts, 2);
-        ctx.progress.event(Progress::Decoding {
-            chunk: 0,
-            done: true,
-        });
-        let frames = postprocess(video, num_frames);
-        let n = frames.frames;
-        sink.push_frames(frames).map_err(PipelineError::Sink)?;
-        ctx.progress.event(Progress::FramesReady {
-            chunk: 0,
-            frames: n,
-        });
-        Ok(n)
+        decode_to_sink(&self.vae, latents, num_frames, ctx, sink)
     }
 }
