@@ -44,6 +44,7 @@ fn record(jobs: &Jobs) -> JobRecord {
         kind: JobKind::Video,
         attempts: 0,
         input: None,
+        last_input: false,
         request: omni::pipeline::request::ModelDefaults::helios_distilled().request,
         remixed_from_video_id: None,
         webhook_url: None,

@@ -824,6 +824,85 @@ mod tests {
     }
 
     #[test]
+    fn references_fit_the_pipeline_class_or_name_their_field() {
+        use crate::pipeline::pipelines::{pipeline_wan_i2v, pipeline_wan_video2video};
+        let with = |class: &str, last: bool| ModelDefaults {
+            pipeline_class: class.into(),
+            takes_last_image: last,
+            ..ModelDefaults::helios_base()
+        };
+        let (i2v, flf2v, v2v, helios) = (
+            with(pipeline_wan_i2v::CLASS_NAME, false),
+            with(pipeline_wan_i2v::CLASS_NAME, true),
+            with(pipeline_wan_video2video::CLASS_NAME, false),
+            ModelDefaults::helios_base(),
+        );
+        let png = "data:image/png;base64,AAEC";
+        let mp4 = "data:video/mp4;base64,AAEC";
+        for (d, body, param) in [
+            (&flf2v, json!({"input_reference": png}), Some("end_image")),
+            (&flf2v, json!({"end_image": png}), Some("end_image")),
+            (
+                &flf2v,
+                json!({"image_reference": [png, {"file_id": "f"}]}),
+                Some("image_reference[1]"),
+            ),
+            (&flf2v, json!({"start_image": png, "end_image": png}), None),
+            (&flf2v, json!({"image_reference": [png, png]}), None),
+            (
+                &flf2v,
+                json!({"input_reference": mp4, "end_image": png}),
+                Some("input_reference"),
+            ),
+            (
+                &i2v,
+                json!({"input_reference": png, "end_image": png}),
+                Some("end_image"),
+            ),
+            (
+                &i2v,
+                json!({"image_reference": [png, png]}),
+                Some("image_reference[1]"),
+            ),
+            (
+                &i2v,
+                json!({"input_reference": mp4}),
+                Some("input_reference"),
+            ),
+            (
+                &i2v,
+                json!({"video_reference": {"video_url": png}}),
+                Some("video_reference"),
+            ),
+            (&i2v, json!({"input_reference": png}), None),
+            (
+                &v2v,
+                json!({"input_reference": png}),
+                Some("input_reference"),
+            ),
+            (&v2v, json!({"input_reference": mp4}), None),
+            (
+                &helios,
+                json!({"input_reference": png, "end_image": png}),
+                Some("end_image"),
+            ),
+            (&helios, json!({"input_reference": mp4}), None),
+        ] {
+            let fields = Fields {
+                map: body.as_object().unwrap().clone(),
+                uploads: Vec::new(),
+            };
+            let got = reference::extract(&fields, 1 << 10)
+                .and_then(|refs| check_reference_fits(d, &refs));
+            match (got, param) {
+                (Ok(()), None) => {}
+                (Err(e), Some(p)) => assert_eq!(e.body()["error"]["param"], p, "{body}: {e}"),
+                (got, _) => panic!("{}: {body}: {got:?}", d.pipeline_class),
+            }
+        }
+    }
+
+    #[test]
     fn extra_params_is_a_lower_layer() {
         let a = admit_json(
             json!({"prompt":"p","seed":1,"extra_params":{"seed":2,"pyramid_num_inference_steps_list":[1,1,1]}}),
