@@ -529,7 +529,7 @@ impl<B: Backend> WanPipeline<B> {
             // `WanImageToVideoPipeline.from_pretrained` of the same folder, `expand_timesteps`).
             Conditioning::Image(_) if self.model_index.expand_timesteps => {
                 return self
-                    .image_to_video()
+                    .image_to_video()?
                     .call_with_embeds(req, embeds, ctx, sink);
             }
             _ => check_wan_inputs(self.model_index.expand_timesteps, req)?,
@@ -606,20 +606,29 @@ impl<B: Backend> WanPipeline<B> {
     /// The Wan2.2 TI2V image-to-video pipeline over this checkpoint's modules (shared, not
     /// copied: Burn tensors are reference-counted), as diffusers'
     /// `WanImageToVideoPipeline.from_pretrained` of the same folder builds it.
-    fn image_to_video(&self) -> WanImageToVideoPipeline<B> {
-        let experts = self.experts.lock().expect("not poisoned");
-        let transformer = experts[0]
-            .clone()
-            .expect("a one-expert (TI2V) checkpoint keeps its transformer resident");
-        WanImageToVideoPipeline::from_parts(
+    ///
+    /// # Errors
+    /// [`PipelineError::Unsupported`] for an `expand_timesteps` checkpoint with two experts (no
+    /// such Wan2.2 release; not run here).
+    fn image_to_video(&self) -> Result<WanImageToVideoPipeline<B>, PipelineError> {
+        let experts = self
+            .experts
+            .lock()
+            .map_err(|_| PipelineError::Unsupported("a previous run panicked".into()))?;
+        let [Some(transformer)] = experts.as_slice() else {
+            return Err(PipelineError::Unsupported(
+                "image: image-to-video on an expand_timesteps checkpoint with two experts is not supported".into(),
+            ));
+        };
+        Ok(WanImageToVideoPipeline::from_parts(
             self.model_index.clone(),
-            transformer,
+            transformer.clone(),
             self.vae.clone(),
             self.scheduler.clone(),
             &self.dir,
             self.precision,
             &self.device,
-        )
+        ))
     }
 
     /// With one-expert residency: drop every other expert, then load expert `e` (`transformer`
