@@ -671,3 +671,23 @@ fn wan_restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
         assert!(after[k] == *v, "{k} not restored bit-exactly");
     }
 }
+
+/// Original Wan naming with `.alpha` and `diff_b`: diffusers folds α/r into A (`scale_down`)
+/// and B (`scale_up`) and adds `diff_b` unscaled, so the merged bias is `b + s·diff_b` (a bias
+/// scaled by α/r too cost the whole-pipeline runs 13–17 dB against diffusers).
+#[test]
+fn original_alpha_scales_the_matrices_but_not_diff_b() {
+    let p = "diffusion_model.blocks.0.self_attn.v";
+    let file = write(&[
+        (&format!("{p}.lora_down.weight"), vec![4, 24], vec![1.0; 96]),
+        (&format!("{p}.lora_up.weight"), vec![24, 4], vec![1.0; 96]),
+        (&format!("{p}.alpha"), vec![], vec![1.0]),
+        (&format!("{p}.diff_b"), vec![24], vec![3.0; 24]),
+    ]);
+    let a = LoraAdapter::read(&file, "w").unwrap();
+    let l = &a.layers[0];
+    assert_eq!(l.module, "blocks.0.attn1.to_v");
+    // α/r = 1/4 = scale_down 0.5 · scale_up 0.5 (get_alpha_scales), factor 1.
+    assert_eq!((l.a[0], l.b[0], l.factor), (0.5, 0.5, 1.0));
+    assert_eq!(l.bias.as_deref(), Some(&[3.0; 24][..]));
+}

@@ -14,7 +14,8 @@
 //!
 //! Math (peft 0.21 `LoraLayer`, merged as `fuse_lora` does): for every targeted Linear
 //! `W' = W + s·(α/r)·B·A` and `b' = b + s·(α/r)·b_B` with `A [r, in]`, `B [out, r]`, `s` the
-//! request's scale and `α/r` the adapter's own factor. The delta is computed in f32 and added to
+//! request's scale and `α/r` the adapter's own factor (original Wan naming: `α/r` is folded into
+//! A and B as diffusers does, so a `diff_b` bias is added as `s·diff_b`). The delta is computed in f32 and added to
 //! the f32 value of `W`, then cast back to `W`'s dtype. The original tensors are kept and put back
 //! after the job ([`MergedWeights::restore`]), so the restore is bit-exact by construction
 //! (tests/lora.rs `restore_is_bit_exact_and_jobs_do_not_leak`).
@@ -566,8 +567,10 @@ fn layer_from(
 
 /// The original Wan / ComfyUI naming converted as diffusers'
 /// `_convert_non_diffusers_wan_lora_to_diffusers` does: module renames (table below), `.alpha`
-/// gives `α/rank` (1 without it), `diff_b` is the `lora_B.bias`, norm `.diff`/`.diff_b` are
-/// dropped, other `.diff` keys ignored.
+/// scales A and B by `α/rank` ([`alpha_scales`]; the bias `diff_b` is not scaled), `diff_b` is
+/// the `lora_B.bias`, norm `.diff`/`.diff_b` are dropped, other `.diff` keys ignored. diffusers
+/// reads `.alpha` of the block modules only and refuses a file with another (`time_projection`,
+/// `head.head`, …); here it is applied wherever it stands.
 fn convert_wan_original(
     raw: BTreeMap<String, RawTensor>,
     name: &str,
@@ -692,8 +695,13 @@ fn convert_wan_original(
                 let bias = diff_b.map(|(_, t)| t);
                 let mut layer = layer_from(target, &dk, d, u, bias, name)?;
                 if let Some((_, al)) = alpha {
-                    layer.factor =
-                        al.data.first().copied().unwrap_or(layer.rank as f32) / layer.rank as f32;
+                    // diffusers `get_alpha_scales`: α/r goes into the matrices (A·scale_down,
+                    // B·scale_up, f32 products as torch's tensor × Python float), not into
+                    // `diff_b`, which stays unscaled.
+                    let alpha = al.data.first().copied().unwrap_or(layer.rank as f32);
+                    let (down, up) = alpha_scales(f64::from(alpha), layer.rank);
+                    layer.a.iter_mut().for_each(|v| *v *= down as f32);
+                    layer.b.iter_mut().for_each(|v| *v *= up as f32);
                 }
                 layers.push(layer);
             }
@@ -719,6 +727,18 @@ fn convert_wan_original(
         }
     }
     Ok(layers)
+}
+
+/// diffusers `_convert_non_diffusers_wan_lora_to_diffusers.get_alpha_scales`: `α/r` split into
+/// `(scale_down, scale_up)` with `scale_down · scale_up = α/r`.
+fn alpha_scales(alpha: f64, rank: usize) -> (f64, f64) {
+    let scale = alpha / rank as f64;
+    let (mut down, mut up) = (scale, 1.0);
+    while down * 2.0 < up {
+        down *= 2.0;
+        up /= 2.0;
+    }
+    (down, up)
 }
 
 fn map_wan_module(module: &str, block: &[(&str, &str)], top: &[(&str, &str)]) -> Option<String> {
