@@ -139,39 +139,52 @@ fn adapter(rel: &str) -> Arc<LoraAdapter> {
     Arc::new(LoraAdapter::read(&common::fixture(rel), rel).unwrap())
 }
 
+/// Merge `adapters` into `t`, check that exactly the parameters the merge reports changed and
+/// that the restore gives back every parameter bit-exactly; returns the changed Burn paths.
+fn merge_and_restore<M: Module<TestBackend>>(
+    t: M,
+    adapters: &[(Arc<LoraAdapter>, f64)],
+    unmap: fn(&str) -> String,
+    remap: fn(&str) -> String,
+) -> Vec<String> {
+    let before = snapshot(&t);
+    let (merged, originals) = lora::merge(t, adapters, unmap, remap, &Default::default()).unwrap();
+    let during = snapshot(&merged);
+    let changed: Vec<String> = before
+        .keys()
+        .filter(|k| before[*k] != during[*k])
+        .cloned()
+        .collect();
+    assert_eq!(changed.len(), originals.len(), "{changed:?}");
+    let after = snapshot(&originals.restore(merged));
+    assert_eq!(before.len(), after.len());
+    for (k, v) in &before {
+        assert!(after[k] == *v, "{k} not restored bit-exactly");
+    }
+    changed
+}
+
 #[test]
 fn restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
-    let t = tiny_transformer();
-    let before = snapshot(&t);
     let adapters = vec![
         (adapter("lora/peft_a"), 0.75),
         (adapter("lora/peft_b"), 1.5),
         (adapter("lora/wan_orig.safetensors"), 1.0),
     ];
-    let (merged, originals) = lora::merge(
-        t,
+    let changed = merge_and_restore(
+        tiny_transformer(),
         &adapters,
         transformer_helios::diffusers_module_path,
         transformer_helios::burn_param_path,
-        &Default::default(),
-    )
-    .unwrap();
-    let during = snapshot(&merged);
-    let changed: Vec<&String> = before.keys().filter(|k| before[*k] != during[*k]).collect();
-    assert_eq!(changed.len(), originals.len(), "{changed:?}");
-    assert!(changed.contains(&&"blocks.0.attn1.to_out.weight".to_string()));
-    assert!(changed.contains(&&"blocks.1.ffn.net_0_proj.weight".to_string()));
-    assert!(
-        changed.contains(&&"proj_out.bias".to_string()),
-        "diff_b / lora_B.bias merged"
     );
-    assert!(!changed.iter().any(|k| k.contains("norm")), "{changed:?}");
-    let restored = originals.restore(merged);
-    let after = snapshot(&restored);
-    assert_eq!(before.len(), after.len());
-    for (k, v) in &before {
-        assert!(after[k] == *v, "{k} not restored bit-exactly");
+    for k in [
+        "blocks.0.attn1.to_out.weight",
+        "blocks.1.ffn.net_0_proj.weight",
+        "proj_out.bias", // diff_b / lora_B.bias merged
+    ] {
+        assert!(changed.iter().any(|c| c == k), "{k} not merged");
     }
+    assert!(!changed.iter().any(|k| k.contains("norm")), "{changed:?}");
 }
 
 /// The merged weight is W + s·(α/r)·B·A with α/r = 8/4 from the metadata header.
@@ -380,17 +393,13 @@ fn bad_adapters_name_the_adapter_and_the_key() {
 
 const WAN_NEGATIVE_PROMPT: &str = "blurry, low quality, static";
 
+/// The request of tests/pipeline_wan.rs (the fixture script's `PIPE_ARGS`).
 fn wan_patch() -> omni::pipeline::request::RequestPatch {
-    omni::pipeline::request::RequestPatch {
-        prompt: Some(common::PROMPT.into()),
-        negative_prompt: Some(WAN_NEGATIVE_PROMPT.into()),
-        height: Some(32),
-        width: Some(48),
-        num_frames: Some(9),
-        num_inference_steps: Some(4),
-        guidance_scale: Some(5.0),
-        ..Default::default()
-    }
+    serde_json::from_value(serde_json::json!({
+        "prompt": common::PROMPT, "negative_prompt": WAN_NEGATIVE_PROMPT, "height": 32,
+        "width": 48, "num_frames": 9, "num_inference_steps": 4, "guidance_scale": 5.0
+    }))
+    .unwrap()
 }
 
 fn open_generator(dir: &std::path::Path) -> Generator {
@@ -557,7 +566,11 @@ fn wan_i2v_lora_job_matches_diffusers() {
     let dir = common::fixture("tiny-wan2.1-i2v");
     let loras = vec![spec("lora/wan_orig_i2v.safetensors", 1.0)];
     let a = adapter("lora/wan_orig_i2v.safetensors");
-    assert!(a.layers.iter().any(|l| l.module == "blocks.1.attn2.add_v_proj"));
+    assert!(
+        a.layers
+            .iter()
+            .any(|l| l.module == "blocks.1.attn2.add_v_proj")
+    );
     assert!(
         a.layers
             .iter()
@@ -639,23 +652,16 @@ fn wan_targets_from_the_config_equal_the_model_linears() {
 
 #[test]
 fn wan_restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
-    let t = tiny_wan_i2v_transformer();
-    let before = snapshot(&t);
     let adapters = vec![
         (adapter("lora/wan_orig_i2v.safetensors"), 1.0),
         (adapter("lora/wan_peft"), 0.7),
     ];
-    let (merged, originals) = lora::merge(
-        t,
+    let changed = merge_and_restore(
+        tiny_wan_i2v_transformer(),
         &adapters,
         transformer_wan::diffusers_module_path,
         transformer_wan::burn_param_path,
-        &Default::default(),
-    )
-    .unwrap();
-    let during = snapshot(&merged);
-    let changed: Vec<&String> = before.keys().filter(|k| before[*k] != during[*k]).collect();
-    assert_eq!(changed.len(), originals.len(), "{changed:?}");
+    );
     for k in [
         "blocks.0.attn2.add_k_proj.weight",
         "blocks.0.attn2.add_k_proj.bias",
@@ -663,12 +669,7 @@ fn wan_restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
         "condition_embedder.time_embedder.linear_1.weight",
         "proj_out.weight",
     ] {
-        assert!(changed.contains(&&k.to_string()), "{k} not merged");
-    }
-    let restored = originals.restore(merged);
-    let after = snapshot(&restored);
-    for (k, v) in &before {
-        assert!(after[k] == *v, "{k} not restored bit-exactly");
+        assert!(changed.iter().any(|c| c == k), "{k} not merged");
     }
 }
 

@@ -60,39 +60,55 @@ fn lora_dir(root: &Path) -> std::path::PathBuf {
 
 const SYNC: &str = "/v1/videos/sync";
 
-#[test]
-fn lora_over_multipart_and_json_with_preload_names_and_400s() {
-    let tmp = tempfile::tempdir().unwrap();
-    let loras = lora_dir(tmp.path());
-    let config = tmp.path().join("serve.toml");
+/// A server for `model` with `lora_dirs` = [`lora_dir`] and the adapter `rel` of it preloaded
+/// as `name` at `scale`; returns it and the lora_dirs folder.
+fn preload_server(
+    root: &Path,
+    model: &Path,
+    name: &str,
+    rel: &str,
+    scale: f64,
+) -> (Server, std::path::PathBuf) {
+    let loras = lora_dir(root);
+    let config = root.join("serve.toml");
     std::fs::write(
         &config,
         format!(
-            "lora_dirs = [{:?}]\n[[lora.preload]]\nname = \"style\"\npath = {:?}\nscale = 0.75\n",
+            "lora_dirs = [{:?}]\n[[lora.preload]]\nname = {name:?}\npath = {:?}\nscale = {scale}\n",
             loras.display().to_string(),
-            loras.join("peft_a").display().to_string()
+            loras.join(rel).display().to_string()
         ),
     )
     .unwrap();
-    let s = start(&tmp.path().join("st"), &config);
+    (start_model(model, &root.join("st"), &config), loras)
+}
+
+/// A multipart `/v1/videos/sync` of `fields` plus `lora` (JSON text) when given: the MP4 bytes.
+fn sync_form(s: &Server, fields: &[(&str, &str)], lora: Option<&str>) -> Vec<u8> {
+    let mut fields = fields.to_vec();
+    if let Some(l) = lora {
+        fields.push(("lora", l));
+    }
+    let (ct, body) = multipart(&fields);
+    let r = http(&s.addr, "POST", SYNC, &[("Content-Type", &ct)], &body);
+    assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
+    assert_eq!(&r.1[4..8], b"ftyp");
+    r.1
+}
+
+#[test]
+fn lora_over_multipart_and_json_with_preload_names_and_400s() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, loras) = preload_server(tmp.path(), &tiny_distilled(), "style", "peft_a", 0.75);
 
     // Multipart: the field is JSON text. A preloaded name, then no adapter, same seed.
-    let sync = |lora: Option<&str>| {
-        let mut fields = vec![
-            ("prompt", "a lighthouse"),
-            ("size", "128x64"),
-            ("num_frames", "33"),
-            ("seed", "5"),
-        ];
-        if let Some(l) = lora {
-            fields.push(("lora", l));
-        }
-        let (ct, body) = multipart(&fields);
-        let r = http(&s.addr, "POST", SYNC, &[("Content-Type", &ct)], &body);
-        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
-        assert_eq!(&r.1[4..8], b"ftyp");
-        r.1
-    };
+    let fields = [
+        ("prompt", "a lighthouse"),
+        ("size", "128x64"),
+        ("num_frames", "33"),
+        ("seed", "5"),
+    ];
+    let sync = |lora: Option<&str>| sync_form(&s, &fields, lora);
     let with_style = sync(Some(r#"{"name": "style"}"#));
     let plain = sync(None);
     let again = sync(Some(r#"[{"lora_name": "style", "lora_scale": "0.75"}]"#));
@@ -216,35 +232,21 @@ fn generate_takes_lora_path_scale_and_names_a_bad_adapter_in_one_line() {
 #[test]
 fn wan_lora_over_multipart_and_json_and_400s() {
     let tmp = tempfile::tempdir().unwrap();
-    let loras = lora_dir(tmp.path());
-    let config = tmp.path().join("serve.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "lora_dirs = [{:?}]\n[[lora.preload]]\nname = \"wan\"\npath = {:?}\nscale = 0.8\n",
-            loras.display().to_string(),
-            loras.join("wan_peft").display().to_string()
-        ),
-    )
-    .unwrap();
-    let s = start_model(&fixture("tiny-wan2.1-t2v"), &tmp.path().join("st"), &config);
-    let sync = |lora: Option<&str>| {
-        let mut fields = vec![
-            ("prompt", "a lighthouse"),
-            ("size", "48x32"),
-            ("num_frames", "9"),
-            ("num_inference_steps", "2"),
-            ("seed", "5"),
-        ];
-        if let Some(l) = lora {
-            fields.push(("lora", l));
-        }
-        let (ct, body) = multipart(&fields);
-        let r = http(&s.addr, "POST", SYNC, &[("Content-Type", &ct)], &body);
-        assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
-        assert_eq!(&r.1[4..8], b"ftyp");
-        r.1
-    };
+    let (s, _) = preload_server(
+        tmp.path(),
+        &fixture("tiny-wan2.1-t2v"),
+        "wan",
+        "wan_peft",
+        0.8,
+    );
+    let fields = [
+        ("prompt", "a lighthouse"),
+        ("size", "48x32"),
+        ("num_frames", "9"),
+        ("num_inference_steps", "2"),
+        ("seed", "5"),
+    ];
+    let sync = |lora: Option<&str>| sync_form(&s, &fields, lora);
     let with_wan = sync(Some(r#"{"name": "wan"}"#));
     let plain = sync(None);
     assert_ne!(with_wan, plain, "the adapter changes the video");
@@ -313,10 +315,17 @@ fn generate_with_a_wan_checkpoint_takes_lora() {
     // An I2V adapter on the T2V checkpoint: one line naming the key, no file.
     let bad = tmp.path().join("bad.mp4");
     let out = run(
-        Some(fixture("lora/wan_orig_i2v.safetensors").display().to_string()),
+        Some(
+            fixture("lora/wan_orig_i2v.safetensors")
+                .display()
+                .to_string(),
+        ),
         &bad,
     );
     let line = assert_one_line_error(&out);
-    assert!(line.contains("k_img") && line.contains("add_k_proj"), "{line}");
+    assert!(
+        line.contains("k_img") && line.contains("add_k_proj"),
+        "{line}"
+    );
     assert!(!bad.exists());
 }

@@ -648,9 +648,7 @@ macro_rules! wan_family_generate {
                     let post = &self.post;
                     return Ok(post
                         .run(req, sink, |sink| {
-                            with_loras(pipe, &adapters, |pipe| {
-                                Ok((pipe.call(req, ctx, sink)?, ()))
-                            })
+                            with_loras(pipe, &adapters, |pipe| Ok((pipe.call(req, ctx, sink)?, ())))
                         })?
                         .0);
                 }

@@ -1061,7 +1061,11 @@ mod tests {
         let two: Loras =
             serde_json::from_str(r#"{"name":"lo","load_into_transformer_2":true}"#).unwrap();
         assert!(two.0[0].load_into_transformer_2);
-        assert!(!serde_json::to_string(&one).unwrap().contains("transformer_2"));
+        assert!(
+            !serde_json::to_string(&one)
+                .unwrap()
+                .contains("transformer_2")
+        );
         assert!(serde_json::from_str::<Loras>(r#"{"nme":"a"}"#).is_err());
         assert!(serde_json::from_str::<Loras>("3").is_err());
         assert!(serde_json::from_str::<Loras>(r#"{"scale":1,"lora_scale":2,"name":"a"}"#).is_err());

@@ -673,7 +673,11 @@ impl<B: Backend> WanPipeline<B> {
     /// Expert `e` (`0` = `transformer`, `1` = `transformer_2`) for a LoRA merge; `None` when
     /// the checkpoint has no such expert or it is not resident now.
     pub fn expert_mut(&mut self, e: usize) -> Option<&mut WanTransformer3DModel<B>> {
-        self.experts.get_mut().expect("not poisoned").get_mut(e)?.as_mut()
+        self.experts
+            .get_mut()
+            .expect("not poisoned")
+            .get_mut(e)?
+            .as_mut()
     }
 
     /// Which experts are resident now (`0` = `transformer`, `1` = `transformer_2`).
