@@ -1,7 +1,8 @@
 //! Per-request LoRA: whole-pipeline parity with diffusers' `load_lora_weights` + `set_adapters`
 //! (fixtures made by `tests/fixtures/make_lora.py`: a PEFT adapter with alpha metadata, a PEFT
 //! adapter with biases and no metadata, and an original Wan/ComfyUI-named adapter converted by
-//! diffusers), the bit-exact restore, job isolation, and the errors naming adapter and key.
+//! diffusers), the bit-exact restore, job isolation, and the errors naming adapter and key; the
+//! same for the Wan family (T2V, two experts with `load_into_transformer_2`, I2V image keys).
 
 mod common;
 
@@ -19,6 +20,7 @@ use omni::pipeline::lora::{self, LoraAdapter, LoraError, LoraSpec, Loras};
 use omni::pipeline::models::transformer_helios::{
     self, HeliosTransformer3DModel, HeliosTransformer3DModelConfig,
 };
+use omni::pipeline::models::transformer_wan::{self, WanTransformer3DModel};
 use omni::pipeline::noise::FileNoise;
 use omni::pipeline::progress::{CancelToken, NoProgress};
 
@@ -28,6 +30,7 @@ fn spec(rel: &str, scale: f64) -> LoraSpec {
         path: Some(common::fixture(rel).display().to_string()),
         scale: Some(scale),
         int_id: None,
+        load_into_transformer_2: false,
     }
 }
 
@@ -137,39 +140,52 @@ fn adapter(rel: &str) -> Arc<LoraAdapter> {
     Arc::new(LoraAdapter::read(&common::fixture(rel), rel).unwrap())
 }
 
+/// Merge `adapters` into `t`, check that exactly the parameters the merge reports changed and
+/// that the restore gives back every parameter bit-exactly; returns the changed Burn paths.
+fn merge_and_restore<M: Module<TestBackend>>(
+    t: M,
+    adapters: &[(Arc<LoraAdapter>, f64)],
+    unmap: fn(&str) -> String,
+    remap: fn(&str) -> String,
+) -> Vec<String> {
+    let before = snapshot(&t);
+    let (merged, originals) = lora::merge(t, adapters, unmap, remap, &Default::default()).unwrap();
+    let during = snapshot(&merged);
+    let changed: Vec<String> = before
+        .keys()
+        .filter(|k| before[*k] != during[*k])
+        .cloned()
+        .collect();
+    assert_eq!(changed.len(), originals.len(), "{changed:?}");
+    let after = snapshot(&originals.restore(merged));
+    assert_eq!(before.len(), after.len());
+    for (k, v) in &before {
+        assert!(after[k] == *v, "{k} not restored bit-exactly");
+    }
+    changed
+}
+
 #[test]
 fn restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
-    let t = tiny_transformer();
-    let before = snapshot(&t);
     let adapters = vec![
         (adapter("lora/peft_a"), 0.75),
         (adapter("lora/peft_b"), 1.5),
         (adapter("lora/wan_orig.safetensors"), 1.0),
     ];
-    let (merged, originals) = lora::merge(
-        t,
+    let changed = merge_and_restore(
+        tiny_transformer(),
         &adapters,
         transformer_helios::diffusers_module_path,
         transformer_helios::burn_param_path,
-        &Default::default(),
-    )
-    .unwrap();
-    let during = snapshot(&merged);
-    let changed: Vec<&String> = before.keys().filter(|k| before[*k] != during[*k]).collect();
-    assert_eq!(changed.len(), originals.len(), "{changed:?}");
-    assert!(changed.contains(&&"blocks.0.attn1.to_out.weight".to_string()));
-    assert!(changed.contains(&&"blocks.1.ffn.net_0_proj.weight".to_string()));
-    assert!(
-        changed.contains(&&"proj_out.bias".to_string()),
-        "diff_b / lora_B.bias merged"
     );
-    assert!(!changed.iter().any(|k| k.contains("norm")), "{changed:?}");
-    let restored = originals.restore(merged);
-    let after = snapshot(&restored);
-    assert_eq!(before.len(), after.len());
-    for (k, v) in &before {
-        assert!(after[k] == *v, "{k} not restored bit-exactly");
+    for k in [
+        "blocks.0.attn1.to_out.weight",
+        "blocks.1.ffn.net_0_proj.weight",
+        "proj_out.bias", // diff_b / lora_B.bias merged
+    ] {
+        assert!(changed.iter().any(|c| c == k), "{k} not merged");
     }
+    assert!(!changed.iter().any(|k| k.contains("norm")), "{changed:?}");
 }
 
 /// The merged weight is W + s·(α/r)·B·A with α/r = 8/4 from the metadata header.
@@ -368,4 +384,312 @@ fn bad_adapters_name_the_adapter_and_the_key() {
         matches!(e, LoraError::File { .. }) && e.to_string().contains("`gone`"),
         "{e}"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Wan (diffusers `WanLoraLoaderMixin`): fixtures from `make_lora.py --only-wan`, reference runs in
+// `reference/pipeline_wan_lora.safetensors` (32×48, 9 frames, 4 steps, CFG 5 with a negative
+// prompt, the injected `latents` of `pipeline_wan_t2v`; I2V: the image and latents of
+// `pipeline_wan_i2v`).
+
+const WAN_NEGATIVE_PROMPT: &str = "blurry, low quality, static";
+
+/// The request of tests/pipeline_wan.rs (the fixture script's `PIPE_ARGS`).
+fn wan_patch() -> omni::pipeline::request::RequestPatch {
+    serde_json::from_value(serde_json::json!({
+        "prompt": common::PROMPT, "negative_prompt": WAN_NEGATIVE_PROMPT, "height": 32,
+        "width": 48, "num_frames": 9, "num_inference_steps": 4, "guidance_scale": 5.0
+    }))
+    .unwrap()
+}
+
+fn open_generator(dir: &std::path::Path) -> Generator {
+    Generator::open(
+        dir,
+        GeneratorOptions {
+            load: LoadPolicy::KeepAll,
+            vae_dtype: None,
+        },
+        &mut NoProgress,
+    )
+    .unwrap()
+}
+
+/// One job of `generator` with `loras` (`patch` over the Wan request above), the draws of
+/// `noise`; the frames in [0, 1], or the error.
+fn wan_job(
+    generator: &mut Generator,
+    patch: omni::pipeline::request::RequestPatch,
+    loras: Vec<LoraSpec>,
+    noise: &str,
+    conditioning: Option<omni::pipeline::request::Conditioning>,
+) -> Result<Vec<f32>, omni::pipeline::error::PipelineError> {
+    let mut req =
+        omni::pipeline::request::resolve(&[wan_patch(), patch], generator.defaults()).unwrap();
+    req.lora = Loras(loras);
+    if let Some(c) = conditioning {
+        req.conditioning = c;
+    }
+    let mut noise = FileNoise::open(&common::fixture(&format!("reference/{noise}"))).unwrap();
+    let mut sink = Collect::default();
+    let mut ctx = RunContext {
+        noise: &mut noise,
+        progress: &mut NoProgress,
+        cancel: CancelToken::new(),
+    };
+    let n = generator.generate(&req, &mut ctx, &mut sink)?;
+    assert_eq!(n, 9);
+    Ok(sink.0.iter().flat_map(|f| f.data.iter().copied()).collect())
+}
+
+fn assert_wan_frames(what: &str, got: &[f32], reference: &str, name: &str) {
+    let (shape, want) = Reference::open(reference).frames01(name);
+    assert_eq!(shape, vec![9, 32, 48, 3]);
+    let db = psnr(got, &want);
+    eprintln!("{what}: PSNR vs diffusers {db:.2} dB");
+    assert!(
+        db >= MIN_PSNR_DB,
+        "{what}: PSNR {db:.2} dB < {MIN_PSNR_DB} dB"
+    );
+}
+
+fn into_transformer_2(mut s: LoraSpec) -> LoraSpec {
+    s.load_into_transformer_2 = true;
+    s
+}
+
+/// Wan2.1 T2V: a PEFT adapter, then the original Wan naming plus PEFT, then none, each against
+/// its own diffusers run; the no-adapter job before and after the adapter jobs gives the same
+/// bytes (the restore is bit-exact and no job sees another's weights).
+#[test]
+fn wan_t2v_lora_jobs_match_diffusers_and_restore_bit_exactly() {
+    let mut generator = open_generator(&common::fixture("tiny-wan2.1-t2v"));
+    let lora_ref = "pipeline_wan_lora.safetensors";
+    let job = |g: &mut Generator, loras| wan_job(g, Default::default(), loras, lora_ref, None);
+    let plain_before = job(&mut generator, vec![]).unwrap();
+    assert_wan_frames(
+        "t2v, no adapter",
+        &plain_before,
+        "pipeline_wan_t2v.safetensors",
+        "frames",
+    );
+    let got = job(&mut generator, vec![spec("lora/wan_peft", 0.8)]).unwrap();
+    assert_wan_frames("t2v, PEFT @ 0.8", &got, lora_ref, "t2v_peft.frames");
+    let got = job(
+        &mut generator,
+        vec![
+            spec("lora/wan_orig_t2v.safetensors", 1.0),
+            spec("lora/wan_peft", 0.5),
+        ],
+    )
+    .unwrap();
+    assert_wan_frames(
+        "t2v, original Wan naming @ 1.0 + PEFT @ 0.5",
+        &got,
+        lora_ref,
+        "t2v_orig.frames",
+    );
+    let plain_after = job(&mut generator, vec![]).unwrap();
+    assert!(
+        plain_before
+            .iter()
+            .zip(&plain_after)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a job after LoRA jobs differs from the same job before them"
+    );
+    // A `transformer_2` adapter on a one-expert checkpoint is refused (diffusers raises), and
+    // the next job still runs on the original weights.
+    let err = job(
+        &mut generator,
+        vec![into_transformer_2(spec("lora/wan_peft", 1.0))],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("transformer_2"), "{err}");
+    assert_eq!(job(&mut generator, vec![]).unwrap(), plain_before);
+}
+
+/// Wan2.2 A14B (two experts): the PEFT adapter into `transformer`, the original-named one into
+/// `transformer_2` (`load_into_transformer_2`), guidance_scale_2 2.0.
+#[test]
+fn wan_two_expert_lora_job_matches_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&common::fixture("tiny-wan2.1-t2v"), dir.path());
+    common::copy_dir(&common::fixture("tiny-wan2.2-a14b"), dir.path());
+    let targets = Generator::lora_targets_of(dir.path()).unwrap();
+    assert_eq!(targets.transformer_2.as_ref(), Some(&targets.transformer));
+    let mut generator = open_generator(dir.path());
+    let patch = omni::pipeline::request::RequestPatch {
+        guidance_scale_2: Some(2.0),
+        ..Default::default()
+    };
+    let loras = vec![
+        spec("lora/wan_peft", 0.8),
+        into_transformer_2(spec("lora/wan_orig_t2v.safetensors", 1.0)),
+    ];
+    let got = wan_job(
+        &mut generator,
+        patch.clone(),
+        loras,
+        "pipeline_wan_lora.safetensors",
+        None,
+    )
+    .unwrap();
+    assert_wan_frames(
+        "a14b, PEFT → transformer, original → transformer_2",
+        &got,
+        "pipeline_wan_lora.safetensors",
+        "a14b.frames",
+    );
+    let plain = wan_job(
+        &mut generator,
+        patch,
+        vec![],
+        "pipeline_wan_lora.safetensors",
+        None,
+    )
+    .unwrap();
+    assert_wan_frames(
+        "a14b, no adapter after it",
+        &plain,
+        "pipeline_wan_a14b.safetensors",
+        "frames",
+    );
+}
+
+/// Wan2.1 I2V: an original-named adapter on the image cross-attention (`k_img`/`v_img` →
+/// `attn2.add_k_proj`/`add_v_proj`) and the image embedder (`img_emb.proj.{1,3}`).
+#[test]
+fn wan_i2v_lora_job_matches_diffusers() {
+    use omni::pipeline::request::{Conditioning, ConditioningPixels};
+    let r = Reference::open("pipeline_wan_i2v.safetensors");
+    let (frames, w, h) = common::input_frames(&r, "image");
+    let image = Conditioning::Image(ConditioningPixels::from_rgb8_frames(&frames, w, h));
+    let dir = common::fixture("tiny-wan2.1-i2v");
+    let loras = vec![spec("lora/wan_orig_i2v.safetensors", 1.0)];
+    let a = adapter("lora/wan_orig_i2v.safetensors");
+    assert!(
+        a.layers
+            .iter()
+            .any(|l| l.module == "blocks.1.attn2.add_v_proj")
+    );
+    assert!(
+        a.layers
+            .iter()
+            .any(|l| l.module == "condition_embedder.image_embedder.ff.net.2" && l.bias.is_some())
+    );
+    let mut generator = open_generator(&dir);
+    let got = wan_job(
+        &mut generator,
+        Default::default(),
+        loras,
+        "pipeline_wan_i2v.safetensors",
+        Some(image),
+    )
+    .unwrap();
+    assert_wan_frames(
+        "i2v, original Wan naming with k_img/v_img/img_emb",
+        &got,
+        "pipeline_wan_lora.safetensors",
+        "i2v.frames",
+    );
+}
+
+/// The I2V adapter's image keys map to no module of a T2V checkpoint: refused before loading,
+/// naming the adapter and the key; a Helios adapter's shapes do not fit Wan (text_dim 32 ≠ 24).
+#[test]
+fn wan_checks_name_the_adapter_key_and_expert() {
+    let t2v = common::fixture("tiny-wan2.1-t2v");
+    let check = |loras: Vec<LoraSpec>| {
+        let mut req = common::distilled_request();
+        req.lora = Loras(loras);
+        Generator::check_loras(&t2v, &req)
+    };
+    check(vec![spec("lora/wan_peft", 1.0)]).unwrap();
+    check(vec![spec("lora/wan_orig_t2v.safetensors", 1.0)]).unwrap();
+    let err = check(vec![spec("lora/wan_orig_i2v.safetensors", 1.0)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("lora/wan_orig_i2v.safetensors") && err.contains("add_k_proj"),
+        "{err}"
+    );
+    let err = check(vec![into_transformer_2(spec("lora/wan_peft", 1.0))])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("load_into_transformer_2"), "{err}");
+    // The T2V adapters fit the I2V transformer (diffusers pads the image projections with
+    // zeros: no change there).
+    let mut req = common::distilled_request();
+    req.lora = Loras(vec![spec("lora/wan_peft", 1.0)]);
+    Generator::check_loras(&common::fixture("tiny-wan2.1-i2v"), &req).unwrap();
+}
+
+fn tiny_wan_i2v_transformer() -> WanTransformer3DModel<TestBackend> {
+    WanTransformer3DModel::load(
+        &common::fixture("tiny-wan2.1-i2v").join("transformer"),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn wan_targets_from_the_config_equal_the_model_linears() {
+    let t = tiny_wan_i2v_transformer();
+    let from_module = lora::targets_of(&t, transformer_wan::diffusers_module_path);
+    assert_eq!(t.config().lora_targets(), from_module);
+    assert_eq!(
+        from_module.get("blocks.0.attn2.add_k_proj"),
+        Some(&(24, 24))
+    );
+    assert_eq!(
+        from_module.get("condition_embedder.image_embedder.ff.net.0.proj"),
+        Some(&(16, 16))
+    );
+    assert_eq!(
+        transformer_wan::burn_param_path("condition_embedder.image_embedder.ff.net.2.bias"),
+        "condition_embedder.image_embedder.ff.net_2.bias"
+    );
+}
+
+#[test]
+fn wan_restore_is_bit_exact_and_merge_changes_only_targeted_weights() {
+    let adapters = vec![
+        (adapter("lora/wan_orig_i2v.safetensors"), 1.0),
+        (adapter("lora/wan_peft"), 0.7),
+    ];
+    let changed = merge_and_restore(
+        tiny_wan_i2v_transformer(),
+        &adapters,
+        transformer_wan::diffusers_module_path,
+        transformer_wan::burn_param_path,
+    );
+    for k in [
+        "blocks.0.attn2.add_k_proj.weight",
+        "blocks.0.attn2.add_k_proj.bias",
+        "condition_embedder.image_embedder.ff.net_0_proj.weight",
+        "condition_embedder.time_embedder.linear_1.weight",
+        "proj_out.weight",
+    ] {
+        assert!(changed.iter().any(|c| c == k), "{k} not merged");
+    }
+}
+
+/// Original Wan naming with `.alpha` and `diff_b`: diffusers folds α/r into A (`scale_down`)
+/// and B (`scale_up`) and adds `diff_b` unscaled, so the merged bias is `b + s·diff_b` (a bias
+/// scaled by α/r too cost the whole-pipeline runs 13–17 dB against diffusers).
+#[test]
+fn original_alpha_scales_the_matrices_but_not_diff_b() {
+    let p = "diffusion_model.blocks.0.self_attn.v";
+    let file = write(&[
+        (&format!("{p}.lora_down.weight"), vec![4, 24], vec![1.0; 96]),
+        (&format!("{p}.lora_up.weight"), vec![24, 4], vec![1.0; 96]),
+        (&format!("{p}.alpha"), vec![], vec![1.0]),
+        (&format!("{p}.diff_b"), vec![24], vec![3.0; 24]),
+    ]);
+    let a = LoraAdapter::read(&file, "w").unwrap();
+    let l = &a.layers[0];
+    assert_eq!(l.module, "blocks.0.attn1.to_v");
+    // α/r = 1/4 = scale_down 0.5 · scale_up 0.5 (get_alpha_scales), factor 1.
+    assert_eq!((l.a[0], l.b[0], l.factor), (0.5, 0.5, 1.0));
+    assert_eq!(l.bias.as_deref(), Some(&[3.0; 24][..]));
 }

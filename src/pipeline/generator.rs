@@ -13,15 +13,16 @@ use super::backend::{DefaultBackend, DeviceMemory, device_memory, thread_device}
 use super::checkpoint::{LoadError, read_config};
 use super::continuation::HeliosState;
 use super::error::PipelineError;
-use super::lora::{LoraCache, LoraError};
+use super::lora::{CheckpointTargets, ExpertAdapters, LoraCache, LoraError};
 use super::models::transformer_helios;
+use super::models::transformer_wan::{self, WanTransformer3DModel, WanTransformer3DModelConfig};
 pub use super::pipelines::pipeline_helios_pyramid::RunContext;
 use super::pipelines::pipeline_helios_pyramid::{
     HeliosPyramidPipeline, PromptEncoder, TextEncoderResidency, checkpoint_defaults,
 };
 pub use super::pipelines::pipeline_output::{FrameSink, VideoFrames};
 pub use super::pipelines::pipeline_wan::ExpertResidency;
-use super::pipelines::pipeline_wan::{WanPipeline, wan_defaults};
+use super::pipelines::pipeline_wan::{WanModelIndex, WanPipeline, wan_defaults};
 use super::pipelines::pipeline_wan_i2v::{WanImageToVideoPipeline, wan_i2v_defaults};
 use super::pipelines::pipeline_wan_video2video::{WanVideoToVideoPipeline, wan_v2v_defaults};
 use super::precision::{Dtype, Precision};
@@ -238,16 +239,43 @@ impl Generator {
         (pipeline_entry(dir)?.defaults)(dir)
     }
 
-    /// The Linear modules a LoRA adapter may target in the checkpoint folder `dir`, from its
-    /// `transformer/config.json` only (no weights are read).
+    /// The Linear modules LoRA adapters may target in the checkpoint folder `dir`: its
+    /// `transformer`'s and, on a two-expert checkpoint (Wan2.2 A14B, `model_index.json`
+    /// `transformer_2`), `transformer_2`'s; from the `config.json` files only (no weights are
+    /// read). The transformer's `_class_name` picks Wan's or Helios's module list.
     ///
     /// # Errors
-    /// [`PipelineError::Load`] when the config is missing or unreadable.
-    pub fn lora_targets_of(dir: &Path) -> Result<super::lora::LoraTargets, PipelineError> {
-        let (config, _) = read_config::<transformer_helios::HeliosTransformer3DModelConfig>(
-            &dir.join("transformer").join("config.json"),
-        )?;
-        Ok(config.lora_targets())
+    /// [`PipelineError::Load`] when a config is missing or unreadable.
+    pub fn lora_targets_of(dir: &Path) -> Result<CheckpointTargets, PipelineError> {
+        #[derive(serde::Deserialize)]
+        struct ClassName {
+            #[serde(rename = "_class_name", default)]
+            class_name: String,
+            #[serde(flatten)]
+            _rest: std::collections::BTreeMap<String, serde_json::Value>,
+        }
+        let config = |sub: &str| dir.join(sub).join("config.json");
+        let (ClassName { class_name, .. }, _) = read_config::<ClassName>(&config("transformer"))?;
+        if class_name != WanTransformer3DModelConfig::CLASS_NAME {
+            let (c, _) = read_config::<transformer_helios::HeliosTransformer3DModelConfig>(
+                &config("transformer"),
+            )?;
+            return Ok(CheckpointTargets {
+                transformer: c.lora_targets(),
+                transformer_2: None,
+            });
+        }
+        let wan = |sub: &str| {
+            read_config::<WanTransformer3DModelConfig>(&config(sub)).map(|(c, _)| c.lora_targets())
+        };
+        let (index, _) = read_config::<WanModelIndex>(&dir.join("model_index.json"))?;
+        Ok(CheckpointTargets {
+            transformer: wan("transformer")?,
+            transformer_2: index
+                .has_transformer_2()
+                .then(|| wan("transformer_2"))
+                .transpose()?,
+        })
     }
 
     /// Read the adapters of `req.lora` and check them against the checkpoint `dir` (before any
@@ -262,8 +290,8 @@ impl Generator {
         let targets = Self::lora_targets_of(dir)?;
         for spec in &req.lora.0 {
             let path = spec.path.as_deref().unwrap_or_default();
-            super::lora::LoraAdapter::read(Path::new(path), &spec.label())?
-                .check_targets(&targets)?;
+            let adapter = super::lora::LoraAdapter::read(Path::new(path), &spec.label())?;
+            targets.check(&adapter, spec)?;
         }
         Ok(())
     }
@@ -534,12 +562,7 @@ impl DiffusionPipeline for Helios {
     ) -> Result<(usize, Option<HeliosState>), PipelineError> {
         self.post.ensure(req, &thread_device())?;
         // Adapters are read (and checked) before anything heavy runs.
-        let adapters = req
-            .lora
-            .0
-            .iter()
-            .map(|spec| Ok((self.loras.get(spec)?, spec.scale())))
-            .collect::<Result<Vec<_>, LoraError>>()?;
+        let adapters = self.loras.get_all(&req.lora)?;
         let embeds = match &self.pipe {
             Some(_) => None,
             None => {
@@ -570,28 +593,127 @@ impl DiffusionPipeline for Helios {
     }
 }
 
-/// Run `f` with `adapters` merged into the transformer, restoring the original weights after it
-/// (on success and on failure alike).
-fn with_loras<T>(
-    pipe: &mut HeliosPyramidPipeline<DefaultBackend>,
-    adapters: &[(std::sync::Arc<super::lora::LoraAdapter>, f64)],
-    f: impl FnOnce(&HeliosPyramidPipeline<DefaultBackend>) -> Result<T, PipelineError>,
+/// A pipeline whose transformer(s) take per-request LoRA merges ([`with_loras`]).
+trait LoraModels {
+    /// The transformer class.
+    type Model: burn::module::Module<DefaultBackend>;
+
+    /// A diffusers parameter key as the model's Burn path (its `KEY_REMAP`).
+    fn burn_param_path(key: &str) -> String;
+
+    /// Expert `e` (`0` = `transformer`, `1` = `transformer_2`); `None` when absent.
+    fn expert_mut(&mut self, e: usize) -> Option<&mut Self::Model>;
+
+    /// Whether an expert may be reloaded from disk during a job (a merge would be lost).
+    fn offloads_experts(&self) -> bool {
+        false
+    }
+}
+
+impl LoraModels for HeliosPyramidPipeline<DefaultBackend> {
+    type Model = transformer_helios::HeliosTransformer3DModel<DefaultBackend>;
+    fn burn_param_path(key: &str) -> String {
+        transformer_helios::burn_param_path(key)
+    }
+    fn expert_mut(&mut self, e: usize) -> Option<&mut Self::Model> {
+        (e == 0).then_some(&mut self.transformer)
+    }
+}
+
+impl LoraModels for WanPipeline<DefaultBackend> {
+    type Model = WanTransformer3DModel<DefaultBackend>;
+    fn burn_param_path(key: &str) -> String {
+        transformer_wan::burn_param_path(key)
+    }
+    fn expert_mut(&mut self, e: usize) -> Option<&mut Self::Model> {
+        WanPipeline::expert_mut(self, e)
+    }
+    fn offloads_experts(&self) -> bool {
+        WanPipeline::offloads_experts(self)
+    }
+}
+
+impl LoraModels for WanImageToVideoPipeline<DefaultBackend> {
+    type Model = WanTransformer3DModel<DefaultBackend>;
+    fn burn_param_path(key: &str) -> String {
+        transformer_wan::burn_param_path(key)
+    }
+    fn expert_mut(&mut self, e: usize) -> Option<&mut Self::Model> {
+        match e {
+            0 => Some(&mut self.transformer),
+            _ => self.transformer_2.as_mut(),
+        }
+    }
+}
+
+impl LoraModels for WanVideoToVideoPipeline<DefaultBackend> {
+    type Model = WanTransformer3DModel<DefaultBackend>;
+    fn burn_param_path(key: &str) -> String {
+        transformer_wan::burn_param_path(key)
+    }
+    fn expert_mut(&mut self, e: usize) -> Option<&mut Self::Model> {
+        (e == 0).then_some(&mut self.transformer)
+    }
+}
+
+/// Run `f` with `adapters` merged into their transformers (`[transformer, transformer_2]`),
+/// restoring the original weights after it (on success and on failure alike).
+///
+/// # Errors
+/// [`LoraError::NoTransformer2`] for `transformer_2` adapters on a one-expert pipeline;
+/// [`PipelineError::Unsupported`] naming `lora` when the experts are offloaded one at a time;
+/// as [`super::lora::merge`]; as `f`.
+fn with_loras<P: LoraModels, T>(
+    pipe: &mut P,
+    adapters: &ExpertAdapters,
+    f: impl FnOnce(&P) -> Result<T, PipelineError>,
 ) -> Result<T, PipelineError> {
-    if adapters.is_empty() {
+    if adapters.iter().all(Vec::is_empty) {
         return f(pipe);
     }
+    if pipe.offloads_experts() {
+        return Err(PipelineError::Unsupported(
+            "lora: per-request adapters need both experts resident; this pipeline holds one expert at a time (--offload-experts on, or auto on a device too small for both)".into(),
+        ));
+    }
     let device = thread_device();
-    let transformer = pipe.transformer.clone();
-    let (merged, originals) = super::lora::merge(
-        transformer,
-        adapters,
-        transformer_helios::diffusers_module_path,
-        transformer_helios::burn_param_path,
-        &device,
-    )?;
-    pipe.transformer = merged;
-    let out = f(pipe);
-    pipe.transformer = originals.restore(pipe.transformer.clone());
+    let mut merged = Vec::new();
+    let mut failure: Option<PipelineError> = None;
+    for (e, list) in adapters.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let Some(model) = pipe.expert_mut(e) else {
+            failure = Some(
+                LoraError::NoTransformer2 {
+                    adapter: list[0].0.name.clone(),
+                }
+                .into(),
+            );
+            break;
+        };
+        match super::lora::merge(
+            model.clone(),
+            list,
+            transformer_helios::diffusers_module_path,
+            P::burn_param_path,
+            &device,
+        ) {
+            Ok((m, originals)) => {
+                *model = m;
+                merged.push((e, originals));
+            }
+            Err(err) => {
+                failure = Some(err.into());
+                break;
+            }
+        }
+    }
+    let out = match failure {
+        Some(err) => Err(err),
+        None => f(pipe),
+    };
+    for (e, originals) in merged {
+        let model = pipe.expert_mut(e).expect("merged above");
+        *model = originals.restore(model.clone());
+    }
     out
 }
 
@@ -608,10 +730,14 @@ macro_rules! wan_family_generate {
             ) -> Result<usize, PipelineError> {
                 <$pipe as FamilyPipeline>::check_inputs(&self.dir, req)?;
                 self.post.ensure(req, &thread_device())?;
-                if let Some(pipe) = &self.pipe {
+                // Adapters are read (and checked) before anything heavy runs.
+                let adapters = self.loras.get_all(&req.lora)?;
+                if let Some(pipe) = &mut self.pipe {
                     let post = &self.post;
                     return Ok(post
-                        .run(req, sink, |sink| Ok((pipe.call(req, ctx, sink)?, ())))?
+                        .run(req, sink, |sink| {
+                            with_loras(pipe, &adapters, |pipe| Ok((pipe.call(req, ctx, sink)?, ())))
+                        })?
                         .0);
                 }
                 let embeds = {
@@ -624,11 +750,13 @@ macro_rules! wan_family_generate {
                     encoder.encode_request(req, &mut *ctx.progress)?
                 };
                 self.load(&mut *ctx.progress)?;
-                let pipe = self.pipe.as_ref().expect("loaded above");
+                let pipe = self.pipe.as_mut().expect("loaded above");
                 let post = &self.post;
                 Ok(post
                     .run(req, sink, |sink| {
-                        Ok((pipe.call_with_embeds(req, embeds, ctx, sink)?, ()))
+                        with_loras(pipe, &adapters, |pipe| {
+                            Ok((pipe.call_with_embeds(req, embeds, ctx, sink)?, ()))
+                        })
                     })?
                     .0)
             }

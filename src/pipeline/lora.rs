@@ -4,9 +4,18 @@
 //! does), a by-path cache with a memory budget ([`LoraCache`]) and the merge into a model's
 //! Linear weights ([`merge`] / [`MergedWeights::restore`]).
 //!
+//! Models: Helios (`HeliosLoraLoaderMixin`) and every Wan checkpoint (`WanLoraLoaderMixin`: T2V,
+//! I2V/FLF2V, V2V, TI2V; the I2V image cross-attention `attn2.add_k_proj`/`add_v_proj` and the
+//! `condition_embedder.image_embedder` are targets where the transformer has them). A two-expert
+//! checkpoint (Wan2.2 A14B) takes an adapter into `transformer` by default and into
+//! `transformer_2` with [`LoraSpec::load_into_transformer_2`], as diffusers does
+//! ([`CheckpointTargets`], [`ExpertAdapters`]). A T2V adapter on an I2V transformer leaves the
+//! image projections alone (diffusers' `_maybe_expand_t2v_lora_for_i2v` pads them with zeros).
+//!
 //! Math (peft 0.21 `LoraLayer`, merged as `fuse_lora` does): for every targeted Linear
 //! `W' = W + s·(α/r)·B·A` and `b' = b + s·(α/r)·b_B` with `A [r, in]`, `B [out, r]`, `s` the
-//! request's scale and `α/r` the adapter's own factor. The delta is computed in f32 and added to
+//! request's scale and `α/r` the adapter's own factor (original Wan naming: `α/r` is folded into
+//! A and B as diffusers does, so a `diff_b` bias is added as `s·diff_b`). The delta is computed in f32 and added to
 //! the f32 value of `W`, then cast back to `W`'s dtype. The original tensors are kept and put back
 //! after the job ([`MergedWeights::restore`]), so the restore is bit-exact by construction
 //! (tests/lora.rs `restore_is_bit_exact_and_jobs_do_not_leak`).
@@ -57,6 +66,13 @@ pub struct LoraSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub int_id: Option<u64>,
+    /// Merge into `transformer_2` (the low-noise expert of a Wan2.2 A14B checkpoint) instead of
+    /// `transformer`: diffusers `WanLoraLoaderMixin.load_lora_weights(…, load_into_transformer_2=True)`.
+    /// Default false (the adapter goes into `transformer`, as in diffusers); a checkpoint without
+    /// `transformer_2` refuses it ([`LoraError::NoTransformer2`]). To adapt both experts, list the
+    /// adapter twice, once with this flag (diffusers loads it twice under two names).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub load_into_transformer_2: bool,
 }
 
 fn lenient_float<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -109,6 +125,7 @@ impl LoraSpec {
             path: Some(path.to_string()),
             scale,
             int_id: None,
+            load_into_transformer_2: false,
         })
     }
 }
@@ -171,6 +188,12 @@ pub enum LoraError {
         key: String,
         message: String,
     },
+    /// `load_into_transformer_2` on a checkpoint with one transformer (diffusers raises
+    /// `AttributeError` there).
+    #[error(
+        "LoRA adapter `{adapter}`: load_into_transformer_2 needs a two-expert checkpoint (Wan2.2 A14B); this one has no transformer_2"
+    )]
+    NoTransformer2 { adapter: String },
 }
 
 /// One adapted Linear of an adapter, with its diffusers module path
@@ -203,6 +226,35 @@ pub struct LoraAdapter {
 
 /// Linear modules an adapter may target: diffusers module path → `(out_features, in_features)`.
 pub type LoraTargets = BTreeMap<String, (usize, usize)>;
+
+/// The LoRA targets of a checkpoint: its `transformer`'s Linear modules and, on a two-expert
+/// checkpoint (Wan2.2 A14B), `transformer_2`'s (diffusers `WanLoraLoaderMixin._lora_loadable_modules`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CheckpointTargets {
+    pub transformer: LoraTargets,
+    /// `None`: the checkpoint has one transformer.
+    pub transformer_2: Option<LoraTargets>,
+}
+
+impl CheckpointTargets {
+    /// Check `adapter` against the transformer `spec` sends it to
+    /// ([`LoraSpec::load_into_transformer_2`]).
+    ///
+    /// # Errors
+    /// [`LoraError::NoTransformer2`]; as [`LoraAdapter::check_targets`].
+    pub fn check(&self, adapter: &LoraAdapter, spec: &LoraSpec) -> Result<(), LoraError> {
+        match (spec.load_into_transformer_2, &self.transformer_2) {
+            (false, _) => adapter.check_targets(&self.transformer),
+            (true, Some(t)) => adapter.check_targets(t),
+            (true, None) => Err(LoraError::NoTransformer2 {
+                adapter: adapter.name.clone(),
+            }),
+        }
+    }
+}
+
+/// The adapters of a request with their scales, per transformer: `[transformer, transformer_2]`.
+pub type ExpertAdapters = [Vec<(Arc<LoraAdapter>, f64)>; 2];
 
 /// The safetensors file of an adapter path: the file itself, or inside a folder
 /// `pytorch_lora_weights.safetensors` (diffusers) or `adapter_model.safetensors` (PEFT).
@@ -452,7 +504,11 @@ fn strip_component(prefix: &str) -> Result<String, String> {
     if let Some(rest) = prefix.strip_prefix("transformer.") {
         return Ok(rest.to_string());
     }
-    for other in ["text_encoder.", "transformer_2.", "vae.", "unet."] {
+    if prefix.starts_with("transformer_2.") {
+        // diffusers keeps `transformer.` keys only, whichever expert they go to.
+        return Err("targets `transformer_2` by its key prefix; write the keys under `transformer.` and send the adapter with `load_into_transformer_2: true` (diffusers' load_into_transformer_2)".into());
+    }
+    for other in ["text_encoder.", "vae.", "unet."] {
         if prefix.starts_with(other) {
             return Err(format!(
                 "targets `{}`; only the transformer takes LoRA here",
@@ -511,8 +567,10 @@ fn layer_from(
 
 /// The original Wan / ComfyUI naming converted as diffusers'
 /// `_convert_non_diffusers_wan_lora_to_diffusers` does: module renames (table below), `.alpha`
-/// gives `α/rank` (1 without it), `diff_b` is the `lora_B.bias`, norm `.diff`/`.diff_b` are
-/// dropped, other `.diff` keys ignored.
+/// scales A and B by `α/rank` ([`alpha_scales`]; the bias `diff_b` is not scaled), `diff_b` is
+/// the `lora_B.bias`, norm `.diff`/`.diff_b` are dropped, other `.diff` keys ignored. diffusers
+/// reads `.alpha` of the block modules only and refuses a file with another (`time_projection`,
+/// `head.head`, …); here it is applied wherever it stands.
 fn convert_wan_original(
     raw: BTreeMap<String, RawTensor>,
     name: &str,
@@ -637,8 +695,13 @@ fn convert_wan_original(
                 let bias = diff_b.map(|(_, t)| t);
                 let mut layer = layer_from(target, &dk, d, u, bias, name)?;
                 if let Some((_, al)) = alpha {
-                    layer.factor =
-                        al.data.first().copied().unwrap_or(layer.rank as f32) / layer.rank as f32;
+                    // diffusers `get_alpha_scales`: α/r goes into the matrices (A·scale_down,
+                    // B·scale_up, f32 products as torch's tensor × Python float), not into
+                    // `diff_b`, which stays unscaled.
+                    let alpha = al.data.first().copied().unwrap_or(layer.rank as f32);
+                    let (down, up) = alpha_scales(f64::from(alpha), layer.rank);
+                    layer.a.iter_mut().for_each(|v| *v *= down as f32);
+                    layer.b.iter_mut().for_each(|v| *v *= up as f32);
                 }
                 layers.push(layer);
             }
@@ -664,6 +727,18 @@ fn convert_wan_original(
         }
     }
     Ok(layers)
+}
+
+/// diffusers `_convert_non_diffusers_wan_lora_to_diffusers.get_alpha_scales`: `α/r` split into
+/// `(scale_down, scale_up)` with `scale_down · scale_up = α/r`.
+fn alpha_scales(alpha: f64, rank: usize) -> (f64, f64) {
+    let scale = alpha / rank as f64;
+    let (mut down, mut up) = (scale, 1.0);
+    while down * 2.0 < up {
+        down *= 2.0;
+        up /= 2.0;
+    }
+    (down, up)
 }
 
 fn map_wan_module(module: &str, block: &[(&str, &str)], top: &[(&str, &str)]) -> Option<String> {
@@ -724,6 +799,19 @@ impl LoraCache {
             self.entries.pop_front();
         }
         Ok(adapter)
+    }
+
+    /// The adapters of `loras` (read on first use) with their scales, split by
+    /// [`LoraSpec::load_into_transformer_2`].
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn get_all(&mut self, loras: &Loras) -> Result<ExpertAdapters, LoraError> {
+        let mut out: ExpertAdapters = Default::default();
+        for spec in &loras.0 {
+            out[usize::from(spec.load_into_transformer_2)].push((self.get(spec)?, spec.scale()));
+        }
+        Ok(out)
     }
 
     /// Bytes held.
@@ -960,7 +1048,8 @@ mod tests {
                 name: Some("a".into()),
                 path: Some("/x/a.safetensors".into()),
                 scale: Some(0.5),
-                int_id: Some(3)
+                int_id: Some(3),
+                load_into_transformer_2: false,
             }]
         );
         let text: Loras = serde_json::from_value(serde_json::json!(
@@ -969,6 +1058,14 @@ mod tests {
         .unwrap();
         assert_eq!(text.0.len(), 2);
         assert_eq!(text.0[1].scale(), 2.0);
+        let two: Loras =
+            serde_json::from_str(r#"{"name":"lo","load_into_transformer_2":true}"#).unwrap();
+        assert!(two.0[0].load_into_transformer_2);
+        assert!(
+            !serde_json::to_string(&one)
+                .unwrap()
+                .contains("transformer_2")
+        );
         assert!(serde_json::from_str::<Loras>(r#"{"nme":"a"}"#).is_err());
         assert!(serde_json::from_str::<Loras>("3").is_err());
         assert!(serde_json::from_str::<Loras>(r#"{"scale":1,"lora_scale":2,"name":"a"}"#).is_err());

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::pipeline::generator::Generator;
-use crate::pipeline::lora::{LoraAdapter, LoraSpec, LoraTargets, Loras};
+use crate::pipeline::lora::{CheckpointTargets, LoraAdapter, LoraSpec, Loras};
 
 /// `[lora]` of serve.toml.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -29,8 +29,8 @@ pub struct LoraPolicy {
     pub dirs: Vec<PathBuf>,
     /// `[lora] preload` with canonical paths.
     pub preload: Vec<LoraSpec>,
-    /// The checkpoint's Linear modules.
-    pub targets: LoraTargets,
+    /// The checkpoint's Linear modules (`transformer`, and `transformer_2` of a two-expert one).
+    pub targets: CheckpointTargets,
 }
 
 impl LoraPolicy {
@@ -46,7 +46,7 @@ impl LoraPolicy {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let targets = match section.preload.is_empty() && dirs.is_empty() {
-            true => LoraTargets::new(),
+            true => CheckpointTargets::default(),
             false => Generator::lora_targets_of(model).map_err(|e| e.to_string())?,
         };
         let mut preload = Vec::new();
@@ -59,7 +59,7 @@ impl LoraPolicy {
             let canonical = std::fs::canonicalize(path)
                 .map_err(|e| format!("[lora] preload `{name}`: {path}: {e}"))?;
             LoraAdapter::read(&canonical, name)
-                .and_then(|a| a.check_targets(&targets))
+                .and_then(|a| targets.check(&a, spec))
                 .map_err(|e| format!("[lora] preload: {e}"))?;
             preload.push(LoraSpec {
                 path: Some(canonical.display().to_string()),
@@ -111,6 +111,7 @@ impl LoraPolicy {
                         })?;
                     spec.path = known.path.clone();
                     spec.scale = spec.scale.or(known.scale);
+                    spec.load_into_transformer_2 |= known.load_into_transformer_2;
                 }
                 (None, None) => {
                     return Err(bad(
@@ -120,7 +121,7 @@ impl LoraPolicy {
             }
             let path = PathBuf::from(spec.path.as_deref().expect("set above"));
             LoraAdapter::read(&path, &spec.label())
-                .and_then(|a| a.check_targets(&self.targets))
+                .and_then(|a| self.targets.check(&a, spec))
                 .map_err(|e| bad(e.to_string()))?;
         }
         Ok(())

@@ -552,9 +552,10 @@ fn lora_schema() -> Value {
         "lora_path": {"type": "string"}, "local_path": {"type": "string"},
         "scale": {"type": ["number", "string"], "description": "strength s of W + s·(α/r)·B·A (default 1, or the preload's); alias lora_scale"},
         "lora_scale": {"type": ["number", "string"]},
-        "int_id": {"type": "integer", "minimum": 0}, "lora_int_id": {"type": "integer", "minimum": 0}}});
+        "int_id": {"type": "integer", "minimum": 0}, "lora_int_id": {"type": "integer", "minimum": 0},
+        "load_into_transformer_2": {"type": "boolean", "default": false, "description": "merge into transformer_2 (the low-noise expert of a Wan2.2 A14B checkpoint) instead of transformer, as diffusers' load_lora_weights(load_into_transformer_2=True); a 400 naming `lora` on a checkpoint without transformer_2. List an adapter twice (with and without) to adapt both experts"}}});
     json!({"oneOf": [adapter, {"type": "array", "items": adapter}, {"type": "string"}, {"type": "null"}],
-        "description": "LoRA adapters merged into the transformer for this request only (diffusers/PEFT or original Wan/ComfyUI safetensors); several are combined. A path outside lora_dirs, an unknown name or an adapter that does not fit the model is a 400 naming `lora`"})
+        "description": "LoRA adapters merged into the transformer for this request only (diffusers/PEFT or original Wan/ComfyUI safetensors; Helios and every Wan checkpoint); several are combined. A path outside lora_dirs, an unknown name or an adapter that does not fit the model is a 400 naming `lora`"})
 }
 
 /// `VideoCreate`: the body of the create endpoints (JSON, form or multipart).

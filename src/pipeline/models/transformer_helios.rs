@@ -74,8 +74,13 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
 /// A diffusers parameter key (`blocks.0.attn1.to_out.0.weight`) as the Burn module path
 /// (`blocks.0.attn1.to_out.weight`), through [`KEY_REMAP`] (LoRA merges address parameters so).
 pub fn burn_param_path(key: &str) -> String {
+    remap_key(KEY_REMAP, key)
+}
+
+/// A diffusers parameter key through a model's `KEY_REMAP` table (the rows match a leading `.`).
+pub fn remap_key(table: &[(&str, &str)], key: &str) -> String {
     let mut k = format!(".{key}");
-    for (pattern, replacement) in KEY_REMAP {
+    for (pattern, replacement) in table {
         let re = regex::Regex::new(pattern).expect("KEY_REMAP patterns are valid");
         k = re.replace_all(&k, *replacement).into_owned();
     }

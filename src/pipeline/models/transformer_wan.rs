@@ -70,6 +70,17 @@ pub const KEY_REMAP: &[(&str, &str)] = &[
     (r"\.(norm[12])\.bias$", ".${1}.beta"),
 ];
 
+/// A diffusers parameter key (`blocks.0.attn1.to_out.0.weight`,
+/// `condition_embedder.image_embedder.ff.net.0.proj.weight`) as the Burn module path, through
+/// [`KEY_REMAP`] (LoRA merges address parameters so).
+pub fn burn_param_path(key: &str) -> String {
+    super::transformer_helios::remap_key(KEY_REMAP, key)
+}
+
+/// A Burn Linear module path as the diffusers one (`ff.net_0_proj` → `ff.net.0.proj`): the
+/// inverse of [`KEY_REMAP`]'s Linear rows, which are Helios's plus the image embedder's.
+pub use super::transformer_helios::diffusers_module_path;
+
 /// diffusers `WanTransformer3DModel._keep_in_fp32_modules` (`rope` has no parameters here; its
 /// tables are built in f32 on the host).
 pub const KEEP_IN_FP32_MODULES: &[&str] = &[
@@ -263,6 +274,31 @@ impl WanTransformer3DModelConfig {
             is_amplify_history: false,
             history_scale_mode: Default::default(),
         }
+    }
+
+    /// Every Linear of the model by diffusers module path with `(out, in)`: what a LoRA adapter
+    /// may target (diffusers `WanLoraLoaderMixin`; checked at admission, before the model is
+    /// touched). The blocks, embedders and `proj_out` are Helios's
+    /// ([`HeliosTransformer3DModelConfig::lora_targets`]); an image-conditioned transformer adds
+    /// `attn2.add_k_proj`/`add_v_proj` (`added_kv_proj_dim` → dim) and
+    /// `condition_embedder.image_embedder.ff.net.{0.proj,2}`. Mirrors [`Self::init`];
+    /// tests/lora_wan.rs checks the two agree.
+    pub fn lora_targets(&self) -> crate::pipeline::lora::LoraTargets {
+        let dim = self.inner_dim();
+        let mut t = self.block_config().lora_targets();
+        if let Some(d) = self.added_kv_proj_dim {
+            for i in 0..self.num_layers {
+                for m in ["add_k_proj", "add_v_proj"] {
+                    t.insert(format!("blocks.{i}.attn2.{m}"), (dim, d));
+                }
+            }
+        }
+        if let Some(img) = self.image_dim {
+            let e = "condition_embedder.image_embedder.ff";
+            t.insert(format!("{e}.net.0.proj"), (img, img));
+            t.insert(format!("{e}.net.2"), (dim, img));
+        }
+        t
     }
 
     /// Build the model with lazily initialised parameters.

@@ -317,8 +317,6 @@ pub fn wan_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
         d.image_to_video = true;
     }
     d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
-    // Not wired for Wan yet: per-request LoRA (the merge is Helios's transformer).
-    d.unsupported.extend(["lora"]);
     d.whole_video = true;
     d.guidance_scale_2_follows = c.model_index.has_transformer_2();
     if !d.guidance_scale_2_follows {
@@ -663,6 +661,16 @@ impl<B: Backend> WanPipeline<B> {
     /// Whether only one expert is on the device at a time ([`ExpertResidency`]).
     pub fn offloads_experts(&self) -> bool {
         self.offload_experts
+    }
+
+    /// Expert `e` (`0` = `transformer`, `1` = `transformer_2`) for a LoRA merge; `None` when
+    /// the checkpoint has no such expert or it is not resident now.
+    pub fn expert_mut(&mut self, e: usize) -> Option<&mut WanTransformer3DModel<B>> {
+        self.experts
+            .get_mut()
+            .expect("not poisoned")
+            .get_mut(e)?
+            .as_mut()
     }
 
     /// Which experts are resident now (`0` = `transformer`, `1` = `transformer_2`).

@@ -162,7 +162,6 @@ pub fn wan_i2v_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     r.flow_shift = c.scheduler.flow_shift();
     r.boundary_ratio = c.model_index.boundary_ratio.unwrap_or(0.0);
     d.unsupported = [HELIOS_ONLY_FIELDS, V2V_ONLY_FIELDS].concat();
-    d.unsupported.extend(["lora"]);
     d.whole_video = true;
     d.takes_last_image = c.takes_last_image;
     d.guidance_scale_2_follows = c.model_index.has_transformer_2();

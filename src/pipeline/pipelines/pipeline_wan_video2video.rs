@@ -98,7 +98,6 @@ pub fn wan_v2v_defaults(dir: &Path) -> Result<ModelDefaults, PipelineError> {
     r.flow_shift = scheduler.flow_shift();
     r.strength = 0.8;
     d.unsupported = HELIOS_ONLY_FIELDS.to_vec();
-    d.unsupported.extend(["lora"]);
     d.unsupported
         .extend(WAN_ONLY_FIELDS.iter().filter(|k| **k != "flow_shift"));
     d.whole_video = true;
