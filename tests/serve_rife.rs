@@ -1,7 +1,8 @@
 //! Frame interpolation end to end: `omni serve --rife-model` over real sockets (multipart and
 //! JSON), a 2x job that reports and contains 2·N−1 frames at 2x fps (ffprobe), an explicit fps
 //! kept, the 400s (no model → `enable_frame_interpolation`, a model path outside model_dirs, bad
-//! exp / scale), and `omni generate --frame-interpolation-exp`.
+//! exp / scale), the full-size layouts (4.25 as the server's model, 4.22 named by a request inside
+//! `[postprocess] model_dirs`), and `omni generate --frame-interpolation-exp`.
 
 mod common;
 
@@ -152,6 +153,55 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
         let e = error_400(post_json(&s, "/v1/videos", body.clone()));
         assert_eq!(e["param"], param, "{body}: {e}");
     }
+}
+
+#[test]
+fn non_lite_models_interpolate_as_the_servers_and_a_requests_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("serve.toml");
+    let dirs = json!([fixture("rife/v4_22").to_str().unwrap()]);
+    std::fs::write(&cfg, format!("[postprocess]\nmodel_dirs = {dirs}\n")).unwrap();
+    let v4_25 = fixture("rife/v4_25/flownet.pkl");
+    let v4_22 = fixture("rife/v4_22/flownet.pkl");
+    let s = start(
+        &tmp.path().join("st"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--rife-model",
+            v4_25.to_str().unwrap(),
+        ],
+    );
+    for (name, body) in [
+        ("4.25", json!({})),
+        (
+            "4.22",
+            json!({"frame_interpolation_model_path": v4_22.to_str().unwrap()}),
+        ),
+    ] {
+        let mut body = body;
+        for (k, v) in [
+            ("prompt", json!("a lighthouse")),
+            ("size", json!("128x64")),
+            ("num_frames", json!(33)),
+            ("enable_frame_interpolation", json!(true)),
+        ] {
+            body[k] = v;
+        }
+        let r = post_json(&s, "/v1/videos/sync", body);
+        assert_eq!(r.0, 200, "{name}: {}", String::from_utf8_lossy(&r.1));
+        let mp4 = write(tmp.path(), &format!("{name}.mp4"), &r.1);
+        assert_eq!(ffprobe(&mp4), (65, "48/1".to_string()), "{name}");
+    }
+    // The lite model is not inside model_dirs: still a 400 naming the field.
+    let lite = fixture("rife/flownet.pkl");
+    let e = error_400(post_json(
+        &s,
+        "/v1/videos",
+        json!({"prompt": "p", "enable_frame_interpolation": true,
+               "frame_interpolation_model_path": lite.to_str().unwrap()}),
+    ));
+    assert_eq!(e["param"], "frame_interpolation_model_path", "{e}");
 }
 
 #[test]
