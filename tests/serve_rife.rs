@@ -7,25 +7,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use common::http::{Server, error_400, multipart, write};
-use common::{assert_one_line_error, fixture, stderr, tiny_distilled};
+use common::{assert_one_line_error, fixture, generate_tiny, stderr, tiny_distilled};
 
 fn start(storage: &Path, extra: &[&str]) -> Server {
-    Server::start(
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(tiny_distilled())
-            .args(["--port", "0", "--served-model-name", "tiny-helios"])
-            .arg("--storage")
-            .arg(storage)
-            .args(extra)
-            .stderr(Stdio::inherit()),
-    )
+    Server::serve(&tiny_distilled(), "tiny-helios", storage, extra)
 }
 
 fn http(
@@ -104,16 +93,7 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let video = loop {
-        let r = http(&s.addr, "GET", &format!("/v1/videos/{id}"), &[], b"");
-        let v: Value = serde_json::from_slice(&r.1).unwrap();
-        if v["status"] == "completed" || v["status"] == "failed" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "job never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let video = s.wait_job(&id);
     assert_eq!(video["status"], "completed", "{video}");
     let r = http(
         &s.addr,
@@ -229,28 +209,7 @@ fn interpolation_without_a_model_is_a_400_naming_the_field() {
 fn generate_interpolates_with_rife_model_and_refuses_without() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.mp4");
-    let run = |extra: &[&str], out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .args([
-                "generate",
-                "--prompt",
-                "p",
-                "--width",
-                "128",
-                "--height",
-                "64",
-                "--num-frames",
-                "33",
-                "-q",
-                "--model",
-            ])
-            .arg(tiny_distilled())
-            .args(extra)
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
+    let run = generate_tiny;
     let model = fixture("rife/flownet.pkl");
     let o = run(
         &[

@@ -172,6 +172,31 @@ pub fn omni() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_omni"))
 }
 
+/// `omni generate -q` on the tiny Distilled checkpoint, 128x64, 33 frames, prompt "p", with
+/// `extra` flags, writing `out`; the finished process's output.
+pub fn generate_tiny(extra: &[&str], out: &Path) -> std::process::Output {
+    omni()
+        .args([
+            "generate",
+            "--prompt",
+            "p",
+            "--width",
+            "128",
+            "--height",
+            "64",
+            "--num-frames",
+            "33",
+            "-q",
+            "--model",
+        ])
+        .arg(tiny_distilled())
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// Start `cmd` (an `omni serve ... --port 0`) with its stdout piped and return the child and the
 /// `host:port` it prints on its first line ("omni serve listening on http://host:port").
 pub fn spawn_serve(cmd: &mut std::process::Command) -> (std::process::Child, String) {
