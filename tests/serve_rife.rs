@@ -10,21 +10,11 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use common::http::{Server, error_400, multipart, write};
+use common::http::{Server, error_400, write};
 use common::{assert_one_line_error, fixture, generate_tiny, stderr, tiny_distilled};
 
 fn start(storage: &Path, extra: &[&str]) -> Server {
     Server::serve(&tiny_distilled(), "tiny-helios", storage, extra)
-}
-
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Vec<u8>) {
-    common::http::http(addr, method, path, headers, body)
 }
 
 fn post_json(s: &Server, path: &str, body: Value) -> (u16, Vec<u8>) {
@@ -47,19 +37,15 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
     );
 
     // Multipart /sync: 33 frames → 65 at 48 fps.
-    let (ct, body) = multipart(&[
-        ("prompt", "a lighthouse"),
-        ("size", "128x64"),
-        ("num_frames", "33"),
-        ("enable_frame_interpolation", "true"),
-        ("frame_interpolation_exp", "1"),
-    ]);
-    let r = http(
-        &s.addr,
-        "POST",
+    let r = s.post_form(
         "/v1/videos/sync",
-        &[("Content-Type", &ct)],
-        &body,
+        &[
+            ("prompt", "a lighthouse"),
+            ("size", "128x64"),
+            ("num_frames", "33"),
+            ("enable_frame_interpolation", "true"),
+            ("frame_interpolation_exp", "1"),
+        ],
     );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
     let mp4 = write(tmp.path(), "2x.mp4", &r.1);
@@ -95,13 +81,7 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
         .to_string();
     let video = s.wait_job(&id);
     assert_eq!(video["status"], "completed", "{video}");
-    let r = http(
-        &s.addr,
-        "GET",
-        &format!("/v1/videos/{id}/content"),
-        &[],
-        b"",
-    );
+    let r = s.request("GET", &format!("/v1/videos/{id}/content"), &[], b"");
     assert_eq!(r.0, 200);
     let mp4 = write(tmp.path(), "4x.mp4", &r.1);
     assert_eq!(ffprobe(&mp4), (129, "30/1".to_string()));
@@ -194,13 +174,9 @@ fn interpolation_without_a_model_is_a_400_naming_the_field() {
         json!({"prompt": "p", "enable_frame_interpolation": true}),
     ));
     assert_eq!(e["param"], "enable_frame_interpolation", "{e}");
-    let (ct, body) = multipart(&[("prompt", "p"), ("enable_frame_interpolation", "true")]);
-    let e = error_400(http(
-        &s.addr,
-        "POST",
+    let e = error_400(s.post_form(
         "/v1/videos",
-        &[("Content-Type", &ct)],
-        &body,
+        &[("prompt", "p"), ("enable_frame_interpolation", "true")],
     ));
     assert_eq!(e["param"], "enable_frame_interpolation", "{e}");
 }

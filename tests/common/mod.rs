@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod s3;
+pub mod vae;
 
 use std::path::{Path, PathBuf};
 
