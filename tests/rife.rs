@@ -1,4 +1,4 @@
-//! RIFE IFNet 4.22 lite, 4.22, 4.25 and 4.26 against vsrife 5.7.0's PyTorch classes
+//! RIFE IFNet 4.22 lite, 4.22, 4.25, 4.26 and 4.26 heavy against vsrife 5.7.0's PyTorch classes
 //! (`tests/fixtures/make_rife.py`: narrow IFNets with torch-initialised weights saved as
 //! `flownet.pkl`, four cases at two sizes and three inference scales each), the version detection,
 //! and the frame bookkeeping of [`InterpolatingSink`].
@@ -55,12 +55,13 @@ fn ifnet_matches_vsrife_at_two_sizes_and_three_scales() {
 }
 
 #[test]
-fn ifnet_4_22_4_25_4_26_match_vsrife_at_two_sizes_and_three_scales() {
+fn ifnet_4_22_4_25_4_26_and_4_26_heavy_match_vsrife_at_two_sizes_and_three_scales() {
     let outputs = Reference::open("rife_versions.safetensors");
     for (dir, version) in [
         ("v4_22", IFNetVersion::V4_22),
         ("v4_25", IFNetVersion::V4_25),
         ("v4_26", IFNetVersion::V4_25),
+        ("v4_26_heavy", IFNetVersion::V4_26Heavy),
     ] {
         let net = IFNet::<TestBackend>::load(
             &fixture(&format!("rife/{dir}/flownet.pkl")),
@@ -138,4 +139,5 @@ fn a_non_rife_file_is_an_error_naming_it() {
     assert!(msg.contains("srvgg_x4.pth"), "{msg}");
     assert!(msg.contains("no RIFE IFNet layout matches"), "{msg}");
     assert!(msg.contains("4.25 and 4.26"), "{msg}");
+    assert!(msg.contains("4.26 heavy"), "{msg}");
 }

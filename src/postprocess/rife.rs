@@ -1,15 +1,15 @@
 //! RIFE frame interpolation: `IFNet` as in RIFE 4.22 lite (Practical-RIFE `IFNet_HDv3` v4.22.lite,
-//! the model vLLM-Omni uses by default), 4.22, 4.25 and 4.26, read from the `flownet.pkl` PyTorch
+//! the model vLLM-Omni uses by default), 4.22, 4.25, 4.26 and 4.26 heavy, read from the `flownet.pkl` PyTorch
 //! pickle users download through burn-store's PyTorch reader; the version is told apart by the
 //! checkpoint's keys and shapes ([`IFNetVersion`]).
 //!
-//! Mirrors `vsrife` 5.7.0 `IFNet_HDv3_v4_22_lite.py`, `IFNet_HDv3_v4_22.py`, `IFNet_HDv3_v4_25.py`
-//! and `IFNet_HDv3_v4_26.py` (`Head`, `ResConv`, `IFBlock`, `IFNet`: the same code in all four,
+//! Mirrors `vsrife` 5.7.0 `IFNet_HDv3_v4_22_lite.py`, `IFNet_HDv3_v4_22.py`, `IFNet_HDv3_v4_25.py`,
+//! `IFNet_HDv3_v4_26.py` and `IFNet_HDv3_v4_26_heavy.py` (`Head`, `ResConv`, `IFBlock`, `IFNet`: the same code in all,
 //! differing only in the Head's width and feature channels, the number of IFBlocks, their widths
 //! and `scale_list`) and `warplayer.py` (`warp`: `grid_sample(bilinear, border,
 //! align_corners=True)`), with the input preparation of vsrife's `rife()`: zero padding
 //! right/bottom to a multiple of `max(modulo, modulo/scale)` (modulo 32 for 4.22 / 4.22 lite, 64
-//! for 4.25 / 4.26), `tenFlow_div`, `backwarp_tenGrid`, Head features of both frames and a constant
+//! for 4.25 / 4.26 / 4.26 heavy), `tenFlow_div`, `backwarp_tenGrid`, Head features of both frames and a constant
 //! timestep plane; the output is cropped back. The channel widths are read from the checkpoint, so
 //! narrower test models load too (tests/rife.rs pins parity with vsrife's classes ≤ 1e-4 for every
 //! version).
@@ -54,27 +54,31 @@ pub enum RifeError {
 /// | 4.22 lite (`IFNet_HDv3_v4_22_lite.py`) | 4 | 16 / 4 | 192, 128, 64, 32 | 32 |
 /// | 4.22 (`IFNet_HDv3_v4_22.py`) | 4 | 32 / 8 | 256, 192, 96, 48 | 32 |
 /// | 4.25, 4.26 (`IFNet_HDv3_v4_25.py`, `_v4_26.py`) | 5 | 16 / 4 | 192, 128, 96, 64, 32 | 64 |
+/// | 4.26 heavy (`IFNet_HDv3_v4_26_heavy.py`) | 5 | 16 / 16 | 192, 128, 96, 64, 32 | 64 |
 ///
 /// [`IFNet::load`] tells them apart by the checkpoint: the number of `block{k}` IFBlocks and E,
 /// the output channels of the Head's last layer (`encode.cnn3.weight` `[W, E, 4, 4]`, a
 /// ConvTranspose2d). 4.25 and 4.26 are the same code (only the released weights differ), so they
-/// are one layout. `scale_list` is `2^(n−1−i)/scale` for IFBlock `i` of `n`.
+/// are one layout; so is 4.25 heavy (`IFNet_HDv3_v4_25_heavy.py`: the 4.25 code at twice the
+/// widths). `scale_list` is `2^(n−1−i)/scale` for IFBlock `i` of `n`. 4.25 lite (other
+/// `scale_list` and padding, same keys) is refused by its released widths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IFNetVersion {
     V4_22Lite,
     V4_22,
-    /// 4.25 and 4.26.
+    /// 4.25 and 4.26 (and 4.25 heavy).
     V4_25,
+    V4_26Heavy,
 }
 
 impl IFNetVersion {
-    pub const ALL: [Self; 3] = [Self::V4_22Lite, Self::V4_22, Self::V4_25];
+    pub const ALL: [Self; 4] = [Self::V4_22Lite, Self::V4_22, Self::V4_25, Self::V4_26Heavy];
 
     /// Number of IFBlocks (`block0`…).
     pub fn blocks(self) -> usize {
         match self {
             Self::V4_22Lite | Self::V4_22 => 4,
-            Self::V4_25 => 5,
+            Self::V4_25 | Self::V4_26Heavy => 5,
         }
     }
 
@@ -83,6 +87,7 @@ impl IFNetVersion {
         match self {
             Self::V4_22Lite | Self::V4_25 => 4,
             Self::V4_22 => 8,
+            Self::V4_26Heavy => 16,
         }
     }
 
@@ -90,14 +95,14 @@ impl IFNetVersion {
     pub fn modulo(self) -> usize {
         match self {
             Self::V4_22Lite | Self::V4_22 => 32,
-            Self::V4_25 => 64,
+            Self::V4_25 | Self::V4_26Heavy => 64,
         }
     }
 
     /// Width of the Head's `cnn0..cnn2` in the released model (and in every vsrife Head).
     pub fn head_width(self) -> usize {
         match self {
-            Self::V4_22Lite | Self::V4_25 => 16,
+            Self::V4_22Lite | Self::V4_25 | Self::V4_26Heavy => 16,
             Self::V4_22 => 32,
         }
     }
@@ -107,7 +112,7 @@ impl IFNetVersion {
         match self {
             Self::V4_22Lite => &[192, 128, 64, 32],
             Self::V4_22 => &[256, 192, 96, 48],
-            Self::V4_25 => &[192, 128, 96, 64, 32],
+            Self::V4_25 | Self::V4_26Heavy => &[192, 128, 96, 64, 32],
         }
     }
 }
@@ -118,6 +123,7 @@ impl std::fmt::Display for IFNetVersion {
             Self::V4_22Lite => "4.22 lite",
             Self::V4_22 => "4.22",
             Self::V4_25 => "4.25/4.26",
+            Self::V4_26Heavy => "4.26 heavy",
         })
     }
 }
@@ -547,7 +553,7 @@ fn detect_version(tensors: &BTreeMap<String, TensorData>) -> Result<IFNetVersion
         .get("encode.cnn3.weight")
         .filter(|d| d.shape.len() == 4)
         .map(|d| d.shape[1]);
-    let known = "omni reads RIFE 4.22 lite (4 IFBlocks, Head features 4), 4.22 (4, 8), 4.25 and 4.26 (5, 4)";
+    let known = "omni reads RIFE 4.22 lite (4 IFBlocks, Head features 4), 4.22 (4, 8), 4.25 and 4.26 (5, 4), 4.26 heavy (5, 16)";
     let Some(e) = encode else {
         return Err(format!(
             "no RIFE IFNet layout matches: no `encode.cnn3.weight` [W, E, 4, 4] (the Head of RIFE ≥ 4.21); {known}"
