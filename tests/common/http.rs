@@ -37,21 +37,6 @@ impl Server {
         s
     }
 
-    /// `omni serve MODEL --port 0 --served-model-name NAME --storage STORAGE EXTRA…`, its stderr
-    /// inherited.
-    pub fn serve(model: &Path, name: &str, storage: &Path, extra: &[&str]) -> Self {
-        Self::start(
-            super::omni()
-                .arg("serve")
-                .arg(model)
-                .args(["--port", "0", "--served-model-name", name])
-                .arg("--storage")
-                .arg(storage)
-                .args(extra)
-                .stderr(std::process::Stdio::inherit()),
-        )
-    }
-
     /// One request; (status, body).
     pub fn request(
         &self,
@@ -79,11 +64,6 @@ impl Server {
         self.request("POST", path, &[("Content-Type", &ct)], &body)
     }
 
-    /// `POST /v1/videos/sync` with a JSON body.
-    pub fn sync(&self, body: &Value) -> (u16, Vec<u8>) {
-        self.post_json("/v1/videos/sync", body)
-    }
-
     /// Poll `GET /v1/videos/{id}` (up to 300 s) until the job completed or failed.
     pub fn wait_job(&self, id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -96,6 +76,26 @@ impl Server {
             assert!(Instant::now() < deadline, "job {id} never finished");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `POST /v1/videos/sync` with a JSON body.
+    pub fn sync(&self, body: &Value) -> (u16, Vec<u8>) {
+        self.post_json("/v1/videos/sync", body)
+    }
+
+    /// `omni serve MODEL --port 0 --served-model-name NAME --storage STORAGE EXTRA…`, its stderr
+    /// inherited.
+    pub fn serve(model: &Path, name: &str, storage: &Path, extra: &[&str]) -> Self {
+        Self::start(
+            super::omni()
+                .arg("serve")
+                .arg(model)
+                .args(["--port", "0", "--served-model-name", name])
+                .arg("--storage")
+                .arg(storage)
+                .args(extra)
+                .stderr(std::process::Stdio::inherit()),
+        )
     }
 }
 
