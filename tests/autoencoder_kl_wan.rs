@@ -14,6 +14,9 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor, TensorData};
+use common::vae::{
+    assert_decode_matches, assert_encode_matches, assert_streaming_decode_equals_decode,
+};
 use common::{Reference, TestBackend, max_abs_diff, tiny_distilled};
 use omni::pipeline::models::autoencoder_kl_wan::{
     AutoencoderKLWan, AutoencoderKLWanConfig, CausalConvCache, WanDownLayer, WanEncoderCache,
@@ -47,41 +50,22 @@ fn load_vae() -> AutoencoderKLWan<B> {
 
 #[test]
 fn vae_decode_matches_diffusers() {
-    let device = Default::default();
-    let vae = load_vae();
     let reference = Reference::open("vae.safetensors");
-    let z = reference.tensor::<B, 5>("decode.z", &device);
-    let expected = reference.tensor::<B, 5>("decode.output", &device);
-
-    let out = vae.decode(z);
-    assert_eq!(out.dims(), [1, 3, 9, 32, 48]);
-    let err = max_abs_diff(out, expected);
-    println!("vae decode max abs error vs diffusers: {err:.3e}");
-    assert!(err <= DECODE_TOL, "max abs error {err:e} > {DECODE_TOL:e}");
+    assert_decode_matches(
+        &load_vae(),
+        &reference,
+        "decode.output",
+        [1, 3, 9, 32, 48],
+        DECODE_TOL,
+        "vae",
+    );
 }
 
 #[test]
 fn vae_streaming_decode_equals_decode() {
-    let device = Default::default();
-    let vae = load_vae();
-    let z = Reference::open("vae.safetensors").tensor::<B, 5>("decode.z", &device);
-
-    let full = vae.decode(z.clone());
-    let mut starts = Vec::new();
-    let mut parts = Vec::new();
-    vae.decode_streaming(z, &|| Ok(()), |start, frames| {
-        starts.push((start, frames.dims()[2]));
-        parts.push(frames);
-        Ok::<(), ()>(())
-    })
-    .unwrap();
     // Latent frame 0 → 1 video frame, every later latent frame → 4.
-    assert_eq!(starts, vec![(0, 1), (1, 4), (5, 4)]);
-    let err = max_abs_diff(Tensor::cat(parts, 2), full);
-    assert!(
-        err <= SAME_OPS_TOL,
-        "streaming differs from decode by {err:e}"
-    );
+    let reference = Reference::open("vae.safetensors");
+    assert_streaming_decode_equals_decode(&load_vae(), &reference, SAME_OPS_TOL);
 }
 
 #[test]
@@ -251,54 +235,29 @@ fn vae_config_accepts_wan22_and_rejects_bad_patch_channels() {
 
 #[test]
 fn vae_encode_matches_diffusers() {
-    let device = Default::default();
-    let vae = load_vae();
     let reference = Reference::open("vae_encode.safetensors");
-    let video = reference.tensor::<B, 5>("encode.video", &device);
-    let (mean, logvar) = vae.encode(video);
-    assert_eq!(mean.dims(), [1, 16, 3, 4, 6]);
-    assert_eq!(logvar.dims(), [1, 16, 3, 4, 6]);
-    let err_mean = max_abs_diff(
-        mean.clone(),
-        reference.tensor::<B, 5>("encode.mean", &device),
+    assert_encode_matches(
+        &load_vae(),
+        &reference,
+        "encode",
+        [1, 16, 3, 4, 6],
+        ENCODE_TOL,
+        "vae",
     );
-    let err_logvar = max_abs_diff(
-        logvar.clone(),
-        reference.tensor::<B, 5>("encode.logvar", &device),
-    );
-    // DiagonalGaussianDistribution.sample() with diffusers' randn_tensor draw injected.
-    let noise = reference.tensor::<B, 5>("encode.noise", &device);
-    let sample = AutoencoderKLWan::sample(mean, logvar, noise);
-    let err_sample = max_abs_diff(sample, reference.tensor::<B, 5>("encode.sample", &device));
-    println!(
-        "vae encode max abs error vs diffusers: mean {err_mean:.3e}, logvar {err_logvar:.3e}, \
-         sample {err_sample:.3e}"
-    );
-    for (name, err) in [
-        ("mean", err_mean),
-        ("logvar", err_logvar),
-        ("sample", err_sample),
-    ] {
-        assert!(
-            err <= ENCODE_TOL,
-            "{name}: max abs error {err:e} > {ENCODE_TOL:e}"
-        );
-    }
 }
 
 #[test]
 fn vae_encode_single_frame_image_matches_diffusers() {
     // I2V encodes the image as a one-frame video: only the first chunk, no time downsampling.
-    let device = Default::default();
-    let vae = load_vae();
     let reference = Reference::open("vae_encode.safetensors");
-    let (mean, logvar) = vae.encode(reference.tensor::<B, 5>("image.video", &device));
-    assert_eq!(mean.dims(), [1, 16, 1, 4, 6]);
-    let err_mean = max_abs_diff(mean, reference.tensor::<B, 5>("image.mean", &device));
-    let err_logvar = max_abs_diff(logvar, reference.tensor::<B, 5>("image.logvar", &device));
-    println!("vae image encode max abs error: mean {err_mean:.3e}, logvar {err_logvar:.3e}");
-    assert!(err_mean <= ENCODE_TOL, "mean: {err_mean:e}");
-    assert!(err_logvar <= ENCODE_TOL, "logvar: {err_logvar:e}");
+    assert_encode_matches(
+        &load_vae(),
+        &reference,
+        "image",
+        [1, 16, 1, 4, 6],
+        ENCODE_TOL,
+        "vae",
+    );
 }
 
 #[test]

@@ -14,6 +14,9 @@
 mod common;
 
 use burn::tensor::Tensor;
+use common::vae::{
+    assert_decode_matches, assert_encode_matches, assert_streaming_decode_equals_decode,
+};
 use common::{Reference, TestBackend, fixture, max_abs_diff};
 use omni::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, patchify, unpatchify};
 
@@ -46,68 +49,45 @@ fn wan22_vae_config_reads_as_shipped() {
 
 #[test]
 fn wan22_vae_decode_matches_diffusers() {
-    let device = Default::default();
-    let vae = load_vae();
     let reference = Reference::open("vae_wan22.safetensors");
-    let z = reference.tensor::<B, 5>("decode.z", &device);
-    let expected = reference.tensor::<B, 5>("decode.out", &device);
-    let out = vae.decode(z);
-    assert_eq!(out.dims(), [1, 3, 9, 32, 48]);
-    let err = max_abs_diff(out, expected);
-    println!("wan2.2 vae decode max abs error vs diffusers: {err:.3e}");
-    assert!(err <= TOL, "max abs error {err:e} > {TOL:e}");
-}
-
-#[test]
-fn wan22_vae_streaming_decode_equals_decode() {
-    let device = Default::default();
-    let vae = load_vae();
-    let z = Reference::open("vae_wan22.safetensors").tensor::<B, 5>("decode.z", &device);
-    let full = vae.decode(z.clone());
-    let mut starts = Vec::new();
-    let mut parts = Vec::new();
-    vae.decode_streaming(z, &|| Ok(()), |start, frames| {
-        starts.push((start, frames.dims()[2]));
-        parts.push(frames);
-        Ok::<(), ()>(())
-    })
-    .unwrap();
-    // Latent frame 0 → 1 video frame (DupUp3D drops its first frames), later ones → 4.
-    assert_eq!(starts, vec![(0, 1), (1, 4), (5, 4)]);
-    let err = max_abs_diff(Tensor::cat(parts, 2), full);
-    assert!(
-        err <= SAME_OPS_TOL,
-        "streaming differs from decode by {err:e}"
+    assert_decode_matches(
+        &load_vae(),
+        &reference,
+        "decode.out",
+        [1, 3, 9, 32, 48],
+        TOL,
+        "wan2.2 vae",
     );
 }
 
 #[test]
+fn wan22_vae_streaming_decode_equals_decode() {
+    // Latent frame 0 → 1 video frame (DupUp3D drops its first frames), later ones → 4.
+    let reference = Reference::open("vae_wan22.safetensors");
+    assert_streaming_decode_equals_decode(&load_vae(), &reference, SAME_OPS_TOL);
+}
+
+#[test]
 fn wan22_vae_encode_matches_diffusers() {
-    let device = Default::default();
     let vae = load_vae();
     let reference = Reference::open("vae_wan22.safetensors");
-    let video = reference.tensor::<B, 5>("encode.video", &device);
-    let (mean, logvar) = vae.encode(video);
-    assert_eq!(mean.dims(), [1, 48, 3, 2, 3]);
-    let noise = reference.tensor::<B, 5>("encode.noise", &device);
-    let sample = AutoencoderKLWan::sample(mean.clone(), logvar.clone(), noise);
-    for (name, got) in [
-        ("encode.mean", mean),
-        ("encode.logvar", logvar),
-        ("encode.sample", sample),
-    ] {
-        let err = max_abs_diff(got, reference.tensor::<B, 5>(name, &device));
-        println!("wan2.2 vae {name} max abs error vs diffusers: {err:.3e}");
-        assert!(err <= TOL, "{name}: max abs error {err:e} > {TOL:e}");
-    }
+    assert_encode_matches(
+        &vae,
+        &reference,
+        "encode",
+        [1, 48, 3, 2, 3],
+        TOL,
+        "wan2.2 vae",
+    );
     // A single frame (an image): the first chunk alone, AvgDown3D padding one frame in front.
-    let (mean, logvar) = vae.encode(reference.tensor::<B, 5>("image.video", &device));
-    assert_eq!(mean.dims(), [1, 48, 1, 2, 3]);
-    for (name, got) in [("image.mean", mean), ("image.logvar", logvar)] {
-        let err = max_abs_diff(got, reference.tensor::<B, 5>(name, &device));
-        println!("wan2.2 vae {name} max abs error vs diffusers: {err:.3e}");
-        assert!(err <= TOL, "{name}: max abs error {err:e} > {TOL:e}");
-    }
+    assert_encode_matches(
+        &vae,
+        &reference,
+        "image",
+        [1, 48, 1, 2, 3],
+        TOL,
+        "wan2.2 vae",
+    );
 }
 
 #[test]

@@ -1,23 +1,34 @@
 //! Black-box tests of `omni serve` over real sockets: the built binary on the shipped tiny
 //! Distilled checkpoint, a temporary storage folder, `--port 0` (the bound address is read from
-//! stdout), and a minimal HTTP/1.1 client on `std::net::TcpStream`.
+//! stdout), and the minimal HTTP/1.1 client on `std::net::TcpStream` of `tests/common/http.rs`.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{PROMPT, assert_one_line_error, hf_cache, spawn_serve, tiny_distilled, tiny_variant};
+use common::http::{Resp, multipart, send as http};
+use common::{PROMPT, assert_one_line_error, hf_cache, tiny_distilled, tiny_variant};
 
-/// A running `omni serve`; killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    addr: String,
+/// A running `omni serve` (common's, killed on drop) with this file's [`Resp`] requests.
+struct Server(common::http::Server);
+
+impl std::ops::Deref for Server {
+    type Target = common::http::Server;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
 }
 
 impl Server {
@@ -35,7 +46,7 @@ impl Server {
         extra: &[&str],
         envs: &[(&str, &std::ffi::OsStr)],
     ) -> Server {
-        let (child, addr) = spawn_serve(
+        Server(common::http::Server::start(
             Command::new(env!("CARGO_BIN_EXE_omni"))
                 .arg("serve")
                 .arg(model)
@@ -45,14 +56,7 @@ impl Server {
                 .args(extra)
                 .envs(envs.iter().copied())
                 .stderr(Stdio::inherit()),
-        );
-        let server = Server { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while server.get("/readyz").status != 200 {
-            assert!(Instant::now() < deadline, "model never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        ))
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
@@ -96,101 +100,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-    /// Asserts the OpenAI error envelope with `status`; returns `error`.
-    fn error(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{}", self.text());
-        let e = self.json()["error"].clone();
-        for k in ["message", "type", "param", "code"] {
-            assert!(e.get(k).is_some(), "envelope lacks `{k}`: {e}");
-        }
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
-        e
-    }
-}
-
-/// One HTTP/1.1 request with `Connection: close`.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
-}
-
-fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
-    let boundary = "omniTestBoundary7MA4YWxk";
-    let mut body = String::new();
-    for (k, v) in fields {
-        body.push_str(&format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
-        ));
-    }
-    body.push_str(&format!("--{boundary}--\r\n"));
-    (
-        format!("multipart/form-data; boundary={boundary}"),
-        body.into_bytes(),
-    )
 }
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {

@@ -1,40 +1,20 @@
 //! Frame interpolation end to end: `omni serve --rife-model` over real sockets (multipart and
 //! JSON), a 2x job that reports and contains 2·N−1 frames at 2x fps (ffprobe), an explicit fps
 //! kept, the 400s (no model → `enable_frame_interpolation`, a model path outside model_dirs, bad
-//! exp / scale), and `omni generate --frame-interpolation-exp`.
+//! exp / scale), the full-size layouts (4.25 as the server's model, 4.22 named by a request inside
+//! `[postprocess] model_dirs`), and `omni generate --frame-interpolation-exp`.
 
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::http::{Server, error_400, multipart, write};
-use common::{assert_one_line_error, fixture, stderr, tiny_distilled};
+use common::http::{Server, error_400, write};
+use common::{assert_one_line_error, fixture, generate_tiny, stderr, tiny_distilled};
 
 fn start(storage: &Path, extra: &[&str]) -> Server {
-    Server::start(
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(tiny_distilled())
-            .args(["--port", "0", "--served-model-name", "tiny-helios"])
-            .arg("--storage")
-            .arg(storage)
-            .args(extra)
-            .stderr(Stdio::inherit()),
-    )
-}
-
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, Vec<u8>) {
-    common::http::http(addr, method, path, headers, body)
+    Server::serve(&tiny_distilled(), "tiny-helios", storage, extra)
 }
 
 fn post_json(s: &Server, path: &str, body: Value) -> (u16, Vec<u8>) {
@@ -57,19 +37,15 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
     );
 
     // Multipart /sync: 33 frames → 65 at 48 fps.
-    let (ct, body) = multipart(&[
-        ("prompt", "a lighthouse"),
-        ("size", "128x64"),
-        ("num_frames", "33"),
-        ("enable_frame_interpolation", "true"),
-        ("frame_interpolation_exp", "1"),
-    ]);
-    let r = http(
-        &s.addr,
-        "POST",
+    let r = s.post_form(
         "/v1/videos/sync",
-        &[("Content-Type", &ct)],
-        &body,
+        &[
+            ("prompt", "a lighthouse"),
+            ("size", "128x64"),
+            ("num_frames", "33"),
+            ("enable_frame_interpolation", "true"),
+            ("frame_interpolation_exp", "1"),
+        ],
     );
     assert_eq!(r.0, 200, "{}", String::from_utf8_lossy(&r.1));
     let mp4 = write(tmp.path(), "2x.mp4", &r.1);
@@ -103,24 +79,9 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
         .as_str()
         .unwrap()
         .to_string();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let video = loop {
-        let r = http(&s.addr, "GET", &format!("/v1/videos/{id}"), &[], b"");
-        let v: Value = serde_json::from_slice(&r.1).unwrap();
-        if v["status"] == "completed" || v["status"] == "failed" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "job never finished");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let video = s.wait_job(&id);
     assert_eq!(video["status"], "completed", "{video}");
-    let r = http(
-        &s.addr,
-        "GET",
-        &format!("/v1/videos/{id}/content"),
-        &[],
-        b"",
-    );
+    let r = s.request("GET", &format!("/v1/videos/{id}/content"), &[], b"");
     assert_eq!(r.0, 200);
     let mp4 = write(tmp.path(), "4x.mp4", &r.1);
     assert_eq!(ffprobe(&mp4), (129, "30/1".to_string()));
@@ -155,6 +116,55 @@ fn a_2x_job_has_2n_minus_1_frames_at_2x_fps() {
 }
 
 #[test]
+fn non_lite_models_interpolate_as_the_servers_and_a_requests_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("serve.toml");
+    let dirs = json!([fixture("rife/v4_22").to_str().unwrap()]);
+    std::fs::write(&cfg, format!("[postprocess]\nmodel_dirs = {dirs}\n")).unwrap();
+    let v4_25 = fixture("rife/v4_25/flownet.pkl");
+    let v4_22 = fixture("rife/v4_22/flownet.pkl");
+    let s = start(
+        &tmp.path().join("st"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--rife-model",
+            v4_25.to_str().unwrap(),
+        ],
+    );
+    for (name, body) in [
+        ("4.25", json!({})),
+        (
+            "4.22",
+            json!({"frame_interpolation_model_path": v4_22.to_str().unwrap()}),
+        ),
+    ] {
+        let mut body = body;
+        for (k, v) in [
+            ("prompt", json!("a lighthouse")),
+            ("size", json!("128x64")),
+            ("num_frames", json!(33)),
+            ("enable_frame_interpolation", json!(true)),
+        ] {
+            body[k] = v;
+        }
+        let r = post_json(&s, "/v1/videos/sync", body);
+        assert_eq!(r.0, 200, "{name}: {}", String::from_utf8_lossy(&r.1));
+        let mp4 = write(tmp.path(), &format!("{name}.mp4"), &r.1);
+        assert_eq!(ffprobe(&mp4), (65, "48/1".to_string()), "{name}");
+    }
+    // The lite model is not inside model_dirs: still a 400 naming the field.
+    let lite = fixture("rife/flownet.pkl");
+    let e = error_400(post_json(
+        &s,
+        "/v1/videos",
+        json!({"prompt": "p", "enable_frame_interpolation": true,
+               "frame_interpolation_model_path": lite.to_str().unwrap()}),
+    ));
+    assert_eq!(e["param"], "frame_interpolation_model_path", "{e}");
+}
+
+#[test]
 fn interpolation_without_a_model_is_a_400_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     let s = start(&tmp.path().join("st"), &[]);
@@ -164,13 +174,9 @@ fn interpolation_without_a_model_is_a_400_naming_the_field() {
         json!({"prompt": "p", "enable_frame_interpolation": true}),
     ));
     assert_eq!(e["param"], "enable_frame_interpolation", "{e}");
-    let (ct, body) = multipart(&[("prompt", "p"), ("enable_frame_interpolation", "true")]);
-    let e = error_400(http(
-        &s.addr,
-        "POST",
+    let e = error_400(s.post_form(
         "/v1/videos",
-        &[("Content-Type", &ct)],
-        &body,
+        &[("prompt", "p"), ("enable_frame_interpolation", "true")],
     ));
     assert_eq!(e["param"], "enable_frame_interpolation", "{e}");
 }
@@ -179,28 +185,7 @@ fn interpolation_without_a_model_is_a_400_naming_the_field() {
 fn generate_interpolates_with_rife_model_and_refuses_without() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.mp4");
-    let run = |extra: &[&str], out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .args([
-                "generate",
-                "--prompt",
-                "p",
-                "--width",
-                "128",
-                "--height",
-                "64",
-                "--num-frames",
-                "33",
-                "-q",
-                "--model",
-            ])
-            .arg(tiny_distilled())
-            .args(extra)
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
+    let run = generate_tiny;
     let model = fixture("rife/flownet.pkl");
     let o = run(
         &[

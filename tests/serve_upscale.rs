@@ -7,24 +7,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
 use common::http::{Probe, Server, error_400, ffprobe, write};
-use common::{assert_one_line_error, fixture, stderr, tiny_distilled};
+use common::{assert_one_line_error, fixture, generate_tiny, stderr, tiny_distilled};
 
 fn start(storage: &Path, extra: &[&str]) -> Server {
-    Server::start(
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(tiny_distilled())
-            .args(["--port", "0", "--served-model-name", "tiny-helios"])
-            .arg("--storage")
-            .arg(storage)
-            .args(extra)
-            .stderr(Stdio::inherit()),
-    )
+    Server::serve(&tiny_distilled(), "tiny-helios", storage, extra)
 }
 
 fn probe(frames: u64, rate: &str, width: u64, height: u64) -> Probe {
@@ -151,28 +141,7 @@ fn upscaling_without_a_model_is_a_400_naming_enable_upscale() {
 #[test]
 fn generate_upscales_with_either_architecture() {
     let tmp = tempfile::tempdir().unwrap();
-    let run = |extra: &[&str], out: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .args([
-                "generate",
-                "--prompt",
-                "p",
-                "--width",
-                "128",
-                "--height",
-                "64",
-                "--num-frames",
-                "33",
-                "-q",
-                "--model",
-            ])
-            .arg(tiny_distilled())
-            .args(extra)
-            .arg("-o")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
+    let run = generate_tiny;
     let compact = fixture("esrgan/srvgg_x4.pth");
     let rrdb_x2 = fixture("esrgan/rrdb_x2.pth");
     // `--upscale` without a factor: the model's own x4.

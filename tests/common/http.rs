@@ -90,6 +90,26 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+
+    /// `POST /v1/videos/sync` with a JSON body.
+    pub fn sync(&self, body: &Value) -> (u16, Vec<u8>) {
+        self.post_json("/v1/videos/sync", body)
+    }
+
+    /// `omni serve MODEL --port 0 --served-model-name NAME --storage STORAGE EXTRA…`, its stderr
+    /// inherited.
+    pub fn serve(model: &Path, name: &str, storage: &Path, extra: &[&str]) -> Self {
+        Self::start(
+            super::omni()
+                .arg("serve")
+                .arg(model)
+                .args(["--port", "0", "--served-model-name", name])
+                .arg("--storage")
+                .arg(storage)
+                .args(extra)
+                .stderr(std::process::Stdio::inherit()),
+        )
+    }
 }
 
 /// One HTTP/1.1 request to `addr`; (status, body).
@@ -100,6 +120,50 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    let r = send(addr, method, path, headers, body);
+    (r.status, r.body)
+}
+
+/// A response: status, headers (names lower-cased) and the body as read to the end.
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// Asserts the OpenAI error envelope with `status`; returns `error`.
+    pub fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text());
+        let e = self.json()["error"].clone();
+        for k in ["message", "type", "param", "code"] {
+            assert!(e.get(k).is_some(), "envelope lacks `{k}`: {e}");
+        }
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        e
+    }
+}
+
+/// One HTTP/1.1 request to `addr` with `Connection: close`; the whole [`Resp`] (a chunked body
+/// is returned as sent, not decoded).
+pub fn send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
     let mut req = format!(
@@ -114,10 +178,29 @@ pub fn http(
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, raw[split + 4..].to_vec())
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
 }
 
 /// (content type, body) of a multipart/form-data form with text `fields`.
@@ -141,6 +224,13 @@ pub fn error_400(r: (u16, Vec<u8>)) -> Value {
     let text = String::from_utf8_lossy(&r.1).into_owned();
     assert_eq!(r.0, 400, "{text}");
     serde_json::from_str::<Value>(&text).unwrap()["error"].clone()
+}
+
+/// `POST /v1/videos/sync` with `body` must be a 400 `invalid_request_error` naming `param`.
+pub fn assert_400_naming(server: &Server, body: Value, param: &str) {
+    let e = error_400(server.sync(&body));
+    assert_eq!(e["param"], param, "{body}: {e}");
+    assert_eq!(e["type"], "invalid_request_error", "{e}");
 }
 
 /// What ffprobe reads from an MP4's first video stream.

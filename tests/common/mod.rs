@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod s3;
+pub mod vae;
 
 use std::path::{Path, PathBuf};
 
@@ -170,6 +171,31 @@ pub const MIN_PSNR_DB: f64 = 40.0;
 /// The built `omni` binary.
 pub fn omni() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_omni"))
+}
+
+/// `omni generate -q` on the tiny Distilled checkpoint, 128x64, 33 frames, prompt "p", with
+/// `extra` flags, writing `out`; the finished process's output.
+pub fn generate_tiny(extra: &[&str], out: &Path) -> std::process::Output {
+    omni()
+        .args([
+            "generate",
+            "--prompt",
+            "p",
+            "--width",
+            "128",
+            "--height",
+            "64",
+            "--num-frames",
+            "33",
+            "-q",
+            "--model",
+        ])
+        .arg(tiny_distilled())
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 /// Start `cmd` (an `omni serve ... --port 0`) with its stdout piped and return the child and the
