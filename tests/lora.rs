@@ -409,6 +409,7 @@ fn open_generator(dir: &std::path::Path) -> Generator {
         GeneratorOptions {
             load: LoadPolicy::KeepAll,
             vae_dtype: None,
+            ..Default::default()
         },
         &mut NoProgress,
     )
