@@ -92,6 +92,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--medium-vae", action="store_true", help="also the real VAE's decode (~14 min a round)")
     p.add_argument("--no-ops", action="store_true", help="leave out the per-op rows")
+    p.add_argument("--skip-medium", action="store_true", help="leave out the medium DiT rows (a quick run)")
     p.add_argument("--out", type=Path, help="also write the summary table to this file")
     p.add_argument("--quiet", action="store_true", help="hide the per-round tables")
     a = p.parse_args()
@@ -102,8 +103,9 @@ def main() -> None:
           *([] if a.no_ops else ["--ops"])]),
         ("tiny pipeline, 33 frames",
          ["--config", "tiny", "--pipeline", "--num-frames", "33", "--skip-core", "--warmup", "0", "--iters", "1"]),
-        ("medium DiT", ["--config", "medium", "--skip-vae", "--warmup", "0", "--iters", "1"]),
     ]
+    if not a.skip_medium:
+        groups.append(("medium DiT", ["--config", "medium", "--skip-vae", "--warmup", "0", "--iters", "1"]))
     if a.medium_vae:
         groups.append(("medium VAE", ["--config", "medium", "--skip-dit", "--warmup", "0", "--iters", "1"]))
 
