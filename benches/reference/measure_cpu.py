@@ -51,7 +51,8 @@ def group(name: str, args: list[str], a) -> tuple[dict, str]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [a.python, str(TIME_DIFFUSERS), "--omni", a.omni, "--device", "cpu", "--dtype", "float32",
-           "--threads", str(a.threads), "--json", str(out), *args]
+           "--threads", str(a.threads), "--height", str(a.height), "--width", str(a.width),
+           "--json", str(out), *args]
     before = load()
     print(f"# {name}: {' '.join(cmd[1:])} (load {before})", file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if a.quiet else None)
@@ -64,6 +65,7 @@ def readme_generate(a, workdir: Path) -> dict:
     """The README's first command on the tiny checkpoint: wall, CPU (user + sys) of the process."""
     cmd = [a.omni, "--threads", str(a.threads), "generate", "--model",
            str(ROOT / "tests/fixtures/tiny-helios-distilled"), "--prompt", PROMPT, "--num-frames", "33",
+           "--height", str(a.height), "--width", str(a.width),
            "--quiet", "-o", str(workdir / "lakeside.mp4")]
     before = load()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -89,6 +91,8 @@ def main() -> None:
     p.add_argument("--omni", default=str(ROOT / "target/release/omni"))
     p.add_argument("--python", default=sys.executable, help="Python with torch and diffusers 0.42.1")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--height", type=int, default=384, help="pixels (the issue's table: 384)")
+    p.add_argument("--width", type=int, default=640, help="pixels (the issue's table: 640)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--medium-vae", action="store_true", help="also the real VAE's decode (~14 min a round)")
     p.add_argument("--no-ops", action="store_true", help="leave out the per-op rows")
@@ -109,6 +113,12 @@ def main() -> None:
     if a.medium_vae:
         groups.append(("medium VAE", ["--config", "medium", "--skip-dit", "--warmup", "0", "--iters", "1"]))
 
+    missing = subprocess.run([a.python, "-c", "import torch, diffusers, transformers, ftfy"],
+                             capture_output=True, text=True)
+    if missing.returncode != 0:
+        sys.exit(f"measure_cpu: {a.python} lacks a package the reference needs (torch, diffusers==0.42.1, "
+                 f"transformers, ftfy for the pipeline's prompt cleaning): "
+                 f"{missing.stderr.strip().splitlines()[-1]}")
     started = time.perf_counter()
     seen: dict[str, dict] = {}  # row -> {"omni": [...], "diffusers": [...], "cpu_wall": [...], "load": [...]}
     generate = []
@@ -128,7 +138,7 @@ def main() -> None:
             print(f"# round {rnd + 1}: README command {generate[-1]}", file=sys.stderr, flush=True)
 
     lines = [
-        f"omni {a.omni} vs diffusers (torch, {a.threads} threads both sides), f32, 640x384, "
+        f"omni {a.omni} vs diffusers (torch, {a.threads} threads both sides), f32, {a.width}x{a.height}, "
         f"{a.rounds} rounds, medians; {time.perf_counter() - started:.0f} s in all",
         "",
         "| what | omni (ms) | diffusers (ms) | omni / diffusers | omni cpu/wall | load (1/5/15 min, before -> after) |",

@@ -1,7 +1,7 @@
 #!/bin/sh
 # The issue-18 CPU table (omni vs diffusers, alternated, medians, ratios): see measure_cpu.py.
 # Python: $OMNI_PYTHON, else /tmp/torch-venv/bin/python when present, else python3 (needs torch,
-# diffusers==0.42.1 and transformers). Arguments go to measure_cpu.py (--rounds N, --medium-vae, --out FILE).
+# diffusers==0.42.1, transformers and ftfy, which HeliosPyramidPipeline's prompt cleaning imports). Arguments go to measure_cpu.py (--rounds N, --medium-vae, --out FILE).
 set -eu
 here=$(dirname "$0")
 py=${OMNI_PYTHON:-}

@@ -401,8 +401,8 @@ def main() -> None:
             row(f"op: {name}", ref, o["ms_min"] if o else None, extra=extra, omni=o)
     if a.text_encoder:
         ref = min(time_text_encoder(cfg["text_encoder"], a.device, dtype, a.warmup, a.iters))
-        ours = None if a.skip_omni else omni_json(a.omni, ["text-encoder", *common])[-1]["ms_min"]
-        row("UMT5 encoder, 512 tokens", ref, ours)
+        o = None if a.skip_omni else omni_json(a.omni, ["text-encoder", *common])[-1]
+        row("UMT5 encoder, 512 tokens", ref, o["ms_min"] if o else None, omni=o)
     if a.pipeline:
         ref = time_pipeline(cfg, a.height, a.width, a.num_frames, a.device, dtype)
         ours = None
