@@ -149,6 +149,18 @@ def time_vae(cfg_path, height, width, device, warmup, iters):
 
 
 @torch.no_grad()
+def time_text_encoder(cfg_path, device, dtype, warmup, iters):
+    """transformers `UMT5EncoderModel` on one prompt of 512 tokens (as `omni bench text-encoder`)."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    with default_dtype(dtype), torch.device(device):
+        model = UMT5EncoderModel(UMT5Config(**load_config(cfg_path))).eval()
+    ids = (3 + torch.arange(512, device=device) % 400)[None]
+    mask = torch.ones_like(ids)
+    return timed(lambda: model(input_ids=ids, attention_mask=mask), device, warmup, iters)
+
+
+@torch.no_grad()
 def time_pipeline(cfg, height, width, num_frames, device, dtype) -> dict:
     """HeliosPyramidPipeline end to end (Distilled settings), random weights, the tiny tokenizer (its
     ids are valid for any UMT5 vocabulary)."""
@@ -193,7 +205,8 @@ def time_pipeline(cfg, height, width, num_frames, device, dtype) -> dict:
 
 
 @torch.no_grad()
-def time_ops(model_cfg: dict, vae_cfg: dict, height, width, device, dtype, warmup, iters) -> dict[str, float]:
+def time_ops(model_cfg: dict, vae_cfg: dict, height, width, device, dtype, warmup, iters,
+             vae_convs: bool = True) -> dict[str, float]:
     """Each building block of one DiT block at the full-resolution shapes, as diffusers runs it, and the
     VAE decoder's conv3d at each resolution. Names and shapes match `omni bench ops`."""
     dim = model_cfg["num_attention_heads"] * model_cfg["attention_head_dim"]
@@ -233,18 +246,47 @@ def time_ops(model_cfg: dict, vae_cfg: dict, height, width, device, dtype, warmu
         "rms norm q/k": lambda: F.rms_norm(x, (dim,), rms_w, eps=1e-6),
         "rope q/k": lambda: rope(qh),
     }
+    # The plain products of the linear layers (no bias), torch's layout (weight [out, in], x @ w.T)
+    # next to numpy's matmul (OpenBLAS) in `sgemm_numpy`: which BLAS is faster at these shapes.
+    for m, k_, n in sgemm_shapes(seq, dim, ffn):
+        a, w = r(1, m, k_), r(n, k_)
+        ops[f"matmul {m}x{k_}x{n} (no bias)"] = lambda a=a, w=w: torch.matmul(a, w.t())
     out = {name: min(timed(fn, device, warmup, iters)) for name, fn in ops.items()}
     del x, xn, q, k, v, r_ffn
     # VAE decoder conv3d 3x3x3 (causal padding in front), float32, one latent frame's worth of work at
     # each decoder resolution: the channel widths of Wan2.1 (base_dim 96, dim_mult [1, 2, 4, 4]).
     base = vae_cfg.get("base_dim", 96)
-    for ch, scale, t in [(base * 4, 1, 1), (base * 4, 2, 4), (base * 2, 4, 4), (base, 8, 4)]:
+    levels = [(base * 4, 1, 1), (base * 4, 2, 4), (base * 2, 4, 4), (base, 8, 4)] if vae_convs else []
+    for ch, scale, t in levels:
         xv = torch.randn(1, ch, t + 2, lh * scale, lw * scale, device=device)
         wv = torch.randn(ch, ch, 3, 3, 3, device=device)
         out[f"vae conv3d {ch}ch {t}f {lh * scale}x{lw * scale}"] = min(
             timed(lambda: F.conv3d(xv, wv, padding=(0, 1, 1)), device, warmup, iters)
         )
         del xv, wv
+    return out
+
+
+def sgemm_shapes(seq: int, dim: int, ffn: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of the DiT's linear layers at full resolution, as `omni bench ops` names them."""
+    return [(seq, dim, dim), (seq, dim, ffn), (seq, ffn, dim)]
+
+
+def sgemm_numpy(model_cfg: dict, height: int, width: int, warmup: int, iters: int) -> dict[str, float]:
+    """numpy's float32 matmul (the BLAS numpy was built with, OpenBLAS for the PyPI wheels) at the
+    shapes of `sgemm_shapes`, ms per call (min); threads from OPENBLAS_NUM_THREADS / the pool."""
+    import numpy as np
+
+    dim = model_cfg["num_attention_heads"] * model_cfg["attention_head_dim"]
+    lh, lw = height // 8, width // 8
+    noisy = 9 * (lh // 2) * (lw // 2)
+    seq = noisy + 2 * (lh // 2) * (lw // 2) + -(-lh // 4) * -(-lw // 4) + 4 * -(-lh // 8) * -(-lw // 8)
+    rng = np.random.default_rng(0)
+    out = {}
+    for m, k, n in sgemm_shapes(seq, dim, model_cfg["ffn_dim"]):
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        out[f"matmul {m}x{k}x{n} (no bias)"] = min(timed(lambda: a @ b, "cpu", warmup, iters))
     return out
 
 
@@ -266,10 +308,17 @@ def main() -> None:
     p.add_argument("--pipeline", action="store_true", help="also time the Distilled pipeline end to end")
     p.add_argument("--num-frames", type=int, default=99, help="frames for --pipeline")
     p.add_argument("--ops", action="store_true", help="also time the DiT / VAE building blocks")
+    p.add_argument("--skip-vae-ops", action="store_true",
+                   help="with --ops: leave out the VAE conv3d rows (minutes at the real VAE's widths)")
     p.add_argument("--skip-omni", action="store_true", help="time diffusers only")
     p.add_argument("--skip-core", action="store_true",
                    help="skip the DiT and VAE rows (e.g. to run --pipeline in its own time slot)")
     p.add_argument("--markdown", type=Path, help="also write the table to this file")
+    p.add_argument("--json", type=Path,
+                   help="also write the rows as JSON ({row: {diffusers_ms, omni_ms}}) to this file")
+    p.add_argument("--skip-dit", action="store_true", help="skip the DiT forward rows")
+    p.add_argument("--skip-vae", action="store_true", help="skip the VAE decode row")
+    p.add_argument("--text-encoder", action="store_true", help="also time UMT5 on 512 tokens")
     p.add_argument("--threads", type=int,
                    help="CPU threads for both sides (torch.set_num_threads, omni --threads) [default: each one's own]")
     a = p.parse_args()
@@ -295,9 +344,14 @@ def main() -> None:
     def ms(v: float) -> str:
         return f"{v:.1f} ms" if v >= 10 else f"{v:.3f} ms"
 
-    def row(what: str, ref: float, ours: float | None, extra: str = "") -> None:
+    results: dict[str, dict] = {}
+
+    def row(what: str, ref: float, ours: float | None, extra: str = "", omni: dict | None = None) -> None:
         ratio = f"{ours / ref:.2f}" if ours is not None and ref > 0 else "-"
         emit(f"| {what} | {ms(ref)} | {ms(ours) if ours is not None else '-'} | {ratio} | {extra} |")
+        results[what] = {"diffusers_ms": ref, "omni_ms": ours, "omni": omni}
+        if a.json:
+            a.json.write_text(json.dumps(results, indent=1))
 
     gpu = torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"
     emit(f"device {a.device} ({gpu}), torch {torch.__version__} ({torch.get_num_threads()} threads), {a.config}, "
@@ -306,7 +360,7 @@ def main() -> None:
     emit("| what | diffusers | omni | omni / diffusers | notes |")
     emit("|---|---|---|---|---|")
     # One omni process for the three stages (each start builds the 14B model and JIT-compiles).
-    core = not a.skip_core
+    core = not a.skip_core and not a.skip_dit
     omni_dit = {} if a.skip_omni or not core else {o["stage"]: o for o in omni_json(a.omni, ["dit", *common])}
     with torch.no_grad():
         model = build(HeliosTransformer3DModel, cfg["transformer"], a.device, dtype) if core else None
@@ -320,25 +374,45 @@ def main() -> None:
                 ours = o["ms_min"]
                 ref_mfu = o["tflop"] * 1e12 / (ref / 1e3) / PEAK_BF16_FLOPS
                 extra = f"{o['tokens']} tokens, {o['tflop']:.1f} TFLOP; MFU omni {100 * o['mfu']:.1f}% (from ms_mean), diffusers {100 * ref_mfu:.1f}%"
-            row(f"DiT forward, stage {stage}", ref, ours, extra=extra)
+            row(f"DiT forward, stage {stage}", ref, ours, extra=extra,
+                omni=None if a.skip_omni else omni_dit[stage])
         del model
         if a.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    if core:
+    if not a.skip_core and not a.skip_vae:
         ref = min(time_vae(cfg["vae"], a.height, a.width, a.device, a.warmup, a.iters))
-        ours = None if a.skip_omni else omni_json(a.omni, ["vae", *common, "--vae-dtype", "f32"])[-1]["ms_min"]
-        row("VAE decode, one chunk (33 frames)", ref, ours, extra="float32 on both sides")
+        o = None if a.skip_omni else omni_json(a.omni, ["vae", *common, "--vae-dtype", "f32"])[-1]
+        row("VAE decode, one chunk (33 frames)", ref, o["ms_min"] if o else None,
+            extra="float32 on both sides", omni=o)
     if a.ops:
         ref_ops = time_ops(load_config(cfg["transformer"]), load_config(cfg["vae"]), a.height, a.width,
-                           a.device, dtype, a.warmup, a.iters)
-        ours_ops = {} if a.skip_omni else {o["op"]: o["ms_min"] for o in omni_json(a.omni, ["ops", *common])}
+                           a.device, dtype, a.warmup, a.iters, vae_convs=not a.skip_vae_ops)
+        numpy_ops = sgemm_numpy(load_config(cfg["transformer"]), a.height, a.width, a.warmup, a.iters) \
+            if a.device == "cpu" else {}
+        ours_ops = {} if a.skip_omni else {o["op"]: o for o in omni_json(
+            a.omni, ["ops", *common, *(["--skip-vae"] if a.skip_vae_ops else [])])}
         for name, ref in ref_ops.items():
-            row(f"op: {name}", ref, ours_ops.get(name), extra="one call, full-resolution shapes")
+            o = ours_ops.get(name)
+            extra = "one call, full-resolution shapes"
+            if o is not None and "cpu_per_wall" in o:
+                extra += f"; omni cpu/wall {o['cpu_per_wall']:.2f}"
+            if name in numpy_ops:
+                extra += f"; numpy (OpenBLAS) {ms(numpy_ops[name])}"
+            row(f"op: {name}", ref, o["ms_min"] if o else None, extra=extra, omni=o)
+    if a.text_encoder:
+        ref = min(time_text_encoder(cfg["text_encoder"], a.device, dtype, a.warmup, a.iters))
+        o = None if a.skip_omni else omni_json(a.omni, ["text-encoder", *common])[-1]
+        row("UMT5 encoder, 512 tokens", ref, o["ms_min"] if o else None, omni=o)
     if a.pipeline:
         ref = time_pipeline(cfg, a.height, a.width, a.num_frames, a.device, dtype)
         ours = None
         if not a.skip_omni:
             ours = omni_json(a.omni, ["pipeline", *common, "--num-frames", str(a.num_frames)])[-1]
+        results[f"Distilled T2V {a.num_frames} frames, end to end"] = {
+            "diffusers_ms": ref["total_s"] * 1e3, "omni_ms": ours["total_s"] * 1e3 if ours else None,
+            "omni": ours}
+        if a.json:
+            a.json.write_text(json.dumps(results, indent=1))
         emit(f"| Distilled T2V {a.num_frames} frames, end to end | {ref['fps']:.2f} frames/s "
              f"({ref['total_s']:.1f} s, {ref['frames']} frames) | "
              + (f"{ours['fps']:.2f} frames/s ({ours['total_s']:.1f} s, {ours['frames']} frames)" if ours else "-")

@@ -9,7 +9,8 @@ use omni::media::mp4_out::{EncodeOptions, Mp4Writer};
 use omni::pipeline::backend::num_threads;
 use omni::pipeline::bench::on_default_device as bench;
 use omni::pipeline::bench::{
-    BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, PipelineBench, bench_request, peak_rss_bytes,
+    BenchOptions, H100_BF16_PEAK_FLOPS, ModelScale, PipelineBench, Timings, bench_request,
+    cpu_per_wall, peak_rss_bytes,
 };
 use omni::pipeline::bench::{WanDitOptions, WanDitScale, bench_wan_dit_on_default_device};
 use omni::pipeline::generator::{FrameSink, Generator};
@@ -122,6 +123,9 @@ pub enum BenchCommand {
     Ops {
         #[command(flatten)]
         common: Common,
+        /// Leave out the VAE conv3d rows (minutes at the real VAE's widths).
+        #[arg(long)]
+        skip_vae: bool,
     },
     /// UMT5 text encoder on 512 tokens.
     TextEncoder {
@@ -278,7 +282,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let wan_only = match &args.command {
         BenchCommand::Dit { .. } => None,
         BenchCommand::Vae { common }
-        | BenchCommand::Ops { common }
+        | BenchCommand::Ops { common, .. }
         | BenchCommand::TextEncoder { common }
         | BenchCommand::Pipeline { common, .. } => wan_scale(common),
     };
@@ -292,7 +296,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Dit { common, stage, .. } => dit(&common, stage),
         BenchCommand::Vae { common } => vae(&common),
-        BenchCommand::Ops { common } => ops(&common),
+        BenchCommand::Ops { common, skip_vae } => ops(&common, !skip_vae),
         BenchCommand::TextEncoder { common } => text_encoder(&common),
         BenchCommand::Pipeline {
             common,
@@ -309,7 +313,7 @@ fn dit(common: &Common, stage: Option<usize>) {
     if !common.json {
         print_header(common, "DiT forward");
         println!(
-            "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU"
+            "stage  latent(TxHxW)  tokens(noisy+history)  ms(mean)  ms(min)  TFLOP  TFLOP/s  MFU  cpu/wall"
         );
     }
     let stages: Vec<usize> = match stage {
@@ -320,18 +324,20 @@ fn dit(common: &Common, stage: Option<usize>) {
         let r = bench::dit(common.options(), s);
         let (mean, min) = stats(&r.ms);
         let tflops = r.flops / (mean / 1e3) / 1e12;
+        let cpu_wall = cpu_per_wall(&r.ms, &r.cpu_ms);
         if common.json {
             println!(
                 "{}",
                 serde_json::json!({"stage": s, "tokens": r.noisy_tokens + r.history_tokens,
                     "noisy_tokens": r.noisy_tokens, "ms_mean": mean, "ms_min": min,
+                    "cpu_ms_mean": stats(&r.cpu_ms).0, "cpu_per_wall": cpu_wall,
                     "tflop": r.flops / 1e12, "tflops": tflops,
                     "mfu": tflops * 1e12 / H100_BF16_PEAK_FLOPS})
             );
             continue;
         }
         println!(
-            "{s:>5}  {:>3}x{}x{:<7}  {:>6} ({}+{})  {mean:>9.1}  {min:>7.1}  {:>5.1}  {tflops:>7.2}  {:>5.1}%",
+            "{s:>5}  {:>3}x{}x{:<7}  {:>6} ({}+{})  {mean:>9.1}  {min:>7.1}  {:>5.1}  {tflops:>7.2}  {:>5.1}%  {cpu_wall:>8.2}",
             r.latent[0],
             r.latent[1],
             r.latent[2],
@@ -357,23 +363,29 @@ fn print_header(common: &Common, what: &str) {
     );
 }
 
-/// Mean and min of timed runs, as one JSON line (`--json`) or `None` to print prose.
-fn json_or_stats(common: &Common, ms: &[f64]) -> Option<(f64, f64)> {
-    let (mean, min) = stats(ms);
+/// Mean and min of timed runs and their cpu/wall, as one JSON line (`--json`) or `None` to
+/// print prose.
+fn json_or_stats(common: &Common, t: &Timings) -> Option<(f64, f64, f64)> {
+    let (mean, min) = stats(&t.ms);
+    let cpu_wall = t.cpu_per_wall();
     if common.json {
-        println!("{}", serde_json::json!({"ms_mean": mean, "ms_min": min}));
+        println!(
+            "{}",
+            serde_json::json!({"ms_mean": mean, "ms_min": min,
+                "cpu_ms_mean": stats(&t.cpu_ms).0, "cpu_per_wall": cpu_wall})
+        );
         return None;
     }
-    Some((mean, min))
+    Some((mean, min, cpu_wall))
 }
 
 /// `omni bench vae`: one chunk's decode.
 fn vae(common: &Common) {
-    let Some((mean, min)) = json_or_stats(common, &bench::vae(common.options())) else {
+    let Some((mean, min, cpu_wall)) = json_or_stats(common, &bench::vae(common.options())) else {
         return;
     };
     println!(
-        "VAE decode of one chunk (9 latent -> 33 video frames), {:?}, {}x{}, device {}: mean {mean:.1} ms, min {min:.1} ms ({:.1} frames/s)",
+        "VAE decode of one chunk (9 latent -> 33 video frames), {:?}, {}x{}, device {}: mean {mean:.1} ms, min {min:.1} ms ({:.1} frames/s), cpu/wall {cpu_wall:.2}",
         common.scale(),
         common.width,
         common.height,
@@ -384,46 +396,47 @@ fn vae(common: &Common) {
 
 /// `omni bench text-encoder`: UMT5 on 512 tokens.
 fn text_encoder(common: &Common) {
-    let ms = bench::text_encoder(common.options(), 512);
-    let Some((mean, min)) = json_or_stats(common, &ms) else {
+    let t = bench::text_encoder(common.options(), 512);
+    let Some((mean, min, cpu_wall)) = json_or_stats(common, &t) else {
         return;
     };
     println!(
-        "text encoder on 512 tokens, {:?}, device {}: mean {mean:.1} ms, min {min:.1} ms",
+        "text encoder on 512 tokens, {:?}, device {}: mean {mean:.1} ms, min {min:.1} ms, cpu/wall {cpu_wall:.2}",
         common.scale(),
         device_name(&common.precision())
     );
 }
 
 /// `omni bench ops`: where a forward's time goes, op by op.
-fn ops(common: &Common) {
-    let ops = bench::ops(common.options());
+fn ops(common: &Common, vae_convs: bool) {
+    let ops = bench::ops(common.options(), vae_convs);
     if common.json {
         for op in &ops {
-            let (mean, min) = stats(&op.ms);
+            let (mean, min) = stats(&op.t.ms);
             println!(
                 "{}",
                 serde_json::json!({"op": op.name, "ms_mean": mean, "ms_min": min,
-                    "per_forward": op.per_forward})
+                    "cpu_per_wall": op.t.cpu_per_wall(), "per_forward": op.per_forward})
             );
         }
         return;
     }
     print_header(common, "DiT / VAE ops at the full-resolution shapes");
     println!(
-        "{:<44} {:>9} {:>9} {:>12} {:>14}",
-        "op", "ms(mean)", "ms(min)", "per forward", "ms per forward"
+        "{:<44} {:>9} {:>9} {:>9} {:>12} {:>14}",
+        "op", "ms(mean)", "ms(min)", "cpu/wall", "per forward", "ms per forward"
     );
     let total: f64 = ops
         .iter()
-        .map(|op| stats(&op.ms).1 * op.per_forward as f64)
+        .map(|op| stats(&op.t.ms).1 * op.per_forward as f64)
         .sum();
     for op in &ops {
-        let (mean, min) = stats(&op.ms);
+        let (mean, min) = stats(&op.t.ms);
         let share = min * op.per_forward as f64;
         println!(
-            "{:<44} {mean:>9.2} {min:>9.2} {:>12} {:>9.1} ({:>4.1}%)",
+            "{:<44} {mean:>9.2} {min:>9.2} {:>9.2} {:>12} {:>9.1} ({:>4.1}%)",
             op.name,
+            op.t.cpu_per_wall(),
             op.per_forward,
             share,
             100.0 * share / total.max(f64::MIN_POSITIVE)
@@ -481,6 +494,10 @@ fn print_pipeline_json(r: &PipelineBench) {
             "fps": r.frames as f64 / r.total_s, "text_encoder_s": r.text_encoder_s,
             "denoise_s": sum(&r.denoise_s), "decode_s": sum(&r.decode_s),
             "output_s": sum(&r.output_s),
+            "total_cpu_per_wall": cpu_per_wall(&[r.total_s], &[r.total_cpu_s]),
+            "denoise_cpu_per_wall": cpu_per_wall(&r.denoise_s, &r.denoise_cpu_s),
+            "decode_cpu_per_wall": cpu_per_wall(&r.decode_s, &r.decode_cpu_s),
+            "output_cpu_per_wall": cpu_per_wall(&r.output_s, &r.output_cpu_s),
             "peak_gpu_gib": r.peak_device_memory.map(|m| gib(m.bytes_in_use)),
             "peak_gpu_reserved_gib": r.peak_device_memory.map(|m| gib(m.bytes_reserved)),
             "peak_rss_mib": peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))})
@@ -508,8 +525,23 @@ fn print_pipeline(common: &Common, r: &PipelineBench, num_frames: u32, precision
         sum(&r.decode_s),
         sum(&r.output_s)
     );
-    for (k, (d, v)) in r.denoise_s.iter().zip(&r.decode_s).enumerate() {
-        println!("  chunk {k}: denoise {d:.2} s, decode {v:.2} s");
+    println!(
+        "cpu/wall (process CPU time over wall time, {} threads): end to end {:.2}, text encoder {:.2}, denoise {:.2}, VAE decode {:.2}, output {:.2}",
+        num_threads(),
+        cpu_per_wall(&[r.total_s], &[r.total_cpu_s]),
+        cpu_per_wall(&[r.text_encoder_s], &[r.text_encoder_cpu_s]),
+        cpu_per_wall(&r.denoise_s, &r.denoise_cpu_s),
+        cpu_per_wall(&r.decode_s, &r.decode_cpu_s),
+        cpu_per_wall(&r.output_s, &r.output_cpu_s)
+    );
+    for k in 0..r.denoise_s.len().min(r.decode_s.len()) {
+        println!(
+            "  chunk {k}: denoise {:.2} s (cpu/wall {:.2}), decode {:.2} s (cpu/wall {:.2})",
+            r.denoise_s[k],
+            cpu_per_wall(&r.denoise_s[k..=k], &r.denoise_cpu_s[k..=k]),
+            r.decode_s[k],
+            cpu_per_wall(&r.decode_s[k..=k], &r.decode_cpu_s[k..=k])
+        );
     }
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS {:.1} MiB", rss as f64 / (1024.0 * 1024.0));

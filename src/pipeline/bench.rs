@@ -19,6 +19,7 @@ use crate::pipeline::backend::{DeviceMemory, device_memory};
 use crate::pipeline::models::activations::gelu_tanh;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
 use crate::pipeline::models::autoencoder_kl_wan::{AutoencoderKLWan, AutoencoderKLWanConfig};
+use crate::pipeline::models::linear_dispatch::dispatch_linear;
 use crate::pipeline::models::transformer_helios::{
     HeliosTransformer3DModel, HeliosTransformer3DModelConfig, HistoryInputs, RotaryEmbedding,
     apply_rotary_emb_transposed, fp32_layer_norm,
@@ -179,6 +180,8 @@ pub struct DitBench {
     pub flops: f64,
     /// Milliseconds of each timed forward.
     pub ms: Vec<f64>,
+    /// Process CPU milliseconds (all threads, user + system) of each timed forward.
+    pub cpu_ms: Vec<f64>,
 }
 
 /// Time the DiT forward at `height`×`width` pixels for pyramid stage `stage` (2 = full
@@ -217,7 +220,7 @@ pub fn bench_dit<B: Backend>(opts: BenchOptions, stage: usize, device: &B::Devic
     let history_tokens = 2 * (lh / 2) * (lw / 2)
         + lh.div_ceil(4) * lw.div_ceil(4)
         + 4 * lh.div_ceil(8) * lw.div_ceil(8);
-    let ms = time_calls::<B, _>(&opts, device, || {
+    let t = time_calls::<B, _>(&opts, device, || {
         drop(model.forward_with_context(hidden.clone(), &[500.0], &text, &indices, Some(&history)))
     });
     DitBench {
@@ -225,13 +228,14 @@ pub fn bench_dit<B: Backend>(opts: BenchOptions, stage: usize, device: &B::Devic
         noisy_tokens,
         history_tokens,
         flops: dit_forward_flops(&cfg, noisy_tokens, noisy_tokens + history_tokens, 512),
-        ms,
+        ms: t.ms,
+        cpu_ms: t.cpu_ms,
     }
 }
 
 /// Time the VAE decode of one chunk (9 latent frames → 33 video frames) at `height`×`width`.
-/// Returns milliseconds per timed decode; the VAE computes in `precision.vae`.
-pub fn bench_vae<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<f64> {
+/// Returns wall and CPU milliseconds per timed decode; the VAE computes in `precision.vae`.
+pub fn bench_vae<B: Backend>(opts: BenchOptions, device: &B::Device) -> Timings {
     let cfg = opts.scale.vae_config();
     let z_dim = cfg.z_dim;
     let vae = AutoencoderKLWan::<B>::new(cfg, device).expect("embedded config is valid");
@@ -245,12 +249,13 @@ pub fn bench_vae<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<f64>
 }
 
 /// Time the text encoder on one prompt of `tokens` tokens (512 as the pipeline pads).
-/// Returns milliseconds per timed forward; the encoder computes in `precision.text_encoder`.
+/// Returns wall and CPU milliseconds per timed forward; the encoder computes in
+/// `precision.text_encoder`.
 pub fn bench_text_encoder<B: Backend>(
     opts: BenchOptions,
     tokens: usize,
     device: &B::Device,
-) -> Vec<f64> {
+) -> Timings {
     let cfg = opts.scale.text_encoder_config();
     let encoder = UMT5EncoderModel::<B>::new(&cfg, device).expect("embedded config is valid");
     let encoder = PrecisionMapper::apply(encoder, opts.precision.text_encoder, &[]);
@@ -262,25 +267,90 @@ pub fn bench_text_encoder<B: Backend>(
     })
 }
 
+/// CPU time this process has used so far, all threads, user + system
+/// (`clock_gettime(CLOCK_PROCESS_CPUTIME_ID)`), in seconds; 0 where the clock is missing.
+pub fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Wall and process CPU time of a stretch of work ([`process_cpu_seconds`]); `cpu / wall` is
+/// the number of cores it kept busy on average (2.0 = both threads of a 2-thread pool).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Stopwatch {
+    pub fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu_seconds(),
+        }
+    }
+
+    /// `(wall, cpu)` seconds since [`Stopwatch::start`].
+    pub fn elapsed(&self) -> (f64, f64) {
+        (
+            self.wall.elapsed().as_secs_f64(),
+            process_cpu_seconds() - self.cpu,
+        )
+    }
+}
+
+/// Wall and process CPU milliseconds of each timed call ([`time_calls`]).
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Wall milliseconds of each timed call.
+    pub ms: Vec<f64>,
+    /// Process CPU milliseconds (all threads, user + system) of each timed call.
+    pub cpu_ms: Vec<f64>,
+}
+
+impl Timings {
+    /// Total CPU time over total wall time of the timed calls (cores busy on average).
+    pub fn cpu_per_wall(&self) -> f64 {
+        cpu_per_wall(&self.ms, &self.cpu_ms)
+    }
+}
+
+/// `Σ cpu / Σ wall` (0 for no time).
+pub fn cpu_per_wall(wall: &[f64], cpu: &[f64]) -> f64 {
+    let wall: f64 = wall.iter().sum();
+    let cpu: f64 = cpu.iter().sum();
+    if wall > 0.0 { cpu / wall } else { 0.0 }
+}
+
 /// `opts.warmup` untimed then `opts.iters` timed calls of `f`, the device synced around each;
-/// milliseconds per timed call.
+/// wall and CPU milliseconds per timed call.
 fn time_calls<B: Backend, F: FnMut()>(
     opts: &BenchOptions,
     device: &B::Device,
     mut f: F,
-) -> Vec<f64> {
+) -> Timings {
     let (warmup, iters) = (opts.warmup, opts.iters);
-    let mut ms = Vec::with_capacity(iters);
+    let mut t = Timings::default();
     for i in 0..warmup + iters {
         let _ = B::sync(device);
-        let t0 = Instant::now();
+        let watch = Stopwatch::start();
         f();
         let _ = B::sync(device);
+        let (wall, cpu) = watch.elapsed();
         if i >= warmup {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            t.ms.push(wall * 1e3);
+            t.cpu_ms.push(cpu * 1e3);
         }
     }
-    ms
+    t
 }
 
 /// One building block of the DiT / VAE timed alone by [`bench_ops`].
@@ -290,8 +360,8 @@ pub struct OpBench {
     pub name: String,
     /// How many times one DiT forward runs it (per block × blocks; 0 for the VAE ops).
     pub per_forward: usize,
-    /// Milliseconds of each timed call.
-    pub ms: Vec<f64>,
+    /// Wall and CPU milliseconds of each timed call.
+    pub t: Timings,
 }
 
 /// Time the building blocks of one DiT block at the full-resolution (stage 2) shapes of
@@ -299,7 +369,13 @@ pub struct OpBench {
 /// norm with modulation, the q/k RMS norms and RoPE, each exactly as the model calls it — and the
 /// VAE decoder's 3×3×3 conv3d at each of its resolutions (f32). Multiplying by
 /// [`OpBench::per_forward`] and summing gives where a DiT forward's time goes.
-pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBench> {
+///
+/// `vae_convs: false` leaves the conv3d rows out (at the real VAE widths they take minutes).
+pub fn bench_ops<B: Backend>(
+    opts: BenchOptions,
+    vae_convs: bool,
+    device: &B::Device,
+) -> Vec<OpBench> {
     let block = BlockBench::<B> {
         opts: &opts,
         s: BlockShapes::new(&opts),
@@ -309,7 +385,10 @@ pub fn bench_ops<B: Backend>(opts: BenchOptions, device: &B::Device) -> Vec<OpBe
     let mut out = block.matmuls();
     out.extend(block.attention());
     out.extend(block.norms());
-    out.extend(bench_vae_convs::<B>(&opts, device));
+    out.extend(block.sgemms());
+    if vae_convs {
+        out.extend(bench_vae_convs::<B>(&opts, device));
+    }
     out
 }
 
@@ -374,7 +453,7 @@ fn time_op<B: Backend>(
     OpBench {
         name: name.to_string(),
         per_forward,
-        ms: time_calls::<B, _>(opts, device, f),
+        t: time_calls::<B, _>(opts, device, f),
     }
 }
 
@@ -413,16 +492,40 @@ impl<B: Backend> BlockBench<'_, B> {
         );
         vec![
             self.time("linear dim->dim (self-attn q/k/v/out)", 4, || {
-                drop(proj.forward(x.clone()))
+                drop(dispatch_linear(&proj, x.clone()))
             }),
             self.time("linear dim->dim (cross-attn q/out)", 2, || {
-                drop(proj.forward(xn.clone()))
+                drop(dispatch_linear(&proj, xn.clone()))
             }),
             self.time("ffn up dim->ffn + gelu", 1, || {
-                drop(gelu_tanh(up.forward(x.clone())))
+                drop(gelu_tanh(dispatch_linear(&up, x.clone())))
             }),
-            self.time("ffn down ffn->dim", 1, || drop(down.forward(h_ffn.clone()))),
+            self.time("ffn down ffn->dim", 1, || {
+                drop(dispatch_linear(&down, h_ffn.clone()))
+            }),
         ]
+    }
+
+    /// The plain products of the linear layers, no bias (`matmul MxKxN (no bias)`, not part of
+    /// the forward's sum): `x [1, M, K] · w [1, K, N]`, the layout burn's `Linear` hands
+    /// burn-flex (which runs gemm with `Parallelism::Rayon`), against torch's `x @ w.T` and
+    /// numpy's matmul in `time_diffusers.py --ops`.
+    fn sgemms(&self) -> Vec<OpBench> {
+        let s = &self.s;
+        [
+            (s.seq, s.dim, s.dim),
+            (s.seq, s.dim, s.ffn),
+            (s.seq, s.ffn, s.dim),
+        ]
+        .into_iter()
+        .map(|(m, k, n)| {
+            let (a, w) = (self.random([1, m, k]), self.random([1, k, n]));
+            let name = format!("matmul {m}x{k}x{n} (no bias)");
+            time_op::<B>(self.opts, self.device, &name, 0, || {
+                drop(a.clone().matmul(w.clone()))
+            })
+        })
+        .collect()
     }
 
     /// The block's attention cores: self-attention over all tokens, cross-attention from the
@@ -494,18 +597,24 @@ fn bench_vae_convs<B: Backend>(opts: &BenchOptions, device: &B::Device) -> Vec<O
         .collect()
 }
 
-/// Result of [`bench_pipeline`]: wall times in seconds.
+/// Result of [`bench_pipeline`]: wall times and process CPU times (all threads, user + system)
+/// in seconds; a phase's CPU over its wall time is how many cores it kept busy.
 #[derive(Debug, Clone, Default)]
 pub struct PipelineBench {
     pub frames: usize,
     pub text_encoder_s: f64,
+    pub text_encoder_cpu_s: f64,
     /// Denoising time per chunk (all stages and steps).
     pub denoise_s: Vec<f64>,
+    pub denoise_cpu_s: Vec<f64>,
     /// VAE decode time per chunk.
     pub decode_s: Vec<f64>,
+    pub decode_cpu_s: Vec<f64>,
     /// Frame hand-off (post-processing to host + the sink) per chunk.
     pub output_s: Vec<f64>,
+    pub output_cpu_s: Vec<f64>,
     pub total_s: f64,
+    pub total_cpu_s: f64,
     /// Largest device memory seen by the allocator at the phase boundaries (text encoder done,
     /// each chunk's denoise, decode and hand-off); `None` on the CPU backend.
     pub peak_device_memory: Option<DeviceMemory>,
@@ -514,17 +623,17 @@ pub struct PipelineBench {
 /// Times the phases from the pipeline's progress events, syncing the device at each boundary.
 struct PhaseTimer<'a, B: Backend> {
     device: &'a B::Device,
-    last: Instant,
+    last: Stopwatch,
     result: PipelineBench,
 }
 
 impl<B: Backend> PhaseTimer<'_, B> {
-    fn lap(&mut self) -> f64 {
+    /// `(wall, cpu)` seconds since the last lap.
+    fn lap(&mut self) -> (f64, f64) {
         let _ = B::sync(self.device);
-        let now = Instant::now();
-        let dt = (now - self.last).as_secs_f64();
+        let dt = self.last.elapsed();
         self.sample_memory();
-        self.last = Instant::now();
+        self.last = Stopwatch::start();
         dt
     }
 
@@ -543,16 +652,19 @@ impl<B: Backend> ProgressSink for PhaseTimer<'_, B> {
                 self.lap();
             }
             Progress::Decoding { done: false, .. } => {
-                let dt = self.lap();
-                self.result.denoise_s.push(dt);
+                let (wall, cpu) = self.lap();
+                self.result.denoise_s.push(wall);
+                self.result.denoise_cpu_s.push(cpu);
             }
             Progress::Decoding { done: true, .. } => {
-                let dt = self.lap();
-                self.result.decode_s.push(dt);
+                let (wall, cpu) = self.lap();
+                self.result.decode_s.push(wall);
+                self.result.decode_cpu_s.push(cpu);
             }
             Progress::FramesReady { .. } => {
-                let dt = self.lap();
-                self.result.output_s.push(dt);
+                let (wall, cpu) = self.lap();
+                self.result.output_s.push(wall);
+                self.result.output_cpu_s.push(cpu);
             }
             _ => {}
         }
@@ -611,21 +723,21 @@ pub fn bench_pipeline<B: Backend>(
     let encoder = UMT5EncoderModel::<B>::new(&te_cfg, device).expect("valid config");
     let encoder = PrecisionMapper::apply(encoder, precision.text_encoder, &[]);
 
-    let started = Instant::now();
+    let started = Stopwatch::start();
     let text_len = req.max_sequence_length;
     let ids: Vec<i64> = (0..text_len as i64).map(|i| 3 + i % 400).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, text_len]), device);
     let mask = Tensor::<B, 2, Int>::ones([1, text_len], device);
     let prompt_embeds = encoder.forward(ids, mask);
     let _ = B::sync(device);
-    let text_encoder_s = started.elapsed().as_secs_f64();
+    let (text_encoder_s, text_encoder_cpu_s) = started.elapsed();
     // The text encoder's weights and activations are still allocated here.
     let text_encoder_memory = device_memory::<B>(device);
     drop(encoder);
 
     let mut timer = PhaseTimer::<B> {
         device,
-        last: Instant::now(),
+        last: Stopwatch::start(),
         result: PipelineBench::default(),
     };
     timer.result.peak_device_memory = text_encoder_memory;
@@ -652,7 +764,8 @@ pub fn bench_pipeline<B: Backend>(
     let mut result = timer.result;
     result.frames = counting.frames;
     result.text_encoder_s = text_encoder_s;
-    result.total_s = started.elapsed().as_secs_f64();
+    result.text_encoder_cpu_s = text_encoder_cpu_s;
+    (result.total_s, result.total_cpu_s) = started.elapsed();
     Ok(result)
 }
 
@@ -719,17 +832,17 @@ pub mod on_default_device {
     }
 
     /// [`bench_vae`] on the default device.
-    pub fn vae(opts: BenchOptions) -> Vec<f64> {
+    pub fn vae(opts: BenchOptions) -> Timings {
         bench_vae::<DefaultBackend>(opts, &Default::default())
     }
 
     /// [`bench_ops`] on the default device.
-    pub fn ops(opts: BenchOptions) -> Vec<OpBench> {
-        bench_ops::<DefaultBackend>(opts, &Default::default())
+    pub fn ops(opts: BenchOptions, vae_convs: bool) -> Vec<OpBench> {
+        bench_ops::<DefaultBackend>(opts, vae_convs, &Default::default())
     }
 
     /// [`bench_text_encoder`] on the default device.
-    pub fn text_encoder(opts: BenchOptions, tokens: usize) -> Vec<f64> {
+    pub fn text_encoder(opts: BenchOptions, tokens: usize) -> Timings {
         bench_text_encoder::<DefaultBackend>(opts, tokens, &Default::default())
     }
 
@@ -890,7 +1003,8 @@ pub fn bench_wan_dit<B: Backend>(opts: WanDitOptions, device: &B::Device) -> Wan
     };
     let ms = time_calls::<B, _>(&timing, device, || {
         drop(model.forward_stoppable(hidden.clone(), &ts, &ctx, &|| false))
-    });
+    })
+    .ms;
     WanDitBench {
         latent: [c, t, h, w],
         tokens,

@@ -5,6 +5,7 @@ pub mod attention_dispatch;
 pub mod autoencoder_kl_wan;
 pub mod clip_vision_model;
 pub mod conv3d_dispatch;
+pub mod linear_dispatch;
 pub mod transformer_helios;
 pub mod transformer_wan;
 pub mod umt5;

@@ -50,6 +50,7 @@ use crate::pipeline::backend::{as_flex, contiguous, flex_map};
 use crate::pipeline::checkpoint::{load_methods, require_positive};
 use crate::pipeline::models::activations::gelu_tanh;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
+use crate::pipeline::models::linear_dispatch::dispatch_linear;
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
@@ -830,8 +831,10 @@ impl<B: Backend> HeliosAttention<B> {
     /// # Shapes
     /// `context: [B, L, dim]` → (`[B, L, dim]`, `[B, L, dim]`)
     pub fn key_value(&self, context: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let key = self.norm_k.forward(self.to_k.forward(context.clone()));
-        let value = self.to_v.forward(context);
+        let key = self
+            .norm_k
+            .forward(dispatch_linear(&self.to_k, context.clone()));
+        let value = dispatch_linear(&self.to_v, context);
         (key, value)
     }
 
@@ -882,7 +885,9 @@ impl<B: Backend> HeliosAttention<B> {
         let hd = dim / self.heads;
 
         // query = to_q(hidden_states); key, value = to_k(context), to_v(context) (done above)
-        let query = self.norm_q.forward(self.to_q.forward(hidden_states));
+        let query = self
+            .norm_q
+            .forward(dispatch_linear(&self.to_q, hidden_states));
 
         // query.unflatten(2, (attn.heads, -1))
         let mut query = query.reshape([b, s, self.heads, hd]);
@@ -939,7 +944,7 @@ impl<B: Backend> HeliosAttention<B> {
         };
         // hidden_states.flatten(2, 3); attn.to_out[0](hidden_states)
         let out = out.swap_dims(1, 2).reshape([b, s, dim]);
-        self.to_out.forward(out)
+        dispatch_linear(&self.to_out, out)
     }
 }
 
@@ -955,8 +960,10 @@ impl<B: Backend> FeedForward<B> {
     /// # Shapes
     /// `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, hidden_states: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net_2
-            .forward(gelu_tanh(self.net_0_proj.forward(hidden_states)))
+        dispatch_linear(
+            &self.net_2,
+            gelu_tanh(dispatch_linear(&self.net_0_proj, hidden_states)),
+        )
     }
 }
 

@@ -43,6 +43,7 @@ use super::transformer_helios::{
     output_norm, time_embedding,
 };
 use crate::pipeline::checkpoint::{load_methods, require_positive};
+use crate::pipeline::models::linear_dispatch::dispatch_linear;
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
@@ -396,7 +397,7 @@ impl<B: Backend> WanImageFeedForward<B> {
     /// # Shapes
     /// `[B, L, in]` → `[B, L, out]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net_2.forward(gelu(self.net_0_proj.forward(x)))
+        dispatch_linear(&self.net_2, gelu(dispatch_linear(&self.net_0_proj, x)))
     }
 }
 
