@@ -448,7 +448,14 @@ impl FamilyPipeline for WanPipeline<DefaultBackend> {
         experts: ExpertResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError> {
-        Self::load_with_experts(dir, &thread_device(), precision, residency, experts, progress)
+        Self::load_with_experts(
+            dir,
+            &thread_device(),
+            precision,
+            residency,
+            experts,
+            progress,
+        )
     }
 }
 family_pipeline!(
