@@ -155,7 +155,7 @@ pub struct GenerateArgs {
     /// RIFE's inference scale for the flow: 0.25, 0.5, 1, 2 or 4 [default: 1].
     #[arg(long, value_name = "SCALE")]
     pub frame_interpolation_scale: Option<f64>,
-    /// The RIFE 4.22 lite `flownet.pkl` (Practical-RIFE's download) for frame interpolation.
+    /// The RIFE 4.22 lite, 4.22, 4.25 or 4.26 `flownet.pkl` (Practical-RIFE's download) for frame interpolation.
     #[arg(long, value_name = "FILE")]
     pub rife_model: Option<PathBuf>,
     /// Upscale every frame with Real-ESRGAN (after interpolation) by FACTOR, 2 or 4: the
@@ -393,7 +393,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if req.enable_frame_interpolation {
         if req.frame_interpolation_model_path.is_empty() {
             anyhow::bail!(
-                "invalid `enable_frame_interpolation`: frame interpolation needs a RIFE model; pass --rife-model FILE (a RIFE 4.22 lite flownet.pkl)"
+                "invalid `enable_frame_interpolation`: frame interpolation needs a RIFE model; pass --rife-model FILE (a RIFE 4.22 lite, 4.22, 4.25 or 4.26 flownet.pkl)"
             );
         }
         let p = &req.frame_interpolation_model_path;

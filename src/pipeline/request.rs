@@ -140,7 +140,7 @@ request_fields! {
     frame_interpolation_exp: u32,
     /// RIFE's inference scale (flow resolution): 0.25, 0.5, 1, 2 or 4.
     frame_interpolation_scale: f64,
-    /// The RIFE 4.22 lite `flownet.pkl`; empty = the server's / CLI's configured model.
+    /// The RIFE (4.22 lite, 4.22, 4.25 or 4.26) `flownet.pkl`; empty = the server's / CLI's configured model.
     frame_interpolation_model_path: String,
     /// Upscale the frames with Real-ESRGAN, after interpolation (vLLM-Omni / SGLang's field);
     /// needs a model (`upscale_model_path`, `[postprocess] upscale_model` or `--upscale-model`).

@@ -279,7 +279,7 @@ pub struct ServeOverrides {
     /// machine's cores (--threads) [default: `workers` in the config, else 1].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub workers: Option<u64>,
-    /// RIFE 4.22 lite `flownet.pkl` for requests with `enable_frame_interpolation`
+    /// RIFE (4.22 lite, 4.22, 4.25 or 4.26) `flownet.pkl` for requests with `enable_frame_interpolation`
     /// [default: `[postprocess] rife_model` in the config].
     #[arg(long, value_name = "FILE")]
     pub rife_model: Option<PathBuf>,

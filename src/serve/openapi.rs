@@ -575,7 +575,7 @@ fn video_create_schema(d: &Described) -> Value {
         "frame_interpolation_scale": {"type": ["number", "string", "null"], "enum": [0.25, 0.5, 1, 2, 4, null], "default": 1,
             "description": "RIFE's inference scale (flow resolution)"},
         "frame_interpolation_model_path": {"type": ["string", "null"],
-            "description": "a RIFE 4.22 lite flownet.pkl: the server's rife_model or a file inside its [postprocess] model_dirs"},
+            "description": "a RIFE 4.22 lite, 4.22, 4.25 or 4.26 flownet.pkl (the version is read from its layers): the server's rife_model or a file inside its [postprocess] model_dirs"},
         "enable_upscale": {"type": ["boolean", "string", "null"],
             "description": "upscale every frame with Real-ESRGAN (tiled), after frame interpolation; needs the server's `[postprocess] upscale_model` (--upscale-model) or `upscale_model_path`, else 400 naming this field. The MP4 and the Video's `size` are the generated size × upscale_factor"},
         "upscale_factor": {"type": ["integer", "string", "null"], "enum": [2, 4, "2", "4", null],

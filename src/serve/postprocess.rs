@@ -18,7 +18,7 @@ use crate::postprocess::realesrgan::{check_factor, native_scale};
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostprocessSection {
-    /// RIFE 4.22 lite `flownet.pkl` used when a request turns `enable_frame_interpolation` on
+    /// RIFE (4.22 lite, 4.22, 4.25 or 4.26) `flownet.pkl` used when a request turns `enable_frame_interpolation` on
     /// without naming a model (flag `--rife-model`).
     pub rife_model: Option<PathBuf>,
     /// Real-ESRGAN `.pth` (`RealESRGAN_x4plus`, `RealESRGAN_x2plus`, `realesr-general-x4v3`,
