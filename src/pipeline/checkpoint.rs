@@ -16,7 +16,7 @@ use super::weights::{KeyMap, WeightsError, load_module, resolve_safetensors};
 pub enum LoadError {
     /// A file or folder the checkpoint needs is absent.
     #[error(
-        "{path} not found: {what} (is this a complete diffusers-format Helios checkpoint folder?)"
+        "{path} not found: {what} (is this a complete diffusers-format checkpoint folder, Helios or Wan?)"
     )]
     Missing { path: PathBuf, what: String },
     /// A JSON config could not be read or does not have the expected fields.
