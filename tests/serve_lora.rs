@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -18,16 +18,11 @@ fn start(storage: &Path, config: &Path) -> Server {
 }
 
 fn start_model(model: &Path, storage: &Path, config: &Path) -> Server {
-    Server::start(
-        Command::new(env!("CARGO_BIN_EXE_omni"))
-            .arg("serve")
-            .arg(model)
-            .args(["--port", "0", "--served-model-name", "tiny"])
-            .arg("--storage")
-            .arg(storage)
-            .arg("--config")
-            .arg(config)
-            .stderr(Stdio::inherit()),
+    Server::serve(
+        model,
+        "tiny",
+        storage,
+        &["--config", config.to_str().unwrap()],
     )
 }
 

@@ -369,13 +369,16 @@ impl Generator {
     }
 }
 
-/// A pipeline class a family struct ([`Family`]) loads on the build's default device: the
-/// `load_with` every pipeline has.
+/// A pipeline class a family struct ([`Family`]) loads on the build's default device.
 trait FamilyPipeline: Sized {
-    fn load_with(
+    /// Load the pipeline from `dir`, with the experts' residency (Wan2.2 A14B); pipelines that
+    /// keep every expert resident ignore `experts` ([`check_expert_residency`] refused `on` and
+    /// `off` for them).
+    fn load(
         dir: &Path,
         precision: Precision,
         residency: TextEncoderResidency,
+        experts: ExpertResidency,
         progress: &mut dyn ProgressSink,
     ) -> Result<Self, PipelineError>;
 
@@ -387,31 +390,19 @@ trait FamilyPipeline: Sized {
     fn check_inputs(_dir: &Path, _req: &GenerationRequest) -> Result<(), PipelineError> {
         Ok(())
     }
-
-    /// [`load_with`](Self::load_with) with the experts' residency (Wan2.2 A14B); pipelines
-    /// that keep every expert resident ignore it ([`check_expert_residency`] refused `on` for
-    /// them).
-    fn load_with_experts(
-        dir: &Path,
-        precision: Precision,
-        residency: TextEncoderResidency,
-        _experts: ExpertResidency,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, precision, residency, progress)
-    }
 }
 
 /// [`FamilyPipeline`] for a pipeline class whose inherent `load_with(dir, &device, precision,
-/// residency, progress)` loads it, with its `check_inputs` (a `fn(&Path, &GenerationRequest)`)
-/// when it takes inputs.
+/// residency, progress)` loads it (every expert resident), with its `check_inputs` (a
+/// `fn(&Path, &GenerationRequest)`) when it takes inputs.
 macro_rules! family_pipeline {
     ($pipe:ty $(, $check:expr)?) => {
         impl FamilyPipeline for $pipe {
-            fn load_with(
+            fn load(
                 dir: &Path,
                 precision: Precision,
                 residency: TextEncoderResidency,
+                _experts: ExpertResidency,
                 progress: &mut dyn ProgressSink,
             ) -> Result<Self, PipelineError> {
                 Self::load_with(dir, &thread_device(), precision, residency, progress)
@@ -432,16 +423,7 @@ impl FamilyPipeline for WanPipeline<DefaultBackend> {
         super::pipelines::pipeline_wan::check_wan_inputs(configs.model_index.expand_timesteps, req)
     }
 
-    fn load_with(
-        dir: &Path,
-        precision: Precision,
-        residency: TextEncoderResidency,
-        progress: &mut dyn ProgressSink,
-    ) -> Result<Self, PipelineError> {
-        Self::load_with(dir, &thread_device(), precision, residency, progress)
-    }
-
-    fn load_with_experts(
+    fn load(
         dir: &Path,
         precision: Precision,
         residency: TextEncoderResidency,
@@ -538,7 +520,7 @@ impl<P: FamilyPipeline> Family<P> {
             LoadPolicy::KeepAll => TextEncoderResidency::Resident,
             _ => TextEncoderResidency::OnDemand,
         };
-        self.pipe = Some(P::load_with_experts(
+        self.pipe = Some(P::load(
             &self.dir,
             self.precision,
             residency,

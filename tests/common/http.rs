@@ -39,15 +39,7 @@ impl Server {
 
     /// `omni serve MODEL --port 0 --served-model-name tiny --storage STORAGE`, ready.
     pub fn tiny(model: &Path, storage: &Path) -> Self {
-        Self::start(
-            Command::new(env!("CARGO_BIN_EXE_omni"))
-                .arg("serve")
-                .arg(model)
-                .args(["--port", "0", "--served-model-name", "tiny"])
-                .arg("--storage")
-                .arg(storage)
-                .stderr(std::process::Stdio::inherit()),
-        )
+        Self::serve(model, "tiny", storage, &[])
     }
 
     /// One request; (status, body).
