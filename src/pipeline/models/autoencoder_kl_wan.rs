@@ -100,7 +100,6 @@
 use burn::module::{Initializer, Module, Param};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -109,7 +108,10 @@ use std::convert::Infallible;
 
 use crate::pipeline::checkpoint::load_methods;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
-use crate::pipeline::models::conv3d_dispatch::conv3d;
+use crate::pipeline::models::conv3d_dispatch::{
+    ConvExtras, conv3d, conv3d_fused, fused_conv_applies,
+};
+use crate::pipeline::models::rms_norm_dispatch::rms_norm_channels;
 use crate::pipeline::weights::KeyMap;
 
 /// Frames of history a causal conv keeps between calls (diffusers' `CACHE_T`).
@@ -436,14 +438,35 @@ impl<B: Backend> WanCausalConv3d<B> {
         conv3d(x, self.weight.val(), Some(self.bias.val()), opts)
     }
 
+    /// `conv(cat([zeros, history, x], 2)) + residual` in one [`conv3d_fused`] (stride 1).
+    fn conv_fused(
+        &self,
+        x: Tensor<B, 5>,
+        zeros: usize,
+        history: Option<Tensor<B, 5>>,
+        residual: Option<Tensor<B, 5>>,
+    ) -> Tensor<B, 5> {
+        let extras = ConvExtras {
+            zeros,
+            history,
+            residual,
+            ..ConvExtras::default()
+        };
+        let padding = [0, self.padding[1], self.padding[2]];
+        conv3d_fused(x, extras, self.weight.val(), Some(self.bias.val()), padding)
+    }
+
     /// Without history: zero frames in front (diffusers `forward(x)` / `forward(x, None)`).
     ///
     /// # Shapes
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T, H, W]`.
     pub fn forward(&self, x: Tensor<B, 5>) -> Tensor<B, 5> {
         let pt = self.history();
-        let x = if pt > 0 { zero_pad(x, 2, pt, 0) } else { x };
-        self.conv(x)
+        if self.stride != [1, 1, 1] {
+            let x = if pt > 0 { zero_pad(x, 2, pt, 0) } else { x };
+            return self.conv(x);
+        }
+        self.conv_fused(x, pt, None, None)
     }
 
     /// With history: the cached frames go in front (zeros for what is missing), and the cache is
@@ -456,27 +479,69 @@ impl<B: Backend> WanCausalConv3d<B> {
     /// # Shapes
     /// `x: [B, C_in, T, H, W]` → `[B, C_out, T, H, W]`.
     pub fn forward_cached(&self, x: Tensor<B, 5>, cache: &mut CausalConvCache<B>) -> Tensor<B, 5> {
+        self.forward_cached_add(x, cache, None)
+    }
+
+    /// [`forward_cached`](Self::forward_cached) plus `residual` added to the output (the
+    /// residual block's `x + h`), in the same pass on the CPU backend.
+    ///
+    /// # Shapes
+    /// `x: [B, C_in, T, H, W]`, `residual: [B, C_out, T, H, W]` → `[B, C_out, T, H, W]`.
+    pub fn forward_cached_add(
+        &self,
+        x: Tensor<B, 5>,
+        cache: &mut CausalConvCache<B>,
+        residual: Option<Tensor<B, 5>>,
+    ) -> Tensor<B, 5> {
         let pt = self.history();
         if pt == 0 {
             // diffusers: `if cache_x is not None and self._padding[4] > 0` — no history used.
-            return self.conv(x);
+            if self.stride == [1, 1, 1] {
+                return self.conv_fused(x, 0, None, residual);
+            }
+            let y = self.conv(x);
+            return match residual {
+                Some(r) => y + r,
+                None => y,
+            };
         }
         let prev = cache.frames.take();
         let history = prev.as_ref().map_or(0, |p| p.dims()[2]);
+        // The new cache: the last `pt` frames of cat([prev, x]).
+        let t = x.dims()[2];
+        cache.frames = Some(match &prev {
+            _ if t >= pt => x.clone().narrow(2, t - pt, pt),
+            Some(p) => {
+                let from_prev = (pt - t).min(history);
+                Tensor::cat(
+                    vec![
+                        p.clone().narrow(2, history - from_prev, from_prev),
+                        x.clone(),
+                    ],
+                    2,
+                )
+            }
+            None => x.clone(),
+        });
+        // diffusers: `padding[4] -= cache_x.shape[2]` — zeros for the history not yet seen.
+        let zeros = pt.saturating_sub(history);
+        if self.stride == [1, 1, 1] {
+            return self.conv_fused(x, zeros, prev, residual);
+        }
         let x = match prev {
             Some(prev) => Tensor::cat(vec![prev, x], 2),
             None => x,
         };
-        let t = x.dims()[2];
-        let keep = t.min(pt);
-        cache.frames = Some(x.clone().narrow(2, t - keep, keep));
-        // diffusers: `padding[4] -= cache_x.shape[2]` — zeros for the history not yet seen.
-        let x = if history < pt {
-            zero_pad(x, 2, pt - history, 0)
+        let x = if zeros > 0 {
+            zero_pad(x, 2, zeros, 0)
         } else {
             x
         };
-        self.conv(x)
+        let y = self.conv(x);
+        match residual {
+            Some(r) => y + r,
+            None => y,
+        }
     }
 }
 
@@ -528,38 +593,22 @@ impl<B: Backend, const D: usize> WanRmsNorm<B, D> {
         }
     }
 
-    /// The arithmetic is diffusers' op for op; only the layout differs: `x` is viewed as `[N, C,
-    /// P]` (P = the pixels of one channel) and each broadcast runs along contiguous rows (the
-    /// norm as a shared `[P]` row when N = 1, gamma as one scalar per `[P]` row), which the CPU
-    /// backend's SIMD kernels take, where `[N, 1, T, H, W]` against `[N, C, T, H, W]` went
-    /// through a scalar strided loop.
+    /// `F.normalize(x, dim=1) · self.scale · self.gamma`: one fused pass on the CPU backend,
+    /// diffusers' ops one by one elsewhere ([`rms_norm_channels`]).
     ///
     /// # Shapes
     /// `x: [N, C, …]` (rank `D + 1`) → same.
     pub fn forward<const X: usize>(&self, x: Tensor<B, X>) -> Tensor<B, X> {
-        let dims = x.dims();
-        let (n, channels) = (dims[0], dims[1]);
-        let pixels: usize = dims[2..].iter().product();
-        let rows = n * channels;
-        let dtype = x.dtype();
-        // `F.normalize(x.float() if needs_fp32_normalize else x, dim=1).to(x.dtype)`
-        let xf = if matches!(dtype, DType::F16 | DType::BF16) {
-            x.cast(DType::F32)
-        } else {
-            x
-        }
-        .reshape([n, channels, pixels]);
-        // F.normalize: x / max(‖x‖₂, eps), eps = 1e-12.
-        let norm = xf.clone().square().sum_dim(1).sqrt().clamp_min(1e-12); // [N, 1, P]
-        let normalized = if n == 1 {
-            xf.reshape([channels, pixels]) / norm.reshape([1, pixels])
-        } else {
-            (xf / norm.repeat_dim(1, channels)).reshape([rows, pixels])
-        }
-        .cast(dtype);
-        // `normalized * self.scale * self.gamma + self.bias` (bias = 0.0)
-        let gamma = self.gamma.val().reshape([1, channels]).repeat_dim(0, n);
-        (normalized.mul_scalar((channels as f64).sqrt()) * gamma.reshape([rows, 1])).reshape(dims)
+        rms_norm_channels(x, self.gamma.val(), false)
+    }
+
+    /// `silu(self.forward(x))` (the norm followed by `nn.SiLU()`, as in every residual block
+    /// and the decoder's head), in the same single pass on the CPU backend.
+    ///
+    /// # Shapes
+    /// `x: [N, C, …]` (rank `D + 1`) → same.
+    pub fn forward_silu<const X: usize>(&self, x: Tensor<B, X>) -> Tensor<B, X> {
+        rms_norm_channels(x, self.gamma.val(), true)
     }
 }
 
@@ -600,11 +649,10 @@ impl<B: Backend> WanResidualBlock<B> {
             Some(c) => c.forward(x.clone()),
             None => x.clone(),
         };
-        let x = silu(self.norm1.forward(x));
+        let x = self.norm1.forward_silu(x);
         let x = self.conv1.forward_cached(x, &mut cache.conv1);
-        let x = silu(self.norm2.forward(x));
-        let x = self.conv2.forward_cached(x, &mut cache.conv2);
-        x + h
+        let x = self.norm2.forward_silu(x);
+        self.conv2.forward_cached_add(x, &mut cache.conv2, Some(h))
     }
 }
 
@@ -733,6 +781,22 @@ impl<B: Backend> WanResample<B> {
                 x.permute([0, 2, 3, 1, 4, 5]).reshape([b, c, 2 * t, h, w])
             }
         };
+        if fused_conv_applies(&x) {
+            // CPU: the per-frame 3×3 conv as a 1×3×3 conv3d over [B, C, T, H, W], upsampling
+            // while it pads: no permuted or upsampled copies.
+            let [c_out, c_in, k_h, k_w] = self.resample.weight.dims();
+            let weight = self
+                .resample
+                .weight
+                .val()
+                .reshape([c_out, c_in, 1, k_h, k_w]);
+            let bias = self.resample.bias.as_ref().map(|b| b.val());
+            let extras = ConvExtras {
+                upsample: 2,
+                ..ConvExtras::default()
+            };
+            return conv3d_fused(x, extras, weight, bias, [0, 1, 1]);
+        }
         let t = x.dims()[2];
         // [B, C, T, H, W] → [B·T, C, H, W]
         let x = x.permute([0, 2, 1, 3, 4]).reshape([b * t, c, h, w]);
@@ -1195,7 +1259,7 @@ impl<B: Backend> WanEncoder3d<B> {
             };
         }
         let x = self.mid_block.forward(x, &mut cache.mid_block);
-        let x = silu(self.norm_out.forward(x));
+        let x = self.norm_out.forward_silu(x);
         self.conv_out.forward_cached(x, &mut cache.conv_out)
     }
 }
@@ -1316,7 +1380,7 @@ impl<B: Backend> WanDecoder3d<B> {
             x = block.forward_stoppable(x, c, first_chunk, stop)?;
         }
         stop()?;
-        let x = silu(self.norm_out.forward(x));
+        let x = self.norm_out.forward_silu(x);
         Ok(self.conv_out.forward_cached(x, &mut cache.conv_out))
     }
 }

@@ -25,6 +25,12 @@ use crate::pipeline::backend::{as_flex, flex_map};
 /// Output positions (padded grid) per task, rounded to whole padded rows: the task's output
 /// `[C_out, chunk]` (1.5 MiB at 384 channels) stays in the core's L2 cache across the taps.
 const CHUNK_POSITIONS: usize = 1024;
+/// With few output channels, more positions per task, up to a task output `[C_out, chunk]` of
+/// this many f32 (1 MiB): per-call overheads of gemm dominate thin products.
+const CHUNK_FLOATS: usize = 1 << 18;
+/// Output rows per rayon task of the final crop (whatever the channel count: the decoder's
+/// last conv has 3 output channels).
+const CROP_ROWS: usize = 16;
 
 /// `F.conv3d(x, weight, bias, stride, padding, dilation, groups)`: [`conv3d_shifted_f32`] on the
 /// CPU backend for f32 with stride 1, dilation 1 and groups 1, else
@@ -59,6 +65,144 @@ pub fn conv3d<B: Backend>(
     fused.unwrap_or_else(|x| burn::tensor::module::conv3d(x, weight, bias, options))
 }
 
+/// What a [`conv3d_fused`] call adds around the plain conv: causal zero frames and cached
+/// history frames in front of the input, nearest-neighbour upsampling, and a residual added
+/// to the output.
+pub struct ConvExtras<B: Backend> {
+    /// Zero frames in front of everything (`F.pad` of the causal time padding).
+    pub zeros: usize,
+    /// Frames between the zeros and the input (a `WanCausalConv3d` cache).
+    pub history: Option<Tensor<B, 5>>,
+    /// Spatial nearest-neighbour factor applied to the frames before the conv (1: none).
+    pub upsample: usize,
+    /// Added to the conv's output (`[N, C_out, T_o, H_o, W_o]`).
+    pub residual: Option<Tensor<B, 5>>,
+}
+
+impl<B: Backend> Default for ConvExtras<B> {
+    fn default() -> Self {
+        Self {
+            zeros: 0,
+            history: None,
+            upsample: 1,
+            residual: None,
+        }
+    }
+}
+
+/// Whether [`conv3d_fused`] takes the fused CPU kernel for an input like `x` (the CPU backend
+/// and f32), so callers can keep a backend's own layout elsewhere.
+pub fn fused_conv_applies<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    x.dtype() == DType::F32 && as_flex(x).is_some()
+}
+
+/// `conv3d(upsample(cat([zeros, history, x], 2)), weight, bias, padding) + residual` with stride
+/// 1, dilation 1 and groups 1: on the CPU backend in f32 one [`conv3d_fused_f32`] that builds
+/// the padded input from its pieces (no `cat`, upsampled or contiguous copies, which burn-flex
+/// makes on one thread) and adds the residual while it crops; elsewhere the same as burn ops.
+///
+/// # Shapes
+/// `x: [N, C_in, T, H, W]`, `history: [N, C_in, T_h, H, W]`, `weight: [C_out, C_in, k_t, k_h,
+/// k_w]`, `bias: [C_out]`; the conv's input is `[N, C_in, zeros + T_h + T, u·H, u·W]` and the
+/// output (and `residual`) `[N, C_out, T_o, H_o, W_o]` as [`conv3d`].
+///
+/// # Panics
+/// As [`conv3d`]: shapes that disagree.
+pub fn conv3d_fused<B: Backend>(
+    x: Tensor<B, 5>,
+    extras: ConvExtras<B>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    padding: [usize; 3],
+) -> Tensor<B, 5> {
+    let ConvExtras {
+        zeros,
+        history,
+        upsample,
+        residual,
+    } = extras;
+    let f32s = [Some(&x), history.as_ref(), residual.as_ref(), Some(&weight)]
+        .into_iter()
+        .flatten()
+        .all(|t| t.dtype() == DType::F32)
+        && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    let flex = |t: &Option<Tensor<B, 5>>| t.as_ref().map(as_flex);
+    let pieces = (f32s, as_flex(&weight), flex(&history), flex(&residual));
+    let fused = match pieces {
+        (true, Some(w), h, r) if h.as_ref().is_none_or(Option::is_some) => {
+            let (h, r) = (h.flatten(), r.flatten());
+            let b = bias.as_ref().and_then(as_flex);
+            flex_map(x, |x| {
+                let input = ConvInput {
+                    zeros,
+                    parts: h.iter().chain([&x]).collect(),
+                    upsample,
+                };
+                conv3d_fused_f32(&input, &w, b.as_ref(), padding, r.as_ref())
+            })
+        }
+        _ => Err(x),
+    };
+    fused.unwrap_or_else(|x| {
+        let extras = ConvExtras {
+            zeros,
+            history,
+            upsample,
+            residual,
+        };
+        conv3d_fused_ops(x, extras, weight, bias, padding)
+    })
+}
+
+/// [`conv3d_fused`] as burn ops (`cat`, `expand`, [`burn::tensor::module::conv3d`], `+`): the
+/// path of every backend but the CPU one.
+///
+/// # Shapes
+/// As [`conv3d_fused`].
+pub fn conv3d_fused_ops<B: Backend>(
+    x: Tensor<B, 5>,
+    extras: ConvExtras<B>,
+    weight: Tensor<B, 5>,
+    bias: Option<Tensor<B, 1>>,
+    padding: [usize; 3],
+) -> Tensor<B, 5> {
+    let ConvExtras {
+        zeros,
+        history,
+        upsample,
+        residual,
+    } = extras;
+    {
+        let mut parts = Vec::with_capacity(3);
+        if zeros > 0 {
+            let [n, c, _, h, w] = x.dims();
+            parts.push(Tensor::zeros([n, c, zeros, h, w], (&x.device(), x.dtype())));
+        }
+        parts.extend(history);
+        parts.push(x);
+        let x = Tensor::cat(parts, 2);
+        let x = if upsample > 1 {
+            let [n, c, t, h, w] = x.dims();
+            let x: Tensor<B, 7> = x.reshape([n, c, t, h, 1, w, 1]);
+            x.expand([n, c, t, h, upsample, w, upsample]).reshape([
+                n,
+                c,
+                t,
+                h * upsample,
+                w * upsample,
+            ])
+        } else {
+            x
+        };
+        let options = ConvOptions::new([1, 1, 1], padding, [1, 1, 1], 1);
+        let y = burn::tensor::module::conv3d(x, weight, bias, options);
+        match residual {
+            Some(r) => y + r,
+            None => y,
+        }
+    }
+}
+
 /// The shifted-gemm conv3d (module docs) on contiguous-or-not f32 burn-flex tensors.
 ///
 /// # Shapes
@@ -67,15 +211,115 @@ pub fn conv3d_shifted_f32(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: Option<&FlexTensor>,
-    [p_t, p_h, p_w]: [usize; 3],
+    padding: [usize; 3],
 ) -> FlexTensor {
-    let x = x.to_contiguous();
+    let input = ConvInput {
+        zeros: 0,
+        parts: vec![x],
+        upsample: 1,
+    };
+    conv3d_fused_f32(&input, weight, bias, padding, None)
+}
+
+/// What [`conv3d_fused_f32`] convolves, assembled while it pads (no `cat`, no upsampled copy,
+/// no contiguous copy of a permuted view): `zeros` zero frames, then the frames of every part
+/// in order, every pixel repeated `upsample × upsample` (`nn.Upsample(scale_factor=upsample,
+/// mode="nearest-exact")` for integer factors).
+///
+/// # Shapes
+/// Each part `[N, C_in, T_i, H, W]` (any strides, the same N, C_in, H, W); the whole is
+/// `[N, C_in, zeros + ΣT_i, upsample·H, upsample·W]`.
+pub struct ConvInput<'a> {
+    /// Zero frames in front (the causal padding of history not yet seen).
+    pub zeros: usize,
+    /// Frames, concatenated along time.
+    pub parts: Vec<&'a FlexTensor>,
+    /// Nearest-neighbour spatial upsampling factor (1: none).
+    pub upsample: usize,
+}
+
+/// The f32 storage of a burn-flex tensor with its start offset and strides, for strided reads.
+struct Strided<'a> {
+    data: &'a [f32],
+    start: usize,
+    strides: [isize; 5],
+}
+
+impl<'a> Strided<'a> {
+    fn new(t: &'a FlexTensor) -> Self {
+        let s = t.layout().strides();
+        Self {
+            data: t.storage(),
+            start: t.layout().start_offset(),
+            strides: [s[0], s[1], s[2], s[3], s[4]],
+        }
+    }
+
+    /// Offset of element `[n, c, t, h, 0]`.
+    fn row(&self, n: usize, c: usize, t: usize, h: usize) -> usize {
+        let s = &self.strides;
+        (self.start as isize
+            + n as isize * s[0]
+            + c as isize * s[1]
+            + t as isize * s[2]
+            + h as isize * s[3]) as usize
+    }
+
+    /// Element `w` of the row starting at `at`.
+    fn at(&self, at: usize, w: usize) -> f32 {
+        self.data[(at as isize + w as isize * self.strides[4]) as usize]
+    }
+}
+
+/// The shifted-gemm conv (module docs) of `input` (zero frames, concatenated parts, nearest
+/// upsampling), plus `residual` when given: `conv3d(cat([zeros, *parts], 2) upsampled, weight,
+/// bias, padding) + residual`, the residual added after the bias as the reference adds it to
+/// the conv's output. Stride 1, dilation 1, groups 1.
+///
+/// # Shapes
+/// `input` as [`ConvInput`] (`[N, C_in, T, H·u, W·u]`), `weight: [C_out, C_in, k_t, k_h, k_w]`,
+/// `bias: [C_out]`, `residual` and the result `[N, C_out, T_o, H_o, W_o]` (as [`conv3d`]); the
+/// result is contiguous.
+///
+/// # Panics
+/// Parts that disagree in N, C_in, H or W, a weight whose `C_in` differs, a kernel larger than
+/// the padded input, or a residual of another shape.
+pub fn conv3d_fused_f32(
+    input: &ConvInput<'_>,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    [p_t, p_h, p_w]: [usize; 3],
+    residual: Option<&FlexTensor>,
+) -> FlexTensor {
+    let first = input.parts.first().expect("conv3d: no input frames");
+    let xs = first.layout().shape();
+    let (n, c_in, h, w) = (xs[0], xs[1], xs[3], xs[4]);
+    for part in &input.parts {
+        let ps = part.layout().shape();
+        assert!(
+            ps.num_dims() == 5 && ps[0] == n && ps[1] == c_in && ps[3] == h && ps[4] == w,
+            "conv3d: input parts {:?} and {:?} disagree",
+            xs.to_vec(),
+            ps.to_vec()
+        );
+    }
+    let u = input.upsample.max(1);
+    let t = input.zeros
+        + input
+            .parts
+            .iter()
+            .map(|p| p.layout().shape()[2])
+            .sum::<usize>();
     let weight = weight.to_contiguous();
-    let xs = x.layout().shape();
-    let (n, c_in, t, h, w) = (xs[0], xs[1], xs[2], xs[3], xs[4]);
     let ws = weight.layout().shape();
+    assert_eq!(
+        ws[1],
+        c_in,
+        "conv3d: weight {:?} for {c_in} input channels",
+        ws.to_vec()
+    );
     let (c_out, k_t, k_h, k_w) = (ws[0], ws[2], ws[3], ws[4]);
-    let (t_p, h_p, w_p) = (t + 2 * p_t, h + 2 * p_h, w + 2 * p_w);
+    let (t_p, h_p, w_p) = (t + 2 * p_t, u * h + 2 * p_h, u * w + 2 * p_w);
     assert!(
         t_p >= k_t && h_p >= k_h && w_p >= k_w,
         "conv3d: kernel {:?} larger than the padded input {:?}",
@@ -83,31 +327,60 @@ pub fn conv3d_shifted_f32(
         [t_p, h_p, w_p]
     );
     let (t_o, h_o, w_o) = (t_p - k_t + 1, h_p - k_h + 1, w_p - k_w + 1);
+    if let Some(r) = residual {
+        assert_eq!(
+            r.layout().shape().to_vec(),
+            vec![n, c_out, t_o, h_o, w_o],
+            "conv3d: residual of another shape than the output"
+        );
+    }
     let plane = h_p * w_p;
     // One padded channel, plus the slack the last rows' taps read past its end.
     let channel = t_p * plane + (k_h - 1) * w_p + (k_w - 1);
     let taps = k_t * k_h * k_w;
-    let row_chunk = (CHUNK_POSITIONS / w_p).max(1); // padded rows per task
-    let chunk = row_chunk * w_p;
     let rows = t_o * h_p; // padded output rows (those with h >= h_o are dropped)
-    let x_data: &[f32] = x.storage();
+    // Padded rows per task: CHUNK_POSITIONS positions (more for few channels), or fewer so that small inputs still make
+    // four tasks per thread (the pool would otherwise idle behind one long task).
+    let row_chunk = (CHUNK_POSITIONS.max(CHUNK_FLOATS / c_out.max(1)) / w_p)
+        .min(rows.div_ceil(4 * rayon::current_num_threads()))
+        .max(1);
+    let chunk = row_chunk * w_p;
+    let parts: Vec<(Strided<'_>, usize)> = input
+        .parts
+        .iter()
+        .map(|p| (Strided::new(p), p.layout().shape()[2]))
+        .collect();
+    let residual = residual.map(Strided::new);
     let w_data: &[f32] = weight.storage();
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     let mut out = vec![0.0f32; n * c_out * t_o * h_o * w_o];
     let mut padded = vec![0.0f32; c_in * channel];
-    for (xb, ob) in x_data
-        .chunks_exact(c_in * t * h * w)
-        .zip(out.chunks_exact_mut(c_out * t_o * h_o * w_o))
-    {
-        // 1. Zero-padded copy of this batch element: [C_in, channel].
+    for (b, ob) in out.chunks_exact_mut(c_out * t_o * h_o * w_o).enumerate() {
+        // 1. Zero-padded (and upsampled) copy of this batch element: [C_in, channel]. The
+        //    zero frames and the padding are never written, so they stay zero.
         padded
             .par_chunks_mut(channel)
-            .zip(xb.par_chunks(t * h * w))
-            .for_each(|(dst, src)| {
-                for (ti, frame) in src.chunks_exact(h * w).enumerate() {
-                    for (hi, row) in frame.chunks_exact(w).enumerate() {
-                        let at = (ti + p_t) * plane + (hi + p_h) * w_p + p_w;
-                        dst[at..at + w].copy_from_slice(row);
+            .enumerate()
+            .for_each(|(ci, dst)| {
+                let mut frame = p_t + input.zeros;
+                for (src, frames) in &parts {
+                    for ti in 0..*frames {
+                        for hi in 0..h {
+                            let from = src.row(b, ci, ti, hi);
+                            let at = frame * plane + (u * hi + p_h) * w_p + p_w;
+                            let row = &mut dst[at..at + u * w];
+                            if u == 1 && src.strides[4] == 1 {
+                                row.copy_from_slice(&src.data[from..from + w]);
+                            } else {
+                                for (wi, px) in row.chunks_exact_mut(u).enumerate() {
+                                    px.fill(src.at(from, wi));
+                                }
+                            }
+                            for dy in 1..u {
+                                dst.copy_within(at..at + u * w, at + dy * w_p);
+                            }
+                        }
+                        frame += 1;
                     }
                 }
             });
@@ -118,11 +391,11 @@ pub fn conv3d_shifted_f32(
                 let p0 = i * chunk;
                 let cols = chunk.min(rows * w_p - p0);
                 let mut acc = vec![0.0f32; c_out * cols];
-                for (tap, (a, b, c)) in (0..k_t)
+                for (tap, (a, bb, c)) in (0..k_t)
                     .flat_map(|a| (0..k_h).flat_map(move |b| (0..k_w).map(move |c| (a, b, c))))
                     .enumerate()
                 {
-                    let offset = p0 + a * plane + b * w_p + c;
+                    let offset = p0 + a * plane + bb * w_p + c;
                     // SAFETY: lhs is weight[:, :, a, b, c] (row stride C_in·taps, column
                     // stride taps) inside the contiguous weight; rhs is `padded[:, offset..
                     // offset + cols]` with the channel stride, and offset + cols − 1 ≤
@@ -155,12 +428,15 @@ pub fn conv3d_shifted_f32(
                 acc
             })
             .collect();
-        // 3. Crop the padded grid to [C_out, t_o, h_o, w_o], adding the bias.
-        ob.par_chunks_mut(t_o * h_o * w_o)
+        // 3. Crop the padded grid to [C_out, t_o, h_o, w_o], adding the bias (and then the
+        //    residual).
+        ob.par_chunks_mut(CROP_ROWS * w_o)
             .enumerate()
-            .for_each(|(co, dst)| {
-                let add = bias.as_ref().map_or(0.0, |b| b[co]);
+            .for_each(|(task, dst)| {
                 for (r, row) in dst.chunks_exact_mut(w_o).enumerate() {
+                    let r = task * CROP_ROWS + r;
+                    let (co, r) = (r / (t_o * h_o), r % (t_o * h_o));
+                    let add = bias.as_ref().map_or(0.0, |b| b[co]);
                     let (ti, hi) = (r / h_o, r % h_o);
                     let padded_row = ti * h_p + hi;
                     let (ci, within) = (padded_row / row_chunk, padded_row % row_chunk);
@@ -169,6 +445,18 @@ pub fn conv3d_shifted_f32(
                     let src = &acc[co * cols + within * w_p..][..w_o];
                     for (d, s) in row.iter_mut().zip(src) {
                         *d = s + add;
+                    }
+                    if let Some(res) = &residual {
+                        let from = res.row(b, co, ti, hi);
+                        if res.strides[4] == 1 {
+                            for (d, r) in row.iter_mut().zip(&res.data[from..from + w_o]) {
+                                *d += r;
+                            }
+                        } else {
+                            for (wi, d) in row.iter_mut().enumerate() {
+                                *d += res.at(from, wi);
+                            }
+                        }
                     }
                 }
             });
@@ -211,6 +499,51 @@ mod tests {
                 burn::tensor::module::conv3d(x.clone(), w.clone(), b.clone(), options.clone());
             let got = conv3d(x, w, b, options);
             assert_eq!(got.dims(), expected.dims(), "{xs:?} * {ws:?}");
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::rel_abs(2e-6, 2e-5));
+        }
+    }
+
+    /// The fused conv (zero frames, history frames, a permuted input, nearest 2× upsampling, a
+    /// residual, several batch elements) equals the same built from burn ops.
+    #[test]
+    fn fused_conv3d_matches_the_burn_ops() {
+        // (x, history frames, zeros, weight, padding, upsample, residual)
+        type Case = (
+            [usize; 5],
+            usize,
+            usize,
+            [usize; 5],
+            [usize; 3],
+            usize,
+            bool,
+        );
+        let cases: [Case; 5] = [
+            ([1, 4, 1, 6, 10], 2, 0, [5, 4, 3, 3, 3], [0, 1, 1], 1, true),
+            ([2, 3, 4, 5, 7], 1, 1, [2, 3, 3, 3, 3], [0, 1, 1], 1, false),
+            ([1, 6, 2, 5, 9], 0, 2, [6, 6, 3, 3, 3], [0, 1, 1], 1, true),
+            ([1, 4, 2, 5, 8], 0, 0, [3, 4, 1, 3, 3], [0, 1, 1], 2, false),
+            ([2, 2, 3, 4, 3], 0, 0, [4, 2, 1, 1, 1], [0, 0, 0], 1, true),
+        ];
+        for (xs, frames, zeros, ws, padding, upsample, with_residual) in cases {
+            // A permuted view, as the decoder hands over after its time upsampling.
+            let x: Tensor<B, 5> = random([xs[0], xs[1], xs[2], xs[4], xs[3]]).swap_dims(3, 4);
+            let history = (frames > 0).then(|| random([xs[0], xs[1], frames, xs[3], xs[4]]));
+            let (w, b) = (random(ws), random([ws[0]]));
+            let t_o = zeros + frames + xs[2] + 2 * padding[0] - ws[2] + 1;
+            let h_o = upsample * xs[3] + 2 * padding[1] - ws[3] + 1;
+            let w_o = upsample * xs[4] + 2 * padding[2] - ws[4] + 1;
+            let residual = with_residual.then(|| random([xs[0], ws[0], t_o, h_o, w_o]));
+            let extras = || ConvExtras {
+                zeros,
+                history: history.clone(),
+                upsample,
+                residual: residual.clone(),
+            };
+            let expected =
+                conv3d_fused_ops(x.clone(), extras(), w.clone(), Some(b.clone()), padding);
+            let got = conv3d_fused(x, extras(), w, Some(b), padding);
+            assert_eq!(got.dims(), [xs[0], ws[0], t_o, h_o, w_o], "{xs:?} * {ws:?}");
             got.into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::rel_abs(2e-6, 2e-5));
         }
