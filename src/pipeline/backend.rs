@@ -73,6 +73,14 @@ pub fn flex_map<B: Backend, const D: usize>(
     if mapped { Ok(tensor) } else { Err(tensor) }
 }
 
+/// A burn-flex tensor as a `Tensor<B, D>` when `B` is the CPU backend (`None` on the others):
+/// the way back from a fused CPU kernel whose output rank differs from its input's.
+pub fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Option<Tensor<B, D>> {
+    let primitive: Box<dyn Any> = Box::new(tensor);
+    let primitive = primitive.downcast::<B::FloatTensorPrimitive>().ok()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(*primitive)))
+}
+
 /// The burn-flex primitive of `tensor` (sharing its buffer) on the CPU backend, `None` on the
 /// others.
 pub fn as_flex<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {

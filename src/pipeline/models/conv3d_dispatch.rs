@@ -14,13 +14,16 @@
 //! Other backends, other dtypes than f32, strides other than 1, groups or dilation: burn's
 //! [`burn::tensor::module::conv3d`] unchanged. Both compute the same sums in another order.
 
+use burn::nn::PaddingConfig3d;
+use burn::nn::conv::Conv3d;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::pipeline::backend::{as_flex, flex_map};
+use crate::pipeline::backend::{as_flex, flex_map, from_flex};
+use crate::pipeline::models::linear_dispatch::linear_f32;
 
 /// Output positions (padded grid) per task, rounded to whole padded rows: the task's output
 /// `[C_out, chunk]` (1.5 MiB at 384 channels) stays in the core's L2 cache across the taps.
@@ -201,6 +204,93 @@ pub fn conv3d_fused_ops<B: Backend>(
             None => y,
         }
     }
+}
+
+/// The DiTs' patch embedding, diffusers' `self.patch_embedding(x).flatten(2).transpose(1, 2)`
+/// (`HeliosTransformer3DModel`, `WanTransformer3DModel` and Helios's history `patch_short` /
+/// `patch_mid` / `patch_long`): a `Conv3d` whose stride equals its kernel, without padding.
+///
+/// On the CPU backend in f32 the patches are gathered into `[B·S, C_in·k_t·k_h·k_w]` rows by
+/// the pool and multiplied by the flattened weight ([`linear_f32`]); burn-flex's conv3d ran
+/// these on one thread. Any other layer, backend or dtype: the layer's `forward`, flattened.
+///
+/// # Shapes
+/// `x: [B, C_in, T, H, W]` → tokens `[B, T'·H'·W', C_out]` in `(t, h, w)` order and the grid
+/// `[T', H', W']` (`T' = ⌊T / k_t⌋` etc.).
+pub fn patch_embed<B: Backend>(layer: &Conv3d<B>, x: Tensor<B, 5>) -> (Tensor<B, 3>, [usize; 3]) {
+    let k = layer.kernel_size;
+    let [n, c_in, t, h, w] = x.dims();
+    let grid = [t / k[0], h / k[1], w / k[2]];
+    let plain = layer.stride == k
+        && layer.padding == PaddingConfig3d::Valid
+        && layer.dilation == [1, 1, 1]
+        && layer.groups == 1
+        && grid.iter().all(|&g| g > 0);
+    let weight = layer.weight.val();
+    let bias = layer.bias.as_ref().map(|b| b.val());
+    let f32s =
+        weight.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    if plain && f32s && fused_conv_applies(&x) {
+        let (xf, wf) = (as_flex(&x), as_flex(&weight));
+        if let (Some(xf), Some(wf)) = (xf, wf) {
+            let bf = bias.as_ref().and_then(as_flex);
+            let patch = c_in * k[0] * k[1] * k[2];
+            let tokens = grid.iter().product::<usize>();
+            let cols = gather_patches_f32(&xf, k, grid);
+            let c_out = wf.layout().shape()[0];
+            let wt = wf
+                .to_contiguous()
+                .reshape(Shape::from(vec![c_out, patch]))
+                .transpose(0, 1);
+            let out =
+                linear_f32(&cols, &wt, bf.as_ref()).reshape(Shape::from(vec![n, tokens, c_out]));
+            if let Some(out) = from_flex(out) {
+                return (out, grid);
+            }
+        }
+    }
+    let y = layer.forward(x);
+    let [_, _, tp, hp, wp] = y.dims();
+    (y.flatten::<3>(2, 4).swap_dims(1, 2), [tp, hp, wp])
+}
+
+/// The patches of `x` as rows: row `(b, t', h', w')` holds `x[b, :, t'·k_t.., h'·k_h.., w'·k_w..]`
+/// in the order of the weight's `[C_in, k_t, k_h, k_w]` flattening. Rows are written by the
+/// pool, one task per `(b, t', h')` line of patches.
+///
+/// # Shapes
+/// `x: [B, C_in, T, H, W]` (any strides) → `[B·T'·H'·W', C_in·k_t·k_h·k_w]`, contiguous.
+fn gather_patches_f32(x: &FlexTensor, k: [usize; 3], grid: [usize; 3]) -> FlexTensor {
+    let xs = x.layout().shape();
+    let (n, c_in) = (xs[0], xs[1]);
+    let [gt, gh, gw] = grid;
+    let patch = c_in * k[0] * k[1] * k[2];
+    let src = Strided::new(x);
+    let mut cols = vec![0.0f32; n * gt * gh * gw * patch];
+    if !cols.is_empty() {
+        cols.par_chunks_mut(gw * patch)
+            .enumerate()
+            .for_each(|(line, dst)| {
+                let (b, th) = (line / (gt * gh), line % (gt * gh));
+                let (tp, hp) = (th / gh, th % gh);
+                let mut i = 0;
+                for ci in 0..c_in {
+                    for a in 0..k[0] {
+                        for bb in 0..k[1] {
+                            let from = src.row(b, ci, tp * k[0] + a, hp * k[1] + bb);
+                            for wp in 0..gw {
+                                let row = &mut dst[wp * patch + i..][..k[2]];
+                                for (cc, v) in row.iter_mut().enumerate() {
+                                    *v = src.at(from, wp * k[2] + cc);
+                                }
+                            }
+                            i += k[2];
+                        }
+                    }
+                }
+            });
+    }
+    FlexTensor::from_data(TensorData::new(cols, [n * gt * gh * gw, patch]))
 }
 
 /// The shifted-gemm conv3d (module docs) on contiguous-or-not f32 burn-flex tensors.
@@ -544,6 +634,29 @@ mod tests {
                 conv3d_fused_ops(x.clone(), extras(), w.clone(), Some(b.clone()), padding);
             let got = conv3d_fused(x, extras(), w, Some(b), padding);
             assert_eq!(got.dims(), [xs[0], ws[0], t_o, h_o, w_o], "{xs:?} * {ws:?}");
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::rel_abs(2e-6, 2e-5));
+        }
+    }
+
+    /// The patch embedding (gathered patches times the flattened weight) equals the layer's
+    /// conv flattened to tokens, for the DiT's (1, 2, 2) and the history's (2, 4, 4) kernels,
+    /// with and without bias, on a strided input.
+    #[test]
+    fn patch_embedding_matches_the_conv_layer() {
+        use burn::nn::conv::Conv3dConfig;
+        let device = Default::default();
+        for (kernel, bias) in [([1, 2, 2], true), ([2, 4, 4], false)] {
+            let layer = Conv3dConfig::new([5, 12], kernel)
+                .with_stride(kernel)
+                .with_bias(bias)
+                .init::<B>(&device);
+            let x: Tensor<B, 5> = random([2, 5, 4, 10, 8]).swap_dims(3, 4);
+            let y = layer.forward(x.clone());
+            let [_, _, t, h, w] = y.dims();
+            let expected = y.flatten::<3>(2, 4).swap_dims(1, 2);
+            let (got, grid) = patch_embed(&layer, x);
+            assert_eq!(grid, [t, h, w]);
             got.into_data()
                 .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::rel_abs(2e-6, 2e-5));
         }

@@ -21,6 +21,10 @@ use crate::pipeline::backend::{as_flex, flex_map};
 
 /// Output rows per rayon task when the bias is written into a fresh output.
 const FILL_ROWS: usize = 256;
+/// Products with `k·n` up to this many weights are split by rows over the pool.
+const THIN_KN: usize = 1 << 16;
+/// Fewest rows per block of a split product.
+const MIN_TASK_ROWS: usize = 64;
 
 /// `layer.forward(input)`: [`linear_f32`] on the CPU backend when the input, weight and bias
 /// are f32, else burn's `Linear::forward`.
@@ -48,8 +52,9 @@ pub fn dispatch_linear<B: Backend, const D: usize>(
 }
 
 /// `x·W + b` on f32 burn-flex tensors: the output filled with `b` row by row (zeros without a
-/// bias), then one threaded gemm (`Parallelism::Rayon`) accumulating `x·W` into it. `x` is
-/// read in place when its rows are contiguous-strided (any leading layout that flattens to
+/// bias), then one threaded gemm (`Parallelism::Rayon`) accumulating `x·W` into it, or for a
+/// thin product (`K·N` ≤ 65,536 weights, which gemm keeps on one thread) one single-threaded
+/// gemm per block of rows, the blocks spread over the pool. `x` is read in place when its rows are contiguous-strided (any leading layout that flattens to
 /// `[M, K]` with a fixed row stride), copied otherwise; `W` is read with its strides.
 ///
 /// # Shapes
@@ -86,34 +91,53 @@ pub fn linear_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>
         }
     }
     if m > 0 && n > 0 {
-        let x_data: &[f32] = x.storage();
+        let x_data: &[f32] = &x.storage()[x.layout().start_offset()..][..m * k];
         let w_data: &[f32] = weight.storage();
-        let w_strides = weight.layout().strides();
-        // SAFETY: `x` is contiguous from its start offset with `m·k` elements (row stride `k`),
-        // `weight` is a burn-flex layout of shape `[k, n]` read with its own strides (every
-        // element lies in its buffer), and `out` is this call's own `[m, n]` row-major buffer.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                bias.is_some(),
-                x_data.as_ptr().add(x.layout().start_offset()),
-                1,
-                k as isize,
-                w_data.as_ptr().add(weight.layout().start_offset()),
-                w_strides[1],
-                w_strides[0],
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
+        let (w_start, w_strides) = (weight.layout().start_offset(), weight.layout().strides());
+        // Thin products (the small models' `[tokens, 24] · [24, 72]`): gemm keeps them on one
+        // thread, so the rows are split over the pool here, one single-threaded gemm per block.
+        let threads = rayon::current_num_threads();
+        let tasks = match threads > 1 && k * n <= THIN_KN {
+            true => (m / MIN_TASK_ROWS).min(4 * threads).max(1),
+            false => 1,
+        };
+        let block = m.div_ceil(tasks);
+        let product = |row0: usize, dst: &mut [f32], parallelism: gemm::Parallelism| {
+            let rows = dst.len() / n;
+            // SAFETY: `x_data` holds `m·k` contiguous elements (row stride `k`) and rows
+            // `row0..row0 + rows` lie inside it; `weight` is a burn-flex layout of shape `[k, n]`
+            // read with its own strides (every element lies in its buffer); `dst` is this
+            // block's own `[rows, n]` row-major part of `out`.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    bias.is_some(),
+                    x_data.as_ptr().add(row0 * k),
+                    1,
+                    k as isize,
+                    w_data.as_ptr().add(w_start),
+                    w_strides[1],
+                    w_strides[0],
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        };
+        if tasks == 1 {
+            product(0, &mut out, gemm::Parallelism::Rayon(0));
+        } else {
+            out.par_chunks_mut(block * n)
+                .enumerate()
+                .for_each(|(i, dst)| product(i * block, dst, gemm::Parallelism::None));
         }
     }
     let mut out_dims = dims;
@@ -153,6 +177,18 @@ mod tests {
                 .into_data()
                 .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
         }
+    }
+
+    /// A thin product with enough rows is split over the pool by rows: still equal to burn's.
+    #[test]
+    fn thin_products_split_by_rows_match_burn_linear() {
+        let device = Default::default();
+        let layer = LinearConfig::new(24, 72).init::<B>(&device);
+        let x = Tensor::<B, 3>::random([2, 700, 24], Distribution::Normal(0.0, 1.0), &device);
+        let expected = layer.forward(x.clone()).into_data();
+        dispatch_linear(&layer, x)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
     }
 
     /// Other dtypes take burn's path and keep their dtype.

@@ -6,6 +6,7 @@ pub mod autoencoder_kl_wan;
 pub mod clip_vision_model;
 pub mod conv3d_dispatch;
 pub mod linear_dispatch;
+pub mod modulation_dispatch;
 pub mod rms_norm_dispatch;
 pub mod transformer_helios;
 pub mod transformer_wan;

@@ -50,7 +50,11 @@ use crate::pipeline::backend::{as_flex, contiguous, flex_map};
 use crate::pipeline::checkpoint::{load_methods, require_positive};
 use crate::pipeline::models::activations::gelu_tanh;
 use crate::pipeline::models::attention_dispatch::dispatch_attention;
+use crate::pipeline::models::conv3d_dispatch::patch_embed;
 use crate::pipeline::models::linear_dispatch::dispatch_linear;
+use crate::pipeline::models::modulation_dispatch::{
+    SegmentRows, gate_add_rows, rows_kernels_apply, scale_shift_rows,
+};
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
 
@@ -1057,6 +1061,50 @@ impl<B: Backend> SegmentModulation<B> {
             _ => f(0, self.total, &self.noisy),
         }
     }
+
+    /// Vector `i` of the modulation per token row for the fused CPU kernels, `map` applied;
+    /// `None` for per-token modulation (Wan2.2 TI2V), which keeps the tensor ops.
+    fn rows(&self, i: usize, map: impl Fn(f32) -> f32) -> Option<SegmentRows> {
+        if self.noisy.0[i].dims()[1] != 1 {
+            return None;
+        }
+        let (split, head) = match &self.history {
+            Some(h) if self.history_len > 0 => (self.history_len, &h.0[i]),
+            _ => (0, &self.noisy.0[i]),
+        };
+        Some(SegmentRows::new(split, head, &self.noisy.0[i], map))
+    }
+
+    /// `norm(x) * (1 + m[scale]) + m[shift]` over every segment ([`modulate`]); on the CPU
+    /// backend the norm of the whole sequence (it is per token) and one fused pass.
+    ///
+    /// # Shapes
+    /// `x: [B, S, dim]` f32 → same.
+    fn modulate(&self, x: &Tensor<B, 3>, scale: usize, shift: usize, eps: f64) -> Tensor<B, 3> {
+        if rows_kernels_apply(x)
+            && let (Some(s1), Some(shift)) =
+                (self.rows(scale, |v| v + 1.0), self.rows(shift, |v| v))
+        {
+            let y = fp32_layer_norm(x.clone(), None, None, eps);
+            return scale_shift_rows(y, &s1, &shift);
+        }
+        self.map(|start, len, m| modulate(x, start, len, &m.0[scale], &m.0[shift], eps))
+    }
+
+    /// `x + y * m[gate]` over every segment ([`gated_residual`]); one fused pass on the CPU
+    /// backend.
+    ///
+    /// # Shapes
+    /// `x`, `y`: `[B, S, dim]` f32 → same.
+    fn gated_residual(&self, x: &Tensor<B, 3>, y: Tensor<B, 3>, gate: usize) -> Tensor<B, 3> {
+        if rows_kernels_apply(x)
+            && rows_kernels_apply(&y)
+            && let Some(g) = self.rows(gate, |v| v)
+        {
+            return gate_add_rows(x, y, &g);
+        }
+        self.map(|start, len, m| gated_residual(x, &y, start, len, &m.0[gate]))
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1132,17 +1180,13 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // 1. Self-attention
         // norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
-        let norm_hidden_states = segments
-            .map(|start, len, m| modulate(&x, start, len, &m.0[1], &m.0[0], self.eps))
-            .cast(dtype);
+        let norm_hidden_states = segments.modulate(&x, 1, 0, self.eps).cast(dtype);
         let attn_output = self
             .attn1
             .forward(norm_hidden_states, None, Some(rotary_emb), hist)
             .cast(DType::F32);
         // hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
-        let hidden_states = segments
-            .map(|start, len, m| gated_residual(&x, &attn_output, start, len, &m.0[2]))
-            .cast(dtype);
+        let hidden_states = segments.gated_residual(&x, attn_output, 2).cast(dtype);
 
         // 2. Cross-attention
         let hidden_states = if self.guidance_cross_attn && hist > 0 {
@@ -1158,14 +1202,10 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         // 3. Feed-forward
         // norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
         let x = hidden_states.cast(DType::F32);
-        let norm_hidden_states = segments
-            .map(|start, len, m| modulate(&x, start, len, &m.0[4], &m.0[3], self.eps))
-            .cast(dtype);
+        let norm_hidden_states = segments.modulate(&x, 4, 3, self.eps).cast(dtype);
         let ff_output = self.ffn.forward(norm_hidden_states).cast(DType::F32);
         // hidden_states = (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
-        segments
-            .map(|start, len, m| gated_residual(&x, &ff_output, start, len, &m.0[5]))
-            .cast(dtype)
+        segments.gated_residual(&x, ff_output, 5).cast(dtype)
     }
 
     /// `hidden_states + attn2(norm2(hidden_states.float()).type_as(hidden_states), context)`.
@@ -1511,9 +1551,8 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         ];
 
         // 2. Process noisy latents
-        let x = self.patch_embedding.forward(hidden_states); // [B, dim, T', H', W']
-        let [_, _, tp, hp, wp] = x.dims();
-        let x = x.flatten::<3>(2, 4).swap_dims(1, 2); // [B, S0, dim]
+        // [B, S0, dim] and the grid (T', H', W')
+        let (x, [tp, hp, wp]) = patch_embed(&self.patch_embedding, hidden_states);
         let original_context_length = tp * hp * wp;
         let mut noisy_rope = RopeTables::new(cfg.attention_head_dim / 2);
         noisy_rope.push_grid(&freqs, indices_hidden_states, hp, wp, 1);
@@ -1618,24 +1657,21 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
             &hist.latents_history_long,
             &hist.indices_latents_history_long,
         );
-        let tokens = |x: Tensor<B, 5>| x.flatten::<3>(2, 4).swap_dims(1, 2);
         let half = cfg.attention_head_dim / 2;
         let dtype = self.dtype();
 
         // 3. Short: patch_short(latents_history_short), RoPE on its own grid (H1, W1).
-        let short = patch_short.forward(hist.latents_history_short.clone().cast(dtype));
-        let [_, _, _, h1, w1] = short.dims();
-        let short = tokens(short);
+        let (short, [_, h1, w1]) =
+            patch_embed(patch_short, hist.latents_history_short.clone().cast(dtype));
         let mut rope_short = RopeTables::new(half);
         rope_short.push_grid(freqs, &hist.indices_latents_history_short, h1, w1, 1);
 
         // 4. Mid: patch_mid(pad_for_3d_conv(latents, (2, 4, 4))); RoPE on (H1, W1), replicate
         // padded to (2, 2, 2) and average-pooled by 2.
-        let mid = patch_mid.forward(pad_for_3d_conv(
-            hist.latents_history_mid.clone().cast(dtype),
-            MID_LATENT_PAD,
-        ));
-        let mid = tokens(mid);
+        let (mid, _) = patch_embed(
+            patch_mid,
+            pad_for_3d_conv(hist.latents_history_mid.clone().cast(dtype), MID_LATENT_PAD),
+        );
         let mut rope_mid = RopeTables::new(half);
         rope_mid.push_grid(
             freqs,
@@ -1653,11 +1689,13 @@ impl<B: Backend> HeliosTransformer3DModel<B> {
         );
 
         // 5. Long: same with (4, 8, 8) and pool 4.
-        let long = patch_long.forward(pad_for_3d_conv(
-            hist.latents_history_long.clone().cast(dtype),
-            LONG_LATENT_PAD,
-        ));
-        let long = tokens(long);
+        let (long, _) = patch_embed(
+            patch_long,
+            pad_for_3d_conv(
+                hist.latents_history_long.clone().cast(dtype),
+                LONG_LATENT_PAD,
+            ),
+        );
         let mut rope = RopeTables::new(half);
         rope.push_grid(
             freqs,

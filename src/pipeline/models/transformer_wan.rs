@@ -43,6 +43,7 @@ use super::transformer_helios::{
     output_norm, time_embedding,
 };
 use crate::pipeline::checkpoint::{load_methods, require_positive};
+use crate::pipeline::models::conv3d_dispatch::patch_embed;
 use crate::pipeline::models::linear_dispatch::dispatch_linear;
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
@@ -713,10 +714,7 @@ impl<B: Backend> WanTransformer3DModel<B> {
             cos: up(cos),
             sin: up(sin),
         };
-        let x = self
-            .patch_embedding
-            .forward(hidden_states.cast(self.dtype()));
-        let x = x.flatten::<3>(2, 4).swap_dims(1, 2); // [B, S, dim]
+        let (x, _) = patch_embed(&self.patch_embedding, hidden_states.cast(self.dtype())); // [B, S, dim]
 
         // 2. Condition embeddings
         let (temb, timestep_proj) = time_embedding(
