@@ -188,7 +188,7 @@ mod tests {
     }
 
     /// `f(start, len, vector, second vector)` on one token segment.
-    type SegmentOp = dyn Fn(usize, usize, &Tensor<B, 3>, &Tensor<B, 3>) -> Tensor<B, 3>;
+    type SegmentOp<'a> = dyn Fn(usize, usize, &Tensor<B, 3>, &Tensor<B, 3>) -> Tensor<B, 3> + 'a;
 
     /// Both kernels equal the per-segment burn ops and `cat` bit for bit: a batch-1 history
     /// segment beside batch-1 or per-batch noisy vectors, one segment (`split` 0), a strided `x`.
@@ -199,7 +199,7 @@ mod tests {
             // The history segment's vectors have batch 1 (t = 0) beside the noisy ones'.
             let (sh, th) = (random([1, 1, 8]), random([1, 1, 8]));
             let (sn, tn) = (random([mod_batch, 1, 8]), random([mod_batch, 1, 8]));
-            let segments = |f: &SegmentOp| {
+            let segments = |f: &SegmentOp<'_>| {
                 let mut parts = Vec::new();
                 if split > 0 {
                     parts.push(f(0, split, &sh, &th));
