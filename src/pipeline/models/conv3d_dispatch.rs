@@ -22,7 +22,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::pipeline::backend::{as_flex, flex_map, from_flex};
+use crate::pipeline::backend::{as_flex, flex_map, from_flex, par_filled};
 use crate::pipeline::models::linear_dispatch::linear_f32;
 
 /// Output positions (padded grid) per task, rounded to whole padded rows: the task's output
@@ -266,7 +266,7 @@ fn gather_patches_f32(x: &FlexTensor, k: [usize; 3], grid: [usize; 3]) -> FlexTe
     let [gt, gh, gw] = grid;
     let patch = c_in * k[0] * k[1] * k[2];
     let src = Strided::new(x);
-    let mut cols = vec![0.0f32; n * gt * gh * gw * patch];
+    let mut cols = par_filled(n * gt * gh * gw * patch, 0.0);
     if !cols.is_empty() {
         cols.par_chunks_mut(gw * patch)
             .enumerate()
@@ -443,8 +443,8 @@ pub fn conv3d_fused_f32(
     let residual = residual.map(Strided::new);
     let w_data: &[f32] = weight.storage();
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
-    let mut out = vec![0.0f32; n * c_out * t_o * h_o * w_o];
-    let mut padded = vec![0.0f32; c_in * channel];
+    let mut out = par_filled(n * c_out * t_o * h_o * w_o, 0.0);
+    let mut padded = par_filled(c_in * channel, 0.0);
     for (b, ob) in out.chunks_exact_mut(c_out * t_o * h_o * w_o).enumerate() {
         // 1. Zero-padded (and upsampled) copy of this batch element: [C_in, channel]. The
         //    zero frames and the padding are never written, so they stay zero.

@@ -17,7 +17,7 @@ use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::pipeline::backend::{as_flex, flex_map};
+use crate::pipeline::backend::{as_flex, flex_map, par_filled};
 
 /// Output rows per rayon task when the bias is written into a fresh output.
 const FILL_ROWS: usize = 256;
@@ -79,17 +79,25 @@ pub fn linear_f32(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>
         x.to_contiguous()
     };
     let bias = bias.map(|b| b.to_contiguous());
-    let mut out = vec![0.0f32; m * n];
-    if let Some(b) = &bias {
-        let b: &[f32] = &b.storage()[b.layout().start_offset()..][..n];
-        if n > 0 {
-            out.par_chunks_mut(FILL_ROWS * n).for_each(|rows| {
-                for row in rows.chunks_exact_mut(n) {
-                    row.copy_from_slice(b);
-                }
-            });
+    let mut out = match &bias {
+        Some(b) if n > 0 => {
+            let b: &[f32] = &b.storage()[b.layout().start_offset()..][..n];
+            let mut out: Vec<f32> = Vec::with_capacity(m * n);
+            out.spare_capacity_mut()
+                .par_chunks_mut(FILL_ROWS * n)
+                .for_each(|rows| {
+                    for row in rows.chunks_exact_mut(n) {
+                        for (d, &v) in row.iter_mut().zip(b) {
+                            d.write(v);
+                        }
+                    }
+                });
+            // SAFETY: the `m` rows of `n` elements were all just written.
+            unsafe { out.set_len(m * n) };
+            out
         }
-    }
+        _ => par_filled(m * n, 0.0),
+    };
     if m > 0 && n > 0 {
         let x_data: &[f32] = &x.storage()[x.layout().start_offset()..][..m * k];
         let w_data: &[f32] = weight.storage();

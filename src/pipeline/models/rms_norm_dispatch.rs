@@ -19,7 +19,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::pipeline::backend::{as_flex, flex_map};
+use crate::pipeline::backend::{as_flex, flex_map, par_filled};
 use crate::pipeline::models::attention_dispatch::exp_nonpositive;
 
 /// Pixels per rayon task: the task's `[C, PIXELS]` block (384 KiB at 96 channels) stays in the
@@ -106,7 +106,7 @@ pub fn rms_norm_channels_f32(x: &FlexTensor, gamma: &FlexTensor, with_silu: bool
     let gamma: &[f32] = &gamma.storage()[gamma.layout().start_offset()..][..channels];
     let scale = (channels as f64).sqrt() as f32;
     let input: &[f32] = &x.storage()[x.layout().start_offset()..][..n * channels * pixels];
-    let mut out = vec![0.0f32; input.len()];
+    let mut out = par_filled(input.len(), 0.0);
     if !input.is_empty() {
         // Tasks: (batch element, chunk of pixels). Each writes `C` disjoint row pieces of `out`,
         // which rayon cannot split for us: raw pointers, disjoint by construction.
