@@ -80,7 +80,7 @@ use crate::pipeline::schedulers::stage_sampler::combine;
 use crate::pipeline::schedulers::unipc::{SolverHistory, StepPlan};
 
 use super::pipeline_helios_pyramid::RunContext;
-use super::pipeline_output::{FrameSink, postprocess};
+use super::pipeline_output::{FrameSink, postprocess_parts};
 use super::pipeline_wan_i2v::{WanImageToVideoPipeline, check_i2v_inputs};
 use super::prompt_encoder::{PromptEmbeds, PromptEncoder, TextEncoderResidency};
 
@@ -935,9 +935,8 @@ pub fn decode_chunk_to_sink<B: Backend>(
         parts.push(frames);
         Ok(())
     })?;
-    let video = Tensor::cat(parts, 2);
     ctx.progress.event(Progress::Decoding { chunk, done: true });
-    let frames = postprocess(video, keep);
+    let frames = postprocess_parts(parts, keep);
     let n = frames.frames;
     sink.push_frames(frames).map_err(PipelineError::Sink)?;
     Ok(n)
