@@ -118,43 +118,42 @@ pub fn conv3d_fused<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     padding: [usize; 3],
 ) -> Tensor<B, 5> {
-    let ConvExtras {
-        zeros,
-        history,
-        upsample,
-        residual,
-    } = extras;
-    let f32s = [Some(&x), history.as_ref(), residual.as_ref(), Some(&weight)]
-        .into_iter()
-        .flatten()
-        .all(|t| t.dtype() == DType::F32)
+    let f32s = [
+        Some(&x),
+        extras.history.as_ref(),
+        extras.residual.as_ref(),
+        Some(&weight),
+    ]
+    .into_iter()
+    .flatten()
+    .all(|t| t.dtype() == DType::F32)
         && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
     let flex = |t: &Option<Tensor<B, 5>>| t.as_ref().map(as_flex);
-    let pieces = (f32s, as_flex(&weight), flex(&history), flex(&residual));
+    let pieces = (
+        f32s,
+        as_flex(&weight),
+        flex(&extras.history),
+        flex(&extras.residual),
+    );
     let fused = match pieces {
         (true, Some(w), h, r) if h.as_ref().is_none_or(Option::is_some) => {
             let (h, r) = (h.flatten(), r.flatten());
             let b = bias.as_ref().and_then(as_flex);
             flex_map(x, |x| {
                 let input = ConvInput {
-                    zeros,
+                    zeros: extras.zeros,
                     parts: h.iter().chain([&x]).collect(),
-                    upsample,
+                    upsample: extras.upsample,
                 };
                 conv3d_fused_f32(&input, &w, b.as_ref(), padding, r.as_ref())
             })
         }
         _ => Err(x),
     };
-    fused.unwrap_or_else(|x| {
-        let extras = ConvExtras {
-            zeros,
-            history,
-            upsample,
-            residual,
-        };
-        conv3d_fused_ops(x, extras, weight, bias, padding)
-    })
+    match fused {
+        Ok(y) => y,
+        Err(x) => conv3d_fused_ops(x, extras, weight, bias, padding),
+    }
 }
 
 /// [`conv3d_fused`] as burn ops (`cat`, `expand`, [`burn::tensor::module::conv3d`], `+`): the
@@ -175,34 +174,27 @@ pub fn conv3d_fused_ops<B: Backend>(
         upsample,
         residual,
     } = extras;
-    {
-        let mut parts = Vec::with_capacity(3);
-        if zeros > 0 {
-            let [n, c, _, h, w] = x.dims();
-            parts.push(Tensor::zeros([n, c, zeros, h, w], (&x.device(), x.dtype())));
-        }
-        parts.extend(history);
-        parts.push(x);
-        let x = Tensor::cat(parts, 2);
-        let x = if upsample > 1 {
-            let [n, c, t, h, w] = x.dims();
-            let x: Tensor<B, 7> = x.reshape([n, c, t, h, 1, w, 1]);
-            x.expand([n, c, t, h, upsample, w, upsample]).reshape([
-                n,
-                c,
-                t,
-                h * upsample,
-                w * upsample,
-            ])
-        } else {
-            x
-        };
-        let options = ConvOptions::new([1, 1, 1], padding, [1, 1, 1], 1);
-        let y = burn::tensor::module::conv3d(x, weight, bias, options);
-        match residual {
-            Some(r) => y + r,
-            None => y,
-        }
+    let mut parts = Vec::with_capacity(3);
+    if zeros > 0 {
+        let [n, c, _, h, w] = x.dims();
+        parts.push(Tensor::zeros([n, c, zeros, h, w], (&x.device(), x.dtype())));
+    }
+    parts.extend(history);
+    parts.push(x);
+    let x = Tensor::cat(parts, 2);
+    let x = if upsample > 1 {
+        let [n, c, t, h, w] = x.dims();
+        let x: Tensor<B, 7> = x.reshape([n, c, t, h, 1, w, 1]);
+        x.expand([n, c, t, h, upsample, w, upsample])
+            .reshape([n, c, t, h * upsample, w * upsample])
+    } else {
+        x
+    };
+    let options = ConvOptions::new([1, 1, 1], padding, [1, 1, 1], 1);
+    let y = burn::tensor::module::conv3d(x, weight, bias, options);
+    match residual {
+        Some(r) => y + r,
+        None => y,
     }
 }
 
