@@ -10,7 +10,11 @@
 //!   `[B, H, L, D]` views the models pass), between them an online softmax (running row max and
 //!   sum, the accumulated output rescaled when the max grows) with a vectorised `exp`
 //!   ([`exp_nonpositive`]). The score tile (`q_block × kv_block` f32, 512 KiB) stays in the
-//!   core's L2 cache. burn-flex's own `attention` is a scalar online-softmax loop on one core;
+//!   core's L2 cache. Heads of at most 16 (`D == D_v`, the tiny checkpoints' 12) take
+//!   [`attention_small_head`] instead on x86 CPUs with AVX-512 or AVX2+FMA: the same online
+//!   softmax in vector registers with the queries along the lanes, no gemm calls (about 2x
+//!   faster at head_dim 12). burn-flex's own `attention` is a scalar online-softmax loop on one
+//!   core;
 //! - every other backend (CUDA) keeps [`burn::tensor::module::attention`], whose CubeCL flash
 //!   kernels never materialise the score matrix.
 //!
@@ -25,6 +29,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::attention_small_head::{self, Queries, Rows};
 use crate::pipeline::backend::{CpuBackend, as_flex, flex_map, num_threads};
 
 /// Most queries per task of [`flash_attention`] (PyTorch's `qSplitSize` for 768 queries or
@@ -172,6 +177,10 @@ fn flash_attention_f32(
     let [_, _, l_k, d_v] = dims4(v);
     let scale = (d as f32).sqrt().recip();
     let (qv, kv, vv) = (View::new(q), View::new(k), View::new(v));
+    let small_heads = d == d_v
+        && d <= attention_small_head::MAX_HEAD_DIM
+        && kv.strides[3] == 1
+        && vv.strides[3] == 1;
     let mut out = vec![0.0f32; b * h * l_q * d_v];
     if l_q * d_v > 0 {
         out.par_chunks_mut(l_q * d_v)
@@ -185,6 +194,34 @@ fn flash_attention_f32(
                         let row0 = i * q_block;
                         let rows = acc.len() / d_v;
                         let q_ptr = qv.at(bi, hi, row0);
+                        if small_heads {
+                            // SAFETY: this block's rows of Q, and all l_k rows of K and V of
+                            // head (bi, hi), lie in their buffers (burn-flex layouts of the
+                            // asserted shapes); K and V have a unit stride along D (checked).
+                            let done = unsafe {
+                                attention_small_head::attend(
+                                    Queries {
+                                        ptr: q_ptr,
+                                        row_stride: qv.strides[2],
+                                        dim_stride: qv.strides[3],
+                                    },
+                                    Rows {
+                                        ptr: kv.at(bi, hi, 0),
+                                        stride: kv.strides[2],
+                                    },
+                                    Rows {
+                                        ptr: vv.at(bi, hi, 0),
+                                        stride: vv.strides[2],
+                                    },
+                                    acc,
+                                    [rows, d, l_k],
+                                    scale,
+                                )
+                            };
+                            if done {
+                                return;
+                            }
+                        }
                         attend_block(
                             (q_ptr, qv.strides),
                             (&kv, &vv, bi, hi),
@@ -478,6 +515,23 @@ mod tests {
         let got = dispatch_attention(q, k, v);
         got.into_data()
             .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+    }
+
+    /// Heads of 12, as the tiny checkpoints have, take the small-head kernel on x86 CPUs with
+    /// AVX2 or AVX-512: it equals `module::attention` on strided views, with partial blocks of
+    /// queries and keys. A value width other than the key width takes the gemm path.
+    #[test]
+    fn small_heads_match_module_attention() {
+        let x = random([2, 300, 2, 12]) * 2.0; // [B, L, H, D]
+        let q = x.clone().narrow(1, 3, 290).swap_dims(1, 2);
+        let k = x.clone().swap_dims(1, 2);
+        let v = (x * 0.5).swap_dims(1, 2);
+        let expected = module_attention(&q, &k, &v);
+        for q_block in [1, 17, 256] {
+            let got = flash_attention(q.clone(), k.clone(), v.clone(), q_block, KV_BLOCK);
+            got.into_data()
+                .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        }
     }
 
     /// Strided views as the models pass them (`[B, L, H, D]` with heads swapped to dim 1, a

@@ -2,6 +2,7 @@
 
 pub mod activations;
 pub mod attention_dispatch;
+pub mod attention_small_head;
 pub mod autoencoder_kl_wan;
 pub mod clip_vision_model;
 pub mod conv3d_dispatch;
