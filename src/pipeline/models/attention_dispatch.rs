@@ -5,7 +5,7 @@
 //! Which kernel runs depends on the backend type:
 //! - the CPU backend ([`CpuBackend`], burn-flex) gets [`flash_attention`], PyTorch's CPU flash
 //!   kernel (`aten/src/ATen/native/cpu/FlashAttentionKernel.cpp`) in Rust: one rayon task per
-//!   head and block of queries, which walks the keys in blocks: `S = Q·Kᵀ·scale` and `O += P·V`
+//!   block of queries (all heads, one after another), which walks the keys in blocks: `S = Q·Kᵀ·scale` and `O += P·V`
 //!   are single-threaded gemm calls (burn-flex's gemm crate, read straight from the strided
 //!   `[B, H, L, D]` views the models pass), between them an online softmax (running row max and
 //!   sum, the accumulated output rescaled when the max grows) with a vectorised `exp`
@@ -25,7 +25,7 @@ use std::any::TypeId;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -52,8 +52,8 @@ pub fn dispatch_attention<B: Backend>(
     value: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     if TypeId::of::<B>() == TypeId::of::<CpuBackend>() {
-        let [b, h, l_q, _] = query.dims();
-        let q_block = query_block(b * h, l_q, num_threads());
+        let [b, _, l_q, _] = query.dims();
+        let q_block = query_block(b, l_q, num_threads());
         flash_attention(query, key, value, q_block, KV_BLOCK)
     } else {
         burn::tensor::module::attention(
@@ -67,11 +67,12 @@ pub fn dispatch_attention<B: Backend>(
     }
 }
 
-/// Queries per task: [`MAX_QUERY_BLOCK`], or fewer (down to [`MIN_QUERY_BLOCK`]) when that
-/// would leave fewer than four tasks per thread of the pool.
-pub fn query_block(batch_heads: usize, l_q: usize, threads: usize) -> usize {
-    let per_head = (4 * threads).div_ceil(batch_heads.max(1));
-    l_q.div_ceil(per_head.max(1))
+/// Queries per task (a task takes every head of its queries): [`MAX_QUERY_BLOCK`], or fewer
+/// (down to [`MIN_QUERY_BLOCK`]) when that would leave fewer than four tasks per thread of the
+/// pool over the `batch` sequences.
+pub fn query_block(batch: usize, l_q: usize, threads: usize) -> usize {
+    let per_sequence = (4 * threads).div_ceil(batch.max(1));
+    l_q.div_ceil(per_sequence.max(1))
         .clamp(MIN_QUERY_BLOCK, MAX_QUERY_BLOCK)
 }
 
@@ -165,7 +166,8 @@ impl<'a> View<'a> {
 /// in the buffer, which burn-flex's layouts guarantee; broadcast strides of 0 are fine).
 ///
 /// # Shapes
-/// `q: [B, H, L_q, D]`, `k: [B, H, L_k, D]`, `v: [B, H, L_k, D_v]` → `[B, H, L_q, D_v]`, contiguous
+/// `q: [B, H, L_q, D]`, `k: [B, H, L_k, D]`, `v: [B, H, L_k, D_v]` → `[B, H, L_q, D_v]`, the view
+/// of a contiguous `[B, L_q, H, D_v]`
 fn flash_attention_f32(
     q: &FlexTensor,
     k: &FlexTensor,
@@ -181,59 +183,75 @@ fn flash_attention_f32(
         && d <= attention_small_head::MAX_HEAD_DIM
         && kv.strides[3] == 1
         && vv.strides[3] == 1;
-    let mut out = vec![0.0f32; b * h * l_q * d_v];
-    if l_q * d_v > 0 {
-        out.par_chunks_mut(l_q * d_v)
+    // The output in [B, L_q, H, D_v] order, returned as its [B, H, L_q, D_v] view: the models
+    // flatten the heads next (`swap_dims(1, 2).reshape([B, L_q, H·D_v])`), which is then free
+    // instead of a permuted copy on one thread. One task per block of queries, all heads.
+    let row_len = h * d_v;
+    let mut out = vec![0.0f32; b * l_q * row_len];
+    if l_q * row_len > 0 {
+        out.par_chunks_mut(l_q * row_len)
             .enumerate()
-            .for_each(|(bh, head_out)| {
-                let (bi, hi) = (bh / h, bh % h);
-                head_out
-                    .par_chunks_mut(q_block * d_v)
+            .for_each(|(bi, batch_out)| {
+                batch_out
+                    .par_chunks_mut(q_block * row_len)
                     .enumerate()
-                    .for_each(|(i, acc)| {
+                    .for_each(|(i, block)| {
                         let row0 = i * q_block;
-                        let rows = acc.len() / d_v;
-                        let q_ptr = qv.at(bi, hi, row0);
-                        if small_heads {
+                        let rows = block.len() / row_len;
+                        let mut acc = vec![0.0f32; rows * d_v];
+                        for hi in 0..h {
+                            if hi > 0 {
+                                acc.fill(0.0);
+                            }
+                            let q_ptr = qv.at(bi, hi, row0);
                             // SAFETY: this block's rows of Q, and all l_k rows of K and V of
                             // head (bi, hi), lie in their buffers (burn-flex layouts of the
                             // asserted shapes); K and V have a unit stride along D (checked).
-                            let done = unsafe {
-                                attention_small_head::attend(
-                                    Queries {
-                                        ptr: q_ptr,
-                                        row_stride: qv.strides[2],
-                                        dim_stride: qv.strides[3],
-                                    },
-                                    Rows {
-                                        ptr: kv.at(bi, hi, 0),
-                                        stride: kv.strides[2],
-                                    },
-                                    Rows {
-                                        ptr: vv.at(bi, hi, 0),
-                                        stride: vv.strides[2],
-                                    },
-                                    acc,
-                                    [rows, d, l_k],
+                            let done = small_heads
+                                && unsafe {
+                                    attention_small_head::attend(
+                                        Queries {
+                                            ptr: q_ptr,
+                                            row_stride: qv.strides[2],
+                                            dim_stride: qv.strides[3],
+                                        },
+                                        Rows {
+                                            ptr: kv.at(bi, hi, 0),
+                                            stride: kv.strides[2],
+                                        },
+                                        Rows {
+                                            ptr: vv.at(bi, hi, 0),
+                                            stride: vv.strides[2],
+                                        },
+                                        &mut acc,
+                                        [rows, d, l_k],
+                                        scale,
+                                    )
+                                };
+                            if !done {
+                                attend_block(
+                                    (q_ptr, qv.strides),
+                                    (&kv, &vv, bi, hi),
+                                    &mut acc,
+                                    [rows, d, l_k, d_v],
+                                    kv_block,
                                     scale,
-                                )
-                            };
-                            if done {
-                                return;
+                                );
+                            }
+                            for (r, o) in acc.chunks_exact(d_v).enumerate() {
+                                block[r * row_len + hi * d_v..][..d_v].copy_from_slice(o);
                             }
                         }
-                        attend_block(
-                            (q_ptr, qv.strides),
-                            (&kv, &vv, bi, hi),
-                            acc,
-                            [rows, d, l_k, d_v],
-                            kv_block,
-                            scale,
-                        );
                     });
             });
     }
-    FlexTensor::from_data(TensorData::new(out, [b, h, l_q, d_v]))
+    let out = FlexTensor::from_data(TensorData::new(out, [b, l_q, h, d_v]));
+    if h == 1 {
+        // One head: the same memory is the contiguous [B, 1, L_q, D_v].
+        out.reshape(Shape::new([b, 1, l_q, d_v]))
+    } else {
+        out.transpose(1, 2)
+    }
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {

@@ -3,7 +3,9 @@
 //! `WanTransformerBlock.forward`) as fused row kernels on the CPU backend:
 //!
 //! - `norm(x) · (1 + scale) + shift` ([`scale_shift_rows`], on the norm's fresh output, in place);
-//! - `x + y · gate` ([`gate_add_rows`], into `y`'s fresh buffer, in place).
+//! - `x + y · gate` ([`gate_add_rows`], into `y`'s fresh buffer, in place);
+//! - `x + y` on the tokens from `start` ([`add_rows_at`], the cross-attention residual, into
+//!   `x`'s buffer).
 //!
 //! The modulation vectors differ between token segments (Helios's history tokens use the
 //! modulation of t = 0, the noisy tokens that of t): [`SegmentRows`] gives each token row its
@@ -131,14 +133,20 @@ pub fn gate_add_rows<B: Backend>(
     gate: &SegmentRows,
 ) -> Tensor<B, 3> {
     assert_eq!(x.dims(), y.dims(), "gated residual: shapes differ");
-    let x = as_flex(x)
-        .expect("gate_add_rows: the CPU backend's f32 tensors only")
-        .to_contiguous();
+    let x = as_flex(x).expect("gate_add_rows: the CPU backend's f32 tensors only");
+    let x_copy;
+    let xs = match row_major(&x) {
+        Some(xs) => xs,
+        None => {
+            x_copy = x.to_contiguous();
+            x_copy.storage()
+        }
+    };
     flex_map(y, |y| {
         let mut y = owned_contiguous(y);
         let dims = y.layout().shape().clone();
         let (s, dim) = (dims[1], dims[2]);
-        let xs: &[f32] = &x.storage()[..s * dim * dims[0]];
+        let xs: &[f32] = &xs[..s * dim * dims[0]];
         let out: &mut [f32] = y.storage_mut();
         rows(out, dim, |row, r| {
             let (b, t) = (r / s, r % s);
@@ -151,6 +159,61 @@ pub fn gate_add_rows<B: Backend>(
         y
     })
     .unwrap_or_else(|_| panic!("gate_add_rows: the CPU backend's f32 tensors only"))
+}
+
+/// `x[:, start.., :] += y`, written into `x`'s buffer (copied first only when shared): the
+/// residual of the Helios block's cross-attention on the noisy tokens (diffusers
+/// `HeliosTransformerBlock.forward`: `hidden_states + attn_output` on the noisy split, then
+/// `torch.cat` with the history tokens) in one pass on the pool, instead of a strided add and a
+/// `cat` on one thread. The sums are the same f32 additions, so bit-identical.
+///
+/// # Shapes
+/// `x: [B, S, dim]`, `y: [B, S − start, dim]` (any layout) f32 → `[B, S, dim]`.
+///
+/// # Panics
+/// If the shapes disagree or the tensors are not the CPU backend's f32 ([`rows_kernels_apply`]).
+pub fn add_rows_at<B: Backend>(x: Tensor<B, 3>, start: usize, y: &Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, s, dim] = x.dims();
+    assert_eq!(
+        y.dims(),
+        [b, s - start.min(s), dim],
+        "add_rows_at: x {:?} from token {start} and y {:?} disagree",
+        [b, s, dim],
+        y.dims()
+    );
+    let y = as_flex(y).expect("add_rows_at: the CPU backend's f32 tensors only");
+    let y_copy;
+    let ys = match row_major(&y) {
+        Some(ys) => ys,
+        None => {
+            y_copy = y.to_contiguous();
+            y_copy.storage()
+        }
+    };
+    let len = s - start;
+    flex_map(x, |x| {
+        let mut x = owned_contiguous(x);
+        let out: &mut [f32] = &mut x.storage_mut()[..b * s * dim];
+        rows(out, dim, |row, r| {
+            let (bi, t) = (r / s, r % s);
+            if t >= start {
+                let yr = &ys[(bi * len + t - start) * dim..][..dim];
+                for (v, &a) in row.iter_mut().zip(yr) {
+                    *v += a;
+                }
+            }
+        });
+        x
+    })
+    .unwrap_or_else(|_| panic!("add_rows_at: the CPU backend's f32 tensors only"))
+}
+
+/// The f32 elements of `t` in row-major order, borrowed from its buffer when its layout is
+/// row-major at any offset (e.g. a `narrow` along the token axis of a batch-1 tensor); `None`
+/// when it needs a copy.
+fn row_major(t: &FlexTensor) -> Option<&[f32]> {
+    let (start, end) = t.layout().contiguous_offsets()?;
+    Some(&t.storage()[start..end])
 }
 
 /// `t` contiguous from offset 0 over its whole buffer, without keeping a second reference to
@@ -223,6 +286,42 @@ mod tests {
             let gate = SegmentRows::new(split, &sh, &sn, |v| v);
             let got = gate_add_rows(&xt, y.clone(), &gate);
             got.into_data().assert_eq(&expected.into_data(), true);
+            // ... and x a narrow view at an offset (read in place).
+            let xn = random([2, 20, 8]).narrow(1, 7, 13);
+            let expected = y.clone() * gate_tensor(split, &sh, &sn) + xn.clone();
+            let got = gate_add_rows(&xn, y.clone(), &gate);
+            got.into_data().assert_eq(&expected.into_data(), true);
+        }
+    }
+
+    /// `gate` per token as one `[B, 13, 8]` tensor: `head` before `split`, `tail` after.
+    fn gate_tensor(split: usize, head: &Tensor<B, 3>, tail: &Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut parts = Vec::new();
+        if split > 0 {
+            parts.push(head.clone().expand([2, split, 8]));
+        }
+        parts.push(tail.clone().expand([2, 13 - split, 8]));
+        Tensor::cat(parts, 1)
+    }
+
+    /// The cross-attention residual equals the ops it replaces (the add on the noisy split and
+    /// the `cat` with the history tokens) bit for bit, for a history split, none, and a
+    /// transposed `y`; a shared `x` is left as it was.
+    #[test]
+    fn add_rows_at_equals_add_and_cat() {
+        for start in [0, 5] {
+            let x = random([2, 13, 8]);
+            let y = random([13 - start, 2, 8]).swap_dims(0, 1);
+            let noisy = x.clone().narrow(1, start, 13 - start) + y.clone();
+            let expected = if start > 0 {
+                Tensor::cat(vec![x.clone().narrow(1, 0, start), noisy], 1)
+            } else {
+                noisy
+            };
+            let before = x.clone().into_data();
+            let got = add_rows_at(x.clone(), start, &y);
+            got.into_data().assert_eq(&expected.into_data(), true);
+            x.into_data().assert_eq(&before, true);
         }
     }
 }

@@ -53,7 +53,7 @@ use crate::pipeline::models::attention_dispatch::dispatch_attention;
 use crate::pipeline::models::conv3d_dispatch::patch_embed;
 use crate::pipeline::models::linear_dispatch::dispatch_linear;
 use crate::pipeline::models::modulation_dispatch::{
-    SegmentRows, gate_add_rows, rows_kernels_apply, scale_shift_rows,
+    SegmentRows, add_rows_at, gate_add_rows, rows_kernels_apply, scale_shift_rows,
 };
 use crate::pipeline::precision::PrecisionMapper;
 use crate::pipeline::weights::KeyMap;
@@ -1189,15 +1189,13 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         let hidden_states = segments.gated_residual(&x, attn_output, 2).cast(dtype);
 
         // 2. Cross-attention
-        let hidden_states = if self.guidance_cross_attn && hist > 0 {
-            // history_hidden_states, hidden_states = torch.split(hidden_states, [history_seq_len, original_context_length], dim=1)
-            let history_hidden_states = hidden_states.clone().narrow(1, 0, hist);
-            let noisy_hidden_states = hidden_states.narrow(1, hist, s - hist);
-            let noisy_hidden_states = self.cross_attention(noisy_hidden_states, cross_kv, image_kv);
-            Tensor::cat(vec![history_hidden_states, noisy_hidden_states], 1)
-        } else {
-            self.cross_attention(hidden_states, cross_kv, image_kv)
-        };
+        // history_hidden_states, hidden_states = torch.split(hidden_states, [history_seq_len, original_context_length], dim=1)
+        // (with guidance_cross_attn; otherwise every token attends), then
+        // hidden_states = torch.cat([history_hidden_states, hidden_states + attn_output], dim=1)
+        let start = if self.guidance_cross_attn { hist } else { 0 };
+        let attended = hidden_states.clone().narrow(1, start, s - start);
+        let attn_output = self.cross_attention(attended, cross_kv, image_kv);
+        let hidden_states = residual_at(hidden_states, start, attn_output);
 
         // 3. Feed-forward
         // norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(hidden_states)
@@ -1208,7 +1206,8 @@ impl<B: Backend> HeliosTransformerBlock<B> {
         segments.gated_residual(&x, ff_output, 5).cast(dtype)
     }
 
-    /// `hidden_states + attn2(norm2(hidden_states.float()).type_as(hidden_states), context)`.
+    /// `attn2(norm2(hidden_states.float()).type_as(hidden_states), context)` (the caller adds
+    /// the residual).
     fn cross_attention(
         &self,
         hidden_states: Tensor<B, 3>,
@@ -1226,7 +1225,7 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             .cast(dtype),
             None => hidden_states.clone(),
         };
-        let attn_output = self.attn2.forward_kv_image(
+        self.attn2.forward_kv_image(
             norm_hidden_states,
             key.clone(),
             value.clone(),
@@ -1234,10 +1233,25 @@ impl<B: Backend> HeliosTransformerBlock<B> {
             true,
             None,
             0,
-        );
-        // hidden_states + attn_output, with the fresh buffer on the left (it is updated in place;
-        // `hidden_states` may be a view into the whole sequence).
-        attn_output + hidden_states
+        )
+    }
+}
+
+/// `cat([x[:, ..start], x[:, start..] + y], dim=1)`: [`add_rows_at`] in `x`'s buffer on the CPU
+/// backend (f32), the add (fresh buffer on the left, updated in place) and `cat` elsewhere.
+///
+/// # Shapes
+/// `x: [B, S, dim]`, `y: [B, S − start, dim]` → `[B, S, dim]`
+fn residual_at<B: Backend>(x: Tensor<B, 3>, start: usize, y: Tensor<B, 3>) -> Tensor<B, 3> {
+    if rows_kernels_apply(&x) && rows_kernels_apply(&y) {
+        return add_rows_at(x, start, &y);
+    }
+    let [_, s, _] = x.dims();
+    let noisy = y + x.clone().narrow(1, start, s - start);
+    if start == 0 {
+        noisy
+    } else {
+        Tensor::cat(vec![x.narrow(1, 0, start), noisy], 1)
     }
 }
 
