@@ -88,35 +88,30 @@ pub unsafe fn attend(
     false
 }
 
+/// `$name::<D>`: [`attend_lanes`] over the vector type `$lanes` with `$keys` keys per step,
+/// built with the target features `$features` so that the [`Lanes`] intrinsics inline.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn attend_avx512<const D: usize>(
-    q: Queries,
-    k: Rows,
-    v: Rows,
-    out: &mut [f32],
-    rows: usize,
-    l_k: usize,
-    scale: f32,
-) {
-    // SAFETY: forwarded contract; the AVX-512 intrinsics are enabled here.
-    unsafe { attend_lanes::<Avx512, D, 8>(q, k, v, out, rows, l_k, scale) }
+macro_rules! attend_entry {
+    ($name:ident, $features:literal, $lanes:ty, $keys:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const D: usize>(
+            q: Queries,
+            k: Rows,
+            v: Rows,
+            out: &mut [f32],
+            rows: usize,
+            l_k: usize,
+            scale: f32,
+        ) {
+            // SAFETY: forwarded contract; the width's intrinsics are enabled here.
+            unsafe { attend_lanes::<$lanes, D, $keys>(q, k, v, out, rows, l_k, scale) }
+        }
+    };
 }
-
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attend_avx2<const D: usize>(
-    q: Queries,
-    k: Rows,
-    v: Rows,
-    out: &mut [f32],
-    rows: usize,
-    l_k: usize,
-    scale: f32,
-) {
-    // SAFETY: forwarded contract; the AVX2 and FMA intrinsics are enabled here.
-    unsafe { attend_lanes::<Avx2, D, 4>(q, k, v, out, rows, l_k, scale) }
-}
+attend_entry!(attend_avx512, "avx512f,fma", Avx512, 8);
+#[cfg(target_arch = "x86_64")]
+attend_entry!(attend_avx2, "avx2,fma", Avx2, 4);
 
 /// The vector operations the kernel needs, for one register width. Every method is an
 /// intrinsic of the width's target features, so it may only run inside a function built with

@@ -134,29 +134,23 @@ pub fn gate_add_rows<B: Backend>(
 ) -> Tensor<B, 3> {
     assert_eq!(x.dims(), y.dims(), "gated residual: shapes differ");
     let x = as_flex(x).expect("gate_add_rows: the CPU backend's f32 tensors only");
-    let x_copy;
-    let xs = match row_major(&x) {
-        Some(xs) => xs,
-        None => {
-            x_copy = x.to_contiguous();
-            x_copy.storage()
-        }
-    };
-    flex_map(y, |y| {
-        let mut y = owned_contiguous(y);
-        let dims = y.layout().shape().clone();
-        let (s, dim) = (dims[1], dims[2]);
-        let xs: &[f32] = &xs[..s * dim * dims[0]];
-        let out: &mut [f32] = y.storage_mut();
-        rows(out, dim, |row, r| {
-            let (b, t) = (r / s, r % s);
-            let g = gate.row(b, t, dim);
-            let xr = &xs[r * dim..][..dim];
-            for ((v, &g), &xv) in row.iter_mut().zip(g).zip(xr) {
-                *v = *v * g + xv;
-            }
-        });
-        y
+    with_row_major(&x, |xs| {
+        flex_map(y, |y| {
+            let mut y = owned_contiguous(y);
+            let dims = y.layout().shape().clone();
+            let (s, dim) = (dims[1], dims[2]);
+            let xs: &[f32] = &xs[..s * dim * dims[0]];
+            let out: &mut [f32] = y.storage_mut();
+            rows(out, dim, |row, r| {
+                let (b, t) = (r / s, r % s);
+                let g = gate.row(b, t, dim);
+                let xr = &xs[r * dim..][..dim];
+                for ((v, &g), &xv) in row.iter_mut().zip(g).zip(xr) {
+                    *v = *v * g + xv;
+                }
+            });
+            y
+        })
     })
     .unwrap_or_else(|_| panic!("gate_add_rows: the CPU backend's f32 tensors only"))
 }
@@ -182,38 +176,34 @@ pub fn add_rows_at<B: Backend>(x: Tensor<B, 3>, start: usize, y: &Tensor<B, 3>) 
         y.dims()
     );
     let y = as_flex(y).expect("add_rows_at: the CPU backend's f32 tensors only");
-    let y_copy;
-    let ys = match row_major(&y) {
-        Some(ys) => ys,
-        None => {
-            y_copy = y.to_contiguous();
-            y_copy.storage()
-        }
-    };
     let len = s - start;
-    flex_map(x, |x| {
-        let mut x = owned_contiguous(x);
-        let out: &mut [f32] = &mut x.storage_mut()[..b * s * dim];
-        rows(out, dim, |row, r| {
-            let (bi, t) = (r / s, r % s);
-            if t >= start {
-                let yr = &ys[(bi * len + t - start) * dim..][..dim];
-                for (v, &a) in row.iter_mut().zip(yr) {
-                    *v += a;
+    with_row_major(&y, |ys| {
+        flex_map(x, |x| {
+            let mut x = owned_contiguous(x);
+            let out: &mut [f32] = &mut x.storage_mut()[..b * s * dim];
+            rows(out, dim, |row, r| {
+                let (bi, t) = (r / s, r % s);
+                if t >= start {
+                    let yr = &ys[(bi * len + t - start) * dim..][..dim];
+                    for (v, &a) in row.iter_mut().zip(yr) {
+                        *v += a;
+                    }
                 }
-            }
-        });
-        x
+            });
+            x
+        })
     })
     .unwrap_or_else(|_| panic!("add_rows_at: the CPU backend's f32 tensors only"))
 }
 
-/// The f32 elements of `t` in row-major order, borrowed from its buffer when its layout is
-/// row-major at any offset (e.g. a `narrow` along the token axis of a batch-1 tensor); `None`
-/// when it needs a copy.
-fn row_major(t: &FlexTensor) -> Option<&[f32]> {
-    let (start, end) = t.layout().contiguous_offsets()?;
-    Some(&t.storage()[start..end])
+/// `f` of the f32 elements of `t` in row-major order: borrowed from its buffer when its layout
+/// is row-major at any offset (e.g. a `narrow` along the token axis of a batch-1 tensor), else
+/// from a contiguous copy.
+fn with_row_major<R>(t: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    match t.layout().contiguous_offsets() {
+        Some((start, end)) => f(&t.storage()[start..end]),
+        None => f(t.to_contiguous().storage()),
+    }
 }
 
 /// `t` contiguous from offset 0 over its whole buffer, without keeping a second reference to
