@@ -433,7 +433,24 @@ pub fn conv3d_fused_f32(
         .map(|p| (Strided::new(p), p.layout().shape()[2]))
         .collect();
     let residual = residual.map(Strided::new);
-    let w_data: &[f32] = weight.storage();
+    // The weight as [C_out, taps, C_in]: a tap's [C_out, C_in] matrix has contiguous rows, so
+    // gemm packs it with sequential reads, where the [C_out, C_in, taps] layout had it gather
+    // every element from its own cache line, once per tap and chunk.
+    let w_taps: Vec<f32> = {
+        let w_data: &[f32] = weight.storage();
+        let mut w_taps = vec![0.0f32; c_out * c_in * taps];
+        w_taps
+            .par_chunks_mut(taps * c_in)
+            .zip(w_data.par_chunks(c_in * taps))
+            .for_each(|(dst, src)| {
+                for (ci, ks) in src.chunks_exact(taps).enumerate() {
+                    for (tap, &x) in ks.iter().enumerate() {
+                        dst[tap * c_in + ci] = x;
+                    }
+                }
+            });
+        w_taps
+    };
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     let mut out = par_filled(n * c_out * t_o * h_o * w_o, 0.0);
     let mut padded = par_filled(c_in * channel, 0.0);
@@ -478,8 +495,8 @@ pub fn conv3d_fused_f32(
                     .enumerate()
                 {
                     let offset = p0 + a * plane + bb * w_p + c;
-                    // SAFETY: lhs is weight[:, :, a, b, c] (row stride C_in·taps, column
-                    // stride taps) inside the contiguous weight; rhs is `padded[:, offset..
+                    // SAFETY: lhs is weight[:, :, a, b, c] inside `w_taps` (row stride
+                    // taps·C_in, column stride 1); rhs is `padded[:, offset..
                     // offset + cols]` with the channel stride, and offset + cols − 1 ≤
                     // (t_o − 1 + a)·plane + (h_p − 1 + b)·w_p + w_p − 1 + c < channel since a ≤
                     // k_t − 1 etc.; dst is this task's own [c_out, cols].
@@ -492,9 +509,9 @@ pub fn conv3d_fused_f32(
                             1,
                             cols as isize,
                             tap > 0,
-                            w_data.as_ptr().add(tap),
-                            taps as isize,
-                            (c_in * taps) as isize,
+                            w_taps.as_ptr().add(tap * c_in),
+                            1,
+                            (taps * c_in) as isize,
                             padded.as_ptr().add(offset),
                             1,
                             channel as isize,
